@@ -1,0 +1,38 @@
+"""imgclf: image classification from a folder of labelled pictures.
+
+Python API::
+
+    import imgclf
+    run_dir = imgclf.train("data/", method="transfer")
+    predictor = imgclf.load(run_dir)
+    predictions = predictor.predict(["new_images/"])
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "train", "load"]
+
+
+def train(data=None, method: str = "scratch", config=None, resume: bool = False, **options):
+    """Train on ``data`` by ``method``; returns the run folder.
+
+    ``options`` override config keys by section, e.g. ``train={"epochs": 5}``,
+    ``model={"name": "mobilenetv2_100"}``, or top-level ``out="runs/x"``, ``seed=1``.
+    """
+    from imgclf.config import build_config
+    from imgclf.engine.trainer import train as _train
+
+    options.setdefault("data", {})
+    if data is not None:
+        options["data"] = {**options["data"], "data": str(data)}
+    cfg = build_config(method, config, options)
+    return _train(cfg, resume=resume)
+
+
+def load(run_dir, device: str = "auto"):
+    """A predictor for a trained run: ``load(run).predict(paths)``."""
+    from imgclf.predict import load as _load
+
+    return _load(run_dir, device=device)

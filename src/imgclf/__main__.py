@@ -1,0 +1,3 @@
+from imgclf.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Pieces several subcommands share: logging set-up and config options as dotted dests."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from imgclf.engine import dist
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    if not dist.is_main() and verbosity <= 0:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more detail in the log (debug messages)")
+    parser.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbose",
+                        help="only warnings and errors")
+
+
+def option(parser, *flags, dest: str, help: str, **kwargs) -> None:
+    """An option that overrides config key ``dest`` (dotted), only when given."""
+    parser.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """Nested config overrides from the dotted dests that were given on the command line."""
+    nested: dict = {}
+    for key, value in vars(args).items():
+        if "." not in key and key not in ("method", "seed", "out"):
+            continue
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested

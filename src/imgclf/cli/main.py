@@ -1,0 +1,49 @@
+"""The ``imgclf`` command: one entry point, one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from imgclf import __version__
+from imgclf.cli import audit, evaluate, models, predict, train
+from imgclf.cli.common import setup_logging
+from imgclf.engine.loop import Interrupted
+from imgclf.errors import ImgclfError
+
+SUBCOMMANDS = (audit, train, evaluate, predict, models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgclf",
+        description="Image classification from folders of labelled pictures.")
+    parser.add_argument("--version", action="version", version=f"imgclf {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    setup_logging(getattr(args, "verbose", 0))
+    try:
+        return args.func(args)
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    except ImgclfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        logging.getLogger("imgclf").debug("unexpected error", exc_info=True)
+        raise

@@ -1,0 +1,50 @@
+"""``imgclf predict``: classify new images with a trained run."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="predict the class of new, unlabelled images",
+        description="Classify image files and folders (walked recursively) with a trained run; "
+                    "writes path, label, confidence and one probability column per class.")
+    parser.add_argument("run", help="run folder written by `imgclf train`")
+    parser.add_argument("paths", nargs="+", help="image files or folders")
+    parser.add_argument("--out", default="predictions.csv", help="CSV file to write "
+                        "(default predictions.csv)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the image and its mirror")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                        help="inference engine: torch, or onnx (ONNX Runtime, needs an export)")
+    from imgclf.cli.common import add_verbosity
+
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.engine == "onnx":
+        from imgclf.export import OnnxPredictor
+
+        predictor = OnnxPredictor(args.run)
+    else:
+        from imgclf.predict import Predictor
+
+        predictor = Predictor(args.run, device=args.device)
+    predictions = predictor.predict(args.paths, batch_size=args.batch_size, tta=args.tta)
+    predictor.write_csv(predictions, args.out)
+    errors = [p for p in predictions if p.error]
+    counts = Counter(p.label for p in predictions if not p.error)
+    print(f"{len(predictions) - len(errors)} images predicted -> {args.out}")
+    for label, n in sorted(counts.items()):
+        print(f"  {label}: {n}")
+    if errors:
+        print(f"{len(errors)} file(s) could not be read (see the error column):")
+        for p in errors[:10]:
+            print(f"  {p.path}: {p.error}")
+    return 0

@@ -1,0 +1,148 @@
+"""``imgclf train``: train a classifier by one of the three methods and evaluate it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config, load_config
+from imgclf.data.transforms import AUGMENT_PRESETS
+from imgclf.errors import RunError
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="?", default=None,
+                        help="dataset folder: class subfolders, or train/ val/ test/ splits "
+                             "(Kaggle's seg_train/seg_train layout works too)")
+    parser.add_argument("--train", dest="data.train", default=argparse.SUPPRESS,
+                        help="training split folder (instead of DATA)")
+    parser.add_argument("--val", dest="data.val", default=argparse.SUPPRESS,
+                        help="validation split folder (default: 20%% of train, stratified)")
+    parser.add_argument("--test", dest="data.test", default=argparse.SUPPRESS,
+                        help="test split folder")
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Every training option; shared with ``imgclf compare``."""
+    from imgclf.cli.common import option
+
+    m = parser.add_argument_group("model")
+    option(m, "--model", dest="model.name",
+           help="model name: small_cnn, small_cnn_wide or any timm model")
+    option(m, "--head", dest="model.head", choices=("reference", "linear"),
+           help="transfer head: reference (dense 1024, ReLU, dropout 0.2) or linear")
+    option(m, "--weights", dest="model.weights",
+           help="ImageNet weights file for the backbone (.safetensors or .pth state dict)")
+    option(m, "--no-pretrained", dest="model.pretrained", action="store_const", const=False,
+           help="start the backbone from random weights")
+    option(m, "--img-size", dest="model.img_size", type=int,
+           help="input size in pixels (default: the backbone's own, 150 for the small CNNs)")
+    option(m, "--dropout", dest="model.dropout", type=float, help="dropout before the last layer")
+
+    t = parser.add_argument_group("training")
+    option(t, "--epochs", dest="train.epochs", type=int, help="maximum epochs (default 30)")
+    option(t, "--batch-size", dest="train.batch_size", type=int, help="batch size (default 32)")
+    option(t, "--lr", dest="train.lr", type=float, help="learning rate (default 1e-3)")
+    option(t, "--optimizer", dest="train.optimizer", choices=("adam", "adamw", "sgd"),
+           help="optimiser (default adam)")
+    option(t, "--weight-decay", dest="train.weight_decay", type=float, help="weight decay")
+    option(t, "--schedule", dest="train.schedule", choices=("none", "cosine", "onecycle",
+                                                            "plateau"),
+           help="learning-rate schedule (default none)")
+    option(t, "--label-smoothing", dest="train.label_smoothing", type=float,
+           help="label smoothing for the loss, e.g. 0.1")
+    option(t, "--class-weight", dest="train.class_weight", choices=("auto", "none"),
+           help="auto weights the loss by inverse class frequency (for imbalanced data)")
+    option(t, "--monitor", dest="train.monitor",
+           choices=("val_loss", "val_accuracy", "loss", "accuracy"),
+           help="metric for early stopping and the best checkpoint (default val_loss)")
+    option(t, "--mode", dest="train.mode", choices=("auto", "min", "max"),
+           help="whether the monitored metric should go down or up (default auto)")
+    option(t, "--min-delta", dest="train.min_delta", type=float,
+           help="smallest change that counts as an improvement")
+    option(t, "--patience", dest="train.patience", type=int,
+           help="epochs without improvement before stopping (0: never stop early)")
+    option(t, "--no-restore-best", dest="train.restore_best", action="store_const", const=False,
+           help="keep the last epoch's weights rather than the best epoch's")
+    option(t, "--finetune", dest="train.finetune",
+           help="transfer: after training the head, unfreeze the backbone's last N stages "
+                "(or 'all') and train on")
+    option(t, "--finetune-epochs", dest="train.finetune_epochs", type=int,
+           help="epochs of fine-tuning (default 5)")
+    option(t, "--finetune-lr", dest="train.finetune_lr", type=float,
+           help="backbone learning rate when fine-tuning (head: 10x; default 1e-4)")
+    option(t, "--no-feature-cache", dest="train.feature_cache", action="store_const",
+           const=False, help="transfer: run the frozen backbone every epoch instead of "
+                             "caching its features")
+
+    a = parser.add_argument_group("augmentation")
+    option(a, "--augment", dest="augment.preset", choices=AUGMENT_PRESETS,
+           help="augmentation preset (reference = the study's Keras ImageDataGenerator)")
+    option(a, "--mixup", dest="augment.mixup", type=float, help="MixUp alpha (0: off)")
+    option(a, "--cutmix", dest="augment.cutmix", type=float, help="CutMix alpha (0: off)")
+
+    r = parser.add_argument_group("data and runtime")
+    option(r, "--val-fraction", dest="data.val_fraction", type=float,
+           help="share of train held out for validation when there is no val split (0.2)")
+    option(r, "--no-cache", dest="data.cache", action="store_const", const=False,
+           help="do not keep decoded images and features in the user cache folder")
+    option(r, "--workers", dest="data.workers", type=int,
+           help="data-loader processes (default: 0 without augmentation, else cores - 1)")
+    option(r, "--device", dest="train.device", help="auto (default), cpu, cuda or cuda:N")
+    option(r, "--amp", dest="train.amp", choices=("auto", "bf16", "off"),
+           help="mixed precision: auto uses bf16 where the hardware runs it natively")
+    option(r, "--no-channels-last", dest="train.channels_last", action="store_const",
+           const=False, help="keep NCHW memory format")
+    option(r, "--tensorboard", dest="train.tensorboard", action="store_const", const=True,
+           help="also log per-epoch scalars for TensorBoard (RUN_DIR/tensorboard)")
+    option(r, "--seed", dest="seed", type=int,
+           help="random seed for the split, initialisation and shuffling (default 42)")
+    parser.add_argument("--config", default=None,
+                        help="YAML file of settings (sections data, augment, model, train)")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a classifier (scratch, augment or transfer) and evaluate it",
+        description="Train on DATA and evaluate on its test split (or validation split).")
+    add_data_options(parser)
+    parser.add_argument("--method", default=argparse.SUPPRESS, choices=METHODS,
+                        help="scratch (small CNN), augment (CNN + augmentation) or transfer "
+                             "(pretrained backbone + new head); default scratch")
+    parser.add_argument("--backbone", dest="model.name", default=argparse.SUPPRESS,
+                        help=f"transfer backbone, any timm model (default {DEFAULT_BACKBONE})")
+    parser.add_argument("--out", default=argparse.SUPPRESS,
+                        help="run folder (default runs/METHOD-MODEL)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out from its last checkpoint")
+    add_training_options(parser)
+    from imgclf.cli.common import add_verbosity
+
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from imgclf.cli.common import overrides_from
+
+    overrides = overrides_from(args)
+    if args.data is not None:
+        overrides.setdefault("data", {})["data"] = args.data
+    return build_config(overrides.pop("method", None) or "scratch", args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgclf.engine.trainer import train
+
+    if args.resume:
+        out = getattr(args, "out", None)
+        if out is None:
+            raise RunError("--resume needs --out RUN_DIR, the folder of the run to continue.")
+        config = load_config(Path(out) / "config.yaml")
+    else:
+        config = config_from_args(args)
+        if config.data.data is None and config.data.train is None:
+            raise RunError("no dataset given: imgclf train DATA (or --train FOLDER).")
+    run_dir = train(config, resume=args.resume)
+    print(f"run folder: {run_dir}")
+    return 0

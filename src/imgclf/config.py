@@ -1,0 +1,196 @@
+"""Run configuration: dataclasses in sections, layered defaults < method preset < YAML < flags.
+
+Unknown sections or keys are errors that list the valid ones. The resolved configuration
+is written to every run folder as ``config.yaml`` and read back by ``imgclf evaluate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imgclf.errors import ConfigError
+
+METHODS = ("scratch", "augment", "transfer")
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+
+
+@dataclass
+class DataSection:
+    data: str | None = None
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    val_fraction: float = 0.2
+    cache: bool = True
+    workers: int | None = None
+
+
+@dataclass
+class AugmentSection:
+    preset: str = "none"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+
+@dataclass
+class ModelSection:
+    name: str = "small_cnn"
+    head: str = "reference"
+    pretrained: bool = True
+    weights: str | None = None
+    img_size: int | None = None
+    dropout: float = 0.2
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    label_smoothing: float = 0.0
+    class_weight: str | None = None
+    monitor: str = "val_loss"
+    mode: str = "auto"
+    min_delta: float = 0.0
+    patience: int = 3
+    restore_best: bool = True
+    freeze: bool = True
+    finetune: str | None = None
+    finetune_epochs: int = 5
+    finetune_lr: float = 1e-4
+    feature_cache: bool = True
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    tensorboard: bool = False
+
+
+@dataclass
+class Config:
+    method: str = "scratch"
+    seed: int = 42
+    out: str | None = None
+    data: DataSection = field(default_factory=DataSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference study's three methods, with its optimiser, batch size and budget.
+    "scratch": {
+        "model": {"name": "small_cnn"},
+        "augment": {"preset": "none"},
+        "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30,
+                  "patience": 3},
+    },
+    "augment": {
+        "model": {"name": "small_cnn_wide"},
+        "augment": {"preset": "reference"},
+        "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30,
+                  "patience": 5},
+    },
+    "transfer": {
+        "model": {"name": DEFAULT_BACKBONE, "pretrained": True, "head": "reference"},
+        "augment": {"preset": "none"},
+        "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30,
+                  "patience": 3, "freeze": True},
+    },
+}
+
+
+def _merge_section(target: Any, values: dict, where: str) -> None:
+    names = {f.name for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown key {key!r} in {where}; valid keys are: {', '.join(sorted(names))}."
+            )
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key} must be a mapping, got {value!r}.")
+            _merge_section(current, value, f"{where}.{key}")
+        else:
+            setattr(target, key, value)
+
+
+def build_config(
+    method: str = "scratch",
+    file: str | Path | None = None,
+    overrides: dict | None = None,
+) -> Config:
+    """Defaults, then the method's preset, then a YAML file, then ``overrides`` (nested)."""
+    file_values: dict = {}
+    if file is not None:
+        try:
+            file_values = yaml.safe_load(Path(file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"config file {file} must hold a mapping of sections.")
+    overrides = copy.deepcopy(overrides or {})
+    method = overrides.pop("method", None) or file_values.get("method") or method
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r} is not known; choose one of {', '.join(METHODS)}.")
+    config = Config(method=method)
+    _merge_section(config, PRESETS[method], "preset")
+    _merge_section(config, file_values, str(file) if file else "config")
+    _merge_section(config, overrides, "options")
+    validate(config)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read a saved ``config.yaml`` back (no preset applied: it is already resolved)."""
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    config = Config()
+    _merge_section(config, values, str(path))
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check values that would otherwise fail late, with the fix in the message."""
+    t = config.train
+    checks = [
+        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+        (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (t.optimizer in ("adam", "adamw", "sgd"),
+         f"train.optimizer must be adam, adamw or sgd, got {t.optimizer!r}"),
+        (t.schedule in ("none", "cosine", "onecycle", "plateau"),
+         f"train.schedule must be none, cosine, onecycle or plateau, got {t.schedule!r}"),
+        (t.monitor in ("val_loss", "val_accuracy", "loss", "accuracy"),
+         f"train.monitor must be val_loss, val_accuracy, loss or accuracy, got {t.monitor!r}"),
+        (t.mode in ("auto", "min", "max"), f"train.mode must be auto, min or max, got {t.mode!r}"),
+        (t.class_weight in (None, "auto", "none"),
+         f"train.class_weight must be auto or none, got {t.class_weight!r}"),
+        (t.amp in ("auto", "bf16", "off"),
+         f"train.amp must be auto, bf16 or off, got {t.amp!r}"),
+        (0 < config.data.val_fraction < 1,
+         f"data.val_fraction must be between 0 and 1, got {config.data.val_fraction}"),
+        (0 <= t.label_smoothing < 1,
+         f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
+    ]
+    if t.finetune is not None:
+        ok = str(t.finetune) == "all" or str(t.finetune).isdigit()
+        checks.append((ok, f"train.finetune must be a number of stages or 'all', got "
+                           f"{t.finetune!r}"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message + ".")

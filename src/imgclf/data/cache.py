@@ -1,0 +1,122 @@
+"""Decoded, resized uint8 images, paid for once.
+
+``load_images`` decodes a list of files at a target size into one (N, H, W, 3) uint8
+array, stored as a ``.npy`` file in the user cache folder under a key made of every
+file's identity (absolute path, byte size, modification time) and the target size and
+resampling. Later epochs and later runs read that file instead of decoding again; it is
+read into memory when it fits comfortably, and memory-mapped otherwise. Files that fail
+to decode are reported with their reason and their rows are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.decode import DecodeError, decode_image
+from imgclf.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+IN_MEMORY_FRACTION = 0.25
+"""Arrays up to this fraction of physical memory are read into RAM; larger ones are mapped."""
+
+
+@dataclass
+class DecodedImages:
+    """Images that decoded (``array[i]`` is ``paths[i]``), and the failures with reasons."""
+
+    array: np.ndarray
+    paths: list[Path]
+    kept: list[int]
+    failures: dict[Path, str]
+    key: str
+
+
+def file_identity(path: Path) -> tuple[str, int, int]:
+    """What identifies a file's content cheaply: absolute path, size, mtime in ns."""
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def cache_key(paths: list[Path], size: tuple[int, int], interpolation: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([CACHE_VERSION, list(size), interpolation]).encode())
+    for path in paths:
+        digest.update(repr(file_identity(path)).encode())
+    return digest.hexdigest()[:32]
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _decode_all(paths, size, interpolation, out: np.ndarray) -> dict[int, str]:
+    failures: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        try:
+            out[i] = decode_image(paths[i], size, interpolation)
+        except DecodeError as exc:
+            failures[i] = exc.reason
+
+    # Pillow releases the GIL while decoding and resizing, so threads scale over cores.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(work, range(len(paths)), chunksize=32))
+    return failures
+
+
+def load_images(
+    paths: list[Path],
+    size: tuple[int, int],
+    interpolation: str = "bilinear",
+    use_cache: bool = True,
+) -> DecodedImages:
+    """Decode ``paths`` at ``size`` (height, width), through the on-disk cache."""
+    paths = [Path(p) for p in paths]
+    key = cache_key(paths, size, interpolation)
+    folder = cache_dir("images")
+    data_file, meta_file = folder / f"{key}.npy", folder / f"{key}.json"
+    shape = (len(paths), size[0], size[1], 3)
+    if use_cache and data_file.exists() and meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        array = np.load(data_file, mmap_mode="r")
+        failures = {int(k): v for k, v in meta["failures"].items()}
+        log.debug("image cache hit %s (%d images)", key, len(paths))
+    else:
+        if use_cache:
+            tmp = data_file.with_suffix(f".tmp{os.getpid()}.npy")
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        else:
+            array = np.empty(shape, dtype=np.uint8)
+        log.info("decoding %d images at %dx%d (cached for later runs)", len(paths), *size)
+        failures = _decode_all(paths, size, interpolation, array)
+        if use_cache:
+            array.flush()
+            del array
+            os.replace(tmp, data_file)
+            tmp_meta = meta_file.with_suffix(f".tmp{os.getpid()}")
+            tmp_meta.write_text(json.dumps({"failures": failures, "shape": shape}))
+            os.replace(tmp_meta, meta_file)
+            array = np.load(data_file, mmap_mode="r")
+    kept = [i for i in range(len(paths)) if i not in failures]
+    if array.nbytes <= IN_MEMORY_FRACTION * _physical_memory() or failures:
+        array = np.ascontiguousarray(array[kept]) if failures else np.array(array)
+    return DecodedImages(
+        array=array,
+        paths=[paths[i] for i in kept],
+        kept=kept,
+        failures={paths[i]: reason for i, reason in failures.items()},
+        key=key,
+    )

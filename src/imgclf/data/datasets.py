@@ -1,0 +1,100 @@
+"""Torch datasets over cached arrays, and the loaders built on them.
+
+Batches are fetched whole (``__getitems__``): one fancy-index into the uint8 array per
+batch rather than one Python call per image, which keeps the warm pipeline far ahead of
+the model. Images stay uint8 until they reach the model, whose first step normalises.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from imgclf.engine import dist
+
+
+class ArrayDataset(Dataset):
+    """(N, H, W, 3) uint8 images, or (N, ...) feature arrays, with integer labels."""
+
+    def __init__(self, array: np.ndarray, labels, transform=None, images: bool = True):
+        self.array = array
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.images = images
+        if len(self.labels) != len(self.array):
+            raise ValueError(
+                f"labels has {len(self.labels)} entries but array has {len(self.array)} rows"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+    def __getitems__(self, indices):
+        idx = np.asarray(indices)
+        x = torch.from_numpy(np.ascontiguousarray(self.array[idx]))
+        if self.images:
+            x = x.permute(0, 3, 1, 2)
+            if self.transform is not None:
+                x = torch.stack([self.transform(img) for img in x])
+        return x, torch.from_numpy(self.labels[idx])
+
+
+def _whole_batch(batch):
+    """``__getitems__`` already returns a collated batch."""
+    return batch
+
+
+def default_workers(augmenting: bool) -> int:
+    """Loader processes: none for plain array slicing (cheaper in-process), else one per
+    spare core, since augmentation is per-image Python work."""
+    if not augmenting:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def make_loader(
+    dataset: ArrayDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A loader that shards over ranks when running distributed, seeded for repeatability."""
+    workers = default_workers(dataset.transform is not None) if workers is None else workers
+    sampler = None
+    generator = torch.Generator().manual_seed(seed)
+    if dist.world_size() > 1 and shuffle:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=drop_last)
+        shuffle = False
+    elif dist.world_size() > 1:
+        # Evaluation shards without padding, so gathered results hold each image once.
+        sampler = list(range(dist.rank(), len(dataset), dist.world_size()))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_whole_batch,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)

@@ -1,0 +1,150 @@
+"""Decoding image files into RGB uint8 arrays, recognised by content rather than extension.
+
+Every image becomes 8-bit RGB:
+- palette, grayscale, CMYK and 1-bit images are converted;
+- 16- and 32-bit grayscale is scaled down to 8 bits (Pillow's own conversion clips instead);
+- transparency is composited onto a white background, so transparent pixels do not
+  turn into whatever colour happens to be stored under them;
+- EXIF orientation is applied; animated files (GIF, WebP, APNG) give their first frame.
+Large JPEGs are decoded at reduced scale (Pillow's draft mode), so a 5000x3000 photo
+costs about as much as a small one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow refuses images past ~179 megapixels as possible decompression bombs. imgclf
+# decodes JPEGs in draft mode (at most 1/8 of the pixels) and checks other formats
+# against its own limit below, so Pillow's global guard is replaced by that check.
+Image.MAX_IMAGE_PIXELS = None
+MAX_PIXELS = 400_000_000
+"""Largest non-JPEG image (in pixels) imgclf will decode in full."""
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
+     ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga", ".avif", ".heic"}
+)
+SYSTEM_FILES = frozenset({"thumbs.db", ".ds_store", "desktop.ini", "ehthumbs.db", "icon\r"})
+
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+class DecodeError(Exception):
+    """A file could not be decoded as an image; ``reason`` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image file's header says, without decoding its pixels."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+    frames: int
+
+
+def probe(path: Path) -> ImageInfo:
+    """Read an image's header: format, mode and size. Raises DecodeError if it is no image."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DecodeError(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return ImageInfo(
+                    im.format or "unknown", im.mode, im.width, im.height,
+                    getattr(im, "n_frames", 1),
+                )
+    except UnidentifiedImageError:
+        raise DecodeError(path, "not a recognised image format") from None
+    except OSError as exc:
+        raise DecodeError(path, f"cannot read: {exc}") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im)
+        if im.mode == "F":
+            scale = 255.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 1.0
+            arr8 = np.clip(np.nan_to_num(arr) * scale, 0, 255).astype(np.uint8)
+        else:
+            arr8 = (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "PA":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(
+    path: Path,
+    size: tuple[int, int] | None = None,
+    interpolation: str = "bilinear",
+) -> np.ndarray:
+    """Decode ``path`` to an RGB uint8 array of shape (H, W, 3).
+
+    With ``size`` = (height, width) the image is resized to exactly that shape
+    (aspect ratio is not kept, as in Keras' ``image_dataset_from_directory``).
+    Raises DecodeError for empty, unrecognised, truncated, corrupt or oversized files.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DecodeError(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.seek(0)
+                if im.format == "JPEG" and size is not None:
+                    side = max(size)
+                    im.draft("RGB", (side, side))
+                elif im.width * im.height > MAX_PIXELS:
+                    raise DecodeError(
+                        path,
+                        f"too large to decode ({im.width}x{im.height} {im.format}, "
+                        f"limit {MAX_PIXELS:,} pixels); downscale it first",
+                    )
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                im = _to_rgb(im)
+                if size is not None and im.size != (size[1], size[0]):
+                    im = im.resize(
+                        (size[1], size[0]), RESAMPLING[interpolation], reducing_gap=3.0
+                    )
+                return np.asarray(im, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError(path, "not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        text = str(exc)
+        if "truncated" in text:
+            raise DecodeError(path, "truncated file (image data ends early)") from None
+        raise DecodeError(path, f"corrupt image: {text or type(exc).__name__}") from None

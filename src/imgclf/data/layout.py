@@ -1,0 +1,235 @@
+"""Finding splits, classes and image files in a dataset folder, whatever its layout.
+
+Supported layouts, detected in this order:
+- explicit ``train`` / ``val`` / ``test`` paths;
+- a root holding ``train/`` plus any of ``val/``, ``valid/``, ``validation/``, ``test/``;
+  a prefix such as Kaggle's ``seg_train`` counts too, and a doubled folder
+  (``seg_train/seg_train/<class>``) is followed;
+- a single folder of class subfolders, which imgclf splits itself.
+Files are recognised by content: anything that is not hidden or a known system file
+is probed, and what is not an image is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgclf.data.decode import IMAGE_EXTENSIONS, SYSTEM_FILES, DecodeError, probe
+from imgclf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+    "pred": "pred", "predict": "pred", "prediction": "pred", "unlabelled": "pred",
+    "unlabeled": "pred",
+}
+FEW_IMAGES = 10
+"""A class with fewer training images than this gets a warning."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was left out of a split, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Split:
+    """One split's labelled images: ``paths[i]`` belongs to class index ``labels[i]``."""
+
+    name: str
+    root: Path | None
+    paths: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices, name: str) -> Split:
+        """A new split holding the given positions of this one (skips stay with the parent)."""
+        return Split(name, self.root, [self.paths[i] for i in indices],
+                     [self.labels[i] for i in indices])
+
+
+@dataclass
+class Layout:
+    """Where each split of a dataset lives; ``val`` is None when imgclf must split train."""
+
+    train: Path
+    val: Path | None = None
+    test: Path | None = None
+    unlabelled: Path | None = None
+    kind: str = "explicit"
+
+    def splits(self) -> dict[str, Path]:
+        return {k: v for k, v in (("train", self.train), ("val", self.val),
+                                  ("test", self.test)) if v is not None}
+
+
+def is_hidden_or_system(path: Path, root: Path) -> bool:
+    """True for dot-files, files inside dot-folders and OS clutter such as Thumbs.db."""
+    rel = path.relative_to(root).parts
+    return any(p.startswith(".") or p.startswith("__MACOSX") for p in rel) or (
+        path.name.lower() in SYSTEM_FILES
+    )
+
+
+def _alias(name: str) -> str | None:
+    low = name.lower()
+    for candidate in (low, low.rsplit("_", 1)[-1], low.rsplit("-", 1)[-1]):
+        if candidate in SPLIT_ALIASES:
+            return SPLIT_ALIASES[candidate]
+    return None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _follow_doubled(folder: Path) -> Path:
+    """Kaggle zips often hold ``seg_train/seg_train/<class>``: step into the inner folder."""
+    while True:
+        inner = _subdirs(folder)
+        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        if len(inner) == 1 and not files and inner[0].name.lower() == folder.name.lower():
+            folder = inner[0]
+        else:
+            return folder
+
+
+def detect_layout(
+    data: Path | None = None,
+    train: Path | None = None,
+    val: Path | None = None,
+    test: Path | None = None,
+) -> Layout:
+    """Work out the layout of ``data`` (or use the explicit split paths)."""
+    for name, value in (("data", data), ("train", train), ("val", val), ("test", test)):
+        if value is not None and not Path(value).is_dir():
+            raise DataError(f"{name} folder {str(value)!r} does not exist or is not a folder.")
+    if train is not None:
+        return Layout(_follow_doubled(Path(train)), val and _follow_doubled(Path(val)),
+                      test and _follow_doubled(Path(test)), kind="explicit")
+    if data is None:
+        raise DataError("No dataset given: pass a DATA folder, or --train (and --val/--test).")
+    root = _follow_doubled(Path(data))
+    found: dict[str, Path] = {}
+    for sub in _subdirs(root):
+        role = _alias(sub.name)
+        if role and role not in found:
+            found[role] = _follow_doubled(sub)
+    if "train" in found:
+        return Layout(found["train"], found.get("val"), found.get("test"), found.get("pred"),
+                      kind="splits")
+    if (val is not None or test is not None) and not _subdirs(root):
+        raise DataError(f"{root} holds no class folders.")
+    if not _subdirs(root):
+        raise DataError(
+            f"{root} holds no class folders. imgclf expects one folder per class "
+            "(DATA/<class>/*.jpg) or split folders (DATA/train/<class>/*.jpg)."
+        )
+    return Layout(root, val and Path(val), test and Path(test), kind="single")
+
+
+def find_classes(train_root: Path) -> list[str]:
+    """Sorted class folder names of the training split; errors for none or empty ones."""
+    classes = [p.name for p in _subdirs(train_root)]
+    if not classes:
+        raise DataError(
+            f"No class folders in {train_root}: put each class's images in its own subfolder."
+        )
+    return classes
+
+
+def iter_files(root: Path):
+    """Yield (path, None) for candidate files and (path, reason) for skipped ones, sorted."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if is_hidden_or_system(path, root):
+                yield path, "hidden or system file"
+            else:
+                yield path, None
+
+
+def scan_folder(folder: Path, label: int | None = None) -> tuple[list[Path], list[Skipped]]:
+    """Image files under ``folder`` (recursively) by content, and the files skipped with why."""
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+    for path, reason in iter_files(folder):
+        if reason is None:
+            try:
+                probe(path)
+            except DecodeError as exc:
+                reason = exc.reason
+                if path.suffix.lower() not in IMAGE_EXTENSIONS and path.stat().st_size:
+                    reason = f"not an image ({reason})"
+        if reason is None:
+            images.append(path)
+        else:
+            skipped.append(Skipped(path, reason))
+    return images, skipped
+
+
+def scan_split(name: str, root: Path, classes: list[str]) -> Split:
+    """Read one labelled split; classes not in ``classes`` and empty classes are errors."""
+    present = [p.name for p in _subdirs(root)]
+    unknown = sorted(set(present) - set(classes))
+    if unknown:
+        raise DataError(
+            f"{name} split {root} has class folder(s) {unknown} that the training split "
+            f"does not have (training classes: {classes}). Rename or remove them, "
+            "or add them to the training data."
+        )
+    split = Split(name, root)
+    for index, cls in enumerate(classes):
+        folder = root / cls
+        if not folder.is_dir():
+            continue
+        images, skipped = scan_folder(folder)
+        split.skipped.extend(skipped)
+        if not images and name == "train":
+            raise DataError(
+                f"Class folder {folder} holds no readable images"
+                + (f" ({len(skipped)} file(s) skipped: {skipped[0].reason}, ...)" if skipped
+                   else "")
+                + ". Add images or remove the folder."
+            )
+        split.paths.extend(images)
+        split.labels.extend([index] * len(images))
+    loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    split.skipped.extend(Skipped(p, "file outside any class folder") for p in loose)
+    return split
+
+
+def warn_small_classes(split: Split, classes: list[str]) -> list[str]:
+    """Log (and return) a warning for every class with very few training images."""
+    counts = Counter(split.labels)
+    warnings = [
+        f"class {classes[i]!r} has only {counts.get(i, 0)} training image(s)"
+        for i in range(len(classes)) if counts.get(i, 0) < FEW_IMAGES
+    ]
+    for text in warnings:
+        log.warning("%s; results for it will be unreliable", text)
+    return warnings
+
+
+def summarize(split: Split, classes: list[str]) -> str:
+    """'train/ (8741 images, 6 classes)' for the one-line layout report."""
+    n_cls = len(set(split.labels)) if split.labels else 0
+    label = f"{split.root.name}/" if split.root is not None else split.name
+    text = f"{label} ({len(split)} images, {n_cls} classes"
+    if split.skipped:
+        text += f", {len(split.skipped)} skipped"
+    return text + ")"

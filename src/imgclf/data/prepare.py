@@ -1,0 +1,137 @@
+"""From a dataset folder to labelled splits ready for training: layout, classes, split, scan."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from imgclf.data.cache import load_images
+from imgclf.data.layout import (
+    Layout,
+    Skipped,
+    Split,
+    detect_layout,
+    find_classes,
+    scan_folder,
+    scan_split,
+    summarize,
+    warn_small_classes,
+)
+from imgclf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Classes and labelled splits (train, val, maybe test), plus what was left out and why."""
+
+    classes: list[str]
+    layout: Layout
+    splits: dict[str, Split]
+    val_source: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[tuple[str, Skipped]]:
+        return [(name, s) for name, split in self.splits.items() for s in split.skipped]
+
+    def summary(self) -> str:
+        """The one-line report: 'found train/ (8741 images, 6 classes), test/ (...); ...'."""
+        parts = [summarize(self.splits[n], self.classes) for n in ("train", "val", "test")
+                 if n in self.splits and self.splits[n].root is not None
+                 and not (n == "val" and self.val_source != "split")]
+        text = "found " + ", ".join(parts)
+        if self.layout.unlabelled is not None:
+            text += f", {self.layout.unlabelled.name}/ (unlabelled, for predict)"
+        if self.val_source != "split":
+            text += f"; validation: {self.val_source}"
+        return text
+
+
+def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Seeded, stratified split of ``train`` (as scikit-learn's train_test_split)."""
+    indices = np.arange(len(train))
+    counts = Counter(train.labels)
+    stratify = train.labels if min(counts.values()) >= 2 else None
+    if stratify is None:
+        log.warning("some class has a single training image: validation split is not stratified")
+    if len(train) < 2:
+        raise DataError(f"training split has {len(train)} image(s); need at least 2 to split.")
+    tr, va = train_test_split(indices, test_size=fraction, stratify=stratify, random_state=seed)
+    new_train = train.subset(sorted(tr), "train")
+    new_train.skipped = train.skipped
+    return new_train, train.subset(sorted(va), "val")
+
+
+def prepare_data(
+    data: str | Path | None = None,
+    *,
+    train: str | Path | None = None,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    classes: list[str] | None = None,
+) -> PreparedData:
+    """Find the layout, classes and images; split off validation when the data has none.
+
+    ``classes`` fixes the class list (from a trained run); otherwise it is the sorted
+    class folder names of the training split.
+    """
+    as_path = lambda v: Path(v) if v is not None else None  # noqa: E731
+    layout = detect_layout(as_path(data), as_path(train), as_path(val), as_path(test))
+    classes = list(classes) if classes else find_classes(layout.train)
+    splits = {"train": scan_split("train", layout.train, classes)}
+    for name in ("val", "test"):
+        root = getattr(layout, name)
+        if root is not None:
+            splits[name] = scan_split(name, root, classes)
+    warnings = warn_small_classes(splits["train"], classes)
+    if "val" in splits:
+        val_source = "split"
+    else:
+        splits["train"], splits["val"] = split_validation(splits["train"], val_fraction, seed)
+        val_source = f"{val_fraction:.0%} of train (stratified, seed {seed})"
+    for name, split in splits.items():
+        if split.skipped:
+            log.warning("%s: %d file(s) skipped (see skipped.csv in the run folder)",
+                        name, len(split.skipped))
+    return PreparedData(classes, layout, splits, val_source, warnings)
+
+
+def decode_split(split: Split, size: int, interpolation: str, use_cache: bool = True):
+    """Decode a split at ``size``; files that fail are moved to ``split.skipped``.
+
+    Returns (uint8 array (N, size, size, 3), labels array); ``split.paths`` and
+    ``split.labels`` are trimmed to the images that decoded.
+    """
+    decoded = load_images(split.paths, (size, size), interpolation, use_cache=use_cache)
+    if decoded.failures:
+        labels = [split.labels[i] for i in decoded.kept]
+        split.skipped.extend(Skipped(p, r) for p, r in decoded.failures.items())
+        split.paths, split.labels = decoded.paths, labels
+        for path, reason in decoded.failures.items():
+            log.warning("skipped %s: %s", path, reason)
+    return decoded.array, np.asarray(split.labels, dtype=np.int64), decoded.key
+
+
+def find_unlabelled(paths: list[str | Path]) -> tuple[list[Path], list[Skipped]]:
+    """Image files among ``paths`` (folders are walked, flat or nested) and skipped files."""
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found, skip = scan_folder(item)
+            images.extend(found)
+            skipped.extend(skip)
+        elif item.exists():
+            images.append(item)
+        else:
+            skipped.append(Skipped(item, "no such file or folder"))
+    return images, skipped

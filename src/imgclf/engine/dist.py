@@ -1,0 +1,62 @@
+"""The few facts about distributed training the rest of imgclf needs.
+
+Single-process runs see rank 0 of a world of 1, so callers never branch on whether
+``torch.distributed`` is in use.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as td
+
+
+def is_distributed() -> bool:
+    return td.is_available() and td.is_initialized()
+
+
+def world_size() -> int:
+    return td.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return td.get_rank() if is_distributed() else 0
+
+
+def is_main() -> bool:
+    """True on the process that writes files and logs (rank 0)."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0 (ranks may hold different counts)."""
+    if not is_distributed():
+        return tensor
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(world_size())]
+    td.all_gather(counts, count)
+    size = int(max(c.item() for c in counts))
+    padded = torch.zeros((size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in range(world_size())]
+    td.all_gather(parts, padded)
+    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts, strict=False)])
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's decision, obeyed by every rank (early stopping, say)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)])
+    td.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def barrier() -> None:
+    if is_distributed():
+        td.barrier()

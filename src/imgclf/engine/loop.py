@@ -1,0 +1,248 @@
+"""The one training loop. Methods differ in the module trained and the data fed to it.
+
+``fit`` trains a module (a whole classifier, or only its head over cached features) for
+up to ``epochs``, validating after each, with early stopping and best/last checkpoints
+deciding by the same ``Monitor``. It is ready for several processes: the loaders shard,
+metrics are gathered across ranks, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from imgclf.engine import dist
+from imgclf.engine.callbacks import Monitor, load_checkpoint, save_atomic
+from imgclf.engine.runtime import Runtime
+from imgclf.errors import ImgclfError
+
+log = logging.getLogger(__name__)
+
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                  "phase")
+
+
+class Interrupted(ImgclfError):
+    """Training was stopped with Ctrl-C after the last checkpoint was saved."""
+
+
+@dataclass
+class Phase:
+    """One stretch of training: what trains, on which data, with which optimiser."""
+
+    name: str
+    module: nn.Module
+    train_loader: object
+    val_loader: object | None
+    optimizer: torch.optim.Optimizer
+    epochs: int
+    loss_fn: nn.Module
+    scheduler: object | None = None
+    scheduler_per_step: bool = False
+    mixer: Callable | None = None
+    before_epoch: Callable[[], None] | None = None
+    runtime: Runtime | None = None
+    """Overrides the run's runtime (a head over cached features needs no autocast)."""
+
+
+@dataclass
+class FitState:
+    """What a resumed run needs besides the weights."""
+
+    history: list[dict] = field(default_factory=list)
+    phase: str = ""
+    epoch: int = 0
+    done: bool = False
+    """Whether ``phase`` ran to its end (all epochs, or stopped early)."""
+
+
+def _progress(loader, desc: str):
+    if dist.is_main() and sys.stderr.isatty():
+        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    return loader
+
+
+def train_one_epoch(phase: Phase, rt: Runtime, desc: str) -> dict[str, float]:
+    """One pass over the training data; returns mean loss and accuracy over all ranks."""
+    module = phase.module
+    module.train()
+    if phase.before_epoch is not None:
+        phase.before_epoch()
+    totals = torch.zeros(3, dtype=torch.float64)
+    bar = _progress(phase.train_loader, desc)
+    for x, y in bar:
+        x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
+        target = y
+        if phase.mixer is not None:
+            x, target = phase.mixer(x, y)
+        with rt.autocast():
+            logits = module(x)
+        loss = phase.loss_fn(logits.float(), target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()}; lower the learning rate (--lr)."
+            )
+        phase.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        phase.optimizer.step()
+        if phase.scheduler is not None and phase.scheduler_per_step:
+            phase.scheduler.step()
+        n = y.shape[0]
+        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n],
+                               dtype=torch.float64)
+        if bar is not phase.train_loader:
+            bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}")
+    if dist.is_distributed():
+        torch.distributed.all_reduce(totals)
+    return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
+
+
+@torch.inference_mode()
+def run_inference(module: nn.Module, loader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs (float32) and labels for every sample of ``loader``, gathered across ranks."""
+    module.eval()
+    outputs, labels = [], []
+    for x, y in loader:
+        with rt.autocast():
+            logits = module(rt.to_input(x))
+        outputs.append(logits.float().cpu())
+        labels.append(y.cpu())
+    logits = torch.cat(outputs) if outputs else torch.zeros(0)
+    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    if dist.is_distributed():
+        logits, labels = _gather_in_order(logits, labels, loader)
+    return logits.numpy(), labels.numpy()
+
+
+def _gather_in_order(logits, labels, loader):
+    """Gather rank shards and put rows back into dataset order."""
+    index = torch.as_tensor(list(loader.sampler), dtype=torch.long)
+    all_index = dist.gather_cat(index)
+    all_logits, all_labels = dist.gather_cat(logits), dist.gather_cat(labels)
+    order = torch.argsort(all_index)
+    return all_logits[order], all_labels[order]
+
+
+def evaluate(module: nn.Module, loader, rt: Runtime) -> dict[str, float]:
+    """Validation loss (plain cross-entropy) and accuracy."""
+    logits, labels = run_inference(module, loader, rt)
+    if len(labels) == 0:
+        return {"val_loss": math.nan, "val_accuracy": math.nan}
+    t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
+    return {
+        "val_loss": float(F.cross_entropy(t_logits, t_labels)),
+        "val_accuracy": float((t_logits.argmax(1) == t_labels).float().mean()),
+    }
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def fit(
+    phase: Phase,
+    rt: Runtime,
+    monitor: Monitor,
+    run_dir: Path,
+    model: nn.Module,
+    meta: dict,
+    state: FitState,
+    restore_best: bool = True,
+    epoch_logger: Callable[[dict], None] | None = None,
+) -> FitState:
+    """Train ``phase`` with early stopping; best.pt/last.pt/history.csv go to ``run_dir``.
+
+    ``phase.module`` is ``model`` or a part of it (its head, over cached features); every
+    checkpoint holds the whole ``model``'s weights plus ``meta`` (classes, preprocessing,
+    model config), all plain data. On Ctrl-C the last state is saved and
+    ``Interrupted`` is raised. Returns the updated state (history and position).
+    """
+    start = state.epoch if state.phase == phase.name else 0
+    state.done = False
+    if start:
+        log.info("resuming phase %s at epoch %d", phase.name, start + 1)
+    offset = sum(1 for row in state.history if row.get("phase") != phase.name)
+
+    def save(name: str, epoch: int) -> None:
+        if not dist.is_main():
+            return
+        payload = dict(meta, model=model.state_dict())
+        payload.update(
+            optimizer=phase.optimizer.state_dict(),
+            scheduler=phase.scheduler.state_dict() if phase.scheduler is not None else None,
+            monitor=monitor.state_dict(), history=state.history,
+            phase=phase.name, epoch=epoch, phase_done=state.done,
+        )
+        save_atomic(payload, run_dir / name)
+
+    epoch = start
+    try:
+        for epoch in range(start, phase.epochs):
+            sampler = getattr(phase.train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            tic = time.perf_counter()
+            desc = f"{phase.name} {epoch + 1}/{phase.epochs}"
+            row = {"epoch": offset + epoch + 1, **train_one_epoch(phase, rt, desc)}
+            if phase.val_loader is not None:
+                row.update(evaluate(phase.module, phase.val_loader, rt))
+            row["lr"] = phase.optimizer.param_groups[-1]["lr"]
+            row["seconds"] = round(time.perf_counter() - tic, 3)
+            row["phase"] = phase.name
+            if phase.scheduler is not None and not phase.scheduler_per_step:
+                if isinstance(phase.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    phase.scheduler.step(row.get(monitor.monitor, row["loss"]))
+                else:
+                    phase.scheduler.step()
+            state.history.append(row)
+            state.phase, state.epoch = phase.name, epoch + 1
+            improved = monitor.update(row["epoch"], row.get(monitor.monitor, math.nan))
+            if improved:
+                save("best.pt", epoch + 1)
+            save("last.pt", epoch + 1)
+            if dist.is_main():
+                write_history(state.history, run_dir / "history.csv")
+                if epoch_logger is not None:
+                    epoch_logger(row)
+            log.info(
+                "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs%s",
+                epoch + 1, phase.epochs, row["loss"], row["accuracy"],
+                row.get("val_loss", math.nan), row.get("val_accuracy", math.nan),
+                row["seconds"], "  *" if improved else "",
+            )
+            if dist.broadcast_flag(monitor.should_stop):
+                log.info("early stopping: %s did not improve for %d epochs (best %.4f at "
+                         "epoch %d)", monitor.monitor, monitor.patience, monitor.best,
+                         monitor.best_epoch)
+                break
+    except KeyboardInterrupt:
+        save("last.pt", state.epoch if state.phase == phase.name else epoch)
+        raise Interrupted(
+            f"training interrupted; progress saved in {run_dir / 'last.pt'}. "
+            "Continue with --resume."
+        ) from None
+    state.done = True
+    save("last.pt", state.epoch)
+    dist.barrier()
+    if restore_best and (run_dir / "best.pt").exists():
+        best = load_checkpoint(run_dir / "best.pt")
+        if best.get("phase") == phase.name:
+            model.load_state_dict(best["model"])
+            log.info("restored best weights (epoch %d, %s %.4f)", monitor.best_epoch,
+                     monitor.monitor, monitor.best)
+    return state

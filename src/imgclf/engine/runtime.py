@@ -1,0 +1,73 @@
+"""Where and how tensors are computed: device, autocast precision, memory format."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from imgclf.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def describe(self) -> str:
+        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+        layout = ", channels_last" if self.channels_last else ""
+        return f"{self.device.type} ({amp}{layout}, {torch.get_num_threads()} threads)"
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 is only faster than fp32 on CPUs with native bf16 units (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+    """Pick CUDA when present, else CPU; bf16 autocast where the hardware runs it natively."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu."
+        )
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if amp == "auto":
+        if dev.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        else:
+            dtype = torch.bfloat16 if cpu_supports_bf16() else None
+    elif amp == "bf16":
+        dtype = torch.bfloat16
+    else:
+        dtype = None
+    return Runtime(dev, dtype, channels_last)

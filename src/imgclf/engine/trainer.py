@@ -1,0 +1,369 @@
+"""Turning a Config into a trained run folder: data, model, phases of the one loop, results.
+
+Methods plug into the same loop:
+- ``scratch`` / ``augment``: the whole classifier trains on (augmented) images;
+- ``transfer``: the backbone is frozen and only the head trains. Without augmentation
+  the frozen backbone's features are computed once, cached on disk, and the head trains
+  on them in seconds; with augmentation every epoch runs the frozen backbone on fresh
+  augmented views (features of random views cannot be reused, and caching a fixed few
+  views would quietly cap the augmentation);
+- ``--finetune N|all`` then unfreezes the backbone's last N stages and trains them with
+  the head at lower learning rates, after the head has warmed up (fastai's fine_tune).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+from imgclf.config import Config
+from imgclf.data.datasets import ArrayDataset, make_loader
+from imgclf.data.prepare import PreparedData, decode_split, prepare_data
+from imgclf.data.transforms import create_batch_mixer, create_transform
+from imgclf.engine import dist
+from imgclf.engine.callbacks import Monitor, load_checkpoint, save_atomic
+from imgclf.engine.loop import FitState, Phase, fit, run_inference
+from imgclf.engine.runtime import Runtime, resolve_runtime
+from imgclf.errors import RunError
+from imgclf.evaluation import write_evaluation
+from imgclf.models.factory import (
+    Classifier,
+    Preprocessing,
+    count_parameters,
+    create_model,
+    freeze_norm_stats,
+    set_trainable,
+)
+from imgclf.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(groups, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True,
+                               weight_decay=weight_decay)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, mode: str):
+    """(scheduler or None, whether it steps per batch)."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs), False
+    if name == "onecycle":
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=max(1, steps_per_epoch)
+        ), True
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.2,
+                                                          patience=1), False
+    return None, False
+
+
+def make_loss(config: Config, labels: np.ndarray, num_classes: int, device) -> nn.Module:
+    weight = None
+    if config.train.class_weight == "auto":
+        present = np.unique(labels)
+        w = compute_class_weight("balanced", classes=present, y=labels)
+        full = np.ones(num_classes, dtype=np.float32)
+        full[present] = w
+        weight = torch.tensor(full, device=device)
+        log.info("class weights: %s", np.round(full, 3).tolist())
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.train.label_smoothing)
+
+
+class FeatureExtractor(nn.Module):
+    """A classifier's body alone, so the inference loop can collect features."""
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
+def cached_features(model: Classifier, images: np.ndarray, labels: np.ndarray, key: str,
+                    rt: Runtime, batch_size: int, use_cache: bool) -> np.ndarray:
+    """The frozen body's features for ``images``, computed once per (model, data) and kept."""
+    path = cache_dir("features") / f"{key}.npy"
+    if use_cache and path.exists():
+        log.info("frozen-backbone features: cache hit (%s)", path.name)
+        return np.load(path)
+    tic = time.perf_counter()
+    loader = make_loader(ArrayDataset(images, labels), batch_size, shuffle=False, workers=0)
+    features, _ = run_inference(FeatureExtractor(model), loader, rt)
+    log.info("frozen-backbone features for %d images in %.1fs (%.0f images/s)", len(images),
+             time.perf_counter() - tic, len(images) / max(time.perf_counter() - tic, 1e-9))
+    if use_cache and dist.is_main():
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, features)
+        tmp.replace(path)
+    return features
+
+
+def feature_key(image_key: str, config: Config, prep: Preprocessing, source: str,
+                rt: Runtime) -> str:
+    ident = json.dumps([image_key, config.model.name, source, prep.to_dict(),
+                        str(rt.amp_dtype)], sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def default_run_dir(config: Config) -> Path:
+    base = Path("runs") / f"{config.method}-{config.model.name}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+@dataclass
+class TrainingContext:
+    """Everything the phases share."""
+
+    config: Config
+    data: PreparedData
+    model: Classifier
+    prep: Preprocessing
+    rt: Runtime
+    run_dir: Path
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]
+    image_keys: dict[str, str]
+    meta: dict
+
+
+def checkpoint_meta(config: Config, classes: list[str], prep: Preprocessing, source: str) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "classes": list(classes),
+        "preprocessing": prep.to_dict(),
+        "model_config": {"name": config.model.name, "head": config.model.head,
+                         "dropout": config.model.dropout, "num_classes": len(classes)},
+        "method": config.method,
+        "weights_source": source,
+    }
+
+
+def _image_loader(ctx: TrainingContext, split: str, train: bool, preset: str):
+    images, labels = ctx.arrays[split]
+    transform = create_transform(preset, (ctx.prep.img_size, ctx.prep.img_size)) if train \
+        else None
+    ds = ArrayDataset(images, labels, transform=transform)
+    return make_loader(ds, ctx.config.train.batch_size, shuffle=train, seed=ctx.config.seed,
+                       workers=ctx.config.data.workers, drop_last=False)
+
+
+def _wrap_ddp(module: nn.Module, rt: Runtime) -> nn.Module:
+    if not dist.is_distributed() or not any(p.requires_grad for p in module.parameters()):
+        return module
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def _whole_model_phase(ctx: TrainingContext, name: str, frozen_body: bool) -> Phase:
+    """The classifier trains on images (all of it, or its head with the body frozen)."""
+    cfg = ctx.config
+    model = ctx.model
+    if frozen_body:
+        set_trainable(model, 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    train_loader = _image_loader(ctx, "train", True, cfg.augment.preset)
+    optimizer = make_optimizer(params, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
+    scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs,
+                                         len(train_loader), Monitor(cfg.train.monitor).mode)
+    module = _wrap_ddp(model, ctx.rt)
+    return Phase(
+        name, module, train_loader, _image_loader(ctx, "val", False, "none"), optimizer,
+        cfg.train.epochs, make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes),
+                                    ctx.rt.device),
+        scheduler, per_step,
+        mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
+        before_epoch=lambda: freeze_norm_stats(model),
+    )
+
+
+def _head_on_features_phase(ctx: TrainingContext) -> Phase:
+    """Frozen backbone, no augmentation: the head trains on cached features."""
+    cfg = ctx.config
+    set_trainable(ctx.model, 0)
+    feats = {}
+    for split in ("train", "val"):
+        images, labels = ctx.arrays[split]
+        key = feature_key(ctx.image_keys[split], cfg, ctx.prep, ctx.meta["weights_source"],
+                          ctx.rt)
+        feats[split] = ArrayDataset(
+            cached_features(ctx.model, images, labels, key, ctx.rt, 64, cfg.data.cache),
+            labels, images=False)
+    train_loader = make_loader(feats["train"], cfg.train.batch_size, True, cfg.seed, workers=0)
+    val_loader = make_loader(feats["val"], 256, False, cfg.seed, workers=0)
+    head = ctx.model.head
+    optimizer = make_optimizer(head.parameters(), cfg.train.optimizer, cfg.train.lr,
+                               cfg.train.weight_decay)
+    scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs,
+                                         len(train_loader), Monitor(cfg.train.monitor).mode)
+    feature_rt = Runtime(ctx.rt.device, None, False)
+    return Phase("head", _wrap_ddp(head, feature_rt), train_loader, val_loader, optimizer,
+                 cfg.train.epochs,
+                 make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
+                 scheduler, per_step, runtime=feature_rt)
+
+
+def _finetune_phase(ctx: TrainingContext) -> Phase:
+    cfg = ctx.config
+    body_params = set_trainable(ctx.model, cfg.train.finetune)
+    head_params = list(ctx.model.head.parameters())
+    groups = [{"params": body_params, "lr": cfg.train.finetune_lr},
+              {"params": head_params, "lr": cfg.train.finetune_lr * 10}]
+    train_loader = _image_loader(ctx, "train", True, cfg.augment.preset)
+    optimizer = make_optimizer(groups, cfg.train.optimizer, cfg.train.finetune_lr,
+                               cfg.train.weight_decay)
+    scheduler, per_step = make_scheduler(optimizer, "cosine", cfg.train.finetune_epochs,
+                                         len(train_loader), Monitor(cfg.train.monitor).mode)
+    model = ctx.model
+    return Phase(
+        "finetune", _wrap_ddp(model, ctx.rt), train_loader, _image_loader(ctx, "val", False,
+                                                                          "none"),
+        optimizer, cfg.train.finetune_epochs,
+        make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
+        scheduler, per_step,
+        mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
+        before_epoch=lambda: freeze_norm_stats(model),
+    )
+
+
+def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
+    """The (name, factory) phases a method runs; a phase is built only when it starts."""
+    cfg = ctx.config
+    if cfg.method != "transfer" or not cfg.train.freeze:
+        return [("train", lambda: _whole_model_phase(ctx, "train", frozen_body=False))]
+    cached = cfg.train.feature_cache and cfg.augment.preset == "none" and not (
+        cfg.augment.mixup or cfg.augment.cutmix)
+    first = (lambda: _head_on_features_phase(ctx)) if cached else (
+        lambda: _whole_model_phase(ctx, "head", frozen_body=True))
+    phases = [("head", first)]
+    if cfg.train.finetune is not None:
+        phases.append(("finetune", lambda: _finetune_phase(ctx)))
+    return phases
+
+
+def _prepare_run_dir(config: Config, resume: bool) -> Path:
+    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    if resume:
+        if not (run_dir / "last.pt").exists():
+            raise RunError(f"cannot resume: {run_dir / 'last.pt'} does not exist. "
+                           "Pass --out with the folder of the interrupted run.")
+    elif (run_dir / "last.pt").exists():
+        raise RunError(f"{run_dir} already holds a run; use --resume to continue it, or "
+                       "choose another --out.")
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    return run_dir
+
+
+def write_skipped(data: PreparedData, path: Path) -> None:
+    lines = ["split,path,reason"]
+    lines += [f'{split},"{s.path}","{s.reason}"' for split, s in data.skipped]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def train(config: Config, resume: bool = False) -> Path:
+    """Train as ``config`` says; returns the run folder with checkpoints, history, metrics."""
+    seed_everything(config.seed)
+    rt = resolve_runtime(config.train.device, config.train.amp, config.train.channels_last)
+    run_dir = _prepare_run_dir(config, resume)
+    d = config.data
+    data = prepare_data(d.data, train=d.train, val=d.val, test=d.test,
+                        val_fraction=d.val_fraction, seed=config.seed)
+    log.info(data.summary())
+    model, prep, source = create_model(
+        config.model.name, len(data.classes), img_size=config.model.img_size,
+        pretrained=config.model.pretrained, weights=config.model.weights,
+        head=config.model.head, dropout=config.model.dropout)
+    config.model.img_size = prep.img_size
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    arrays, image_keys = {}, {}
+    for name, split in data.splits.items():
+        images, labels, key = decode_split(split, prep.img_size, prep.interpolation, d.cache)
+        arrays[name], image_keys[name] = (images, labels), key
+    if dist.is_main():
+        config.save(run_dir / "config.yaml")
+        write_skipped(data, run_dir / "skipped.csv")
+    meta = checkpoint_meta(config, data.classes, prep, source)
+    ctx = TrainingContext(config, data, model, prep, rt, run_dir, arrays, image_keys, meta)
+    state = FitState()
+    if resume:
+        last = load_checkpoint(run_dir / "last.pt")
+        state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"])
+        best = run_dir / "best.pt"
+        restore = state.done and config.train.restore_best and best.exists()
+        model.load_state_dict(load_checkpoint(best if restore else run_dir / "last.pt")["model"])
+    total, _ = count_parameters(model)
+    log.info("model %s (%s), %s parameters, on %s", config.model.name, source, f"{total:,}",
+             rt.describe())
+    tic = time.perf_counter()
+    logger = _tensorboard_logger(config, run_dir)
+    plan = plan_phases(ctx)
+    start = [name for name, _ in plan].index(state.phase) + state.done if state.phase else 0
+    for _, factory in plan[start:]:
+        phase = factory()
+        monitor = Monitor(config.train.monitor, config.train.mode, config.train.min_delta,
+                          config.train.patience)
+        if resume and state.phase == phase.name:
+            last = load_checkpoint(run_dir / "last.pt")
+            phase.optimizer.load_state_dict(last["optimizer"])
+            if phase.scheduler is not None and last.get("scheduler"):
+                phase.scheduler.load_state_dict(last["scheduler"])
+            monitor.load_state_dict(last["monitor"])
+        _, trainable = count_parameters(model)
+        log.info("phase %s: %s trainable parameters", phase.name, f"{trainable:,}")
+        state = fit(phase, phase.runtime or rt, monitor, run_dir, model, meta, state,
+                    restore_best=config.train.restore_best, epoch_logger=logger)
+    train_seconds = time.perf_counter() - tic
+    if logger is not None:
+        logger.close()
+    eval_split = "test" if "test" in arrays else "val"
+    images, labels = arrays[eval_split]
+    if dist.is_main():
+        # The final weights (the best epoch's, when restoring best) without training state:
+        # what evaluate, predict and export load.
+        save_atomic(dict(meta, model=model.state_dict()), run_dir / "model.pt")
+    write_evaluation(model, images, labels, data.splits[eval_split].paths, data.classes, rt,
+                     run_dir, split=eval_split, history=state.history,
+                     extra={"train_seconds": round(train_seconds, 2),
+                            "parameters": dict(zip(("total", "trainable"),
+                                                   count_parameters(model), strict=False)),
+                            "skipped_files": len(data.skipped),
+                            "data_summary": data.summary()})
+    return run_dir
+
+
+def _tensorboard_logger(config: Config, run_dir: Path):
+    if not config.train.tensorboard or not dist.is_main():
+        return None
+    from imgclf.engine.tb import TensorBoardLogger
+
+    return TensorBoardLogger(run_dir / "tensorboard")

@@ -1,0 +1,29 @@
+"""Exceptions that imgclf raises for problems a user can fix.
+
+The command line prints their message (no traceback) and exits with status 2, so each
+message names what was received, what is allowed, and how to fix it.
+"""
+
+
+class ImgclfError(Exception):
+    """Base class for every error caused by input, configuration or environment."""
+
+
+class DataError(ImgclfError):
+    """The dataset's layout or contents cannot be used as given."""
+
+
+class ConfigError(ImgclfError):
+    """A configuration value or key is not valid."""
+
+
+class ModelError(ImgclfError):
+    """A model name or model option is not valid."""
+
+
+class WeightsUnavailableError(ImgclfError):
+    """Pretrained weights for a backbone cannot be found offline or downloaded."""
+
+
+class RunError(ImgclfError):
+    """A run folder is missing, incomplete, or does not match the request."""

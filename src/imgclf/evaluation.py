@@ -1,0 +1,122 @@
+"""Evaluating a trained classifier on labelled images, and writing what it found.
+
+Writes ``metrics.json``, ``predictions.csv`` (one row per image, with probabilities) and
+the plots (learning curves when a history is given, confusion matrix, ROC curves) into
+the output folder. Only rank 0 writes; every rank takes part in inference.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.data.datasets import ArrayDataset, make_loader
+from imgclf.engine import dist
+from imgclf.engine.loop import run_inference
+from imgclf.engine.runtime import Runtime
+from imgclf.metrics import compute_metrics, roc_curves
+from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
+
+log = logging.getLogger(__name__)
+
+
+def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
+                  batch_size: int = 64) -> tuple[np.ndarray, float]:
+    """Class probabilities for uint8 images (N, H, W, 3), and images per second."""
+    loader = make_loader(ArrayDataset(images, np.zeros(len(images), dtype=np.int64)),
+                         batch_size, shuffle=False, workers=0)
+    tic = time.perf_counter()
+    logits, _ = run_inference(model, loader, rt)
+    seconds = time.perf_counter() - tic
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return probs, len(images) / max(seconds, 1e-9)
+
+
+def best_epoch(history: list[dict], monitor: str = "val_loss") -> int | None:
+    values = [(row.get(monitor), row["epoch"]) for row in history
+              if row.get(monitor) is not None and not math.isnan(row.get(monitor))]
+    if not values:
+        return None
+    pick = min if "loss" in monitor else max
+    return pick(values)[1]
+
+
+def write_evaluation(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    paths: list[Path],
+    classes: list[str],
+    rt: Runtime,
+    out_dir: Path,
+    split: str,
+    history: list[dict] | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Evaluate on one split and write metrics, predictions and plots to ``out_dir``."""
+    probs, speed = predict_array(model, images, rt)
+    metrics = compute_metrics(labels, probs, classes)
+    metrics["split"] = split
+    if split != "test":
+        metrics["note"] = ("the data has no test split: these figures are on the validation "
+                           "split, which also chose the best epoch")
+    metrics["inference_images_per_second"] = round(speed, 1)
+    metrics.update(extra or {})
+    if not dist.is_main():
+        return metrics
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(out_dir / "predictions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "predicted", "confidence", *classes])
+        for path, y, p in zip(paths, labels, probs, strict=False):
+            k = int(p.argmax())
+            writer.writerow([str(path), classes[int(y)], classes[k], f"{p[k]:.6f}",
+                             *(f"{v:.6f}" for v in p)])
+    if history:
+        plot_history(history, out_dir / "learning_curves.png", best_epoch=best_epoch(history))
+    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes,
+                          out_dir / "confusion_matrix.png", title=f"{split} split")
+    curves = roc_curves(labels, probs, classes)
+    if curves:
+        plot_roc_curves(curves, out_dir / "roc_curves.png")
+    log.info("%s accuracy %.4f, balanced %.4f, macro F1 %.4f (%d images)", split,
+             metrics["accuracy"], metrics["balanced_accuracy"], metrics["f1_macro"],
+             metrics["n_samples"])
+    return metrics
+
+
+def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
+                    out: str | Path | None = None, device: str = "auto") -> tuple[dict, Path]:
+    """Evaluate a trained run on a labelled folder; returns (metrics, output folder)."""
+    from imgclf.data.layout import Split, detect_layout, scan_split
+    from imgclf.data.prepare import decode_split
+    from imgclf.errors import DataError
+    from imgclf.predict import Predictor
+
+    predictor = Predictor(run, device=device)
+    layout = detect_layout(Path(data))
+    if layout.kind == "single":
+        name, root = "all", layout.train
+    else:
+        name = split or next(n for n in ("test", "val", "train") if getattr(layout, n))
+        root = getattr(layout, name)
+        if root is None:
+            raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
+    labelled: Split = scan_split(name, root, predictor.classes)
+    if not len(labelled):
+        raise DataError(f"no readable images in {root}.")
+    images, labels, _ = decode_split(labelled, predictor.prep.img_size,
+                                     predictor.prep.interpolation)
+    out_dir = Path(out) if out else Path(run) / f"evaluate-{name}"
+    metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
+                               predictor.classes, predictor.rt, out_dir, split=name,
+                               extra={"data": str(root), "skipped_files": len(labelled.skipped)})
+    return metrics, out_dir

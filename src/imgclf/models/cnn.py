@@ -1,0 +1,57 @@
+"""The reference study's small networks, trained from scratch.
+
+Both follow the Keras originals: 3x3 'valid' convolutions with ReLU and 2x2 max-pooling,
+then a flattening dense head. The flattened size is worked out from the input size.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from imgclf.models.registry import register_model
+
+
+def _conv_block(c_in: int, c_out: int, dropout: float) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    return layers
+
+
+def _flat_size(img_size: int, channels: int, blocks: int = 3) -> int:
+    side = img_size
+    for _ in range(blocks):
+        side = (side - 2) // 2
+    if side < 1:
+        raise ValueError(f"img_size {img_size} is too small for {blocks} conv blocks (min 22)")
+    return channels * side * side
+
+
+@register_model("small_cnn", "reference scratch CNN: 3x[conv32 3x3, ReLU, maxpool], dense 128",
+                default_size=150)
+def small_cnn(num_classes: int, img_size: int = 150) -> nn.Module:
+    return nn.Sequential(
+        *_conv_block(3, 32, 0.5),
+        *_conv_block(32, 32, 0.3),
+        *_conv_block(32, 32, 0.0),
+        nn.Flatten(),
+        nn.Linear(_flat_size(img_size, 32), 128),
+        nn.ReLU(inplace=True),
+        nn.Linear(128, num_classes),
+    )
+
+
+@register_model("small_cnn_wide",
+                "reference augmentation CNN: conv 64/128/128 3x3, ReLU, maxpool, dense 512",
+                default_size=150)
+def small_cnn_wide(num_classes: int, img_size: int = 150) -> nn.Module:
+    return nn.Sequential(
+        *_conv_block(3, 64, 0.5),
+        *_conv_block(64, 128, 0.3),
+        *_conv_block(128, 128, 0.0),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(_flat_size(img_size, 128), 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, num_classes),
+    )

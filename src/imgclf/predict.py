@@ -1,0 +1,132 @@
+"""Loading a trained run and predicting on new images.
+
+``load(run_dir)`` gives a ``Predictor`` holding the final model (``model.pt``), its classes
+and preprocessing. Unreadable files get an ``error`` on their row, never an exception.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.data.decode import DecodeError, decode_image
+from imgclf.data.prepare import find_unlabelled
+from imgclf.data.transforms import hflip
+from imgclf.engine.callbacks import load_checkpoint
+from imgclf.engine.runtime import Runtime, resolve_runtime
+from imgclf.errors import RunError
+from imgclf.models.factory import Classifier, Preprocessing, create_model
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+def checkpoint_file(run: str | Path) -> Path:
+    """The model file of a run folder (or the checkpoint file itself)."""
+    path = Path(run)
+    if path.is_dir():
+        for name in (MODEL_FILE, "best.pt", "last.pt"):
+            if (path / name).exists():
+                return path / name
+        raise RunError(f"{path} holds no model.pt, best.pt or last.pt: is it an imgclf run "
+                       "folder? Train one with `imgclf train`.")
+    if not path.exists():
+        raise RunError(f"run folder or checkpoint {path} does not exist.")
+    return path
+
+
+def load_model(run: str | Path) -> tuple[Classifier, Preprocessing, list[str], dict]:
+    """Rebuild a run's model from its checkpoint: (model, preprocessing, classes, meta)."""
+    ckpt = load_checkpoint(checkpoint_file(run))
+    cfg = ckpt["model_config"]
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    model, _, _ = create_model(cfg["name"], cfg["num_classes"], img_size=prep.img_size,
+                               pretrained=False, head=cfg["head"], dropout=cfg["dropout"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler")}
+    return model, prep, list(ckpt["classes"]), meta
+
+
+@dataclass
+class Prediction:
+    path: Path
+    label: str | None
+    confidence: float | None
+    probs: np.ndarray | None
+    error: str | None = None
+
+
+class Predictor:
+    """A trained model ready to classify image files."""
+
+    def __init__(self, run: str | Path, device: str = "auto", amp: str = "off"):
+        self.model, self.prep, self.classes, self.meta = load_model(run)
+        self.rt: Runtime = resolve_runtime(device, amp, channels_last=True)
+        self.model.to(self.rt.device)
+        if self.rt.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _decode(self, path: Path) -> np.ndarray | str:
+        try:
+            return decode_image(path, (self.prep.img_size, self.prep.img_size),
+                                self.prep.interpolation)
+        except DecodeError as exc:
+            return exc.reason
+
+    @torch.inference_mode()
+    def predict_arrays(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Probabilities for uint8 images (N, H, W, 3); ``tta`` averages a mirrored view."""
+        x = self.rt.to_input(torch.from_numpy(images).permute(0, 3, 1, 2))
+        with self.rt.autocast():
+            probs = torch.softmax(self.model(x).float(), 1)
+            if tta:
+                probs = (probs + torch.softmax(self.model(hflip(x)).float(), 1)) / 2
+        return probs.cpu().numpy()
+
+    def predict(self, paths, batch_size: int = 64, tta: bool = False) -> list[Prediction]:
+        """Predict every image among ``paths`` (files or folders, walked recursively)."""
+        files, skipped = find_unlabelled(paths if isinstance(paths, (list, tuple)) else [paths])
+        results = [Prediction(s.path, None, None, None, s.reason) for s in skipped
+                   if s.reason != "hidden or system file"]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for start in range(0, len(files), batch_size):
+                chunk = files[start:start + batch_size]
+                decoded = list(pool.map(self._decode, chunk))
+                good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+                probs = (self.predict_arrays(np.stack([decoded[i] for i in good]), tta)
+                         if good else np.zeros((0, len(self.classes))))
+                by_index = dict(zip(good, probs, strict=False))
+                for i, path in enumerate(chunk):
+                    if i in by_index:
+                        p = by_index[i]
+                        k = int(p.argmax())
+                        results.append(Prediction(path, self.classes[k], float(p[k]), p))
+                    else:
+                        results.append(Prediction(path, None, None, None, decoded[i]))
+        return results
+
+    def write_csv(self, predictions: list[Prediction], path: str | Path) -> None:
+        """path, label, confidence, one probability column per class, then error."""
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "confidence", *self.classes, "error"])
+            for p in predictions:
+                if p.error:
+                    writer.writerow([str(p.path), "", "", *[""] * len(self.classes), p.error])
+                else:
+                    writer.writerow([str(p.path), p.label, f"{p.confidence:.6f}",
+                                     *(f"{v:.6f}" for v in p.probs), ""])
+
+
+def load(run: str | Path, device: str = "auto") -> Predictor:
+    """A ``Predictor`` for a trained run folder."""
+    return Predictor(run, device=device)
