@@ -2,6 +2,8 @@
 
 ``load(run_dir)`` gives a ``Predictor`` holding the final model (``model.pt``), its classes
 and preprocessing. Unreadable files get an ``error`` on their row, never an exception.
+``BasePredictor`` holds what every inference engine shares (finding and decoding files,
+batching, the CSV); ``imgclf.export.OnnxPredictor`` is the ONNX Runtime one.
 """
 
 from __future__ import annotations
@@ -65,15 +67,14 @@ class Prediction:
     error: str | None = None
 
 
-class Predictor:
-    """A trained model ready to classify image files."""
+class BasePredictor:
+    """Classifying image files with some engine: decoding, batching and the CSV are shared.
 
-    def __init__(self, run: str | Path, device: str = "auto", amp: str = "off"):
-        self.model, self.prep, self.classes, self.meta = load_model(run)
-        self.rt: Runtime = resolve_runtime(device, amp, channels_last=True)
-        self.model.to(self.rt.device)
-        if self.rt.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+    A subclass sets ``classes`` and ``prep`` and implements ``predict_arrays``.
+    """
+
+    classes: list[str]
+    prep: Preprocessing
 
     def _decode(self, path: Path) -> np.ndarray | str:
         try:
@@ -82,15 +83,10 @@ class Predictor:
         except DecodeError as exc:
             return exc.reason
 
-    @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Probabilities for uint8 images (N, H, W, 3); ``tta`` averages a mirrored view."""
-        x = self.rt.to_input(torch.from_numpy(images).permute(0, 3, 1, 2))
-        with self.rt.autocast():
-            probs = torch.softmax(self.model(x).float(), 1)
-            if tta:
-                probs = (probs + torch.softmax(self.model(hflip(x)).float(), 1)) / 2
-        return probs.cpu().numpy()
+        """Probabilities (N, classes) for uint8 images (N, H, W, 3); ``tta`` averages a
+        mirrored view."""
+        raise NotImplementedError
 
     def predict(self, paths, batch_size: int = 64, tta: bool = False) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively)."""
@@ -125,6 +121,26 @@ class Predictor:
                 else:
                     writer.writerow([str(p.path), p.label, f"{p.confidence:.6f}",
                                      *(f"{v:.6f}" for v in p.probs), ""])
+
+
+class Predictor(BasePredictor):
+    """A trained model ready to classify image files, run by PyTorch."""
+
+    def __init__(self, run: str | Path, device: str = "auto", amp: str = "off"):
+        self.model, self.prep, self.classes, self.meta = load_model(run)
+        self.rt: Runtime = resolve_runtime(device, amp, channels_last=True)
+        self.model.to(self.rt.device)
+        if self.rt.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def predict_arrays(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        x = self.rt.to_input(torch.from_numpy(images).permute(0, 3, 1, 2))
+        with self.rt.autocast():
+            probs = torch.softmax(self.model(x).float(), 1)
+            if tta:
+                probs = (probs + torch.softmax(self.model(hflip(x)).float(), 1)) / 2
+        return probs.cpu().numpy()
 
 
 def load(run: str | Path, device: str = "auto") -> Predictor:

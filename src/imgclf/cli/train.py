@@ -86,7 +86,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
            help="share of train held out for validation when there is no val split (0.2)")
     option(r, "--no-cache", dest="data.cache", action="store_const", const=False,
            help="do not keep decoded images and features in the user cache folder")
-    option(r, "--workers", dest="data.workers", type=int,
+    option(r, "--loader-workers", dest="data.workers", type=int,
            help="data-loader processes (default: 0 without augmentation, else cores - 1)")
     option(r, "--device", dest="train.device", help="auto (default), cpu, cuda or cuda:N")
     option(r, "--amp", dest="train.amp", choices=("auto", "bf16", "off"),

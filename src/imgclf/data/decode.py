@@ -122,7 +122,8 @@ def decode_image(
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 im.seek(0)
-                if im.format == "JPEG" and size is not None:
+                # Phone cameras write multi-picture JPEGs that Pillow calls MPO.
+                if im.format in ("JPEG", "MPO") and size is not None:
                     side = max(size)
                     im.draft("RGB", (side, side))
                 elif im.width * im.height > MAX_PIXELS:
@@ -143,8 +144,10 @@ def decode_image(
         raise
     except UnidentifiedImageError:
         raise DecodeError(path, "not a recognised image format") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         text = str(exc)
-        if "truncated" in text:
+        if "truncated" in text.lower():
             raise DecodeError(path, "truncated file (image data ends early)") from None
         raise DecodeError(path, f"corrupt image: {text or type(exc).__name__}") from None

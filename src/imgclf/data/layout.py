@@ -93,7 +93,8 @@ def _alias(name: str) -> str | None:
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
 
 
 def _follow_doubled(folder: Path) -> Path:
@@ -173,7 +174,7 @@ def scan_folder(folder: Path, label: int | None = None) -> tuple[list[Path], lis
                 probe(path)
             except DecodeError as exc:
                 reason = exc.reason
-                if path.suffix.lower() not in IMAGE_EXTENSIONS and path.stat().st_size:
+                if path.suffix.lower() not in IMAGE_EXTENSIONS and reason.startswith("not a "):
                     reason = f"not an image ({reason})"
         if reason is None:
             images.append(path)

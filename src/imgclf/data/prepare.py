@@ -35,6 +35,8 @@ class PreparedData:
     layout: Layout
     splits: dict[str, Split]
     val_source: str
+    found: str = ""
+    """The one-line layout report, made before validation is split off."""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -43,15 +45,16 @@ class PreparedData:
 
     def summary(self) -> str:
         """The one-line report: 'found train/ (8741 images, 6 classes), test/ (...); ...'."""
-        parts = [summarize(self.splits[n], self.classes) for n in ("train", "val", "test")
-                 if n in self.splits and self.splits[n].root is not None
-                 and not (n == "val" and self.val_source != "split")]
-        text = "found " + ", ".join(parts)
-        if self.layout.unlabelled is not None:
-            text += f", {self.layout.unlabelled.name}/ (unlabelled, for predict)"
         if self.val_source != "split":
-            text += f"; validation: {self.val_source}"
-        return text
+            return f"{self.found}; validation: {self.val_source}"
+        return self.found
+
+
+def _found_line(splits: dict[str, Split], classes: list[str], layout: Layout) -> str:
+    text = "found " + ", ".join(summarize(s, classes) for s in splits.values())
+    if layout.unlabelled is not None:
+        text += f", {layout.unlabelled.name}/ (unlabelled, for predict)"
+    return text
 
 
 def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -93,6 +96,7 @@ def prepare_data(
         if root is not None:
             splits[name] = scan_split(name, root, classes)
     warnings = warn_small_classes(splits["train"], classes)
+    found = _found_line(splits, classes, layout)
     if "val" in splits:
         val_source = "split"
     else:
@@ -102,7 +106,7 @@ def prepare_data(
         if split.skipped:
             log.warning("%s: %d file(s) skipped (see skipped.csv in the run folder)",
                         name, len(split.skipped))
-    return PreparedData(classes, layout, splits, val_source, warnings)
+    return PreparedData(classes, layout, splits, val_source, found, warnings)
 
 
 def decode_split(split: Split, size: int, interpolation: str, use_cache: bool = True):

@@ -14,7 +14,6 @@ from timm.models import group_parameters
 from torch import nn
 
 from imgclf.errors import ModelError
-from imgclf.models import cnn  # noqa: F401  (registers the small CNNs)
 from imgclf.models.registry import check_model_name, get_spec
 
 HEADS = ("reference", "linear")

@@ -1,0 +1,49 @@
+"""``imgclf audit``: check a dataset before training on it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audit", help="check a dataset: counts, sizes, broken files, duplicates, leakage",
+        description="Report images per split and class, class imbalance, image sizes, modes "
+                    "and formats, files whose extension lies about their format, unreadable "
+                    "and skipped files, identical files within and across splits and classes, "
+                    "and near-duplicates across splits.")
+    parser.add_argument("data", nargs="?", default=None,
+                        help="dataset folder: class subfolders, or train/ val/ test/ splits "
+                             "(Kaggle's seg_train/seg_train layout works too)")
+    parser.add_argument("--train", default=None,
+                        help="training split folder (instead of DATA)")
+    parser.add_argument("--val", default=None, help="validation split folder")
+    parser.add_argument("--test", default=None, help="test split folder")
+    parser.add_argument("--json", metavar="FILE", default=None,
+                        help="also write the full report (every file listed) as JSON to FILE")
+    parser.add_argument("--no-near-duplicates", dest="near_duplicates", action="store_false",
+                        help="skip the perceptual-hash search for near-duplicates across splits")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads that read the images (default: one per CPU core)")
+    from imgclf.cli.common import add_verbosity
+
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgclf.data.audit import audit_dataset, format_audit
+
+    report = audit_dataset(
+        args.data, train=args.train, val=args.val, test=args.test,
+        near_duplicates=args.near_duplicates, workers=args.workers,
+    )
+    print(format_audit(report))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"\nfull report written to {out}")
+    return 0

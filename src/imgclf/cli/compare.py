@@ -1,0 +1,49 @@
+"""``imgclf compare``: methods and backbones side by side in one leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+
+from imgclf.cli.common import add_verbosity, overrides_from
+from imgclf.cli.train import add_training_options
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="train several methods/backbones and rank them in a leaderboard",
+        description="Train every requested combination through the same loop, then write "
+                    "leaderboard.csv and leaderboard.md in --out. Repeating the command "
+                    "keeps finished runs and retries the rest.")
+    parser.add_argument("data", help="dataset folder (as for `imgclf train`)")
+    parser.add_argument("--methods", default="scratch,augment,transfer",
+                        help="comma-separated methods (default scratch,augment,transfer)")
+    parser.add_argument("--backbones", default=None,
+                        help="comma-separated transfer backbones; 'offline' = every backbone "
+                             "with ImageNet weights on this machine (default "
+                             "tf_efficientnet_lite0)")
+    parser.add_argument("--out", required=True, help="compare folder (one subfolder per run)")
+    parser.add_argument("--sort", default="accuracy",
+                        help="leaderboard metric to sort by (default accuracy)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs trained in parallel processes, each with its share of "
+                             "the cores (default 1)")
+    parser.add_argument("--no-audit", action="store_true",
+                        help="skip the dataset audit (audit.json, shown in the report)")
+    add_training_options(parser)
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgclf.compare import compare, resolve_backbones
+
+    overrides = overrides_from(args)
+    overrides.pop("out", None)
+    if args.config:
+        overrides["config_file"] = args.config
+    out = compare(args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
+                  resolve_backbones(args.backbones), args.out, overrides, sort_by=args.sort,
+                  workers=args.workers, audit=not args.no_audit)
+    print((out / "leaderboard.md").read_text())
+    print(f"leaderboard: {out / 'leaderboard.csv'}")
+    return 0

@@ -1,0 +1,201 @@
+"""Running several methods and backbones through the same loop, and ranking them.
+
+Each combination gets its own run folder under the compare folder. Runs share the
+decoded-image cache and the frozen-backbone feature cache, so repeating a backbone or a
+dataset costs nothing extra. Finished runs (with ``metrics.json``) are skipped when the
+command is repeated; a run that fails is recorded with its error and the others go on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import csv
+import json
+import logging
+import multiprocessing
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config
+from imgclf.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SCALAR_METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted",
+                  "f1_weighted", "precision_macro", "recall_macro", "f1_macro", "cohen_kappa",
+                  "mcc", "roc_auc", "log_loss")
+RUN_COLUMNS = ("run", "method", "backbone", "img_size", "params_total", "params_trainable",
+               "epochs", "train_seconds", "inference_images_per_second", "status", "error")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    name: str
+    method: str
+    model: str
+
+
+def plan_runs(methods: list[str], backbones: list[str]) -> list[RunPlan]:
+    """One run per method, and one per backbone for ``transfer``."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    plans = []
+    for method in methods:
+        if method == "transfer":
+            for backbone in backbones or [DEFAULT_BACKBONE]:
+                plans.append(RunPlan(f"transfer-{backbone}", method, backbone))
+        else:
+            model = build_config(method).model.name
+            plans.append(RunPlan(f"{method}-{model}", method, model))
+    return plans
+
+
+def resolve_backbones(spec: str | None) -> list[str]:
+    """``offline`` means every backbone with ImageNet weights installed on this machine."""
+    if not spec:
+        return [DEFAULT_BACKBONE]
+    names: list[str] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if item == "offline":
+            from imgclf.models.weights import offline_backbones
+
+            names += list(offline_backbones())
+        elif item:
+            names.append(item)
+    return list(dict.fromkeys(names))
+
+
+def _run_one(plan: RunPlan, overrides: dict, out: Path, threads: int | None) -> dict:
+    """Train one run (in this process or a worker); returns its leaderboard row."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from imgclf.engine.trainer import train
+
+    run_dir = out / plan.name
+    opts = copy.deepcopy(overrides)
+    opts.setdefault("model", {})["name"] = plan.model
+    opts["out"] = str(run_dir)
+    try:
+        config = build_config(plan.method, opts.pop("config_file", None), opts)
+        train(config)
+    except Exception as exc:  # a failed run is recorded and the comparison goes on
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        log.error("run %s failed: %s", plan.name, exc)
+        return {"run": plan.name, "method": plan.method, "backbone": plan.model,
+                "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return row_from_run(run_dir, plan)
+
+
+def row_from_run(run_dir: Path, plan: RunPlan) -> dict:
+    """The leaderboard row of a finished run folder."""
+    import yaml
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    history = list(csv.DictReader(open(run_dir / "history.csv")))
+    row = {
+        "run": plan.name, "method": plan.method, "backbone": plan.model,
+        "img_size": config["model"]["img_size"],
+        "params_total": metrics["parameters"]["total"],
+        "params_trainable": metrics["parameters"]["trainable"],
+        "epochs": len(history), "train_seconds": metrics["train_seconds"],
+        "inference_images_per_second": metrics["inference_images_per_second"],
+        "status": "ok", "error": "",
+    }
+    row.update({k: metrics.get(k) for k in SCALAR_METRICS})
+    row.update(metrics.get("top_k_accuracy", {}))
+    return row
+
+
+def compare(
+    data: str,
+    methods: list[str],
+    backbones: list[str],
+    out: str | Path,
+    overrides: dict | None = None,
+    sort_by: str = "accuracy",
+    workers: int = 1,
+    audit: bool = True,
+) -> Path:
+    """Train every combination, then write leaderboard.csv and leaderboard.md in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = copy.deepcopy(overrides or {})
+    overrides.setdefault("data", {})["data"] = data
+    plans = plan_runs(methods, backbones)
+    if audit and not (out / "audit.json").exists():
+        from imgclf.data.audit import audit_dataset
+
+        (out / "audit.json").write_text(json.dumps(audit_dataset(Path(data)), indent=2))
+    rows: dict[str, dict] = {}
+    todo = []
+    for plan in plans:
+        if (out / plan.name / "metrics.json").exists():
+            log.info("run %s already finished: kept", plan.name)
+            rows[plan.name] = row_from_run(out / plan.name, plan)
+        else:
+            if (out / plan.name).exists():
+                _clear_unfinished(out / plan.name)
+            todo.append(plan)
+    if workers <= 1:
+        for plan in todo:
+            log.info("run %s", plan.name)
+            rows[plan.name] = _run_one(plan, overrides, out, None)
+            write_leaderboard(list(rows.values()), out, sort_by)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_run_one, p, overrides, out, threads): p for p in todo}
+            for future in cf.as_completed(futures):
+                rows[futures[future].name] = future.result()
+                write_leaderboard(list(rows.values()), out, sort_by)
+    ordered = [rows[p.name] for p in plans]
+    write_leaderboard(ordered, out, sort_by)
+    return out
+
+
+def _clear_unfinished(run_dir: Path) -> None:
+    """A run without metrics.json failed or was interrupted: start it again from scratch."""
+    for name in ("last.pt", "best.pt", "error.txt"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") -> None:
+    """leaderboard.csv (every column) and leaderboard.md, best first by ``sort_by``."""
+    lower_better = sort_by in ("log_loss", "train_seconds")
+    ok = sorted((r for r in rows if r.get("status") == "ok"),
+                key=lambda r: (r.get(sort_by) is None, r.get(sort_by) or 0),
+                reverse=not lower_better)
+    if not lower_better:
+        ok = sorted(ok, key=lambda r: r.get(sort_by) is None)
+    ordered = ok + [r for r in rows if r.get("status") != "ok"]
+    extra = sorted({k for r in rows for k in r if k.startswith("top_")})
+    columns = [*RUN_COLUMNS, *SCALAR_METRICS, *extra]
+    with open(out / "leaderboard.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(ordered)
+    (out / "leaderboard.md").write_text(leaderboard_markdown(ordered, columns))
+
+
+def _cell(value) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|")
+
+
+def leaderboard_markdown(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

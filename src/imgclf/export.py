@@ -1,0 +1,244 @@
+"""Exporting a trained run to ONNX or TorchScript, and predicting with ONNX Runtime.
+
+``export_model(run, "onnx")`` writes ``RUN/model.onnx`` (input ``images``: float32 RGB in the
+0-255 range, NCHW, any batch size; output ``logits``) and ``RUN/model.onnx.json``, a sidecar
+with the class names and preprocessing, so the file can be used without imgclf: resize to
+``img_size`` with ``interpolation``, feed raw pixels (the model normalises them itself) and
+take the softmax of the logits. ``"torchscript"`` writes ``RUN/model.torchscript.pt`` (load
+with ``torch.jit.load``) and its sidecar the same way.
+
+ONNX goes through torch's TorchScript-based exporter (``dynamo=False``). The default
+(torch.export-based) exporter needs the ``onnxscript`` package, which imgclf does not depend
+on; the TorchScript-based one needs nothing more and handles timm's TF-"same" padding
+(tf_efficientnet_*), because the input size is fixed per run. torch has deprecated it, so
+every export is checked numerically against PyTorch unless ``check=False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf import __version__
+from imgclf.errors import ConfigError, ImgclfError, RunError
+from imgclf.models.factory import Classifier, Preprocessing
+from imgclf.predict import BasePredictor, checkpoint_file, load_model
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+# Opset 17 is read by every ONNX Runtime since 1.14 and by most other runtimes.
+ONNX_OPSET = 17
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+TOLERANCE = 1e-4  # max |difference| of probabilities that ``check`` accepts
+# The check runs a batch size other than the one traced, so a batch size frozen into the
+# graph fails the check instead of failing later at prediction time.
+_TRACE_BATCH = 2
+_CHECK_BATCH = 3
+
+
+def sidecar_path(model_file: str | Path) -> Path:
+    """The JSON file that travels with an exported model: ``model.onnx`` -> ``model.onnx.json``."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.name + ".json")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (fewer than the machine's under taskset/cgroups)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _quiet_torch_deprecations():
+    """Hide torch's notices that the TorchScript-based tools are deprecated: a user of
+    ``imgclf export`` cannot act on them, and the numerical check guards the result."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*legacy TorchScript-based ONNX export",
+                                DeprecationWarning)
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        yield
+
+
+def _random_images(batch: int, size: int, seed: int) -> torch.Tensor:
+    """Whole-number pixel values in 0-255 as float32, like decoded images."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, size, size), generator=generator).float()
+
+
+def _write_onnx(model: Classifier, example: torch.Tensor, path: Path) -> None:
+    with _quiet_torch_deprecations(), torch.no_grad():
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+
+
+def _write_torchscript(model: Classifier, example: torch.Tensor, path: Path) -> None:
+    # trace, not script: timm models are not all scriptable, and the check below stands in
+    # for trace's own check_trace.
+    with _quiet_torch_deprecations(), torch.no_grad():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _onnx_session(path: Path, threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImgclfError("ONNX Runtime is not installed; install it with "
+                          "`pip install 'imgclf[onnx]'` (or `pip install onnxruntime`).") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cores()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
+    """Logits from an exported file, the way a user of that format would get them."""
+    if fmt == "onnx":
+        return _onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    with _quiet_torch_deprecations():
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(images).numpy()
+
+
+def check_export(model: Classifier, path: Path, fmt: str, img_size: int) -> float:
+    """Max |difference| of probabilities between ``model`` and its export on random images.
+
+    Raises RunError when it exceeds ``TOLERANCE``.
+    """
+    images = _random_images(_CHECK_BATCH, img_size, seed=1)
+    with torch.no_grad():
+        expected = torch.softmax(model(images).float(), 1).numpy()
+    got = softmax(_run_exported(path, fmt, images))
+    if got.shape != expected.shape:
+        raise RunError(f"the exported {fmt} model gives outputs of shape {got.shape} for "
+                       f"{_CHECK_BATCH} images, PyTorch gives {expected.shape}.")
+    diff = float(np.abs(got - expected).max())
+    if not diff <= TOLERANCE:  # also catches NaN
+        raise RunError(f"the exported {fmt} model's probabilities differ from PyTorch's by "
+                       f"up to {diff:.3g} (allowed {TOLERANCE:g}), so it was not saved. "
+                       "Try the other format, or pass --no-check (check=False) to save it "
+                       "anyway.")
+    log.info("%s export matches PyTorch: max |probability difference| %.2g on %d random "
+             "images (allowed %g)", fmt, diff, _CHECK_BATCH, TOLERANCE)
+    return diff
+
+
+def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+                 check: bool = True) -> Path:
+    """Export a run's final model to ``fmt`` ('onnx' or 'torchscript'); returns the file.
+
+    Writes ``out`` (default ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``) and its JSON
+    sidecar (see ``sidecar_path``). With ``check`` the export is compared with PyTorch on
+    random images first and nothing is written unless it matches.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format {fmt!r} is not known; choose one of "
+                          f"{', '.join(FORMATS)}.")
+    ckpt = checkpoint_file(run)
+    model, prep, classes, meta = load_model(ckpt)
+    model = model.cpu().eval()
+    out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
+    if out.is_dir():
+        raise ConfigError(f"export output {out} is a folder; give a file name, e.g. "
+                          f"{out / DEFAULT_FILES[fmt]}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    writer = _write_onnx if fmt == "onnx" else _write_torchscript
+    try:
+        writer(model, _random_images(_TRACE_BATCH, prep.img_size, seed=0), tmp)
+        diff = check_export(model, tmp, fmt, prep.img_size) if check else None
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _write_sidecar(out, fmt, classes, prep, meta, diff)
+    log.debug("exported %s to %s (classes and preprocessing in %s)",
+              meta["model_config"]["name"], out, sidecar_path(out).name)
+    return out
+
+
+def _write_sidecar(out: Path, fmt: str, classes: list[str], prep: Preprocessing, meta: dict,
+                   diff: float | None) -> None:
+    size = prep.img_size
+    info = {
+        "format": fmt,
+        "file": out.name,
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32",
+                  "layout": "NCHW", "colour": "RGB",
+                  "range": "0-255, not normalised: the model applies mean and std itself"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(classes)],
+                   "meaning": "logits; softmax over axis 1 gives class probabilities"},
+        "classes": list(classes),
+        "preprocessing": prep.to_dict(),
+        "model": meta.get("model_config"),
+        "opset": ONNX_OPSET if fmt == "onnx" else None,
+        "check_max_abs_diff": diff,
+        "imgclf_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    path = sidecar_path(out)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, stable for large logits."""
+    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class OnnxPredictor(BasePredictor):
+    """A run's ``model.onnx`` ready to classify image files with ONNX Runtime on the CPU.
+
+    Same interface as ``imgclf.predict.Predictor``; ``run`` is the run folder or the
+    ``.onnx`` file itself (its ``.json`` sidecar must sit next to it). ``threads`` defaults
+    to the cores this process may use.
+    """
+
+    def __init__(self, run: str | Path, threads: int | None = None):
+        path = Path(run)
+        if not path.exists():
+            raise RunError(f"run folder or ONNX file {path} does not exist.")
+        if path.is_file() and path.suffix != ".onnx":
+            raise RunError(f"{path} is not an ONNX file; give the run folder or its "
+                           f"{DEFAULT_FILES['onnx']}.")
+        model_file = path / DEFAULT_FILES["onnx"] if path.is_dir() else path
+        if not model_file.exists():
+            raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
+                           f"`imgclf export {path} --format onnx`.")
+        info_file = sidecar_path(model_file)
+        if not info_file.exists():
+            raise RunError(f"{info_file} (classes and preprocessing of {model_file.name}) is "
+                           f"missing; export again with `imgclf export {model_file.parent} "
+                           "--format onnx`.")
+        self.meta = json.loads(info_file.read_text())
+        self.classes = list(self.meta["classes"])
+        self.prep = Preprocessing.from_dict(self.meta["preprocessing"])
+        self.session = _onnx_session(model_file, threads)
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def predict_arrays(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+        probs = softmax(self._logits(x))
+        if tta:
+            probs = (probs + softmax(self._logits(np.ascontiguousarray(x[..., ::-1])))) / 2
+        return probs

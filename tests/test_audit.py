@@ -1,0 +1,303 @@
+"""Tests for imgclf.data.audit and the ``imgclf audit`` command module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from imgclf.cli import audit as audit_cli
+from imgclf.data import audit
+from imgclf.data.audit import audit_dataset, format_audit, hamming_pairs, perceptual_hash
+from imgclf.errors import ConfigError, DataError
+
+# --- perceptual hash and the near-duplicate search ---------------------------------------------
+
+
+def _photo_like(seed: int, size: int = 96) -> Image.Image:
+    """Smooth random structure (blurred noise), more like a photo than pixel noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def _thumb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+
+
+def _distance(a: int, b: int) -> int:
+    return bin(a ^ b).count("1")
+
+
+def test_phash_is_stable_under_small_changes_and_far_for_other_images():
+    image = _photo_like(0)
+    base = perceptual_hash(_thumb(image))
+    brighter = ImageEnhance.Brightness(image).enhance(1.1)
+    resized = image.resize((70, 70)).resize((96, 96))
+    for variant in (brighter, resized):
+        assert _distance(base, perceptual_hash(_thumb(variant))) <= audit.NEAR_DUPLICATE_DISTANCE
+    others = [perceptual_hash(_thumb(_photo_like(seed))) for seed in range(1, 21)]
+    assert min(_distance(base, other) for other in others) > audit.NEAR_DUPLICATE_DISTANCE
+    assert bin(base).count("1") == 32  # split at the median
+
+
+def test_phash_accepts_grayscale_and_skips_flat_images():
+    gray = np.asarray(_photo_like(3).convert("L").resize((32, 32)))
+    assert perceptual_hash(gray) == perceptual_hash(np.stack([gray] * 3, axis=-1))
+    assert perceptual_hash(np.full((32, 32, 3), 200, dtype=np.uint8)) is None
+    with pytest.raises(ValueError, match="needs a 32x32 image, got shape"):
+        perceptual_hash(np.zeros((16, 16)))
+
+
+@pytest.mark.parametrize("without_bitwise_count", [False, True])
+def test_hamming_pairs_matches_brute_force(monkeypatch, without_bitwise_count):
+    if without_bitwise_count:
+        monkeypatch.delattr(np, "bitwise_count", raising=False)
+    monkeypatch.setattr(audit, "_PAIR_BLOCK", 500)  # many blocks, uneven last one
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**63, 90, dtype=np.uint64)
+    b = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    b[:5] = a[10:15] ^ np.uint64(0b1011)  # 3 bits away
+    i, j, d = hamming_pairs(a, b, 12)
+    expected = {(x, y, _distance(int(a[x]), int(b[y])))
+                for x in range(len(a)) for y in range(len(b))
+                if _distance(int(a[x]), int(b[y])) <= 12}
+    assert set(zip(i.tolist(), j.tolist(), d.tolist(), strict=True)) == expected
+    assert {(10 + k, k, 3) for k in range(5)} <= expected
+    assert [len(x) for x in hamming_pairs(a, b[:0], 12)] == [0, 0, 0]
+
+
+def test_hamming_pairs_at_dataset_scale():
+    # The size of Intel Scenes (8741 train x 1597 test): five planted near copies.
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 2**63, 8741, dtype=np.uint64) | np.uint64(1 << 63)
+    test = rng.integers(0, 2**63, 1597, dtype=np.uint64)
+    planted = [(17, 3), (4000, 800), (8740, 1596), (5, 1000), (6000, 0)]
+    for k, (x, y) in enumerate(planted):
+        test[y] = train[x] ^ np.uint64((1 << k) - 1)
+    i, j, d = hamming_pairs(train, test, audit.NEAR_DUPLICATE_DISTANCE)
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(planted)
+    assert sorted(d.tolist()) == [0, 1, 2, 3, 4]
+
+
+# --- the audit of a folder full of awkward files ------------------------------------------------
+
+
+def test_bad_folder_every_problem_listed_once(bad_image_folder, bad_image_cases, capsys):
+    report = audit_dataset(bad_image_folder, workers=2)
+    assert capsys.readouterr().out == ""  # library code logs, never prints
+    json.dumps(report, allow_nan=False)
+
+    unreadable = {r["path"]: r["reason"] for r in report["unreadable"]}
+    assert len(unreadable) == len(report["unreadable"])
+    assert set(unreadable) == set(bad_image_cases.unreadable)
+    for rel, pattern in bad_image_cases.unreadable.items():
+        assert re.search(pattern, unreadable[rel]), (rel, unreadable[rel])
+    skipped = {r["path"]: r["reason"] for r in report["skipped"]}
+    assert len(skipped) == len(report["skipped"])
+    assert set(skipped) == set(bad_image_cases.ignored)
+    for rel, pattern in bad_image_cases.ignored.items():
+        assert re.search(pattern, skipped[rel]), (rel, skipped[rel])
+
+    mismatches = {r["path"]: (r["extension"], r["format"]) for r in report["extension_mismatches"]}
+    assert mismatches == {"odd/png_named.jpg": (".jpg", "PNG")}
+
+    assert report["layout"] == "single"
+    assert report["classes"] == ["broken", "odd"]
+    train = report["splits"]["train"]
+    assert train["path"] == "."
+    assert train["classes"] == {"broken": 1, "odd": 13}
+    assert train["images"] == len(bad_image_cases.decodable) == 14
+    assert (train["unreadable"], train["skipped"]) == (3, 5)
+    assert train["imbalance_ratio"] == report["imbalance_ratio"] == 13.0
+    assert train["width"] == {"min": 16, "median": 20, "max": 5000}  # (16 + 24) / 2
+    assert {"RGB", "P", "L", "LA", "RGBA", "CMYK", "I;16"} <= set(train["modes"])
+    assert train["formats"] == {"PNG": 7, "JPEG": 6, "GIF": 1}
+    assert train["common_sizes"][0] == {"size": "16x16", "count": 7}
+
+
+def test_bad_folder_terminal_report(bad_image_folder):
+    text = format_audit(audit_dataset(bad_image_folder))
+    assert "Images per class" in text
+    assert re.search(r"odd\s+13", text)
+    assert "odd/png_named.jpg: named .jpg, is PNG" in text
+    assert "Unreadable files: 3" in text
+    assert re.search(r"broken/truncated.jpg: truncated", text)
+    assert "Skipped files (hidden, system, not images): 5" in text
+    assert "4 x hidden or system file" in text
+    assert "Exact duplicates (identical files): none" in text
+
+
+# --- duplicates and leakage across splits --------------------------------------------------------
+
+
+@pytest.fixture
+def leaky(tmp_path, make_image_folder):
+    """train/ and test/ with each kind of duplicate planted, plus an unlabelled seg_pred/."""
+    root = tmp_path / "data"
+    train = make_image_folder(root / "train", {"cat": 6, "dog": 4}, size=(32, 32), seed=0)
+    test = make_image_folder(root / "test", {"cat": 3, "dog": 3}, size=(32, 32), seed=1)
+    shutil.copy(train / "cat" / "cat_000.jpg", test / "cat" / "leak_same.jpg")
+    shutil.copy(train / "cat" / "cat_001.png", test / "dog" / "leak_other.png")
+    shutil.copy(train / "dog" / "dog_000.jpg", train / "cat" / "conflict.jpg")
+    shutil.copy(train / "dog" / "dog_001.png", train / "dog" / "again.png")
+    # A near copy: re-encoded as JPEG, slightly brighter and softer.
+    near = Image.open(train / "dog" / "dog_003.png").resize((28, 28)).resize((32, 32))
+    ImageEnhance.Brightness(near).enhance(1.05).save(test / "dog" / "near.jpg", quality=90)
+    (root / "pred").mkdir()
+    for name in ("a.jpg", "b.png"):
+        shutil.copy(train / "cat" / "cat_002.jpg", root / "pred" / name)
+    (root / "pred" / "notes.txt").write_text("x")
+    return root
+
+
+def _paths(group: dict) -> list[str]:
+    return sorted(f"{f['split']}:{f['path']}" for f in group["files"])
+
+
+def test_exact_duplicates_within_across_and_between_classes(leaky):
+    report = audit_dataset(leaky)
+    dups = report["exact_duplicates"]
+    across = {tuple(_paths(g)): g["same_class"] for g in dups["across_splits"]}
+    assert across == {
+        ("test:test/cat/leak_same.jpg", "train:train/cat/cat_000.jpg"): True,
+        ("test:test/dog/leak_other.png", "train:train/cat/cat_001.png"): False,
+    }
+    assert all(g["splits"] == ["train", "test"] for g in dups["across_splits"])
+    conflicts = sorted(_paths(g) for g in dups["label_conflicts"])
+    assert conflicts == [
+        ["test:test/dog/leak_other.png", "train:train/cat/cat_001.png"],
+        ["train:train/cat/conflict.jpg", "train:train/dog/dog_000.jpg"],
+    ]
+    within = sorted((g["split"], g["classes"], _paths(g)) for g in dups["within_split"])
+    assert within == [
+        ("train", ["cat", "dog"], ["train:train/cat/conflict.jpg", "train:train/dog/dog_000.jpg"]),
+        ("train", ["dog"], ["train:train/dog/again.png", "train:train/dog/dog_001.png"]),
+    ]
+
+
+def test_near_duplicates_across_splits_exclude_exact_copies(leaky):
+    near = audit_dataset(leaky)["near_duplicates"]
+    assert near["checked"] and near["max_distance"] == audit.NEAR_DUPLICATE_DISTANCE
+    assert near["found"] == len(near["pairs"]) == 1
+    pair = near["pairs"][0]
+    assert (pair["a"]["path"], pair["b"]["path"]) == ("train/dog/dog_003.png", "test/dog/near.jpg")
+    assert pair["same_class"] and 0 <= pair["distance"] <= audit.NEAR_DUPLICATE_DISTANCE
+    assert near["different_class"] == 0
+
+
+def test_split_counts_unlabelled_and_json(leaky):
+    report = audit_dataset(leaky, near_duplicates=False)
+    assert report["layout"] == "splits"
+    assert report["root"] == str(leaky)
+    assert report["splits"]["train"]["classes"] == {"cat": 7, "dog": 5}
+    assert report["splits"]["test"]["classes"] == {"cat": 4, "dog": 5}
+    assert report["imbalance_ratio"] == 1.4
+    assert report["unlabelled"] == {"path": "pred", "images": 2, "skipped": 1,
+                                    "skipped_reasons": {"not an image (not a recognised image "
+                                                        "format)": 1}}
+    assert report["near_duplicates"] == {"checked": False}
+    assert json.loads(json.dumps(report)) == report
+    text = format_audit(report)
+    assert "Near-duplicates across splits: not checked" in text
+    assert "unlabelled pred/: 2 images, 1 skipped" in text
+    assert "across splits (leakage), 1 under a different class: 2 group(s)" in text
+
+
+def test_kaggle_layout_paths_are_relative_to_root(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "seg_train" / "seg_train", {"sea": 3, "street": 2}, seed=0)
+    make_image_folder(tmp_path / "seg_test" / "seg_test", {"sea": 1, "street": 1}, seed=1)
+    shutil.copy(tmp_path / "seg_train" / "seg_train" / "sea" / "sea_000.jpg",
+                tmp_path / "seg_test" / "seg_test" / "street" / "same.jpg")
+    report = audit_dataset(tmp_path)
+    assert report["splits"]["train"]["path"] == "seg_train/seg_train"
+    assert report["splits"]["test"]["path"] == "seg_test/seg_test"
+    assert _paths(report["exact_duplicates"]["across_splits"][0]) == [
+        "test:seg_test/seg_test/street/same.jpg", "train:seg_train/seg_train/sea/sea_000.jpg"]
+
+
+def test_explicit_split_paths(tmp_path, make_image_folder):
+    train = make_image_folder(tmp_path / "a" / "train_set", seed=0)
+    test = make_image_folder(tmp_path / "b" / "holdout", {"cat": 2}, seed=1)
+    report = audit_dataset(train=train, test=str(test))
+    assert report["layout"] == "explicit"
+    assert report["root"] == str(tmp_path)
+    assert report["splits"]["test"]["path"] == "b/holdout"
+    assert report["splits"]["test"]["classes"] == {"cat": 2, "dog": 0}
+    assert report["splits"]["test"]["imbalance_ratio"] is None  # a class with no image
+    assert "imbalance" in format_audit(report)
+
+
+def test_unreadable_whole_class_gives_no_imbalance(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"cat": 2, "dog": 1}, size=(64, 64))
+    dog = tmp_path / "dog" / "dog_000.jpg"
+    dog.write_bytes(dog.read_bytes()[:-600])  # header intact, pixels cut off
+    report = audit_dataset(tmp_path)
+    assert report["splits"]["train"]["classes"] == {"cat": 2, "dog": 0}
+    assert report["imbalance_ratio"] is None
+    assert [r["path"] for r in report["unreadable"]] == ["dog/dog_000.jpg"]
+    json.dumps(report, allow_nan=False)
+
+
+def test_long_lists_are_cut_in_the_terminal(tmp_path, make_image_folder, monkeypatch):
+    make_image_folder(tmp_path, {"cat": 2})
+    for i in range(5):
+        (tmp_path / "cat" / f"broken_{i}.jpg").write_bytes(b"")
+    monkeypatch.setattr(audit, "MAX_SHOWN", 3)
+    text = format_audit(audit_dataset(tmp_path))
+    assert "Unreadable files: 5" in text
+    assert "... and 2 more (see the JSON report)" in text
+
+
+def test_errors_are_the_ones_training_raises(tmp_path, make_image_folder):
+    with pytest.raises(DataError, match="does not exist"):
+        audit_dataset(tmp_path / "missing")
+    make_image_folder(tmp_path / "train", {"cat": 2}, seed=0)
+    make_image_folder(tmp_path / "test", {"cow": 1}, seed=1)
+    with pytest.raises(DataError, match=r"\['cow'\] that the training split does not have"):
+        audit_dataset(tmp_path)
+    with pytest.raises(ConfigError, match="workers must be a positive number of threads, got 0"):
+        audit_dataset(tmp_path, workers=0)
+
+
+# --- the command module ---------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgclf")
+    audit_cli.add_parser(parser.add_subparsers())
+    return parser
+
+
+def test_cli_prints_tables_and_writes_json(leaky, tmp_path, capsys):
+    out = tmp_path / "reports" / "audit.json"
+    args = _parser().parse_args(["audit", str(leaky), "--json", str(out), "--workers", "1"])
+    assert args.func is audit_cli.run
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "Images per class" in printed and "Near-duplicates across splits" in printed
+    assert f"full report written to {out}" in printed
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["near_duplicates"]["found"] == 1
+
+
+def test_cli_explicit_splits_without_near_duplicates(leaky, capsys):
+    args = _parser().parse_args(["audit", "--train", str(leaky / "train"),
+                                 "--test", str(leaky / "test"), "--no-near-duplicates"])
+    assert args.data is None and args.near_duplicates is False
+    assert audit_cli.run(args) == 0
+    assert "Near-duplicates across splits: not checked" in capsys.readouterr().out
+
+
+def test_cli_every_option_has_help():
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    audit_parser = sub.choices["audit"]
+    for action in audit_parser._actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.dest
+    assert "near-duplicates" in audit_parser.format_help()

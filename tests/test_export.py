@@ -1,0 +1,209 @@
+"""Tests for imgclf.export: ONNX and TorchScript files that match PyTorch, and OnnxPredictor.
+
+One tiny run is trained per module (2 colour classes of 32 px images, one epoch); timm
+backbones are checked on fake run folders holding randomly initialised weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import imgclf
+from imgclf.cli import export as export_cli
+from imgclf.cli import predict as predict_cli
+from imgclf.config import build_config
+from imgclf.engine.callbacks import save_atomic
+from imgclf.engine.trainer import checkpoint_meta
+from imgclf.errors import ConfigError, RunError
+from imgclf.export import OnnxPredictor, export_model, sidecar_path
+from imgclf.models.factory import create_model
+from imgclf.predict import Predictor, load_model
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+CLASSES = {"red": 8, "cyan": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine two threads spin against other
+    processes and these small forwards run far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, request):
+    """(run folder, test images folder) of a tiny scratch run; trained once per module."""
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("export")
+    write_image_folder(root / "data" / "train", CLASSES, size=(32, 32), seed=0)
+    write_image_folder(root / "data" / "test", {"red": 3, "cyan": 3}, size=(32, 32), seed=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
+        torch.set_num_threads(1)
+        run = imgclf.train(str(root / "data"), method="scratch", out=str(root / "run"),
+                           model={"img_size": 32}, train={"epochs": 1, "device": "cpu"})
+    return run, root / "data" / "test"
+
+
+@pytest.fixture(scope="module")
+def onnx_run(trained):
+    """The trained run with model.onnx exported (with the numerical check)."""
+    run, _ = trained
+    export_model(run, "onnx")
+    return run
+
+
+def run_cli(module, argv: list[str]) -> int:
+    """Parse ``argv`` with one subcommand module's parser and run it."""
+    parser = argparse.ArgumentParser()
+    module.add_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def pixels(batch: int, size: int, seed: int = 5) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, 3, size, size),
+                         generator=torch.Generator().manual_seed(seed)).float()
+
+
+def fake_run(root, name: str, img_size: int):
+    """A run folder whose model.pt holds a random-init ``name``, saved as the trainer does."""
+    model, prep, _ = create_model(name, 3, img_size=img_size, pretrained=False)
+    config = build_config("transfer", None, {"model": {"name": name, "img_size": img_size}})
+    meta = checkpoint_meta(config, ["a", "b", "c"], prep, "random")
+    root.mkdir(parents=True)
+    save_atomic(dict(meta, model=model.state_dict()), root / "model.pt")
+    return root
+
+
+def test_onnx_export_matches_pytorch(onnx_run):
+    path = onnx_run / "model.onnx"
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["images"]
+    assert [o.name for o in graph.output] == ["logits"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    info = json.loads(sidecar_path(path).read_text())
+    assert info["classes"] == sorted(CLASSES)
+    assert info["preprocessing"]["img_size"] == 32
+    assert info["check_max_abs_diff"] <= 1e-4
+
+    model, *_ = load_model(onnx_run)
+    x = pixels(5, 32)  # a batch size never traced: the batch axis must be dynamic
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(x).numpy(), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_export_matches_pytorch(trained, tmp_path):
+    run, _ = trained
+    out = export_model(run, "torchscript", out=tmp_path / "sub" / "clf.pt")
+    assert out == tmp_path / "sub" / "clf.pt"
+    assert json.loads((tmp_path / "sub" / "clf.pt.json").read_text())["format"] == "torchscript"
+    model, *_ = load_model(run)
+    x = pixels(4, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(out))(x).numpy(), model(x).numpy(),
+                                   atol=1e-4)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_onnx_predictor_matches_predictor(onnx_run, trained, tmp_path, tta):
+    _, test_dir = trained
+    images = shutil.copytree(test_dir, tmp_path / "images")
+    (images / "broken.jpg").write_bytes(b"not a jpeg at all")
+    expected = Predictor(onnx_run, device="cpu").predict([images], batch_size=4, tta=tta)
+    predictor = OnnxPredictor(onnx_run, threads=1)
+    got = predictor.predict([images], batch_size=4, tta=tta)
+
+    assert predictor.classes == sorted(CLASSES)
+    assert [p.path for p in got] == [p.path for p in expected]
+    assert [p.label for p in got] == [p.label for p in expected]
+    assert [p.error for p in got] == [p.error for p in expected]
+    assert sum(p.error is not None for p in got) == 1
+    good = [(g, e) for g, e in zip(got, expected, strict=True) if g.error is None]
+    np.testing.assert_allclose(np.stack([g.probs for g, _ in good]),
+                               np.stack([e.probs for _, e in good]), atol=1e-4)
+
+    predictor.write_csv(got, tmp_path / "onnx.csv")
+    with open(tmp_path / "onnx.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header == ["path", "label", "confidence", *sorted(CLASSES), "error"]
+
+
+def test_predict_cli_onnx_engine(onnx_run, trained, tmp_path):
+    _, test_dir = trained
+    out = tmp_path / "preds.csv"
+    assert run_cli(predict_cli, ["predict", str(onnx_run), str(test_dir), "--engine", "onnx",
+                                 "--out", str(out)]) == 0
+    with open(out, newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+
+
+def test_missing_onnx_says_how_to_export(trained, tmp_path):
+    run, _ = trained
+    bare = tmp_path / "bare_run"
+    bare.mkdir()
+    shutil.copy(run / "model.pt", bare / "model.pt")
+    with pytest.raises(RunError, match=r"has no model\.onnx.*imgclf export .*--format onnx"):
+        OnnxPredictor(bare)
+
+
+def test_onnx_predictor_rejects_a_checkpoint_file(trained):
+    with pytest.raises(RunError, match=r"model\.pt is not an ONNX file"):
+        OnnxPredictor(trained[0] / "model.pt")
+
+
+def test_missing_sidecar_is_reported(onnx_run, tmp_path):
+    lone = tmp_path / "model.onnx"
+    shutil.copy(onnx_run / "model.onnx", lone)
+    with pytest.raises(RunError, match=r"model\.onnx\.json .* is missing"):
+        OnnxPredictor(lone)
+
+
+def test_failed_check_writes_nothing(trained, tmp_path, monkeypatch):
+    run, _ = trained
+    monkeypatch.setattr("imgclf.export.TOLERANCE", -1.0)
+    out = tmp_path / "model.torchscript.pt"
+    with pytest.raises(RunError, match=r"differ from PyTorch's by up to .*not saved"):
+        export_model(run, "torchscript", out=out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format(trained):
+    with pytest.raises(ConfigError, match=r"'tflite' is not known; choose one of onnx, "
+                                          r"torchscript"):
+        export_model(trained[0], "tflite")
+
+
+def test_cli_export(trained, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert run_cli(export_cli, ["export", str(trained[0]), "--out", str(out), "--no-check"]) == 0
+    assert out.exists() and sidecar_path(out).exists()
+    assert json.loads(sidecar_path(out).read_text())["check_max_abs_diff"] is None
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "tf_efficientnet_lite0"])
+def test_timm_backbone_exports_to_onnx(name, tmp_path):
+    """timm nets export and match PyTorch (lite0: TF-"same" padding)."""
+    run = fake_run(tmp_path / "run", name, img_size=64)
+    path = export_model(run, "onnx")  # the check compares with PyTorch on 3 images
+    probs = OnnxPredictor(run, threads=1).predict_arrays(
+        np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), tta=True)
+    assert path == run / "model.onnx"
+    assert probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)

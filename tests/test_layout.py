@@ -1,0 +1,282 @@
+"""Tests for imgclf.data.decode and imgclf.data.layout: awkward files and dataset layouts."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.data import decode
+from imgclf.data.decode import DecodeError, decode_image, probe
+from imgclf.data.layout import (
+    Skipped,
+    detect_layout,
+    find_classes,
+    scan_folder,
+    scan_split,
+    summarize,
+    warn_small_classes,
+)
+from imgclf.errors import DataError
+
+# --- decode ------------------------------------------------------------------------------
+
+
+def test_every_odd_image_decodes_to_rgb_uint8(bad_image_folder, bad_image_cases):
+    for rel, (height, width) in bad_image_cases.decodable.items():
+        pixels = decode_image(bad_image_folder / rel)
+        assert pixels.shape == (height, width, 3), rel
+        assert pixels.dtype == np.uint8, rel
+        small = decode_image(bad_image_folder / rel, size=(32, 32))
+        assert small.shape == (32, 32, 3), rel
+
+
+@pytest.mark.parametrize("name, opaque", [
+    ("rgba.png", (255, 0, 0)),
+    ("palette_transparent.png", (255, 0, 0)),
+    ("gray_alpha_LA.png", (76, 76, 76)),  # red as luminance
+])
+def test_transparent_pixels_are_composited_on_white(bad_image_folder, name, opaque):
+    pixels = decode_image(bad_image_folder / "odd" / name)
+    # Black is stored under the transparent half: it must not show through.
+    assert (pixels[:, :8] == 255).all()
+    np.testing.assert_allclose(pixels[:, 8:].reshape(-1, 3), [opaque] * (16 * 8), atol=1)
+
+
+def test_exif_orientation_is_applied(bad_image_folder):
+    pixels = decode_image(bad_image_folder / "odd" / "rotated_exif6.jpg").astype(int)
+    assert pixels.shape == (40, 20, 3)  # stored 40 wide x 20 high
+    # Stored left half red, right half blue; rotated 90 degrees clockwise for display.
+    assert pixels[:16, :, 0].mean() > 200 and pixels[:16, :, 2].mean() < 50
+    assert pixels[24:, :, 2].mean() > 200 and pixels[24:, :, 0].mean() < 50
+    assert decode_image(bad_image_folder / "odd" / "rotated_exif6.jpg", (8, 4)).shape == (8, 4, 3)
+
+
+def test_colour_conversions(bad_image_folder):
+    odd = bad_image_folder / "odd"
+    np.testing.assert_allclose(decode_image(odd / "cmyk.jpg")[4, 4], (255, 0, 0), atol=3)
+    assert (decode_image(odd / "gray16.png") == 40000 >> 8).all()  # scaled, not clipped
+    assert (decode_image(odd / "gray_L.png") == 100).all()
+    # An animated GIF gives its first (red) frame.
+    np.testing.assert_array_equal(decode_image(odd / "animated.gif")[0, 0], (255, 0, 0))
+
+
+def test_probe_reads_headers(bad_image_folder):
+    odd = bad_image_folder / "odd"
+    info = probe(odd / "png_named.jpg")
+    assert (info.format, info.mode, info.width, info.height) == ("PNG", "RGB", 30, 20)
+    assert probe(odd / "animated.gif").frames == 2
+    assert probe(odd / "gray16.png").mode == "I;16"
+    assert probe(odd / "cmyk.jpg").mode == "CMYK"
+    # A truncated file has a sound header: only a full decode finds it.
+    assert probe(bad_image_folder / "broken" / "truncated.jpg").format == "JPEG"
+
+
+def test_non_ascii_name_with_spaces(bad_image_folder):
+    path = bad_image_folder / "odd" / "été photo 1.jpg"
+    assert decode_image(path).shape == (24, 24, 3)
+    assert probe(path).format == "JPEG"
+
+
+def test_large_jpeg_decodes_at_small_size(bad_image_folder):
+    big = bad_image_folder / "odd" / "big.jpg"
+    assert probe(big).width == 5000
+    pixels = decode_image(big, size=(64, 64))
+    assert pixels.shape == (64, 64, 3)
+    np.testing.assert_allclose(pixels[32, 32], (30, 120, 60), atol=4)
+    assert decode_image(big, size=(48, 80)).shape == (48, 80, 3)
+
+
+@pytest.mark.parametrize("rel", ["broken/truncated.jpg", "broken/corrupt.jpg",
+                                 "broken/empty.jpg"])
+def test_unreadable_files_raise_decode_error_with_reason(bad_image_folder, bad_image_cases, rel):
+    pattern = bad_image_cases.unreadable[rel]
+    with pytest.raises(DecodeError, match=pattern) as info:
+        decode_image(bad_image_folder / rel, size=(32, 32))
+    assert info.value.path == bad_image_folder / rel
+    assert info.value.reason and str(bad_image_folder / rel) in str(info.value)
+
+
+def test_pixel_limit_refuses_large_non_jpeg(tmp_path, monkeypatch):
+    png = tmp_path / "wide.png"
+    Image.new("RGB", (600, 400), (10, 20, 30)).save(png)
+    jpeg = tmp_path / "wide.jpg"
+    Image.new("RGB", (600, 400), (10, 20, 30)).save(jpeg)
+    assert decode_image(png).shape == (400, 600, 3)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 100_000)
+    with pytest.raises(DecodeError, match=r"too large to decode \(600x400 PNG, "
+                                          r"limit 100,000 pixels\); downscale it first"):
+        decode_image(png, size=(32, 32))
+    # JPEGs decoded at a small size go through draft mode, which the limit does not cover.
+    assert decode_image(jpeg, size=(32, 32)).shape == (32, 32, 3)
+    with pytest.raises(DecodeError, match="too large to decode"):
+        decode_image(jpeg)
+
+
+def test_decode_error_for_missing_file(tmp_path):
+    with pytest.raises(DecodeError, match="cannot read|No such file"):
+        decode_image(tmp_path / "nope.jpg")
+
+
+# --- layout detection ----------------------------------------------------------------------
+
+
+def _images(folder: Path, n: int = 1) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (8, 8), (i * 40 % 256, 100, 50)).save(folder / f"{i}.png")
+
+
+def test_train_and_test_folders(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "train", seed=0)
+    make_image_folder(tmp_path / "test", seed=1)
+    layout = detect_layout(tmp_path)
+    assert layout.kind == "splits"
+    assert (layout.train, layout.val, layout.test) == (tmp_path / "train", None, tmp_path / "test")
+    assert layout.unlabelled is None
+    assert list(layout.splits()) == ["train", "test"]
+
+
+def test_valid_folder_is_validation(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "Training", seed=0)
+    make_image_folder(tmp_path / "valid", seed=1)
+    layout = detect_layout(tmp_path)
+    assert (layout.train, layout.val, layout.test) == (tmp_path / "Training", tmp_path / "valid",
+                                                       None)
+
+
+def test_kaggle_doubled_folders(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "seg_train" / "seg_train", {"sea": 2, "street": 2}, seed=0)
+    make_image_folder(tmp_path / "seg_test" / "seg_test", {"sea": 1, "street": 1}, seed=1)
+    _images(tmp_path / "seg_pred" / "seg_pred", 3)
+    # A zip that unpacks into a folder of its own name is followed too.
+    layout = detect_layout(tmp_path)
+    assert layout.kind == "splits"
+    assert layout.train == tmp_path / "seg_train" / "seg_train"
+    assert layout.test == tmp_path / "seg_test" / "seg_test"
+    assert layout.unlabelled == tmp_path / "seg_pred" / "seg_pred"
+    assert find_classes(layout.train) == ["sea", "street"]
+    images, skipped = scan_folder(layout.unlabelled)
+    assert len(images) == 3 and not skipped
+
+
+def test_doubled_root_folder_is_followed(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "intel" / "intel" / "train", seed=0)
+    layout = detect_layout(tmp_path / "intel")
+    assert layout.train == tmp_path / "intel" / "intel" / "train"
+
+
+def test_single_folder_of_classes(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"b": 2, "a": 2, "c": 1})
+    (tmp_path / ".git").mkdir()
+    layout = detect_layout(tmp_path)
+    assert layout.kind == "single"
+    assert layout.train == tmp_path and layout.val is None and layout.test is None
+    assert find_classes(layout.train) == ["a", "b", "c"]  # sorted; hidden folders ignored
+
+
+def test_explicit_paths(tmp_path, make_image_folder):
+    train = make_image_folder(tmp_path / "mine" / "tr", seed=0)
+    test = make_image_folder(tmp_path / "elsewhere" / "te", seed=1)
+    layout = detect_layout(train=train, test=test)
+    assert layout.kind == "explicit"
+    assert (layout.train, layout.val, layout.test) == (train, None, test)
+
+
+def test_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(DataError, match=r"data folder '.*nowhere' does not exist"):
+        detect_layout(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"test folder '.*nowhere' does not exist"):
+        detect_layout(train=tmp_path, test=tmp_path / "nowhere")
+    with pytest.raises(DataError, match="No dataset given"):
+        detect_layout()
+
+
+def test_no_class_folders_is_an_error(tmp_path):
+    _images(tmp_path, 2)  # images straight in the root, no class folders
+    with pytest.raises(DataError, match=r"holds no class folders.*DATA/<class>/\*\.jpg"):
+        detect_layout(tmp_path)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match="No class folders in .*train"):
+        find_classes(detect_layout(tmp_path).train)
+
+
+def test_empty_class_folder_is_an_error(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"cat": 2})
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "dog" / ".DS_Store").write_bytes(b"x")
+    classes = find_classes(tmp_path)
+    with pytest.raises(DataError, match=r"Class folder .*dog holds no readable images "
+                                        r"\(1 file\(s\) skipped: hidden or system file"):
+        scan_split("train", tmp_path, classes)
+
+
+def test_class_only_in_test_is_an_error(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "train", {"cat": 2, "dog": 2}, seed=0)
+    make_image_folder(tmp_path / "test", {"cat": 1, "cow": 1}, seed=1)
+    layout = detect_layout(tmp_path)
+    classes = find_classes(layout.train)
+    with pytest.raises(DataError, match=r"test split .* class folder\(s\) \['cow'\] that the "
+                                        r"training split does not have"):
+        scan_split("test", layout.test, classes)
+
+
+# --- scanning --------------------------------------------------------------------------------
+
+
+def test_scan_lists_every_skipped_file_once_with_reason(bad_image_folder, bad_image_cases):
+    classes = find_classes(bad_image_folder)
+    assert classes == ["broken", "odd"]
+    split = scan_split("train", bad_image_folder, classes)
+    skipped = {s.path.relative_to(bad_image_folder).as_posix(): s.reason for s in split.skipped}
+    assert len(skipped) == len(split.skipped)  # each file once
+    # The truncated JPEG's header is sound: scanning keeps it, decoding rejects it.
+    expected = {**bad_image_cases.ignored,
+                **{k: v for k, v in bad_image_cases.unreadable.items() if "truncated" not in k}}
+    assert set(skipped) == set(expected)
+    for rel, pattern in expected.items():
+        assert re.search(pattern, skipped[rel]), (rel, skipped[rel])
+    kept = {p.relative_to(bad_image_folder).as_posix() for p in split.paths}
+    assert kept == set(bad_image_cases.decodable) | {"broken/truncated.jpg"}
+    for path, label in zip(split.paths, split.labels, strict=True):
+        assert classes[label] == path.relative_to(bad_image_folder).parts[0]
+
+
+def test_scan_reports_loose_files_and_finds_images_by_content(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"cat": 2, "dog": 2})
+    (tmp_path / "README.md").write_text("about the data")
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "no_extension", format="PNG")
+    split = scan_split("train", tmp_path, ["cat", "dog"])
+    assert Skipped(tmp_path / "README.md", "file outside any class folder") in split.skipped
+    assert tmp_path / "cat" / "no_extension" in split.paths
+    assert len(split) == 5
+    assert summarize(split, ["cat", "dog"]) == f"{tmp_path.name}/ (5 images, 2 classes, 1 skipped)"
+
+
+def test_nested_images_belong_to_their_class(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"cat": 1, "dog": 1})
+    _images(tmp_path / "cat" / "2019" / "june", 2)
+    split = scan_split("train", tmp_path, ["cat", "dog"])
+    assert sorted(split.labels) == [0, 0, 0, 1]
+
+
+def test_missing_class_in_test_split_is_fine(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"dog": 2})
+    split = scan_split("test", tmp_path, ["cat", "dog"])
+    assert split.labels == [1, 1]
+
+
+def test_subset_and_small_class_warning(tmp_path, make_image_folder, caplog):
+    make_image_folder(tmp_path, {"cat": 3, "dog": 12})
+    split = scan_split("train", tmp_path, ["cat", "dog"])
+    sub = split.subset([0, 5], "val")
+    assert sub.name == "val" and sub.paths == [split.paths[0], split.paths[5]]
+    assert sub.labels == [split.labels[0], split.labels[5]]
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.layout"):
+        warnings = warn_small_classes(split, ["cat", "dog"])
+    assert warnings == ["class 'cat' has only 3 training image(s)"]
+    assert "results for it will be unreliable" in caplog.text
