@@ -72,6 +72,7 @@ class TrainSection:
     amp: str = "auto"
     channels_last: bool = True
     tensorboard: bool = False
+    sync_bn: bool = False
 
 
 @dataclass

@@ -11,7 +11,7 @@ from imgclf.engine import dist
 
 def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-    if not dist.is_main() and verbosity <= 0:
+    if dist.env_rank() != 0 and verbosity <= 0:
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
 

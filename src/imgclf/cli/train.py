@@ -95,6 +95,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
            const=False, help="keep NCHW memory format")
     option(r, "--tensorboard", dest="train.tensorboard", action="store_const", const=True,
            help="also log per-epoch scalars for TensorBoard (RUN_DIR/tensorboard)")
+    option(r, "--sync-bn", dest="train.sync_bn", action="store_const", const=True,
+           help="with torchrun: synchronise BatchNorm statistics across processes")
     option(r, "--seed", dest="seed", type=int,
            help="random seed for the split, initialisation and shuffling (default 42)")
     parser.add_argument("--config", default=None,
@@ -132,6 +134,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgclf.engine.dist import env_rank
     from imgclf.engine.trainer import train
 
     if args.resume:
@@ -144,5 +147,6 @@ def run(args: argparse.Namespace) -> int:
         if config.data.data is None and config.data.train is None:
             raise RunError("no dataset given: imgclf train DATA (or --train FOLDER).")
     run_dir = train(config, resume=args.resume)
-    print(f"run folder: {run_dir}")
+    if env_rank() == 0:
+        print(f"run folder: {run_dir}")
     return 0

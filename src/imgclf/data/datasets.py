@@ -11,8 +11,7 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imgclf.engine import dist
 
@@ -47,6 +46,34 @@ class ArrayDataset(Dataset):
         return x, torch.from_numpy(self.labels[idx])
 
 
+class ShardSampler(Sampler):
+    """One rank's share of each epoch: every sample exactly once across ranks, no padding.
+
+    PyTorch's DistributedSampler pads the last shard with repeats so all ranks take the
+    same number of steps; imgclf instead lets shards differ by one sample and the loop
+    joins uneven ranks (``torch.distributed.algorithms.Join``), so metrics and epochs
+    count each image once.
+    """
+
+    def __init__(self, size: int, rank: int, world: int, shuffle: bool, seed: int = 0):
+        self.size, self.rank, self.world = size, rank, world
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.size,
+                                   generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        return iter(order[self.rank::self.world].tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world))
+
+
 def _whole_batch(batch):
     """``__getitems__`` already returns a collated batch."""
     return batch
@@ -72,12 +99,9 @@ def make_loader(
     workers = default_workers(dataset.transform is not None) if workers is None else workers
     sampler = None
     generator = torch.Generator().manual_seed(seed)
-    if dist.world_size() > 1 and shuffle:
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=drop_last)
+    if dist.world_size() > 1:
+        sampler = ShardSampler(len(dataset), dist.rank(), dist.world_size(), shuffle, seed)
         shuffle = False
-    elif dist.world_size() > 1:
-        # Evaluation shards without padding, so gathered results hold each image once.
-        sampler = list(range(dist.rank(), len(dataset), dist.world_size()))
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -60,3 +60,33 @@ def broadcast_flag(flag: bool) -> bool:
 def barrier() -> None:
     if is_distributed():
         td.barrier()
+
+
+def init_from_env() -> bool:
+    """Join the process group that torchrun describes in the environment, if any.
+
+    gloo on CPU, NCCL on GPU; each CPU process gets its share of the cores. Returns True
+    when this call started the group (the caller then shuts it down).
+    """
+    if not launched_by_torchrun() or is_distributed():
+        return False
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    td.init_process_group(backend)
+    return True
+
+
+def shutdown() -> None:
+    if is_distributed():
+        td.destroy_process_group()
+
+
+def env_rank() -> int:
+    """The rank torchrun assigned, readable before the process group exists."""
+    return int(os.environ.get("RANK", 0))

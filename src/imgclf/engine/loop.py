@@ -14,6 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from imgclf.engine import dist
@@ -82,31 +85,41 @@ def train_one_epoch(phase: Phase, rt: Runtime, desc: str) -> dict[str, float]:
         phase.before_epoch()
     totals = torch.zeros(3, dtype=torch.float64)
     bar = _progress(phase.train_loader, desc)
-    for x, y in bar:
-        x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
-        target = y
-        if phase.mixer is not None:
-            x, target = phase.mixer(x, y)
-        with rt.autocast():
-            logits = module(x)
-        loss = phase.loss_fn(logits.float(), target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()}; lower the learning rate (--lr)."
-            )
-        phase.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        phase.optimizer.step()
-        if phase.scheduler is not None and phase.scheduler_per_step:
-            phase.scheduler.step()
-        n = y.shape[0]
-        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n],
-                               dtype=torch.float64)
-        if bar is not phase.train_loader:
-            bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}")
+    # Shards may differ by one batch; Join lets ranks that finish early shadow the others'
+    # gradient all-reduces instead of hanging.
+    joined = Join([module]) if isinstance(module, DistributedDataParallel) else nullcontext()
+    with joined:
+        for x, y in bar:
+            _train_step(phase, rt, x, y, totals)
+            if bar is not phase.train_loader:
+                bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}")
     if dist.is_distributed():
         torch.distributed.all_reduce(totals)
     return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2])}
+
+
+def _train_step(phase: Phase, rt: Runtime, x, y, totals: torch.Tensor) -> None:
+    """Forward, backward and optimiser step on one batch; adds to (loss sum, correct, n)."""
+    module = phase.module
+    x, y = rt.to_input(x), y.to(rt.device, non_blocking=True)
+    target = y
+    if phase.mixer is not None:
+        x, target = phase.mixer(x, y)
+    with rt.autocast():
+        logits = module(x)
+    loss = phase.loss_fn(logits.float(), target)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"training loss became {loss.item()}; lower the learning rate (--lr)."
+        )
+    phase.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    phase.optimizer.step()
+    if phase.scheduler is not None and phase.scheduler_per_step:
+        phase.scheduler.step()
+    n = y.shape[0]
+    totals += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n],
+                           dtype=torch.float64)
 
 
 @torch.inference_mode()

@@ -174,9 +174,12 @@ def _image_loader(ctx: TrainingContext, split: str, train: bool, preset: str):
                        workers=ctx.config.data.workers, drop_last=False)
 
 
-def _wrap_ddp(module: nn.Module, rt: Runtime) -> nn.Module:
+def _wrap_ddp(module: nn.Module, rt: Runtime, sync_bn: bool = False) -> nn.Module:
+    """DistributedDataParallel around ``module`` when running distributed (else as is)."""
     if not dist.is_distributed() or not any(p.requires_grad for p in module.parameters()):
         return module
+    if sync_bn:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
@@ -192,7 +195,7 @@ def _whole_model_phase(ctx: TrainingContext, name: str, frozen_body: bool) -> Ph
     optimizer = make_optimizer(params, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
     scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs,
                                          len(train_loader), Monitor(cfg.train.monitor).mode)
-    module = _wrap_ddp(model, ctx.rt)
+    module = _wrap_ddp(model, ctx.rt, cfg.train.sync_bn)
     return Phase(
         name, module, train_loader, _image_loader(ctx, "val", False, "none"), optimizer,
         cfg.train.epochs, make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes),
@@ -242,9 +245,8 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
                                          len(train_loader), Monitor(cfg.train.monitor).mode)
     model = ctx.model
     return Phase(
-        "finetune", _wrap_ddp(model, ctx.rt), train_loader, _image_loader(ctx, "val", False,
-                                                                          "none"),
-        optimizer, cfg.train.finetune_epochs,
+        "finetune", _wrap_ddp(model, ctx.rt, cfg.train.sync_bn), train_loader,
+        _image_loader(ctx, "val", False, "none"), optimizer, cfg.train.finetune_epochs,
         make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
         scheduler, per_step,
         mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
@@ -289,7 +291,20 @@ def write_skipped(data: PreparedData, path: Path) -> None:
 
 
 def train(config: Config, resume: bool = False) -> Path:
-    """Train as ``config`` says; returns the run folder with checkpoints, history, metrics."""
+    """Train as ``config`` says; returns the run folder with checkpoints, history, metrics.
+
+    Launched by torchrun, every process joins the group and trains its shard of each
+    epoch with DistributedDataParallel; rank 0 alone writes files.
+    """
+    started = dist.init_from_env()
+    try:
+        return _train(config, resume)
+    finally:
+        if started:
+            dist.shutdown()
+
+
+def _train(config: Config, resume: bool) -> Path:
     seed_everything(config.seed)
     rt = resolve_runtime(config.train.device, config.train.amp, config.train.channels_last)
     run_dir = _prepare_run_dir(config, resume)
@@ -306,9 +321,13 @@ def train(config: Config, resume: bool = False) -> Path:
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     arrays, image_keys = {}, {}
+    if not dist.is_main():
+        dist.barrier()  # rank 0 decodes into the cache first; the others then read it
     for name, split in data.splits.items():
         images, labels, key = decode_split(split, prep.img_size, prep.interpolation, d.cache)
         arrays[name], image_keys[name] = (images, labels), key
+    if dist.is_main():
+        dist.barrier()
     if dist.is_main():
         config.save(run_dir / "config.yaml")
         write_skipped(data, run_dir / "skipped.csv")
