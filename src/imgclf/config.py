@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +121,39 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as field type ``hint`` wants it, or a ConfigError naming the key.
+
+    Numbers are accepted for floats, and so are numeric strings: PyYAML reads ``1e-3``
+    (no dot) as a string. Paths and integers are accepted for strings (``finetune: 2``).
+    """
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return value
+    if bool in allowed and isinstance(value, bool):
+        return value
+    if not isinstance(value, bool):
+        if int in allowed and isinstance(value, int):
+            return value
+        if float in allowed and isinstance(value, (int, float)):
+            return float(value)
+        if float in allowed and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if str in allowed and isinstance(value, (str, int, os.PathLike)):
+            return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    expected = " or ".join(_TYPE_NAMES.get(t, "null") for t in allowed)
+    raise ConfigError(f"{name} must be {expected}, got {value!r}.")
+
+
 def _merge_section(target: Any, values: dict, where: str) -> None:
     names = {f.name for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
     for key, value in values.items():
         if key not in names:
             raise ConfigError(
@@ -131,7 +165,7 @@ def _merge_section(target: Any, values: dict, where: str) -> None:
                 raise ConfigError(f"{where}.{key} must be a mapping, got {value!r}.")
             _merge_section(current, value, f"{where}.{key}")
         else:
-            setattr(target, key, value)
+            setattr(target, key, _coerce(value, hints[key], f"{where}.{key}"))
 
 
 def build_config(
@@ -156,6 +190,7 @@ def build_config(
     _merge_section(config, PRESETS[method], "preset")
     _merge_section(config, file_values, str(file) if file else "config")
     _merge_section(config, overrides, "options")
+    config.method = method  # the file's ``method`` key, when an override chose another
     validate(config)
     return config
 

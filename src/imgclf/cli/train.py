@@ -130,7 +130,8 @@ def config_from_args(args: argparse.Namespace):
     overrides = overrides_from(args)
     if args.data is not None:
         overrides.setdefault("data", {})["data"] = args.data
-    return build_config(overrides.pop("method", None) or "scratch", args.config, overrides)
+    # --method stays among the overrides, so that it beats a method named in --config.
+    return build_config("scratch", args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:

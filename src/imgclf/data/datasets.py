@@ -41,7 +41,9 @@ class ArrayDataset(Dataset):
         x = torch.from_numpy(np.ascontiguousarray(self.array[idx]))
         if self.images:
             x = x.permute(0, 3, 1, 2)
-            if self.transform is not None:
+            if getattr(self.transform, "batched", False):
+                x = self.transform(x)
+            elif self.transform is not None:
                 x = torch.stack([self.transform(img) for img in x])
         return x, torch.from_numpy(self.labels[idx])
 
@@ -79,10 +81,10 @@ def _whole_batch(batch):
     return batch
 
 
-def default_workers(augmenting: bool) -> int:
-    """Loader processes: none for plain array slicing (cheaper in-process), else one per
-    spare core, since augmentation is per-image Python work."""
-    if not augmenting:
+def default_workers(transform) -> int:
+    """Loader processes: none for plain array slicing or batch-wise transforms (cheaper
+    in-process), else one per spare core, since per-image augmentation is Python work."""
+    if transform is None or getattr(transform, "batched", False):
         return 0
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
@@ -96,7 +98,7 @@ def make_loader(
     drop_last: bool = False,
 ) -> DataLoader:
     """A loader that shards over ranks when running distributed, seeded for repeatability."""
-    workers = default_workers(dataset.transform is not None) if workers is None else workers
+    workers = default_workers(dataset.transform) if workers is None else workers
     sampler = None
     generator = torch.Generator().manual_seed(seed)
     if dist.world_size() > 1:

@@ -5,11 +5,12 @@ Presets:
 - ``flip``: horizontal flip only.
 - ``reference``: the reference study's Keras ``ImageDataGenerator(rotation_range=40,
   width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2, zoom_range=0.2,
-  horizontal_flip=True, fill_mode='nearest')``. Keras documents ``shear_range`` as an
-  angle in degrees, and that is the reading implemented here: a shear of up to 0.2
-  degrees, which is next to nothing. Keras zooms each axis independently; here the zoom
-  is isotropic (torchvision's ``RandomAffine``). ``nearest`` fill repeats edge pixels,
-  done by padding with edge values before the affine warp and cropping back after.
+  horizontal_flip=True, fill_mode='nearest')``, as ``KerasAffine``: one random affine
+  warp per image, sampled bilinearly like Keras, with edge pixels repeated outside the
+  image (Keras' ``nearest`` fill) and each axis zoomed independently as Keras does.
+  Keras documents ``shear_range`` as an angle in degrees, and that is the reading
+  implemented here: a shear of up to 0.2 degrees, which is next to nothing. The warp runs
+  on whole batches at once, so it costs a small fraction of a training step.
 - ``trivial``: random resized crop (scale 0.35-1), horizontal flip and TrivialAugment.
 - ``randaugment``: random resized crop, horizontal flip and RandAugment (2 ops, magnitude 9).
 MixUp and CutMix act on whole batches and are configured separately (``mixup``, ``cutmix``).
@@ -17,7 +18,11 @@ MixUp and CutMix act on whole batches and are configured separately (``mixup``, 
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchvision.transforms import v2
 
 from imgclf.errors import ConfigError
@@ -33,15 +38,7 @@ def create_transform(preset: str, size: tuple[int, int]) -> v2.Transform | None:
     if preset == "flip":
         return v2.RandomHorizontalFlip()
     if preset == "reference":
-        pad = (width // 2, height // 2)
-        return v2.Compose([
-            v2.Pad(list(pad), padding_mode="edge"),
-            v2.RandomAffine(degrees=40, translate=(0.2 * width / (2 * width),
-                                                   0.2 * height / (2 * height)),
-                            scale=(0.8, 1.2), shear=0.2),
-            v2.CenterCrop(size),
-            v2.RandomHorizontalFlip(),
-        ])
+        return KerasAffine()
     if preset in ("trivial", "randaugment"):
         policy = v2.TrivialAugmentWide() if preset == "trivial" else v2.RandAugment(2, 9)
         return v2.Compose([
@@ -63,9 +60,68 @@ def create_batch_mixer(num_classes: int, mixup: float = 0.0, cutmix: float = 0.0
         mixers.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
     if not mixers:
         return None
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+    chosen = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def mix(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Batches arrive as uint8, which cannot hold MixUp's blend: mix in float (0-255).
+        return chosen(images.float(), labels)
+
+    return mix
 
 
 def hflip(batch: torch.Tensor) -> torch.Tensor:
     """Mirror a (B, C, H, W) batch left to right (for test-time augmentation)."""
     return batch.flip(-1)
+
+
+class KerasAffine(nn.Module):
+    """Keras ``ImageDataGenerator``'s random affine warp, on (C, H, W) or (B, C, H, W) uint8.
+
+    Per image: rotation up to ``rotation`` degrees, shifts up to ``shift`` of the width and
+    height, shear up to ``shear`` degrees, zoom in [1 - zoom, 1 + zoom] per axis, and a
+    horizontal flip half of the time. Pixels from outside the image repeat the nearest
+    edge pixel. ``batched`` tells the dataset to call it once per batch.
+    """
+
+    batched = True
+
+    def __init__(self, rotation: float = 40.0, shift: float = 0.2, shear: float = 0.2,
+                 zoom: float = 0.2, flip: bool = True):
+        super().__init__()
+        self.rotation, self.shift, self.shear, self.zoom, self.flip = (
+            rotation, shift, shear, zoom, flip)
+
+    def matrices(self, batch: int, height: int, width: int) -> torch.Tensor:
+        """(B, 2, 3) output-to-input maps in affine_grid's normalised coordinates."""
+        def uniform(bound: float) -> torch.Tensor:
+            return torch.empty(batch).uniform_(-bound, bound)
+
+        theta = uniform(self.rotation) * math.pi / 180
+        shear = uniform(self.shear) * math.pi / 180
+        zx, zy = 1 + uniform(self.zoom), 1 + uniform(self.zoom)
+        fx = torch.where(torch.rand(batch) < 0.5, -1.0, 1.0) if self.flip else torch.ones(batch)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        # Pixel space (origin at the centre): A = rotation @ shear @ zoom @ flip.
+        a = torch.stack([
+            torch.stack([cos * zx * fx, (-cos * torch.sin(shear) - sin * torch.cos(shear)) * zy],
+                        -1),
+            torch.stack([sin * zx * fx, (-sin * torch.sin(shear) + cos * torch.cos(shear)) * zy],
+                        -1),
+        ], 1)
+        # To normalised coordinates: D^-1 A D with D = diag(W/2, H/2); shifts become 2 * frac.
+        scale = torch.tensor([width / 2, height / 2])
+        a = a * scale.view(1, 1, 2) / scale.view(1, 2, 1)
+        shifts = torch.stack([uniform(self.shift), uniform(self.shift)], -1) * 2
+        return torch.cat([a, shifts.unsqueeze(-1)], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        single = x.dim() == 3
+        batch = x.unsqueeze(0) if single else x
+        b, c, h, w = batch.shape
+        grid = F.affine_grid(self.matrices(b, h, w).to(batch.device), [b, c, h, w],
+                             align_corners=False)
+        out = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        if x.dtype == torch.uint8:
+            out = out.round_().clamp_(0, 255).to(torch.uint8)
+        return out[0] if single else out

@@ -12,7 +12,9 @@ from imgclf.models.registry import register_model
 
 
 def _conv_block(c_in: int, c_out: int, dropout: float) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    # Keras' order is conv, ReLU, pool; max-pooling commutes with ReLU, and pooling first
+    # runs the ReLU (and its backward) on a quarter of the values: same function, faster.
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
     if dropout:
         layers.append(nn.Dropout(dropout))
     return layers
