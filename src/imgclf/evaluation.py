@@ -78,7 +78,7 @@ def write_evaluation(
         writer.writerow(["path", "label", "predicted", "confidence", *classes])
         for path, y, p in zip(paths, labels, probs, strict=False):
             k = int(p.argmax())
-            writer.writerow([str(path), classes[int(y)], classes[k], f"{p[k]:.6f}",
+            writer.writerow([str(Path(path).resolve()), classes[int(y)], classes[k], f"{p[k]:.6f}",
                              *(f"{v:.6f}" for v in p)])
     if history:
         plot_history(history, out_dir / "learning_curves.png", best_epoch=best_epoch(history))

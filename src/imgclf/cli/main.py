@@ -7,12 +7,12 @@ import logging
 import sys
 
 from imgclf import __version__
-from imgclf.cli import audit, compare, evaluate, export, models, predict, train
+from imgclf.cli import audit, compare, evaluate, export, models, predict, report, train
 from imgclf.cli.common import setup_logging
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ImgclfError
 
-SUBCOMMANDS = (audit, train, evaluate, predict, compare, models, export)
+SUBCOMMANDS = (audit, train, evaluate, predict, compare, report, models, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

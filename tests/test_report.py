@@ -1,0 +1,457 @@
+"""Tests for imgclf.report: self-contained HTML reports of run and compare folders.
+
+Two tiny scratch runs are trained once per module (3 colour classes of 32 px images, with a
+test split); a compare folder is faked from them plus a failed run, a hand-written
+leaderboard.csv and audit.json. Each report is parsed with html.parser: it must be
+well-formed, hold every section, embed every image, and reference nothing on the network.
+Where Chromium is installed, one report is also rendered to a screenshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import imgclf
+from imgclf.cli import report as report_cli
+from imgclf.errors import RunError
+from imgclf.report import write_report
+
+CLASSES = {"red": 8, "green": 8, "blue": 8}
+HEADINGS = [
+    "Dataset",
+    "Leaderboard",
+    "Learning curves",
+    "Confusion matrices",
+    "ROC curves",
+    "Per-class precision, recall and F1",
+    "Most confident mistakes",
+    "Configuration",
+]
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+
+
+class Page(HTMLParser):
+    """Checks that tags nest and close, and collects the text the tests look at.
+
+    ``text["h2"]``, ``text["h3"]``: headings; ``text["gallery"]``: the caption of each
+    gallery picture; ``text["leaderboard"]``: the run cell of each leaderboard row.
+    """
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, str, str]] = []  # (tag, class, id) of open elements
+        self.errors: list[str] = []
+        self.text: dict[str, list[str]] = {"h2": [], "h3": [], "gallery": [], "leaderboard": []}
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self.tags: set[str] = set()
+        self._captures: list[tuple[str, int, list[str]]] = []
+        self._cell = 0
+        self.feed(html)
+        self.close()
+        if self.stack:
+            self.errors.append(f"still open at the end: {[tag for tag, _, _ in self.stack]}")
+
+    def _has_class(self, css_class: str) -> bool:
+        return any(css_class in classes.split() for _, classes, _ in self.stack)
+
+    def _in(self, tag: str = "", anchor: str = "") -> bool:
+        return any((tag and t == tag) or (anchor and i == anchor) for t, _, i in self.stack)
+
+    def _capture(self, tag: str) -> str | None:
+        if tag in ("h2", "h3"):
+            return tag
+        if tag == "figure" and self._has_class("gallery"):
+            return "gallery"
+        if tag == "tr":
+            self._cell = 0
+        if tag == "td":
+            self._cell += 1
+            # The run is the second cell (after the rank) of the main leaderboard table.
+            if self._cell == 2 and self._in(anchor="leaderboard") and not self._in("details"):
+                return "leaderboard"
+        return None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.add(tag)
+        self.urls += [attrs[name] for name in ("src", "href") if attrs.get(name)]
+        if tag == "img":
+            self.images.append(attrs.get("src") or "")
+        if tag == "br":
+            self.handle_data(" ")
+        kind = self._capture(tag)
+        if tag not in VOID:
+            self.stack.append((tag, attrs.get("class") or "", attrs.get("id") or ""))
+            if kind:
+                self._captures.append((kind, len(self.stack), []))
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1][0] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+            return
+        if self._captures and self._captures[-1][1] == len(self.stack):
+            kind, _, parts = self._captures.pop()
+            self.text[kind].append(" ".join("".join(parts).split()))
+        self.stack.pop()
+
+    def handle_data(self, data):
+        for _, _, parts in self._captures:
+            parts.append(data)
+
+
+def parse(html: str) -> Page:
+    page = Page(html)
+    assert not page.errors, page.errors
+    return page
+
+
+def assert_self_contained(html: str, page: Page) -> None:
+    assert page.text["h2"] == HEADINGS
+    assert page.images, "the report shows no image"
+    for src in page.images:
+        assert src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")), src[:60]
+    for url in page.urls:
+        assert url.startswith(("data:", "#")), f"external reference {url[:80]}"
+    assert "http://" not in html and "https://" not in html
+    assert not page.tags & {"script", "link", "iframe"}
+
+
+def read_predictions(run: Path) -> list[dict]:
+    with open(run / "predictions.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def expected_gallery(rows: list[dict], limit: int = 12) -> list[str]:
+    """File names of the wrong predictions, most confident first."""
+    wrong = [r for r in rows if r["label"] != r["predicted"]]
+    wrong.sort(key=lambda r: -float(r["confidence"]))
+    return [Path(r["path"]).name for r in wrong[:limit]]
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(run A, run B, data folder): two tiny scratch runs on the same data, trained once."""
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("report")
+    data = root / "data"
+    write_image_folder(data / "train", CLASSES, size=(32, 32), seed=0)
+    write_image_folder(data / "test", {name: 4 for name in CLASSES}, size=(32, 32), seed=1)
+    runs = []
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
+        torch.set_num_threads(1)
+        try:
+            for name, seed in (("a", 0), ("b", 1)):
+                runs.append(imgclf.train(
+                    str(data), method="scratch", out=str(root / f"run-{name}"), seed=seed,
+                    model={"img_size": 32}, train={"epochs": 2, "device": "cpu"}))
+        finally:
+            torch.set_num_threads(threads)
+    return Path(runs[0]), Path(runs[1]), data
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path) -> Path:
+    """A fresh copy of run A, free to modify."""
+    return Path(shutil.copytree(trained[0], tmp_path / "scratch-small_cnn"))
+
+
+LEADERBOARD_HEADER = ["run", "method", "backbone", "img_size", "params_total",
+                      "params_trainable", "epochs", "train_seconds",
+                      "inference_images_per_second", "status", "error", "accuracy",
+                      "balanced_accuracy", "f1_macro"]
+
+
+def leaderboard_row(name: str, run: Path) -> list:
+    metrics = json.loads((run / "metrics.json").read_text())
+    return [name, "scratch", "small_cnn", 32, metrics["parameters"]["total"],
+            metrics["parameters"]["trainable"], 2, metrics["train_seconds"],
+            metrics["inference_images_per_second"], "ok", "", metrics["accuracy"],
+            metrics["balanced_accuracy"], metrics["f1_macro"]]
+
+
+@pytest.fixture
+def compare_dir(trained, tmp_path) -> Path:
+    """A compare folder: two finished runs, one failed run, leaderboard.csv, audit.json.
+
+    The better run is listed last in leaderboard.csv, so the report must sort it first.
+    """
+    run_a, run_b, _ = trained
+    folder = tmp_path / "compare"
+    folder.mkdir()
+    (a_name, a), (b_name, b) = sorted(
+        [("first", run_a), ("second", run_b)],
+        key=lambda item: json.loads((item[1] / "metrics.json").read_text())["accuracy"])
+    for name, run in ((a_name, a), (b_name, b)):
+        shutil.copytree(run, folder / name)
+    failed = folder / "broken-run"
+    failed.mkdir()
+    (failed / "config.yaml").write_text("method: transfer\nmodel:\n  name: nonesuch\n")
+    (failed / "error.txt").write_text(
+        "Traceback (most recent call last):\nimgclf.errors.ModelError: no model 'nonesuch'\n")
+    with open(folder / "leaderboard.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(LEADERBOARD_HEADER)
+        writer.writerow(["broken-run", "transfer", "nonesuch", *[""] * 6, "failed",
+                         "ModelError: no model 'nonesuch'", "", "", ""])
+        writer.writerow(leaderboard_row(a_name, a))
+        writer.writerow(leaderboard_row(b_name, b))
+    audit = {
+        "root": "/data/colours", "layout": "splits", "classes": list(CLASSES),
+        "splits": {
+            "train": {"images": 24, "classes": dict.fromkeys(CLASSES, 8), "unreadable": 1,
+                      "skipped": 0, "imbalance_ratio": 1.0},
+            "test": {"images": 12, "classes": dict.fromkeys(CLASSES, 4), "unreadable": 0,
+                     "skipped": 0, "imbalance_ratio": 1.0},
+        },
+        "unreadable": [{"split": "train", "class": "red", "path": "train/red/cut.jpg",
+                        "reason": "truncated file (image data ends early)"}],
+        "exact_duplicates": {"within_split": [], "label_conflicts": [], "across_splits": [
+            {"splits": ["train", "test"], "same_class": False, "files": [
+                {"split": "train", "class": "red", "path": "train/red/leak.png"},
+                {"split": "test", "class": "blue", "path": "test/blue/leak.png"}]}]},
+        "near_duplicates": {"checked": False},
+        "some_future_key": {"the report": "ignores what it does not know"},
+    }
+    (folder / "audit.json").write_text(json.dumps(audit))
+    return folder
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_run_report_is_self_contained_and_complete(run_dir):
+    before = sorted(p.name for p in run_dir.iterdir())
+    out = write_report(run_dir)
+
+    assert out == run_dir / "report.html"
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([*before, "report.html"])
+    html = out.read_text(encoding="utf-8")
+    page = parse(html)
+    assert_self_contained(html, page)
+    # learning curves, confusion matrix and ROC, plus a thumbnail per mistake shown
+    wanted = expected_gallery(read_predictions(run_dir))
+    assert len(page.images) == 3 + len(wanted)
+    assert [caption.split()[-1] for caption in page.text["gallery"]] == wanted
+    for name in CLASSES:
+        assert f"<td>{name}</td>" in html  # a per-class table row
+    assert "Training run scratch-small_cnn" in html
+    assert "evaluated on the test split (12 images)" in html
+    assert len(page.text["leaderboard"]) == 1 and page.text["leaderboard"][0].startswith(
+        "scratch-small_cnn")
+    assert "<details><summary>scratch-small_cnn" in html  # the configuration, collapsed
+    assert "method: scratch" in html
+    assert "%" in html and "drawn again" not in html
+
+
+def test_gallery_shows_most_confident_mistakes_first(run_dir, trained):
+    """Made-up predictions with 14 mistakes: the 12 most confident are shown, in order."""
+    test_images = sorted((trained[2] / "test").rglob("*.*")) * 2
+    classes = list(CLASSES)
+    with open(run_dir / "predictions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "predicted", "confidence", *classes])
+        for index, path in enumerate(test_images):
+            label = path.parent.name
+            predicted = label if index < 6 else classes[(classes.index(label) + 1) % 3]
+            confidence = 0.40 + index / 100
+            probs = [confidence if c == predicted else (1 - confidence) / 2 for c in classes]
+            writer.writerow([path, label, predicted, f"{confidence:.6f}", *probs])
+    rows = read_predictions(run_dir)
+    wrong = [r for r in rows if r["label"] != r["predicted"]]
+    assert len(wrong) > 12
+
+    page = parse(write_report(run_dir).read_text(encoding="utf-8"))
+
+    assert len(page.text["gallery"]) == 12
+    assert [caption.split()[-1] for caption in page.text["gallery"]] == expected_gallery(rows)
+    first = page.text["gallery"][0]
+    top = max(wrong, key=lambda r: float(r["confidence"]))
+    assert f"true: {top['label']}" in first
+    assert f"predicted: {top['predicted']} {100 * float(top['confidence']):.2f}%" in first
+
+
+def test_compare_report_ranks_runs_and_shows_audit_and_failures(compare_dir):
+    out = write_report(compare_dir, compare_dir / "out" / "page.html")
+
+    html = out.read_text(encoding="utf-8")
+    page = parse(html)
+    assert_self_contained(html, page)
+    ranked = [cell.split()[0] for cell in page.text["leaderboard"]]
+    assert ranked == ["second", "first", "broken-run"]
+    assert "Best run" in html and ">second<" in html
+    assert 'class="badge"' in html and "no model" in html and "ModelError" in html
+    # per-run subsections, best first, the failed run saying why it has no figures
+    assert page.text["h3"].count("second") == 5 and page.text["h3"].count("broken-run") == 5
+    assert "No results: the run failed" in html
+    assert "Validation accuracy and loss of every run, overlaid" in html
+    # the audit: counts per class and split, and the problems it found
+    assert "Images per class and split" in html
+    assert "train/red/cut.jpg" in html and "truncated file" in html
+    assert "Exact duplicates across splits" in html and "test:test/blue/leak.png" in html
+    assert "Near-duplicates across splits were not checked" in html
+    # two finished runs: two of each figure, an overlay, and the galleries
+    gallery = sum(len(expected_gallery(read_predictions(compare_dir / n)))
+                  for n in ("first", "second"))
+    assert len(page.images) == 1 + 2 * 3 + gallery
+
+
+def test_compare_report_without_audit_falls_back_to_training_summary(compare_dir):
+    (compare_dir / "audit.json").unlink()
+    html = write_report(compare_dir).read_text(encoding="utf-8")
+    assert "no audit.json" in html
+    assert "Training found train/ (24 images, 3 classes)" in html
+    assert "Skipped files" in html
+
+
+def test_unreadable_audit_is_reported(compare_dir):
+    (compare_dir / "audit.json").write_text("{not json")
+    html = write_report(compare_dir).read_text(encoding="utf-8")
+    assert "audit.json could not be read" in html
+    assert "Training found" in html
+
+
+def test_missing_figures_are_drawn_again_outside_the_run_folder(run_dir):
+    for name in ("learning_curves.png", "confusion_matrix.png", "roc_curves.png"):
+        (run_dir / name).unlink()
+    before = sorted(p.name for p in run_dir.iterdir())
+
+    html = write_report(run_dir).read_text(encoding="utf-8")
+
+    page = parse(html)
+    assert_self_contained(html, page)
+    assert html.count("drawn again from") == 3
+    assert len(page.images) == 3 + len(expected_gallery(read_predictions(run_dir)))
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([*before, "report.html"])
+
+
+def test_unreadable_gallery_images_are_shown_as_unavailable(run_dir):
+    rows = read_predictions(run_dir)
+    for row in rows:
+        row["path"] = str(run_dir / "gone" / Path(row["path"]).name)
+    with open(run_dir / "predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    wanted = expected_gallery(rows)
+    if not wanted:
+        pytest.skip("the tiny model made no mistake, so there is no gallery to check")
+
+    page = parse(write_report(run_dir).read_text(encoding="utf-8"))
+
+    assert len(page.text["gallery"]) == len(wanted)
+    assert all("image unavailable" in caption for caption in page.text["gallery"])
+    assert len(page.images) == 3
+
+
+def test_relative_image_paths_are_found_from_the_training_directory(run_dir, trained,
+                                                                    monkeypatch):
+    """predictions.csv paths are relative to where `imgclf train` ran: an ancestor here."""
+    base = os.path.commonpath([run_dir, trained[2]])
+    rows = read_predictions(run_dir)
+    for row in rows:
+        row["path"] = os.path.relpath(row["path"], base)
+    with open(run_dir / "predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    monkeypatch.chdir(run_dir)  # not where training ran
+    if not expected_gallery(rows):
+        pytest.skip("the tiny model made no mistake, so there is no gallery to check")
+
+    page = parse(write_report(run_dir).read_text(encoding="utf-8"))
+
+    assert not any("unavailable" in caption for caption in page.text["gallery"])
+    assert len(page.images) == 3 + len(page.text["gallery"])
+
+
+def test_unfinished_run_folder_still_gets_a_report(tmp_path):
+    run = tmp_path / "half"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: scratch\nmodel:\n  name: small_cnn\n")
+    (run / "history.csv").write_text(
+        "epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds,phase\n"
+        "1,1.1,0.3,1.0,0.4,0.001,1.0,train\n2,0.9,0.5,0.95,0.5,0.001,1.0,train\n")
+
+    html = write_report(run).read_text(encoding="utf-8")
+
+    page = parse(html)
+    assert page.text["h2"] == HEADINGS
+    assert "no metrics.json: the run failed or has not finished" in html
+    assert "drawn again from history.csv" in html  # the learning curves so far
+    assert len(page.images) == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: p / "nowhere", r"does not exist"),
+        (lambda p: p, r"neither a run folder .* nor a compare folder"),
+        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", r"is a file"),
+        (lambda p: (p / "metrics.json").write_text("{oops") and p, r"metrics.json is not valid"),
+        (lambda p: (p / "config.yaml").write_text("a: [") and p, r"config.yaml is not valid"),
+        (lambda p: (p / "leaderboard.csv").write_text("x,y\n1,2\n") and p, r"no 'run' column"),
+    ],
+    ids=["missing", "empty", "file", "bad-metrics", "bad-config", "bad-leaderboard"],
+)
+def test_missing_or_broken_folder_raises_run_error(tmp_path, make, match):
+    with pytest.raises(RunError, match=match):
+        write_report(make(tmp_path))
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_cli_writes_report_and_prints_its_path(run_dir, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    report_cli.add_parser(subparsers)
+    for action in subparsers.choices["report"]._actions:
+        assert action.help, f"option {action.dest} has no help text"
+    out = tmp_path / "reports" / "run.html"
+    args = parser.parse_args(["report", str(run_dir), "--out", str(out)])
+
+    assert args.func(args) == 0
+
+    assert capsys.readouterr().out.strip() == str(out)
+    assert out.is_file() and not (run_dir / "report.html").exists()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None,
+                    reason="Chromium is not installed (apt-get install chromium): the report "
+                           "is not rendered to a screenshot")
+def test_report_renders_in_headless_chromium(compare_dir, tmp_path):
+    out = write_report(compare_dir)
+    shot = tmp_path / "shot.png"
+    result = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+         "--window-size=1280,4000", out.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.is_file() and shot.stat().st_size > 0, result.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1280, 4000)
+        # Not a blank page: the dark header and the plots give many distinct colours.
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
