@@ -81,6 +81,7 @@ def _run_one(plan: RunPlan, overrides: dict, out: Path, threads: int | None) -> 
     run_dir = out / plan.name
     opts = copy.deepcopy(overrides)
     opts.setdefault("model", {})["name"] = plan.model
+    opts["method"] = plan.method  # as an override: it beats a method named in config_file
     opts["out"] = str(run_dir)
     try:
         config = build_config(plan.method, opts.pop("config_file", None), opts)
@@ -100,7 +101,8 @@ def row_from_run(run_dir: Path, plan: RunPlan) -> dict:
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    history = list(csv.DictReader(open(run_dir / "history.csv")))
+    with open(run_dir / "history.csv", newline="") as fh:
+        history = list(csv.DictReader(fh))
     row = {
         "run": plan.name, "method": plan.method, "backbone": plan.model,
         "img_size": config["model"]["img_size"],

@@ -1,0 +1,178 @@
+"""Tests for the ``imgclf`` command: the parser, help texts, exit codes and error output."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import imgclf
+from imgclf.cli.main import build_parser, main
+from imgclf.engine import loop
+
+CORE_COMMANDS = {"audit", "train", "evaluate", "predict", "compare", "models", "export"}
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Run in an empty folder: a default run folder (runs/...) must not land in the repo."""
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(actions) == 1
+    return dict(actions[0].choices)
+
+
+SUBCOMMANDS = sorted(subparsers(build_parser()))
+
+
+# --- the parser and its help --------------------------------------------------------------------
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: imgclf")
+    assert CORE_COMMANDS <= set(SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        assert f"    {name} " in text, name
+
+
+def test_no_command_prints_help_and_returns_0(capsys):
+    assert main([]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: imgclf")
+    assert all(name in text for name in SUBCOMMANDS)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"imgclf {imgclf.__version__}"
+
+
+def test_every_subcommand_has_a_summary():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {a.dest: a.help for a in sub._choices_actions}
+    assert set(summaries) == set(SUBCOMMANDS)
+    assert all(text and text.strip() for text in summaries.values()), summaries
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_option_has_help_text(command):
+    parser = subparsers(build_parser())[command]
+    missing = [
+        "/".join(action.option_strings) or action.dest
+        for action in parser._actions
+        if not (action.help and action.help.strip() and action.help != argparse.SUPPRESS)
+    ]
+    assert missing == [], f"imgclf {command}: options without help: {missing}"
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_help_renders(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: imgclf {command}")
+
+
+def test_python_dash_m_imgclf_help():
+    result = subprocess.run([sys.executable, "-m", "imgclf", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: imgclf")
+    assert "train" in result.stdout
+
+
+# --- errors: status 2, one 'error:' line, no traceback ------------------------------------------
+
+
+def assert_clean_error(capsys, pattern: str) -> None:
+    captured = capsys.readouterr()
+    last = captured.err.rstrip("\n").splitlines()[-1]  # after any logged warnings
+    assert last.startswith("error: "), captured.err
+    assert pattern in last
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_train_on_a_missing_folder(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing")]) == 2
+    assert_clean_error(capsys, "does not exist")
+    assert not (tmp_path / "runs").exists()  # no empty run folder left behind
+
+
+def test_train_without_data(capsys):
+    assert main(["train"]) == 2
+    assert_clean_error(capsys, "no dataset given")
+
+
+def test_train_with_an_invalid_value(tmp_path, capsys):
+    assert main(["train", str(tmp_path), "--epochs", "0"]) == 2
+    assert_clean_error(capsys, "train.epochs must be >= 1, got 0")
+
+
+def test_train_with_an_unknown_model(tmp_path, make_image_folder, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    assert main(["train", str(data), "--model", "small_cn", "-q"]) == 2
+    assert_clean_error(capsys, "Did you mean: small_cnn")
+
+
+def test_resume_without_out(capsys):
+    assert main(["train", "--resume"]) == 2
+    assert_clean_error(capsys, "--resume needs --out")
+
+
+def test_bad_choice_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "data", "--optimizer", "adagrad"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'adagrad'" in capsys.readouterr().err
+
+
+# --- a run through the command line -------------------------------------------------------------
+
+
+def test_train_interrupt_and_resume(tmp_path, make_image_folder, monkeypatch, capsys):
+    make_image_folder(tmp_path / "data" / "train", {"a": 6, "b": 6}, size=(32, 32), seed=0)
+    make_image_folder(tmp_path / "data" / "test", {"a": 2, "b": 2}, size=(32, 32), seed=1)
+    real = loop.train_one_epoch
+    calls = []
+
+    def interrupting(phase, rt, desc):
+        calls.append(desc)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(phase, rt, desc)
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupting)
+    argv = ["train", "data", "--out", "run", "--epochs", "2", "--img-size", "32", "-q"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "training interrupted" in err and "--resume" in err and "Traceback" not in err
+
+    assert main(["train", "--resume", "--out", "run", "-q"]) == 0
+    assert "run folder: run" in capsys.readouterr().out
+    with open(tmp_path / "run" / "history.csv", newline="") as fh:
+        assert [row["epoch"] for row in csv.DictReader(fh)] == ["1", "2"]
+    assert calls == ["train 1/2", "train 2/2", "train 2/2"]
+
+
+def test_models_command_lists_the_small_cnns(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "small_cnn " in out and "small_cnn_wide" in out

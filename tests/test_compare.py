@@ -1,0 +1,178 @@
+"""Tests for imgclf.compare: runs side by side, the leaderboard, skipping and failures.
+
+One comparison is trained per module on a tiny folder: scratch, transfer with a randomly
+initialised mobilenetv2_100, and transfer with a backbone that does not exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+
+from imgclf import compare as compare_module
+from imgclf.cli.main import main
+from imgclf.compare import compare, plan_runs, resolve_backbones
+from imgclf.errors import ConfigError
+
+OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs": 1}}
+RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-not_a_model"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """(compare folder, dataset folder) after one comparison of three runs."""
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("compare")
+    data = write_image_folder(root / "data", {"a": 8, "b": 8}, size=(32, 32), seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
+        torch.set_num_threads(1)
+        out = compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "not_a_model"],
+                      root / "cmp", OVERRIDES)
+    return out, data
+
+
+def leaderboard(folder) -> list[dict]:
+    with open(folder / "leaderboard.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_leaderboard_has_one_row_per_run(compared):
+    out, _ = compared
+    rows = leaderboard(out)
+    assert sorted(r["run"] for r in rows) == sorted(RUNS)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["run"] for r in ok} == set(RUNS[:2])
+    for row in ok:
+        assert row["img_size"] == "32"
+        assert row["epochs"] == "1"
+        assert 0 <= float(row["accuracy"]) <= 1
+        assert int(row["params_total"]) >= int(row["params_trainable"]) > 0
+        assert row["error"] == ""
+        metrics = json.loads((out / row["run"] / "metrics.json").read_text())
+        assert float(row["accuracy"]) == pytest.approx(metrics["accuracy"])
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["scratch-small_cnn"]["method"] == "scratch"
+    assert by_run["transfer-mobilenetv2_100"]["backbone"] == "mobilenetv2_100"
+    # Ranked: finished runs by accuracy, best first, then the failed ones.
+    accuracies = [float(r["accuracy"]) for r in ok]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert rows[-1]["status"] == "failed"
+
+    markdown = (out / "leaderboard.md").read_text().splitlines()
+    assert markdown[0].startswith("| run | method | backbone |")
+    assert set(markdown[1]) <= set("|-")
+    assert len(markdown) == 2 + len(RUNS)
+    assert [line.split(" | ")[0].lstrip("| ") for line in markdown[2:]] == \
+        [r["run"] for r in rows]
+    assert (out / "audit.json").exists()
+
+
+def test_failed_run_is_recorded_with_its_error(compared):
+    out, _ = compared
+    failed = next(r for r in leaderboard(out) if r["run"] == "transfer-not_a_model")
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("ModelError: Unknown model 'not_a_model'")
+    assert failed["accuracy"] == ""
+    assert "Traceback" in (out / "transfer-not_a_model" / "error.txt").read_text()
+    assert not (out / "transfer-not_a_model" / "metrics.json").exists()
+
+
+def test_runs_share_the_resolved_overrides(compared):
+    out, _ = compared
+    import yaml
+
+    config = yaml.safe_load((out / "transfer-mobilenetv2_100" / "config.yaml").read_text())
+    assert config["method"] == "transfer"
+    assert config["model"]["pretrained"] is False
+    assert config["train"]["optimizer"] == "adamw"  # the transfer preset still applies
+    assert config["out"] == str(out / "transfer-mobilenetv2_100")
+
+
+def test_second_call_keeps_finished_runs_and_retries_failed_ones(compared, tmp_path,
+                                                                 monkeypatch):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    stamps = {name: (out / name / "model.pt").stat().st_mtime_ns for name in RUNS[:2]}
+    real = compare_module._run_one
+    retried = []
+
+    def spy(plan, overrides, folder, threads):
+        retried.append(plan.name)
+        return real(plan, overrides, folder, threads)
+
+    monkeypatch.setattr(compare_module, "_run_one", spy)
+    compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "not_a_model"], out,
+            OVERRIDES)
+    assert retried == ["transfer-not_a_model"]
+    for name, stamp in stamps.items():
+        assert (out / name / "model.pt").stat().st_mtime_ns == stamp
+    rows = leaderboard(out)
+    assert sorted(r["run"] for r in rows) == sorted(RUNS)
+    assert {r["run"]: r["status"] for r in rows}["transfer-not_a_model"] == "failed"
+    before = {r["run"]: r["accuracy"] for r in leaderboard(source)}
+    assert {r["run"]: r["accuracy"] for r in rows} == before
+
+
+def test_compare_command(tmp_path, make_image_folder, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32), seed=2)
+    out = tmp_path / "cmp"
+    argv = ["compare", str(data), "--methods", "scratch", "--out", str(out), "--epochs", "1",
+            "--img-size", "32", "--no-audit", "-q"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| scratch-small_cnn | scratch | small_cnn | 32 |" in printed
+    assert f"leaderboard: {out / 'leaderboard.csv'}" in printed
+    assert [r["run"] for r in leaderboard(out)] == ["scratch-small_cnn"]
+    assert not (out / "audit.json").exists()
+
+
+def test_plan_runs():
+    plans = plan_runs(["scratch", "augment", "transfer"], ["a_net", "b_net"])
+    assert [(p.name, p.method, p.model) for p in plans] == [
+        ("scratch-small_cnn", "scratch", "small_cnn"),
+        ("augment-small_cnn_wide", "augment", "small_cnn_wide"),
+        ("transfer-a_net", "transfer", "a_net"),
+        ("transfer-b_net", "transfer", "b_net"),
+    ]
+    assert [p.model for p in plan_runs(["transfer"], [])] == ["tf_efficientnet_lite0"]
+    with pytest.raises(ConfigError, match=r"unknown method\(s\) \['distill'\]"):
+        plan_runs(["scratch", "distill"], [])
+
+
+def test_resolve_backbones(monkeypatch):
+    assert resolve_backbones(None) == ["tf_efficientnet_lite0"]
+    assert resolve_backbones(" a, b ,a,") == ["a", "b"]
+    from imgclf.models import weights
+
+    monkeypatch.setattr(weights, "offline_backbones", lambda: {"x_net": "pkg", "a": "pkg"})
+    assert resolve_backbones("a,offline") == ["a", "x_net"]
+
+
+def test_each_run_keeps_its_method_over_a_config_file(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32), seed=2)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("method: transfer\ntrain:\n  patience: 7\n")
+    out = compare(str(data), ["scratch"], [], tmp_path / "cmp",
+                  {"config_file": str(settings), "model": {"img_size": 32},
+                   "train": {"epochs": 1}}, audit=False)
+    import yaml
+
+    config = yaml.safe_load((out / "scratch-small_cnn" / "config.yaml").read_text())
+    assert config["method"] == "scratch"
+    assert config["train"]["optimizer"] == "adam"  # the scratch preset, not transfer's
+    assert config["train"]["patience"] == 7  # the file's other settings still apply
+    assert leaderboard(out)[0]["method"] == "scratch"

@@ -1,0 +1,208 @@
+"""Tests for imgclf.config: layering, unknown keys, validation, and the saved config.yaml."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from imgclf.cli.main import build_parser
+from imgclf.cli.train import config_from_args
+from imgclf.config import Config, build_config, load_config
+from imgclf.errors import ConfigError
+
+
+def write_yaml(path, values: dict):
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+# --- layering: defaults < method preset < YAML file < overrides ---------------------------------
+
+
+def test_defaults_then_preset():
+    plain = Config()
+    config = build_config("transfer")
+    assert plain.train.optimizer == "adam" and plain.model.name == "small_cnn"
+    # The transfer preset replaces defaults ...
+    assert config.method == "transfer"
+    assert config.train.optimizer == "adamw"
+    assert config.train.weight_decay == pytest.approx(0.05)
+    assert config.model.name == "tf_efficientnet_lite0"
+    # ... and leaves the keys it does not name at their defaults.
+    assert config.train.batch_size == plain.train.batch_size
+    assert config.train.min_delta == plain.train.min_delta
+
+
+def test_file_beats_preset_and_overrides_beat_file(tmp_path):
+    file = write_yaml(tmp_path / "c.yaml", {
+        "seed": 7,
+        "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 4},
+        "model": {"dropout": 0.3},
+    })
+    config = build_config("transfer", file, {"train": {"lr": 0.01}, "seed": 3})
+    assert config.train.optimizer == "sgd"  # file over the transfer preset's adamw
+    assert config.train.epochs == 4  # file over the preset's 30
+    assert config.model.dropout == pytest.approx(0.3)  # file over the default
+    assert config.train.lr == pytest.approx(0.01)  # override over the file
+    assert config.seed == 3  # override over the file
+    assert config.train.weight_decay == pytest.approx(0.05)  # preset, untouched by either
+
+
+def test_method_in_file_selects_its_preset(tmp_path):
+    file = write_yaml(tmp_path / "c.yaml", {"method": "augment"})
+    config = build_config("scratch", file)
+    assert config.method == "augment"
+    assert config.augment.preset == "reference"
+    assert config.model.name == "small_cnn_wide"
+
+
+def test_method_override_beats_method_in_file(tmp_path):
+    """The method, its preset and ``config.method`` must agree, and flags beat the file."""
+    file = write_yaml(tmp_path / "c.yaml", {"method": "scratch", "train": {"epochs": 4}})
+    config = build_config("scratch", file, {"method": "transfer"})
+    assert config.method == "transfer"
+    assert config.train.optimizer == "adamw"  # the transfer preset
+    assert config.train.epochs == 4
+
+
+def test_cli_method_flag_beats_method_in_file(tmp_path):
+    file = write_yaml(tmp_path / "c.yaml", {"method": "scratch"})
+    args = build_parser().parse_args(
+        ["train", str(tmp_path), "--method", "transfer", "--config", str(file), "--lr", "0.02"])
+    config = config_from_args(args)
+    assert config.method == "transfer"
+    assert config.model.name == "tf_efficientnet_lite0"
+    assert config.train.lr == pytest.approx(0.02)
+    assert config.data.data == str(tmp_path)
+
+
+def test_yaml_exponent_floats_are_read_as_numbers(tmp_path):
+    # PyYAML reads ``1e-3`` (no dot) as a string; people write learning rates that way.
+    file = tmp_path / "c.yaml"
+    file.write_text("train:\n  lr: 1e-3\n  finetune_lr: 5e-5\n")
+    config = build_config("scratch", file)
+    assert config.train.lr == pytest.approx(1e-3)
+    assert config.train.finetune_lr == pytest.approx(5e-5)
+
+
+def test_overrides_are_not_mutated():
+    overrides = {"method": "augment", "train": {"epochs": 2}}
+    build_config("scratch", None, overrides)
+    assert overrides == {"method": "augment", "train": {"epochs": 2}}
+
+
+# --- unknown keys -------------------------------------------------------------------------------
+
+
+def test_unknown_key_in_file_lists_valid_keys(tmp_path):
+    file = write_yaml(tmp_path / "c.yaml", {"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key 'epoch' in .*c\.yaml\.train; valid keys "
+                                          r"are: amp, batch_size, .*\bepochs\b"):
+        build_config("scratch", file)
+
+
+def test_unknown_section_in_file_lists_sections(tmp_path):
+    file = write_yaml(tmp_path / "c.yaml", {"trainer": {"epochs": 3}})
+    with pytest.raises(ConfigError,
+                       match=r"unknown key 'trainer'.*augment, data, method, model, out, seed, "
+                             r"train"):
+        build_config("scratch", file)
+
+
+def test_unknown_key_in_overrides_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'lr_rate' in options\.train.*valid keys "
+                                          r"are: .*\blr\b"):
+        build_config("scratch", None, {"train": {"lr_rate": 0.1}})
+
+
+def test_section_given_as_scalar():
+    with pytest.raises(ConfigError, match=r"train must be a mapping"):
+        build_config("scratch", None, {"train": 5})
+
+
+def test_unreadable_or_non_mapping_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"cannot read config file"):
+        build_config("scratch", bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"must hold a mapping"):
+        build_config("scratch", listing)
+    with pytest.raises(ConfigError, match=r"cannot read config file"):
+        build_config("scratch", tmp_path / "missing.yaml")
+
+
+# --- invalid values -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train": {"epochs": 0}}, r"train\.epochs must be >= 1, got 0"),
+    ({"train": {"batch_size": 0}}, r"train\.batch_size must be >= 1, got 0"),
+    ({"train": {"lr": 0}}, r"train\.lr must be > 0"),
+    ({"train": {"optimizer": "adagrad"}}, r"train\.optimizer must be adam, adamw or sgd, got "
+                                          r"'adagrad'"),
+    ({"train": {"finetune": "x"}}, r"train\.finetune must be a number of stages or 'all', got "
+                                   r"'x'"),
+    ({"train": {"schedule": "step"}}, r"train\.schedule must be"),
+    ({"train": {"monitor": "f1"}}, r"train\.monitor must be"),
+    ({"train": {"class_weight": "balanced"}}, r"train\.class_weight must be auto or none"),
+    ({"train": {"label_smoothing": 1.0}}, r"train\.label_smoothing must be in \[0, 1\)"),
+    ({"data": {"val_fraction": 1.5}}, r"data\.val_fraction must be between 0 and 1"),
+    ({"method": "distill"}, r"method 'distill' is not known; choose one of scratch, augment, "
+                            r"transfer"),
+])
+def test_invalid_values_raise_with_their_message(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config("scratch", None, overrides)
+
+
+@pytest.mark.parametrize("finetune", ["all", "2", 2])
+def test_valid_finetune_values(finetune):
+    assert build_config("transfer", None, {"train": {"finetune": finetune}}).train.finetune \
+        in ("all", "2", 2)
+
+
+def test_invalid_value_in_file_raises(tmp_path):
+    file = write_yaml(tmp_path / "c.yaml", {"train": {"epochs": 0}})
+    with pytest.raises(ConfigError, match=r"train\.epochs must be >= 1"):
+        build_config("scratch", file)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train", "epochs", "ten"),
+    ("train", "epochs", 2.5),
+    ("train", "lr", "fast"),
+    ("train", "restore_best", "no"),
+    ("seed", None, "abc"),
+])
+def test_wrong_type_is_a_config_error(section, key, value):
+    """A value of the wrong type is a ConfigError naming the key, not a TypeError later."""
+    overrides = {section: {key: value}} if key else {section: value}
+    name = f"{section}.{key}" if key else section
+    with pytest.raises(ConfigError, match=rf"{name}.*{value!r}"):
+        build_config("scratch", None, overrides)
+
+
+# --- the saved config.yaml ----------------------------------------------------------------------
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = build_config("transfer", None, {
+        "seed": 5, "out": str(tmp_path / "run"),
+        "data": {"data": "/data/x", "val_fraction": 0.25, "workers": 0},
+        "model": {"name": "mobilenetv2_100", "pretrained": False, "img_size": 64},
+        "train": {"lr": 1e-5, "finetune": "all", "epochs": 2, "class_weight": "auto"},
+        "augment": {"mixup": 0.2},
+    })
+    config.save(tmp_path / "config.yaml")
+    loaded = load_config(tmp_path / "config.yaml")
+    assert loaded == config
+    assert loaded.train.lr == pytest.approx(1e-5) and isinstance(loaded.train.lr, float)
+    assert loaded.method == "transfer"
+
+
+def test_load_config_rejects_unknown_keys(tmp_path):
+    path = write_yaml(tmp_path / "config.yaml", {**Config().to_dict(), "extra": 1})
+    with pytest.raises(ConfigError, match=r"unknown key 'extra'"):
+        load_config(path)

@@ -1,0 +1,248 @@
+"""Tests for imgclf.predict and imgclf.evaluation, through the API and the command line.
+
+One tiny scratch run is trained per module (3 colour classes of 32 px images, 2 epochs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imgclf
+from imgclf.cli.main import main
+from imgclf.errors import DataError, RunError
+from imgclf.evaluation import evaluate_folder
+from imgclf.predict import Predictor
+
+CLASSES = ["blue", "green", "red"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(run folder, dataset folder with train/ and test/) of a tiny scratch run."""
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("predict")
+    counts = {name: 8 for name in CLASSES}
+    write_image_folder(root / "data" / "train", counts, size=(32, 32), seed=0)
+    write_image_folder(root / "data" / "test", {name: 2 for name in CLASSES}, size=(32, 32),
+                       seed=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
+        torch.set_num_threads(1)
+        run = imgclf.train(root / "data", out=root / "run", model={"img_size": 32},
+                           train={"epochs": 2, "amp": "off", "device": "cpu"})
+    return run, root / "data"
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, trained, bad_image_folder):
+    """Good images (one nested a level down), broken files, a text file and a hidden file."""
+    _, data = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for path in sorted((data / "test").rglob("*_000.*"))[:3]:
+        shutil.copy(path, folder / path.name)
+    (folder / "nested").mkdir()
+    shutil.copy(next((data / "test" / "red").glob("*_001.*")), folder / "nested" / "deep.png")
+    broken = bad_image_folder / "broken"
+    for name in ("corrupt.jpg", "empty.jpg", "truncated.jpg", "notes.txt", ".hidden.jpg"):
+        shutil.copy(broken / name, folder / name)
+    return folder
+
+
+GOOD = 4
+ERRORS = {"corrupt.jpg": "not a recognised image format", "empty.jpg": "empty file (0 bytes)",
+          "truncated.jpg": "truncated", "notes.txt": "not an image"}
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames), list(reader)
+
+
+# --- the Python API -----------------------------------------------------------------------------
+
+
+def test_predict_gives_one_row_per_file_and_error_rows(trained, mixed_folder):
+    run, _ = trained
+    predictions = imgclf.load(run, device="cpu").predict([mixed_folder])
+    by_name = {p.path.name: p for p in predictions}
+    assert len(predictions) == GOOD + len(ERRORS)  # the hidden file is not a row
+    assert ".hidden.jpg" not in by_name
+    assert "deep.png" in by_name  # folders are walked recursively
+    for name, reason in ERRORS.items():
+        p = by_name[name]
+        assert reason in p.error
+        assert p.label is None and p.confidence is None and p.probs is None
+    good = [p for p in predictions if p.error is None]
+    assert len(good) == GOOD
+    for p in good:
+        assert p.label in CLASSES
+        assert p.probs.shape == (3,)
+        assert p.probs.sum() == pytest.approx(1.0, abs=1e-5)
+        assert p.confidence == pytest.approx(float(p.probs.max()))
+        assert p.label == CLASSES[int(p.probs.argmax())]
+
+
+def test_predict_takes_files_and_reports_missing_ones(trained, mixed_folder):
+    run, _ = trained
+    predictor = imgclf.load(run, device="cpu")
+    missing = mixed_folder / "gone.jpg"
+    one = mixed_folder / "nested" / "deep.png"
+    predictions = predictor.predict([one, missing])
+    assert [p.path for p in predictions if p.error is None] == [one]
+    assert [p.error for p in predictions if p.path == missing] == ["no such file or folder"]
+    # A single path works as well as a list, and batching does not change results.
+    single = predictor.predict(str(one))
+    assert len(single) == 1
+    np.testing.assert_allclose(single[0].probs, predictions[[p.path for p in predictions]
+                                                            .index(one)].probs, atol=1e-6)
+    small_batches = predictor.predict([mixed_folder], batch_size=1)
+    large_batch = predictor.predict([mixed_folder], batch_size=64)
+    assert [(p.path, p.label, p.error) for p in small_batches] == \
+        [(p.path, p.label, p.error) for p in large_batch]
+
+
+def test_tta_averages_the_image_and_its_mirror(trained, tmp_path):
+    run, _ = trained
+    rng = np.random.default_rng(9)
+    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.png")
+    Image.fromarray(pixels[:, ::-1]).save(tmp_path / "mirror.png")
+    predictor = Predictor(run, device="cpu")
+    plain = {p.path.name: p.probs for p in predictor.predict([tmp_path])}
+    tta = predictor.predict([tmp_path / "image.png"], tta=True)[0].probs
+    np.testing.assert_allclose(tta, (plain["image.png"] + plain["mirror.png"]) / 2, atol=1e-5)
+    assert not np.allclose(plain["image.png"], plain["mirror.png"], atol=1e-4)
+
+
+def test_csv_columns_and_error_rows(trained, mixed_folder, tmp_path):
+    run, _ = trained
+    predictor = imgclf.load(run, device="cpu")
+    out = tmp_path / "predictions.csv"
+    predictor.write_csv(predictor.predict([mixed_folder]), out)
+    columns, rows = read_csv(out)
+    assert columns == ["path", "label", "confidence", *CLASSES, "error"]
+    assert len(rows) == GOOD + len(ERRORS)
+    for row in rows:
+        name = Path(row["path"]).name
+        if name in ERRORS:
+            assert ERRORS[name] in row["error"]
+            assert row["label"] == row["confidence"] == ""
+        else:
+            assert row["error"] == ""
+            probs = [float(row[c]) for c in CLASSES]
+            assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+            assert row["label"] == CLASSES[int(np.argmax(probs))]
+            assert float(row["confidence"]) == pytest.approx(max(probs), abs=1e-6)
+
+
+def test_load_refuses_a_folder_without_a_model(tmp_path):
+    with pytest.raises(RunError, match=r"holds no model\.pt, best\.pt or last\.pt"):
+        imgclf.load(tmp_path)
+    with pytest.raises(RunError, match=r"does not exist"):
+        imgclf.load(tmp_path / "missing")
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_predict_command_writes_the_csv(trained, mixed_folder, tmp_path, capsys):
+    run, _ = trained
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(run), str(mixed_folder), "--out", str(out), "--device", "cpu"]) \
+        == 0
+    columns, rows = read_csv(out)
+    assert columns == ["path", "label", "confidence", *CLASSES, "error"]
+    assert len(rows) == GOOD + len(ERRORS)
+    printed = capsys.readouterr().out
+    assert f"{GOOD} images predicted" in printed
+    assert f"{len(ERRORS)} file(s) could not be read" in printed
+
+
+def test_predict_command_with_tta(trained, mixed_folder, tmp_path):
+    run, _ = trained
+    plain, tta = tmp_path / "plain.csv", tmp_path / "tta.csv"
+    assert main(["predict", str(run), str(mixed_folder), "--out", str(plain), "-q"]) == 0
+    assert main(["predict", str(run), str(mixed_folder), "--out", str(tta), "--tta", "-q"]) == 0
+    _, plain_rows = read_csv(plain)
+    _, tta_rows = read_csv(tta)
+    assert [r["path"] for r in plain_rows] == [r["path"] for r in tta_rows]
+    good = [(p, t) for p, t in zip(plain_rows, tta_rows, strict=True) if not p["error"]]
+    assert len(good) == GOOD
+    assert any(p["confidence"] != t["confidence"] for p, t in good)  # TTA changes numbers
+    for _, t in good:
+        assert sum(float(t[c]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def test_evaluate_folder_writes_metrics_in_the_run(trained):
+    run, data = trained
+    metrics, out = evaluate_folder(run, data, device="cpu")
+    assert out == run / "evaluate-test"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["split"] == "test"
+    assert saved["n_samples"] == 6
+    assert saved["data"] == str(data / "test")
+    assert saved["accuracy"] == pytest.approx(metrics["accuracy"])
+    # The same model on the same test images as at the end of training.
+    trained_metrics = json.loads((run / "metrics.json").read_text())
+    assert saved["confusion_matrix"] == trained_metrics["confusion_matrix"]
+    assert saved["log_loss"] == pytest.approx(trained_metrics["log_loss"], abs=1e-5)
+    assert (out / "predictions.csv").exists() and (out / "confusion_matrix.png").exists()
+
+
+def test_evaluate_command(trained, tmp_path, capsys):
+    run, data = trained
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), str(data), "--split", "train", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "train" and metrics["n_samples"] == 24
+    printed = capsys.readouterr().out
+    assert json.loads(printed[: printed.index("}") + 1])["accuracy"] == metrics["accuracy"]
+
+
+def test_evaluate_command_default_folder(trained, capsys):
+    run, data = trained
+    assert main(["evaluate", str(run), str(data), "-q"]) == 0
+    assert (run / "evaluate-test" / "metrics.json").exists()
+    assert f"results: {run / 'evaluate-test'}" in capsys.readouterr().out
+
+
+def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder):
+    run, _ = trained
+    folder = make_image_folder(tmp_path / "extra", {"red": 2, "green": 2}, size=(32, 32),
+                               seed=11)
+    metrics, out = evaluate_folder(run, folder, out=tmp_path / "ev")
+    assert metrics["split"] == "all" and metrics["n_samples"] == 4
+    assert (out / "metrics.json").exists()
+
+
+def test_evaluate_errors(trained, tmp_path, make_image_folder, capsys):
+    run, data = trained
+    with pytest.raises(DataError, match=r"has no val split"):
+        evaluate_folder(run, data, split="val", out=tmp_path / "x")
+    unknown = make_image_folder(tmp_path / "zoo", {"zebra": 2}, size=(32, 32), seed=12)
+    with pytest.raises(DataError, match=r"\['zebra'\] that the training split does not have"):
+        evaluate_folder(run, unknown, out=tmp_path / "y")
+    assert main(["evaluate", str(tmp_path / "norun"), str(data)]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,440 @@
+"""End-to-end tests for imgclf.engine.trainer (and the loop under it) on tiny image folders.
+
+Every run trains on 32 px images of 2-3 colour classes for 1-3 epochs; transfer runs use
+a randomly initialised mobilenetv2_100 (no weights needed) at 32 px.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import imgclf
+from imgclf.config import build_config, load_config
+from imgclf.engine import loop
+from imgclf.engine.loop import Interrupted
+from imgclf.engine.trainer import train
+from imgclf.errors import ConfigError, DataError, RunError
+from imgclf.paths import cache_dir
+from imgclf.predict import Predictor
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                   "phase"]
+TIMING_KEYS = {"train_seconds", "inference_images_per_second"}
+BACKBONE = {"name": "mobilenetv2_100", "pretrained": False, "img_size": 32}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REAL_TRAIN_ONE_EPOCH = loop.train_one_epoch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on busy shared cores tiny models run faster and repeatably."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def split_data(tmp_path, make_image_folder):
+    """train/ (3 classes x 8) and test/ (3 classes x 3), 32 px, different pixels each."""
+    root = tmp_path / "data"
+    make_image_folder(root / "train", {"a": 8, "b": 8, "c": 8}, size=(32, 32), seed=0)
+    make_image_folder(root / "test", {"a": 3, "b": 3, "c": 3}, size=(32, 32), seed=1)
+    return root
+
+
+@pytest.fixture
+def flat_data(tmp_path, make_image_folder):
+    """One folder of 2 classes x 10 images, no splits: imgclf splits off validation."""
+    return make_image_folder(tmp_path / "flat", {"cat": 10, "dog": 10}, size=(32, 32), seed=3)
+
+
+def scratch(data, out, epochs: int = 2, **options):
+    """A tiny scratch run; ``options`` are merged into the config sections."""
+    sections = {"model": {"img_size": 32}, "train": {"epochs": epochs}}
+    for key, value in options.items():
+        sections[key] = {**sections.get(key, {}), **value} if isinstance(value, dict) else value
+    return imgclf.train(data, **sections, out=out)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def metrics_of(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def without_timings(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+
+
+def history_without_seconds(run: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"}
+            for row in read_csv(run / "history.csv")]
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- a scratch run and everything it writes ----------------------------------------------------
+
+
+def test_scratch_run_writes_config_history_metrics_checkpoints_and_plots(split_data, tmp_path):
+    out = tmp_path / "run"  # a Path, as a Python caller would pass it
+    run = scratch(split_data, out, epochs=2, train={"amp": "off"})
+    assert Path(run) == out
+
+    config = load_config(out / "config.yaml")
+    assert config.method == "scratch"
+    assert config.model.name == "small_cnn"
+    assert config.model.img_size == 32
+    assert config.train.epochs == 2
+    assert config.data.data == str(split_data)
+    assert config.out == str(out)
+
+    history = read_csv(out / "history.csv")
+    assert list(history[0]) == HISTORY_COLUMNS
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert {r["phase"] for r in history} == {"train"}
+    for row in history:
+        assert 0 <= float(row["accuracy"]) <= 1 and 0 <= float(row["val_accuracy"]) <= 1
+        assert float(row["loss"]) > 0 and float(row["val_loss"]) > 0
+        assert float(row["lr"]) == pytest.approx(1e-3)
+
+    metrics = metrics_of(out)
+    assert metrics["split"] == "test"
+    assert "note" not in metrics
+    assert metrics["n_samples"] == 9
+    assert metrics["skipped_files"] == 0
+    assert sum(map(sum, metrics["confusion_matrix"])) == 9
+    for key in ("accuracy", "balanced_accuracy", "f1_macro", "precision_weighted"):
+        assert 0 <= metrics[key] <= 1, key  # fractions, not percentages
+    predictions = read_csv(out / "predictions.csv")
+    assert len(predictions) == 9
+    assert {Path(p["path"]).parent.parent.name for p in predictions} == {"test"}
+    correct = sum(p["label"] == p["predicted"] for p in predictions)
+    assert metrics["accuracy"] == pytest.approx(correct / 9)
+    assert metrics["parameters"]["total"] >= metrics["parameters"]["trainable"] > 0
+
+    for name in ("model.pt", "best.pt", "last.pt"):
+        ckpt = load_ckpt(out / name)  # plain data only
+        assert ckpt["classes"] == ["a", "b", "c"]
+        assert ckpt["preprocessing"]["img_size"] == 32
+        assert ckpt["model_config"]["name"] == "small_cnn"
+        assert ckpt["model_config"]["num_classes"] == 3
+    last = load_ckpt(out / "last.pt")
+    assert last["epoch"] == 2 and len(last["history"]) == 2 and "optimizer" in last
+    assert "optimizer" not in load_ckpt(out / "model.pt")
+
+    # model.pt is what was evaluated: predicting the test images reproduces predictions.csv.
+    predictor = Predictor(out, device="cpu")
+    predicted = {str(p.path): p for p in predictor.predict([split_data / "test"])}
+    for row in predictions:
+        p = predicted[row["path"]]
+        assert p.label == row["predicted"]
+        assert p.confidence == pytest.approx(float(row["confidence"]), abs=1e-4)
+
+    for plot in ("learning_curves.png", "confusion_matrix.png", "roc_curves.png"):
+        assert (out / plot).read_bytes()[:8] == PNG_MAGIC, plot
+    assert read_csv(out / "skipped.csv") == []
+
+
+def test_model_pt_holds_the_best_epoch_unless_told_otherwise(split_data, tmp_path):
+    best_run = scratch(split_data, tmp_path / "best", epochs=3,
+                       train={"monitor": "val_accuracy", "patience": 0})
+    best, model = load_ckpt(best_run / "best.pt"), load_ckpt(best_run / "model.pt")
+    assert same_weights(best["model"], model["model"])
+    history = read_csv(best_run / "history.csv")
+    top = max(float(r["val_accuracy"]) for r in history)
+    first_top = next(int(r["epoch"]) for r in history if float(r["val_accuracy"]) == top)
+    assert best["epoch"] == first_top
+
+    last_run = scratch(split_data, tmp_path / "last", epochs=2, train={"restore_best": False})
+    assert same_weights(load_ckpt(last_run / "last.pt")["model"],
+                        load_ckpt(last_run / "model.pt")["model"])
+
+
+def test_early_stopping_and_best_checkpoint_share_the_rule(split_data, tmp_path):
+    # min_delta so large that nothing after the first epoch counts as better.
+    run = scratch(split_data, tmp_path / "run", epochs=6,
+                  train={"patience": 2, "min_delta": 100.0})
+    history = read_csv(run / "history.csv")
+    assert len(history) == 3  # the first epoch, then two without improvement
+    assert load_ckpt(run / "best.pt")["epoch"] == 1
+    assert same_weights(load_ckpt(run / "best.pt")["model"], load_ckpt(run / "model.pt")["model"])
+
+
+def test_without_test_split_metrics_are_on_val_with_a_note(flat_data, tmp_path):
+    run = scratch(flat_data, tmp_path / "run", epochs=1)
+    metrics = metrics_of(run)
+    assert metrics["split"] == "val"
+    assert "no test split" in metrics["note"]
+    assert metrics["n_samples"] == 4  # 20% of 20, stratified
+    assert "validation: 20% of train" in metrics["data_summary"]
+    predictions = read_csv(run / "predictions.csv")
+    assert sorted(p["label"] for p in predictions) == ["cat", "cat", "dog", "dog"]
+
+
+def test_same_seed_gives_same_split_and_metrics(flat_data, tmp_path):
+    runs = [scratch(flat_data, tmp_path / name, epochs=2, seed=seed, train={"device": "cpu"})
+            for name, seed in (("one", 7), ("two", 7), ("other", 8))]
+    one, two, other = runs
+
+    def split_of(run):
+        return sorted(p["path"] for p in read_csv(run / "predictions.csv"))
+
+    assert split_of(one) == split_of(two)
+    assert without_timings(metrics_of(one)) == without_timings(metrics_of(two))
+    assert history_without_seconds(one) == history_without_seconds(two)
+    assert same_weights(load_ckpt(one / "model.pt")["model"], load_ckpt(two / "model.pt")["model"])
+    assert split_of(other) != split_of(one)  # the seed drives the split
+
+
+# --- interruption and resume --------------------------------------------------------------------
+
+
+def interrupt_on_call(monkeypatch, n: int) -> list[str]:
+    """Make the loop's ``train_one_epoch`` raise KeyboardInterrupt on its ``n``-th call;
+    returns the list of phase names it was called for."""
+    calls: list[str] = []
+
+    def fake(phase, rt, desc):
+        calls.append(phase.name)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return REAL_TRAIN_ONE_EPOCH(phase, rt, desc)
+
+    monkeypatch.setattr(loop, "train_one_epoch", fake)
+    return calls
+
+
+def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = build_config("scratch", None, {
+        "data": {"data": str(split_data)}, "out": str(out),
+        "model": {"img_size": 32}, "train": {"epochs": 3}})
+    calls = interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(Interrupted, match=r"progress saved in .*last\.pt.*--resume"):
+        train(config)
+    assert calls == ["train", "train"]
+    last = load_ckpt(out / "last.pt")
+    assert last["epoch"] == 1 and not last["phase_done"]
+    assert [int(r["epoch"]) for r in read_csv(out / "history.csv")] == [1]
+    assert not (out / "metrics.json").exists()
+
+    calls_during_resume = interrupt_on_call(monkeypatch, 0)  # counts, never interrupts
+    run = train(load_config(out / "config.yaml"), resume=True)
+    assert calls_during_resume == ["train", "train"]  # epochs 2 and 3 only
+    history = read_csv(run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    assert load_ckpt(run / "last.pt")["epoch"] == 3
+    assert metrics_of(run)["split"] == "test"
+
+
+def test_resume_in_the_finetune_phase(split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = build_config("transfer", None, {
+        "data": {"data": str(split_data)}, "out": str(out), "model": BACKBONE,
+        "train": {"epochs": 1, "finetune": "1", "finetune_epochs": 2}})
+    calls = interrupt_on_call(monkeypatch, 3)  # head 1, finetune 1, then finetune 2
+    with pytest.raises(Interrupted):
+        train(config)
+    assert calls == ["head", "finetune", "finetune"]
+    assert [r["phase"] for r in read_csv(out / "history.csv")] == ["head", "finetune"]
+
+    calls = interrupt_on_call(monkeypatch, 0)
+    train(load_config(out / "config.yaml"), resume=True)
+    assert calls == ["finetune"]  # neither the head phase nor finetune epoch 1 again
+    history = read_csv(out / "history.csv")
+    assert [r["phase"] for r in history] == ["head", "finetune", "finetune"]
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+
+
+def test_resume_without_a_checkpoint_raises(split_data, tmp_path):
+    config = build_config("scratch", None, {"data": {"data": str(split_data)},
+                                            "out": str(tmp_path / "nothing")})
+    with pytest.raises(RunError, match=r"cannot resume: .*last\.pt does not exist"):
+        train(config, resume=True)
+
+
+def test_training_into_a_finished_run_without_resume_raises(split_data, tmp_path):
+    run = scratch(split_data, tmp_path / "run", epochs=1)
+    before = (run / "model.pt").stat().st_mtime_ns
+    with pytest.raises(RunError, match=r"already holds a run; use --resume"):
+        scratch(split_data, tmp_path / "run", epochs=1)
+    assert (run / "model.pt").stat().st_mtime_ns == before
+
+
+# --- transfer -----------------------------------------------------------------------------------
+
+
+def test_transfer_trains_the_head_on_cached_features(split_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="imgclf")
+    first = imgclf.train(split_data, method="transfer", out=tmp_path / "first",
+                         model=BACKBONE, train={"epochs": 1})
+    computed = [r.message for r in caplog.records if "frozen-backbone features" in r.message]
+    assert len(computed) == 2 and not any("cache hit" in m for m in computed)  # train, val
+    feature_files = sorted(cache_dir("features").glob("*.npy"))
+    assert len(feature_files) == 2
+    history = read_csv(first / "history.csv")
+    assert [r["phase"] for r in history] == ["head"]
+    assert float(history[0]["lr"]) == pytest.approx(3e-4)  # the transfer preset
+    metrics = metrics_of(first)
+    assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"]
+    assert load_ckpt(first / "model.pt")["weights_source"] == "random init"
+
+    caplog.clear()
+    second = imgclf.train(split_data, method="transfer", out=tmp_path / "second",
+                          model=BACKBONE, train={"epochs": 1})
+    hits = [r.message for r in caplog.records if "frozen-backbone features" in r.message]
+    assert len(hits) == 2 and all("cache hit" in m for m in hits)
+    assert sorted(cache_dir("features").glob("*.npy")) == feature_files
+    # Cached features give the same head, hence the same results.
+    assert without_timings(metrics_of(second)) == without_timings(metrics_of(first))
+
+
+def test_feature_cache_is_not_shared_by_different_random_backbones(tmp_path, make_image_folder,
+                                                                   caplog):
+    # Given splits, so the images (and their cache key) do not depend on the seed.
+    root = tmp_path / "data"
+    make_image_folder(root / "train", {"a": 6, "b": 6}, size=(32, 32), seed=0)
+    make_image_folder(root / "val", {"a": 3, "b": 3}, size=(32, 32), seed=1)
+    caplog.set_level(logging.INFO, logger="imgclf")
+    for seed in (1, 2):
+        imgclf.train(root, method="transfer", out=tmp_path / f"seed{seed}", seed=seed,
+                     model=BACKBONE, train={"epochs": 1})
+    messages = [r.message for r in caplog.records if "frozen-backbone features" in r.message]
+    assert not any("cache hit" in m for m in messages), messages
+
+
+def test_transfer_with_finetune_runs_head_then_finetune(split_data, tmp_path):
+    run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                       train={"epochs": 1, "finetune": "1", "finetune_epochs": 1})
+    history = read_csv(run / "history.csv")
+    assert [r["phase"] for r in history] == ["head", "finetune"]
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    # The head trains at ten times the backbone's fine-tuning rate (1e-4 by default).
+    assert float(history[1]["lr"]) == pytest.approx(1e-3)
+    assert metrics_of(run)["split"] == "test"
+
+
+def test_transfer_without_feature_cache_runs_the_backbone(split_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="imgclf")
+    run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                       train={"epochs": 1, "feature_cache": False})
+    assert not any("frozen-backbone features" in r.message for r in caplog.records)
+    assert [r["phase"] for r in read_csv(run / "history.csv")] == ["head"]
+    assert not list(cache_dir("features").glob("*.npy"))
+
+
+def test_transfer_with_a_small_cnn_is_a_config_error(split_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"method transfer needs a timm backbone.*'small_cnn'"):
+        imgclf.train(split_data, method="transfer", out=tmp_path / "run",
+                     model={"name": "small_cnn", "img_size": 32}, train={"epochs": 1})
+    assert not (tmp_path / "run").exists()
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+
+def test_augment_method_with_the_reference_preset(split_data, tmp_path):
+    run = imgclf.train(split_data, method="augment", out=tmp_path / "run",
+                       model={"img_size": 32}, train={"epochs": 1})
+    config = load_config(run / "config.yaml")
+    assert config.augment.preset == "reference"
+    assert config.model.name == "small_cnn_wide"
+    assert len(read_csv(run / "history.csv")) == 1
+    assert metrics_of(run)["n_samples"] == 9
+
+
+@pytest.mark.parametrize("augment", [{"mixup": 0.4}, {"cutmix": 1.0}])
+def test_mixup_and_cutmix_train(split_data, tmp_path, augment):
+    run = scratch(split_data, tmp_path / "run", epochs=1, augment=augment)
+    history = read_csv(run / "history.csv")
+    assert len(history) == 1 and float(history[0]["loss"]) > 0
+
+
+# --- awkward data -------------------------------------------------------------------------------
+
+
+def test_bad_images_are_listed_in_skipped_csv_and_training_completes(
+        tmp_path, make_image_folder, bad_image_folder):
+    data = make_image_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(32, 32), seed=0)
+    broken = bad_image_folder / "broken"
+    shutil.copy(broken / "truncated.jpg", data / "a" / "truncated.jpg")
+    shutil.copy(broken / "truncated.jpg", data / "b" / "cut, short.jpg")  # a comma in its name
+    shutil.copy(broken / "corrupt.jpg", data / "b" / 'say "cheese".jpg')  # and quotes
+    shutil.copy(broken / "empty.jpg", data / "a" / "empty.jpg")
+    shutil.copy(broken / "notes.txt", data / "b" / "notes.txt")
+    expected = {
+        data / "a" / "truncated.jpg": r"truncated",
+        data / "b" / "cut, short.jpg": r"truncated",
+        data / "b" / 'say "cheese".jpg': r"not a recognised image format",
+        data / "a" / "empty.jpg": r"empty file \(0 bytes\)",
+        data / "b" / "notes.txt": r"not an image",
+    }
+    run = scratch(data, tmp_path / "run", epochs=1)
+    rows = read_csv(run / "skipped.csv")
+    assert list(rows[0]) == ["split", "path", "reason"]
+    assert {Path(r["path"]) for r in rows} == set(expected)
+    for row in rows:
+        assert re.search(expected[Path(row["path"])], row["reason"]), row
+        assert row["split"] in ("train", "val")
+    metrics = metrics_of(run)
+    assert metrics["skipped_files"] == len(expected)
+    assert len(read_csv(run / "history.csv")) == 1
+    # Every evaluated image is a good one.
+    assert not {Path(p["path"]) for p in read_csv(run / "predictions.csv")} & set(expected)
+
+
+def test_test_class_missing_from_train_raises(split_data, tmp_path, make_image_folder):
+    make_image_folder(split_data / "test", {"zebra": 2}, size=(32, 32), seed=4)
+    with pytest.raises(DataError, match=r"test split .* class folder\(s\) \['zebra'\] that the "
+                                        r"training split does not have"):
+        scratch(split_data, tmp_path / "run", epochs=1)
+    assert not (tmp_path / "run").exists()  # no half-made run folder
+
+
+def test_missing_data_folder_leaves_no_run_folder(tmp_path):
+    with pytest.raises(DataError, match=r"does not exist"):
+        scratch(tmp_path / "missing", tmp_path / "run", epochs=1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_class_weight_auto_on_imbalanced_data(tmp_path, make_image_folder, caplog):
+    data = make_image_folder(tmp_path / "data", {"many": 15, "few": 5}, size=(32, 32), seed=5)
+    caplog.set_level(logging.INFO, logger="imgclf")
+    run = scratch(data, tmp_path / "run", epochs=1, train={"class_weight": "auto"})
+    logged = [r.message for r in caplog.records if r.message.startswith("class weights")]
+    assert len(logged) == 1
+    weights = json.loads(logged[0].split(":", 1)[1])  # classes sorted: few, many
+    # Balanced weights: inversely proportional to each class's count in the training split.
+    val = read_csv(run / "predictions.csv")
+    n_few = 5 - sum(p["label"] == "few" for p in val)
+    n_many = 15 - sum(p["label"] == "many" for p in val)
+    assert weights[0] > weights[1]
+    assert weights[0] / weights[1] == pytest.approx(n_many / n_few, rel=1e-2)
+    assert weights[0] * n_few + weights[1] * n_many == pytest.approx(n_few + n_many, rel=1e-2)
+    assert load_config(run / "config.yaml").train.class_weight == "auto"
+    assert 0 <= metrics_of(run)["balanced_accuracy"] <= 1
+
+
+def test_no_class_weights_by_default(flat_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="imgclf")
+    scratch(flat_data, tmp_path / "run", epochs=1)
+    assert not any(r.message.startswith("class weights") for r in caplog.records)

@@ -1,0 +1,138 @@
+"""Tests for imgclf.data.transforms: augmentation presets and the batch mixers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imgclf.data.transforms import AUGMENT_PRESETS, create_batch_mixer, create_transform, hflip
+from imgclf.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def seeded_one_thread():
+    """Seeded draws, one intra-op thread (small ops on busy cores run faster alone)."""
+    torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def noise(height: int, width: int) -> torch.Tensor:
+    return torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("preset", AUGMENT_PRESETS)
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+def test_every_preset_keeps_uint8_chw_and_size(preset, size):
+    transform = create_transform(preset, size)
+    image = noise(*size)
+    if preset == "none":
+        assert transform is None
+        return
+    for _ in range(5):
+        out = transform(image)
+        assert out.dtype == torch.uint8
+        assert out.shape == (3, *size)
+
+
+@pytest.mark.parametrize("preset", [p for p in AUGMENT_PRESETS if p != "none"])
+def test_presets_change_images(preset):
+    transform = create_transform(preset, (32, 32))
+    image = noise(32, 32)
+    assert any(not torch.equal(transform(image), image) for _ in range(10))
+
+
+def test_reference_edge_fill_leaves_no_black_on_a_white_image():
+    """``fill_mode='nearest'``: corners uncovered by rotation, zoom-out and shift repeat the
+    edge, so a white image stays white whatever the draw."""
+    transform = create_transform("reference", (32, 32))
+    white = torch.full((3, 32, 32), 255, dtype=torch.uint8)
+    darkest = min(int(transform(white).min()) for _ in range(300))
+    assert darkest == 255
+
+
+def test_reference_edge_fill_on_a_non_square_image():
+    transform = create_transform("reference", (24, 40))
+    white = torch.full((3, 24, 40), 255, dtype=torch.uint8)
+    assert min(int(transform(white).min()) for _ in range(200)) == 255
+
+
+def test_reference_warps_whole_batches_with_edge_fill():
+    transform = create_transform("reference", (32, 32))
+    batch = torch.full((8, 3, 32, 32), 255, dtype=torch.uint8)
+    batch[4:] = noise(32, 32)
+    out = transform(batch)
+    assert out.dtype == torch.uint8 and out.shape == batch.shape
+    assert int(out[:4].min()) == 255  # white stays white
+    # Each image gets its own draw.
+    assert len({bytes(o.numpy()) for o in out[4:]}) == 4
+
+
+def test_reference_moves_content():
+    """A shifted or rotated image is not the input (the shift is at most 20% a side)."""
+    transform = create_transform("reference", (32, 32))
+    image = torch.zeros((3, 32, 32), dtype=torch.uint8)
+    image[:, 12:20, 12:20] = 255
+    outs = [transform(image) for _ in range(20)]
+    assert any(not torch.equal(o, image) for o in outs)
+    # The square stays in view: neither shifted out nor cropped away.
+    assert all(o.float().mean() > 0 for o in outs)
+
+
+def test_unknown_preset_raises_with_the_choices():
+    with pytest.raises(ConfigError, match=r"augment preset 'heavy' is not known; choose one of "
+                                          r"none, flip, reference, trivial, randaugment"):
+        create_transform("heavy", (32, 32))
+
+
+def test_no_mixer_when_both_alphas_are_zero():
+    assert create_batch_mixer(3) is None
+    assert create_batch_mixer(3, mixup=0.0, cutmix=0.0) is None
+
+
+def uint8_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """What the training loop hands the mixer: uint8 images (channels_last) and int labels."""
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(2))
+    return x.contiguous(memory_format=torch.channels_last), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix", "both"])
+def test_mixer_produces_soft_targets(kind):
+    alphas = {"mixup": (0.4, 0.0), "cutmix": (0.0, 1.0), "both": (0.4, 1.0)}[kind]
+    mixer = create_batch_mixer(3, *alphas)
+    x, y = uint8_batch()
+    blended = []
+    for _ in range(10):  # with both, each batch gets one of the two at random
+        mixed, target = mixer(x, y)
+        assert mixed.shape == x.shape
+        assert target.shape == (6, 3)
+        assert target.dtype.is_floating_point
+        torch.testing.assert_close(target.sum(1), torch.ones(6))
+        assert (target >= 0).all()
+        # Soft: the targets are not the one-hot labels, and each keeps some of its class.
+        assert not torch.equal(target, torch.nn.functional.one_hot(y, 3).float())
+        assert (target[torch.arange(6), y] > 0).all()
+        blended.append(not torch.equal(mixed, mixed.round()))  # MixUp blends pixel values
+    expected = {"mixup": {True}, "cutmix": {False}, "both": {True, False}}[kind]
+    assert set(blended) == expected
+
+
+def test_mixup_of_uint8_images_stays_in_pixel_range():
+    mixer = create_batch_mixer(3, mixup=0.4)
+    x, y = uint8_batch()
+    mixed, target = mixer(x, y)
+    lam = target[torch.arange(6), y]
+    assert mixed.float().min() >= 0 and mixed.float().max() <= 255
+    # MixUp: each image is lam * itself + (1 - lam) * its neighbour in the batch.
+    xf = x.float()
+    expected = lam.view(6, 1, 1, 1) * xf + (1 - lam.view(6, 1, 1, 1)) * xf.roll(1, 0)
+    torch.testing.assert_close(mixed.float(), expected, atol=1.0, rtol=0)
+
+
+def test_hflip_mirrors_left_to_right():
+    x = torch.arange(6).view(1, 1, 2, 3)
+    assert hflip(x).tolist() == [[[[2, 1, 0], [5, 4, 3]]]]
