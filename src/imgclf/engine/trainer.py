@@ -45,7 +45,7 @@ from imgclf.models.factory import (
     freeze_norm_stats,
     set_trainable,
 )
-from imgclf.models.registry import get_spec
+from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,9 @@ def train(config: Config, resume: bool = False) -> Path:
 
 
 def _check_method_model(config: Config) -> None:
-    """Transfer needs a backbone with a head to train; imgclf's own CNNs have neither."""
+    """Fail before scanning the data: the model must exist, and transfer needs a backbone
+    with a head to train, which imgclf's own CNNs do not have."""
+    check_model_name(config.model.name)
     if config.method == "transfer" and get_spec(config.model.name) is not None:
         raise ConfigError(
             f"method transfer needs a timm backbone, but model {config.model.name!r} is one of "
