@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.engine import dist
 from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
+from imgclf.history import best_epoch
 from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
 
@@ -37,15 +37,6 @@ def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
     seconds = time.perf_counter() - tic
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     return probs, len(images) / max(seconds, 1e-9)
-
-
-def best_epoch(history: list[dict], monitor: str = "val_loss") -> int | None:
-    values = [(row.get(monitor), row["epoch"]) for row in history
-              if row.get(monitor) is not None and not math.isnan(row.get(monitor))]
-    if not values:
-        return None
-    pick = min if "loss" in monitor else max
-    return pick(values)[1]
 
 
 def write_evaluation(

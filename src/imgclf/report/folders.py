@@ -1,0 +1,323 @@
+"""Reading run folders (``imgclf train``) and compare folders (``imgclf compare``).
+
+Everything a report shows is read here into plain dataclasses, once, before any HTML is
+written. Reading is forgiving inside the folder and strict about the folder itself. A
+compare folder is often looked at while runs are still going or after some have failed, so
+a run whose files are missing or broken gets a note (shown where its figures would be)
+instead of sinking the whole report. A folder that is neither kind, or a run folder whose
+own metrics.json or config.yaml cannot be read, raises :class:`~imgclf.errors.RunError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from imgclf.errors import RunError
+from imgclf.report.template import as_number
+
+log = logging.getLogger(__name__)
+
+# Fractions in 0..1 shown as percentages; the scores after them are not fractions of
+# anything (kappa and MCC span -1..1, log loss is unbounded) and stay plain decimals.
+RATE_METRICS = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "precision_weighted": "Precision (weighted)",
+    "recall_weighted": "Recall (weighted)",
+    "f1_weighted": "F1 (weighted)",
+    "precision_macro": "Precision (macro)",
+    "recall_macro": "Recall (macro)",
+    "f1_macro": "F1 (macro)",
+    "roc_auc": "ROC AUC",
+}
+SCORE_METRICS = {"cohen_kappa": "Cohen's kappa", "mcc": "MCC", "log_loss": "Log loss"}
+
+PREDICTION_COLUMNS = ["path", "label", "predicted", "confidence"]
+
+
+@dataclass
+class Predictions:
+    """predictions.csv: one row per evaluated image, with a probability per class."""
+
+    classes: list[str]
+    paths: list[str]
+    labels: list[str]
+    predicted: list[str]
+    confidence: np.ndarray
+    probs: np.ndarray
+
+
+@dataclass
+class Run:
+    """One run folder as read; ``notes`` say what could not be read, for the page."""
+
+    name: str
+    folder: Path
+    config: dict = field(default_factory=dict)
+    config_text: str | None = None
+    metrics: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    predictions: Predictions | None = None
+    skipped: list[dict] | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    @property
+    def classes(self) -> list[str]:
+        names = (self.metrics or {}).get("class_names")
+        if isinstance(names, list):
+            return [str(n) for n in names]
+        return self.predictions.classes if self.predictions else []
+
+
+@dataclass
+class Report:
+    """Everything the page is built from."""
+
+    folder: Path
+    kind: str  # "run" or "compare"
+    runs: list[Run]
+    rows: list[dict]  # leaderboard rows, best first
+    audit: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def mapping(value: object) -> dict:
+    """``value`` if it is a dict, else an empty one: JSON and YAML are read loosely."""
+    return value if isinstance(value, dict) else {}
+
+
+def sequence(value: object) -> list:
+    """``value`` if it is a list, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
+# --- the folder as a whole ------------------------------------------------------------------
+
+
+def load_folder(folder: Path) -> Report:
+    """Read a run folder or a compare folder, whichever ``folder`` is."""
+    hint = ("pass a run folder (written by `imgclf train`) or a compare folder (written by "
+            "`imgclf compare`)")
+    if not folder.exists():
+        raise RunError(f"{folder} does not exist; {hint}.")
+    if not folder.is_dir():
+        raise RunError(f"{folder} is a file, not a folder; {hint}.")
+    if (folder / "leaderboard.csv").is_file():
+        return _load_compare(folder)
+    if (folder / "metrics.json").is_file() or (folder / "config.yaml").is_file():
+        run = load_run(folder)
+        return Report(folder, "run", [run], [_row_from_run(run)])
+    raise RunError(f"{folder} is neither a run folder (no metrics.json or config.yaml) nor a "
+                   f"compare folder (no leaderboard.csv); {hint}.")
+
+
+def _load_compare(folder: Path) -> Report:
+    rows = _read_leaderboard(folder / "leaderboard.csv")
+    report = Report(folder, "compare", [], [])
+    listed = {str(row.get("run")) for row in rows}
+    # Runs still training (or added since) have a folder but no leaderboard row yet.
+    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in listed
+                   and ((p / "config.yaml").is_file() or (p / "metrics.json").is_file()))
+    runs = {}
+    for name in [str(row.get("run")) for row in rows] + extra:
+        runs[name] = _load_compare_run(folder / name, name)
+    for name in extra:
+        runs[name].notes.append("not in leaderboard.csv (still running, or added after it "
+                                "was written)")
+        rows.append(_row_from_run(runs[name]))
+    report.rows = _best_first(rows)
+    report.runs = [runs[str(row.get("run"))] for row in report.rows]
+    audit_path = folder / "audit.json"
+    if audit_path.is_file():
+        try:
+            audit = json.loads(audit_path.read_text(encoding="utf-8"))
+            if not isinstance(audit, dict):
+                raise ValueError(f"it holds {type(audit).__name__}, not a mapping")
+            report.audit = audit
+        except (OSError, ValueError) as exc:
+            report.notes.append(f"audit.json could not be read: {exc}")
+            log.warning("%s could not be read: %s", audit_path, exc)
+    return report
+
+
+def _load_compare_run(folder: Path, name: str) -> Run:
+    if not name:
+        return Run("(no name)", folder, notes=["a leaderboard.csv row has no run name"])
+    if not folder.is_dir():
+        return Run(name, folder, notes=[f"the run folder {folder.name}/ is missing"])
+    try:
+        return load_run(folder, name)
+    except RunError as exc:
+        log.warning("run %s: %s", name, exc)
+        return Run(name, folder, notes=[str(exc)])
+
+
+def _read_leaderboard(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RunError(f"cannot read {path}: {exc}; run `imgclf compare` again to rewrite "
+                       "it.") from None
+    if "run" not in columns:
+        raise RunError(f"{path} has no 'run' column (columns: {', '.join(columns) or 'none'}); "
+                       "it is written by `imgclf compare`: run it again to rewrite it.")
+    return rows
+
+
+def _row_from_run(run: Run) -> dict:
+    """The leaderboard row of a run, as `imgclf compare` writes it."""
+    metrics = run.metrics or {}
+    model = mapping(run.config.get("model"))
+    params = mapping(metrics.get("parameters"))
+    row = {
+        "run": run.name, "method": run.config.get("method"), "backbone": model.get("name"),
+        "img_size": model.get("img_size"), "params_total": params.get("total"),
+        "params_trainable": params.get("trainable"), "epochs": len(run.history) or None,
+        "train_seconds": metrics.get("train_seconds"),
+        "inference_images_per_second": metrics.get("inference_images_per_second"),
+        "status": "ok" if run.finished else "failed" if run.error else "unfinished",
+        "error": _last_line(run.error),
+    }
+    row.update({key: metrics.get(key) for key in (*RATE_METRICS, *SCORE_METRICS)})
+    row.update(mapping(metrics.get("top_k_accuracy")))
+    return row
+
+
+def _last_line(text: str | None) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _best_first(rows: list[dict]) -> list[dict]:
+    """Finished runs by accuracy (then balanced accuracy), best first; the others after."""
+
+    def key(row: dict) -> tuple:
+        acc, bal = as_number(row.get("accuracy")), as_number(row.get("balanced_accuracy"))
+        return (row.get("status") != "ok", acc is None, -(acc or 0.0), -(bal or 0.0))
+
+    return sorted(rows, key=key)
+
+
+# --- one run folder -------------------------------------------------------------------------
+
+
+def load_run(folder: Path, name: str | None = None) -> Run:
+    """Read a run folder; a broken metrics.json or config.yaml raises RunError.
+
+    The other files are optional: a missing or unreadable one is noted on the run.
+    """
+    run = Run(name or folder.name, folder)
+    config_path, metrics_path = folder / "config.yaml", folder / "metrics.json"
+    if config_path.is_file():
+        run.config_text, run.config = _read_mapping(
+            config_path, yaml.safe_load, yaml.YAMLError, "YAML", "config sections",
+            invalid_fix="it is written by `imgclf train`: train the run again or repair the file",
+            type_fix="train the run again or repair the file")
+    if metrics_path.is_file():
+        _, run.metrics = _read_mapping(
+            metrics_path, json.loads, json.JSONDecodeError, "JSON", "metrics",
+            invalid_fix="evaluate the run again with `imgclf evaluate` or train it again",
+            type_fix="evaluate the run again")
+    if (folder / "error.txt").is_file():
+        run.error = _read_text(folder / "error.txt")
+    if not run.finished and not run.error:
+        run.notes.append("no metrics.json: the run failed or has not finished")
+    run.history = _optional(run, "history.csv", _read_history) or []
+    run.predictions = _optional(run, "predictions.csv", _read_predictions)
+    run.skipped = _optional(run, "skipped.csv", _read_skipped)
+    return run
+
+
+def _read_mapping(path: Path, parse: Callable[[str], object], error: type[Exception],
+                  file_format: str, contents: str, invalid_fix: str,
+                  type_fix: str) -> tuple[str, dict]:
+    """The text of an essential run file and the mapping it holds; RunError if it holds none.
+
+    ``contents`` names what the mapping holds, the fixes say how to mend the file.
+    """
+    text = _read_text(path)
+    try:
+        value = parse(text)
+    except error as exc:
+        raise RunError(f"{path} is not valid {file_format} ({exc}); {invalid_fix}.") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} holds {type(value).__name__}, not a mapping of {contents}; "
+                       f"{type_fix}.")
+    return text, value
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise RunError(f"cannot read {path}: {exc.strerror or exc}.") from None
+
+
+def _optional(run: Run, name: str, reader: Callable[[Path], object]):
+    """``reader(run.folder / name)``, or None with a note when the file is absent or bad."""
+    path = run.folder / name
+    if not path.is_file():
+        if run.finished:
+            run.notes.append(f"no {name} in the run folder")
+        return None
+    try:
+        return reader(path)
+    except (OSError, csv.Error, ValueError) as exc:  # ValueError covers bad UTF-8
+        run.notes.append(f"{name} could not be read: {exc}")
+        log.warning("%s could not be read: %s", path, exc)
+        return None
+
+
+def _read_history(path: Path) -> list[dict]:
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rows.append({key: value if key == "phase" else as_number(value)
+                         for key, value in row.items() if key is not None})
+    return rows
+
+
+def _read_predictions(path: Path) -> Predictions:
+    # Read by position, not by name: a class may be called "path" or "label".
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or header[:4] != PREDICTION_COLUMNS or len(header) < 5:
+            raise ValueError(f"expected columns {','.join(PREDICTION_COLUMNS)},<one per class>;"
+                             f" found {header}")
+        rows = [row for row in reader if row]
+    classes = header[4:]
+    bad = [n for n, row in enumerate(rows, start=2) if len(row) != len(header)]
+    if bad:
+        raise ValueError(f"line {bad[0]} has a different number of columns than the header")
+    probs = np.array([[float(v) for v in row[4:]] for row in rows], dtype=float)
+    return Predictions(
+        classes=classes,
+        paths=[row[0] for row in rows],
+        labels=[row[1] for row in rows],
+        predicted=[row[2] for row in rows],
+        confidence=np.array([float(row[3]) for row in rows], dtype=float),
+        probs=probs.reshape(len(rows), len(classes)),
+    )
+
+
+def _read_skipped(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
