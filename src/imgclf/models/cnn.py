@@ -6,9 +6,34 @@ then a flattening dense head. The flattened size is worked out from the input si
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from imgclf.models.registry import register_model
+
+
+class Dropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout`` and Keras' ``Dropout``, with a cheaper mask.
+
+    PyTorch's CPU dropout draws its mask with ``bernoulli_``, which costs about four times
+    as much as uniform draws compared against ``p``; on the small CNNs that difference is
+    a tenth of a training step.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device).ge_(self.p).to(x.dtype)
+        return x * keep.mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def _conv_block(c_in: int, c_out: int, dropout: float) -> list[nn.Module]:
@@ -16,7 +41,7 @@ def _conv_block(c_in: int, c_out: int, dropout: float) -> list[nn.Module]:
     # runs the ReLU (and its backward) on a quarter of the values: same function, faster.
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
     if dropout:
-        layers.append(nn.Dropout(dropout))
+        layers.append(Dropout(dropout))
     return layers
 
 
@@ -52,7 +77,7 @@ def small_cnn_wide(num_classes: int, img_size: int = 150) -> nn.Module:
         *_conv_block(64, 128, 0.3),
         *_conv_block(128, 128, 0.0),
         nn.Flatten(),
-        nn.Dropout(0.5),
+        Dropout(0.5),
         nn.Linear(_flat_size(img_size, 128), 512),
         nn.ReLU(inplace=True),
         nn.Linear(512, num_classes),
