@@ -22,12 +22,6 @@ OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs":
 RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-not_a_model"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -32,14 +32,6 @@ ort = pytest.importorskip("onnxruntime")
 CLASSES = {"red": 8, "cyan": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads spin against other
-    processes and these small forwards run far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

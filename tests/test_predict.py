@@ -24,12 +24,6 @@ from imgclf.predict import Predictor
 CLASSES = ["blue", "green", "red"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,6 @@ from imgclf.models.registry import get_spec
 BACKBONE = "mobilenetv2_100"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

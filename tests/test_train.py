@@ -33,13 +33,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REAL_TRAIN_ONE_EPOCH = loop.train_one_epoch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on busy shared cores tiny models run faster and repeatably."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -10,13 +10,9 @@ from imgclf.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
-def seeded_one_thread():
-    """Seeded draws, one intra-op thread (small ops on busy cores run faster alone)."""
+def seeded():
+    """Seeded draws, so each test sees the same augmentations."""
     torch.manual_seed(0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def noise(height: int, width: int) -> torch.Tensor:

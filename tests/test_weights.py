@@ -45,14 +45,6 @@ def isolated_caches(tmp_path, monkeypatch):
     return tmp_path / "imgclf" / "weights"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these small forwards gain little from two, and on a busy 2-core
-    machine two threads spin against other processes and run ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ costs about as much as a small one.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,23 +63,36 @@ class ImageInfo:
     frames: int
 
 
-def probe(path: Path) -> ImageInfo:
-    """Read an image's header: format, mode and size. Raises DecodeError if it is no image."""
-    path = Path(path)
+@contextmanager
+def _open(path: Path):
+    """Open an image file; every way it can fail (then or while decoding inside the
+    ``with`` block) becomes a DecodeError with a short reason."""
     try:
         if path.stat().st_size == 0:
             raise DecodeError(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                return ImageInfo(
-                    im.format or "unknown", im.mode, im.width, im.height,
-                    getattr(im, "n_frames", 1),
-                )
+                yield im
+    except DecodeError:
+        raise
     except UnidentifiedImageError:
         raise DecodeError(path, "not a recognised image format") from None
-    except OSError as exc:
-        raise DecodeError(path, f"cannot read: {exc}") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        text = str(exc)
+        if "truncated" in text.lower():
+            raise DecodeError(path, "truncated file (image data ends early)") from None
+        raise DecodeError(path, f"corrupt image: {text or type(exc).__name__}") from None
+
+
+def probe(path: Path) -> ImageInfo:
+    """Read an image's header: format, mode and size. Raises DecodeError if it is no image."""
+    path = Path(path)
+    with _open(path) as im:
+        return ImageInfo(im.format or "unknown", im.mode, im.width, im.height,
+                         getattr(im, "n_frames", 1))
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -115,39 +129,21 @@ def decode_image(
     Raises DecodeError for empty, unrecognised, truncated, corrupt or oversized files.
     """
     path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise DecodeError(path, "empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                im.seek(0)
-                # Phone cameras write multi-picture JPEGs that Pillow calls MPO.
-                if im.format in ("JPEG", "MPO") and size is not None:
-                    side = max(size)
-                    im.draft("RGB", (side, side))
-                elif im.width * im.height > MAX_PIXELS:
-                    raise DecodeError(
-                        path,
-                        f"too large to decode ({im.width}x{im.height} {im.format}, "
-                        f"limit {MAX_PIXELS:,} pixels); downscale it first",
-                    )
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                im = _to_rgb(im)
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize(
-                        (size[1], size[0]), RESAMPLING[interpolation], reducing_gap=3.0
-                    )
-                return np.asarray(im, dtype=np.uint8)
-    except DecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise DecodeError(path, "not a recognised image format") from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        text = str(exc)
-        if "truncated" in text.lower():
-            raise DecodeError(path, "truncated file (image data ends early)") from None
-        raise DecodeError(path, f"corrupt image: {text or type(exc).__name__}") from None
+    with _open(path) as im:
+        im.seek(0)
+        # Phone cameras write multi-picture JPEGs that Pillow calls MPO.
+        if im.format in ("JPEG", "MPO") and size is not None:
+            side = max(size)
+            im.draft("RGB", (side, side))
+        elif im.width * im.height > MAX_PIXELS:
+            raise DecodeError(
+                path,
+                f"too large to decode ({im.width}x{im.height} {im.format}, "
+                f"limit {MAX_PIXELS:,} pixels); downscale it first",
+            )
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), RESAMPLING[interpolation], reducing_gap=3.0)
+        return np.asarray(im, dtype=np.uint8)
