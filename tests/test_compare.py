@@ -170,3 +170,14 @@ def test_each_run_keeps_its_method_over_a_config_file(tmp_path, make_image_folde
     assert config["train"]["optimizer"] == "adam"  # the scratch preset, not transfer's
     assert config["train"]["patience"] == 7  # the file's other settings still apply
     assert leaderboard(out)[0]["method"] == "scratch"
+
+
+def test_workers_train_runs_in_parallel_processes(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(32, 32), seed=4)
+    out = compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100"], tmp_path / "cmp",
+                  OVERRIDES, workers=2, audit=False)
+    rows = list(csv.DictReader(open(out / "leaderboard.csv")))
+    assert sorted(r["run"] for r in rows) == ["scratch-small_cnn", "transfer-mobilenetv2_100"]
+    assert all(r["status"] == "ok" for r in rows), rows
+    for row in rows:
+        assert (out / row["run"] / "model.pt").exists()
