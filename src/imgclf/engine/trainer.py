@@ -9,6 +9,7 @@ Methods plug into the same loop:
   views would quietly cap the augmentation);
 - ``--finetune N|all`` then unfreezes the backbone's last N stages and trains them with
   the head at lower learning rates, after the head has warmed up (fastai's fine_tune).
+  The warm-up always trains on cached features; augmentation applies to fine-tuning.
 """
 
 from __future__ import annotations
@@ -266,8 +267,11 @@ def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
     cfg = ctx.config
     if cfg.method != "transfer" or not cfg.train.freeze:
         return [("train", lambda: _whole_model_phase(ctx, "train", frozen_body=False))]
-    cached = cfg.train.feature_cache and cfg.augment.preset == "none" and not (
-        cfg.augment.mixup or cfg.augment.cutmix)
+    # The head's warm-up before fine-tuning trains on cached features, and augmentation
+    # waits for the phase where the backbone learns: augmenting a warm-up would cost a
+    # full backbone pass per image per epoch for a head that is about to move anyway.
+    augmenting = cfg.augment.preset != "none" or cfg.augment.mixup or cfg.augment.cutmix
+    cached = cfg.train.feature_cache and (cfg.train.finetune is not None or not augmenting)
     first = (lambda: _head_on_features_phase(ctx)) if cached else (
         lambda: _whole_model_phase(ctx, "head", frozen_body=True))
     phases = [("head", first)]
