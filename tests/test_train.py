@@ -431,3 +431,19 @@ def test_no_class_weights_by_default(flat_data, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     scratch(flat_data, tmp_path / "run", epochs=1)
     assert not any(r.message.startswith("class weights") for r in caplog.records)
+
+
+def test_tensorboard_logs_every_epoch_of_the_history(split_data, tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "run"
+    scratch(split_data, out, epochs=2, train={"tensorboard": True})
+    events = event_accumulator.EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "train/lr"} <= set(tags)
+    history = read_csv(out / "history.csv")
+    logged = events.Scalars("val/accuracy")
+    assert [e.step for e in logged] == [1, 2]
+    assert [e.value for e in logged] == pytest.approx(
+        [float(row["val_accuracy"]) for row in history], abs=1e-6)
