@@ -70,7 +70,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(t, "--finetune-epochs", dest="train.finetune_epochs", type=int,
            help="epochs of fine-tuning (default 5)")
     option(t, "--finetune-lr", dest="train.finetune_lr", type=float,
-           help="backbone learning rate when fine-tuning (head: 10x; default 1e-4)")
+           help="backbone learning rate when fine-tuning (head: half of --lr; default 1e-4)")
     option(t, "--no-feature-cache", dest="train.feature_cache", action="store_const",
            const=False, help="transfer: run the frozen backbone every epoch instead of "
                              "caching its features")

@@ -244,12 +244,15 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
     cfg = ctx.config
     body_params = set_trainable(ctx.model, cfg.train.finetune)
     head_params = list(ctx.model.head.parameters())
+    # As fastai's fine_tune: the warmed-up head goes on at half its rate, the backbone at
+    # the (lower) fine-tuning rate, both under a one-cycle schedule whose warm-up keeps the
+    # first steps from wrecking what the head learnt.
     groups = [{"params": body_params, "lr": cfg.train.finetune_lr},
-              {"params": head_params, "lr": cfg.train.finetune_lr * 10}]
+              {"params": head_params, "lr": cfg.train.lr / 2}]
     train_loader = _image_loader(ctx, "train", True, cfg.augment.preset)
     optimizer = make_optimizer(groups, cfg.train.optimizer, cfg.train.finetune_lr,
                                cfg.train.weight_decay)
-    scheduler, per_step = make_scheduler(optimizer, "cosine", cfg.train.finetune_epochs,
+    scheduler, per_step = make_scheduler(optimizer, "onecycle", cfg.train.finetune_epochs,
                                          len(train_loader), Monitor(cfg.train.monitor).mode)
     model = ctx.model
     return Phase(
