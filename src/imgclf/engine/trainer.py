@@ -355,7 +355,6 @@ def _train(config: Config, resume: bool) -> Path:
         arrays[name], image_keys[name] = (images, labels), key
     if dist.is_main():
         dist.barrier()
-    if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.yaml")
         write_skipped(data, run_dir / "skipped.csv")
