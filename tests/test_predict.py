@@ -222,6 +222,20 @@ def test_evaluate_command_default_folder(trained, capsys):
     assert f"results: {run / 'evaluate-test'}" in capsys.readouterr().out
 
 
+def test_evaluate_with_tta_gives_the_predictors_tta_probabilities(trained, tmp_path):
+    run, data = trained
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), str(data), "--out", str(out), "--tta", "-q"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["tta"] is True
+    _, rows = read_csv(out / "predictions.csv")
+    expected = Predictor(run, device="cpu").predict([r["path"] for r in rows], tta=True)
+    got = np.array([[float(r[c]) for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(got, np.array([p.probs for p in expected]), atol=1e-5)
+    plain = np.array([p.probs for p in Predictor(run, device="cpu").predict(
+        [r["path"] for r in rows])])
+    assert not np.allclose(got, plain, atol=1e-5)  # the mirrored view changed something
+
+
 def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder):
     run, _ = trained
     folder = make_image_folder(tmp_path / "extra", {"red": 2, "green": 2}, size=(32, 32),

@@ -28,14 +28,19 @@ log = logging.getLogger(__name__)
 
 
 def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
-                  batch_size: int = 64) -> tuple[np.ndarray, float]:
-    """Class probabilities for uint8 images (N, H, W, 3), and images per second."""
-    loader = make_loader(ArrayDataset(images, np.zeros(len(images), dtype=np.int64)),
-                         batch_size, shuffle=False, workers=0)
+                  batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, float]:
+    """Class probabilities for uint8 images (N, H, W, 3), and images per second; ``tta``
+    averages them with the mirrored images' (as ``imgclf predict --tta``)."""
+    views = [images, images[:, :, ::-1]] if tta else [images]
     tic = time.perf_counter()
-    logits, _ = run_inference(model, loader, rt)
+    probs = 0
+    for view in views:
+        loader = make_loader(ArrayDataset(np.ascontiguousarray(view),
+                                          np.zeros(len(images), dtype=np.int64)),
+                             batch_size, shuffle=False, workers=0)
+        logits, _ = run_inference(model, loader, rt)
+        probs = probs + torch.softmax(torch.from_numpy(logits), dim=1).numpy() / len(views)
     seconds = time.perf_counter() - tic
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     return probs, len(images) / max(seconds, 1e-9)
 
 
@@ -50,11 +55,13 @@ def write_evaluation(
     split: str,
     history: list[dict] | None = None,
     extra: dict | None = None,
+    tta: bool = False,
 ) -> dict:
     """Evaluate on one split and write metrics, predictions and plots to ``out_dir``."""
-    probs, speed = predict_array(model, images, rt)
+    probs, speed = predict_array(model, images, rt, tta=tta)
     metrics = compute_metrics(labels, probs, classes)
     metrics["split"] = split
+    metrics["tta"] = tta
     if split != "test":
         metrics["note"] = ("the data has no test split: these figures are on the validation "
                            "split, which also chose the best epoch")
@@ -85,8 +92,10 @@ def write_evaluation(
 
 
 def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
-                    out: str | Path | None = None, device: str = "auto") -> tuple[dict, Path]:
-    """Evaluate a trained run on a labelled folder; returns (metrics, output folder)."""
+                    out: str | Path | None = None, device: str = "auto",
+                    tta: bool = False) -> tuple[dict, Path]:
+    """Evaluate a trained run on a labelled folder; returns (metrics, output folder).
+    ``tta`` averages each image's probabilities with its mirror image's."""
     from imgclf.data.layout import Split, detect_layout, scan_split
     from imgclf.data.prepare import decode_split
     from imgclf.errors import DataError
@@ -109,5 +118,6 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     out_dir = Path(out) if out else Path(run) / f"evaluate-{name}"
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
-                               extra={"data": str(root), "skipped_files": len(labelled.skipped)})
+                               extra={"data": str(root), "skipped_files": len(labelled.skipped)},
+                               tta=tta)
     return metrics, out_dir

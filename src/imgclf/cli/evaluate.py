@@ -19,6 +19,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default=None,
                         help="folder for the results (default RUN/evaluate-<split>)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average each image's probabilities "
+                             "with its mirror image's")
     from imgclf.cli.common import add_verbosity
 
     add_verbosity(parser)
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.evaluation import evaluate_folder
 
     metrics, out = evaluate_folder(args.run, args.data, split=args.split, out=args.out,
-                                   device=args.device)
+                                   device=args.device, tta=args.tta)
     keys = ("accuracy", "balanced_accuracy", "f1_macro", "cohen_kappa", "mcc", "roc_auc")
     print(json.dumps({k: metrics[k] for k in keys}, indent=2))
     print(f"results: {Path(out)}")
