@@ -240,6 +240,18 @@ def test_frozen_norm_layers_keep_their_statistics(backbone):
     torch.testing.assert_close(frozen_bn.running_mean, before)
 
 
+def test_all_norm_layers_can_keep_their_statistics_while_training(backbone):
+    model, _, _ = backbone
+    set_trainable(model, 1)
+    model.train()
+    freeze_norm_stats(model, trainable_too=True)
+    last_bn = model.body.bn2
+    assert not last_bn.training and last_bn.weight.requires_grad
+    before = last_bn.running_mean.clone()
+    model(pixels(2, 64))
+    torch.testing.assert_close(last_bn.running_mean, before)
+
+
 def test_small_cnn_is_a_single_group():
     model, _, _ = create_model("small_cnn", 2, img_size=32)
     assert len(backbone_groups(model)) == 1

@@ -328,6 +328,18 @@ def test_transfer_with_finetune_runs_head_then_finetune(split_data, tmp_path):
     assert metrics_of(run)["split"] == "test"
 
 
+@pytest.mark.parametrize("update", [False, True])
+def test_finetuning_keeps_pretrained_norm_statistics_unless_asked(split_data, tmp_path, update):
+    run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                       train={"epochs": 1, "finetune": "1", "finetune_epochs": 1,
+                              "finetune_norm_stats": update})
+    weights = torch.load(run / "model.pt", weights_only=True)["model"]
+    # bn2 sits in the unfrozen last stage; a new BatchNorm starts at mean 0, variance 1
+    mean, var = weights["body.bn2.running_mean"], weights["body.bn2.running_var"]
+    untouched = torch.equal(mean, torch.zeros_like(mean)) and torch.equal(var, torch.ones_like(var))
+    assert untouched is not update
+
+
 def test_transfer_without_feature_cache_runs_the_backbone(split_data, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,

@@ -70,6 +70,7 @@ class TrainSection:
     finetune: str | None = None
     finetune_epochs: int = 5
     finetune_lr: float = 1e-4
+    finetune_norm_stats: bool = False
     feature_cache: bool = True
     device: str = "auto"
     amp: str = "auto"

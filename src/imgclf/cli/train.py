@@ -71,6 +71,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
            help="epochs of fine-tuning (default 5)")
     option(t, "--finetune-lr", dest="train.finetune_lr", type=float,
            help="backbone learning rate when fine-tuning (head: half of --lr; default 1e-4)")
+    option(t, "--finetune-norm-stats", dest="train.finetune_norm_stats", action="store_const",
+           const=True, help="fine-tuning: let the unfrozen stages' BatchNorm layers update "
+                            "their running statistics (default: keep the pretrained ones)")
     option(t, "--no-feature-cache", dest="train.feature_cache", action="store_const",
            const=False, help="transfer: run the frozen backbone every epoch instead of "
                              "caching its features")

@@ -255,13 +255,16 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
     scheduler, per_step = make_scheduler(optimizer, "onecycle", cfg.train.finetune_epochs,
                                          len(train_loader), Monitor(cfg.train.monitor).mode)
     model = ctx.model
+    # Batches of 32 give noisy statistics; by default the unfrozen BatchNorm layers keep
+    # the pretrained ones (Keras' advice for fine-tuning) while their scale and shift train.
+    keep_stats = not cfg.train.finetune_norm_stats
     return Phase(
         "finetune", _wrap_ddp(model, ctx.rt, cfg.train.sync_bn), train_loader,
         _image_loader(ctx, "val", False, "none"), optimizer, cfg.train.finetune_epochs,
         make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
         scheduler, per_step,
         mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
-        before_epoch=lambda: freeze_norm_stats(model),
+        before_epoch=lambda: freeze_norm_stats(model, trainable_too=keep_stats),
     )
 
 

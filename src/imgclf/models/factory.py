@@ -135,12 +135,13 @@ def set_trainable(model: Classifier, stages: int | str) -> list[nn.Parameter]:
     return trainable
 
 
-def freeze_norm_stats(module: nn.Module) -> None:
-    """Put norm layers whose parameters are all frozen into eval mode (keep running stats)."""
+def freeze_norm_stats(module: nn.Module, trainable_too: bool = False) -> None:
+    """Put norm layers whose parameters are all frozen into eval mode (keep running stats);
+    with ``trainable_too``, every norm layer (its scale and shift still train)."""
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase):
             params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if trainable_too or (params and not any(p.requires_grad for p in params)):
                 m.eval()
 
 
