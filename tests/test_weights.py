@@ -21,6 +21,7 @@ from PIL import Image
 
 from imgclf.errors import ModelError, WeightsUnavailableError
 from imgclf.models import weights
+from imgclf.models.factory import create_model
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -139,6 +140,18 @@ def test_second_call_reuses_the_checksummed_cache(counted_converter, isolated_ca
     assert record["sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest()
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_head_is_initialised_alike_whether_the_weights_were_cached_or_not(
+        counted_converter):
+    name, calls = counted_converter
+    heads = []
+    for _ in range(2):  # the first call converts, the second reads the cache
+        torch.manual_seed(0)
+        model, _, _ = create_model(name, 3)
+        heads.append(model.head.state_dict())
+    assert calls == [name]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
 
 
 def test_corrupted_cache_is_detected_and_reconverted(counted_converter, isolated_caches, caplog):

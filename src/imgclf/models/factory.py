@@ -93,7 +93,11 @@ def create_model(
         return Classifier(spec.builder(num_classes, size), nn.Identity(), prep), prep, "scratch"
     from imgclf.models.weights import create_backbone
 
-    body, data_config, source = create_backbone(name, weights=weights, pretrained=pretrained)
+    # Building the backbone draws random numbers only when its weights are not cached yet
+    # (the converter builds a model of its own): the head must not depend on that.
+    with torch.random.fork_rng(devices=[]):
+        body, data_config, source = create_backbone(name, weights=weights,
+                                                    pretrained=pretrained)
     size = img_size or int(data_config["input_size"][-1])
     prep = Preprocessing(size, tuple(data_config["mean"]), tuple(data_config["std"]),
                          data_config.get("interpolation", "bicubic"))
