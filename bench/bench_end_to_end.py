@@ -25,8 +25,7 @@ RUNS = {
     "augment-small_cnn": ["--method", "augment", "--model", "small_cnn"],
     "transfer": ["--method", "transfer"],
     "transfer-fp32": ["--method", "transfer", "--amp", "off"],
-    "finetune": ["--method", "transfer", "--finetune", "2", "--finetune-epochs", "3",
-                 "--augment", "flip"],
+    "finetune": ["--method", "transfer", "--finetune", "2", "--augment", "flip"],
 }
 
 
