@@ -40,7 +40,11 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # A folder apart from tmp_path, so it never shows up as a class inside a test's dataset.
-    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path_factory.mktemp("imgclf-cache")))
+    # Removed after the test: converted weights and feature caches would fill a small disk.
+    cache = tmp_path_factory.mktemp("imgclf-cache")
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(cache))
+    yield
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def class_colour(index: int, n_classes: int) -> np.ndarray:
