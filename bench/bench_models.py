@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from imgclf.engine.runtime import Runtime
+from imgclf.engine.runtime import Runtime, reuse_freed_memory
 from imgclf.models.factory import create_model
 
 
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=None)
     parser.add_argument("--no-train", action="store_true", help="inference only")
     args = parser.parse_args()
+    reuse_freed_memory()  # as imgclf's CPU runtime does
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     print(f"{'model':<24}{'size':>5}  {'mode':<20}{'train img/s':>12}{'infer img/s':>12}")
     for name in args.models.split(","):
