@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from imgclf.data.transforms import AUGMENT_PRESETS, create_batch_mixer, create_transform, hflip
+from imgclf.data.transforms import (
+    AUGMENT_PRESETS,
+    create_batch_mixer,
+    create_transform,
+    tta_average,
+)
 from imgclf.errors import ConfigError
 
 
@@ -129,6 +135,17 @@ def test_mixup_of_uint8_images_stays_in_pixel_range():
     torch.testing.assert_close(mixed.float(), expected, atol=1.0, rtol=0)
 
 
-def test_hflip_mirrors_left_to_right():
-    x = torch.arange(6).view(1, 1, 2, 3)
-    assert hflip(x).tolist() == [[[[2, 1, 0], [5, 4, 3]]]]
+def test_tta_average_averages_with_the_images_mirrored_left_to_right():
+    images = np.arange(2 * 2 * 3 * 3, dtype=np.uint8).reshape(2, 2, 3, 3)  # N, H, W, C
+    seen = []
+
+    def probs_of(batch):
+        seen.append(batch.copy())
+        return batch[:, 0, :, 0].astype(np.float64)  # first row's red values, as "probs"
+
+    assert tta_average(probs_of, images, tta=False).tolist() == images[:, 0, :, 0].tolist()
+    seen.clear()
+    averaged = tta_average(probs_of, images, tta=True)
+    assert [b.tolist() for b in seen] == [images.tolist(), images[:, :, ::-1].tolist()]
+    row = images[:, 0, :, 0].astype(np.float64)
+    assert averaged.tolist() == ((row + row[:, ::-1]) / 2).tolist()

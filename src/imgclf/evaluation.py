@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from imgclf.data.datasets import ArrayDataset, make_loader
+from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
 from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
@@ -31,15 +32,14 @@ def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
                   batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, float]:
     """Class probabilities for uint8 images (N, H, W, 3), and images per second; ``tta``
     averages them with the mirrored images' (as ``imgclf predict --tta``)."""
-    views = [images, images[:, :, ::-1]] if tta else [images]
-    tic = time.perf_counter()
-    probs = 0
-    for view in views:
-        loader = make_loader(ArrayDataset(np.ascontiguousarray(view),
-                                          np.zeros(len(images), dtype=np.int64)),
+    def probs_of(view: np.ndarray) -> np.ndarray:
+        loader = make_loader(ArrayDataset(view, np.zeros(len(view), dtype=np.int64)),
                              batch_size, shuffle=False, workers=0)
         logits, _ = run_inference(model, loader, rt)
-        probs = probs + torch.softmax(torch.from_numpy(logits), dim=1).numpy() / len(views)
+        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+    tic = time.perf_counter()
+    probs = tta_average(probs_of, images, tta)
     seconds = time.perf_counter() - tic
     return probs, len(images) / max(seconds, 1e-9)
 

@@ -233,12 +233,6 @@ class OnnxPredictor(BasePredictor):
         self.prep = Preprocessing.from_dict(self.meta["preprocessing"])
         self.session = _onnx_session(model_file, threads)
 
-    def _logits(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-    def predict_arrays(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    def _probs(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
-        probs = softmax(self._logits(x))
-        if tta:
-            probs = (probs + softmax(self._logits(np.ascontiguousarray(x[..., ::-1])))) / 2
-        return probs
+        return softmax(self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])

@@ -20,7 +20,7 @@ import torch
 
 from imgclf.data.decode import DecodeError, decode_image
 from imgclf.data.prepare import find_unlabelled
-from imgclf.data.transforms import hflip
+from imgclf.data.transforms import tta_average
 from imgclf.engine.callbacks import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import RunError
@@ -70,7 +70,7 @@ class Prediction:
 class BasePredictor:
     """Classifying image files with some engine: decoding, batching and the CSV are shared.
 
-    A subclass sets ``classes`` and ``prep`` and implements ``predict_arrays``.
+    A subclass sets ``classes`` and ``prep`` and implements ``_probs``.
     """
 
     classes: list[str]
@@ -83,10 +83,14 @@ class BasePredictor:
         except DecodeError as exc:
             return exc.reason
 
+    def _probs(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities (N, classes) for uint8 images (N, H, W, 3)."""
+        raise NotImplementedError
+
     def predict_arrays(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Probabilities (N, classes) for uint8 images (N, H, W, 3); ``tta`` averages a
         mirrored view."""
-        raise NotImplementedError
+        return tta_average(self._probs, images, tta)
 
     def predict(self, paths, batch_size: int = 64, tta: bool = False) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively)."""
@@ -134,13 +138,10 @@ class Predictor(BasePredictor):
             self.model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def predict_arrays(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    def _probs(self, images: np.ndarray) -> np.ndarray:
         x = self.rt.to_input(torch.from_numpy(images).permute(0, 3, 1, 2))
         with self.rt.autocast():
-            probs = torch.softmax(self.model(x).float(), 1)
-            if tta:
-                probs = (probs + torch.softmax(self.model(hflip(x)).float(), 1)) / 2
-        return probs.cpu().numpy()
+            return torch.softmax(self.model(x).float(), 1).cpu().numpy()
 
 
 def load(run: str | Path, device: str = "auto") -> Predictor:

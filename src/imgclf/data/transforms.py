@@ -19,7 +19,9 @@ MixUp and CutMix act on whole batches and are configured separately (``mixup``, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,9 +71,14 @@ def create_batch_mixer(num_classes: int, mixup: float = 0.0, cutmix: float = 0.0
     return mix
 
 
-def hflip(batch: torch.Tensor) -> torch.Tensor:
-    """Mirror a (B, C, H, W) batch left to right (for test-time augmentation)."""
-    return batch.flip(-1)
+def tta_average(probs_of: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                tta: bool) -> np.ndarray:
+    """``probs_of(images)`` for uint8 images (N, H, W, 3); with ``tta`` (test-time
+    augmentation), averaged with ``probs_of`` the images mirrored left to right."""
+    probs = probs_of(images)
+    if tta:
+        probs = (probs + probs_of(np.ascontiguousarray(images[:, :, ::-1]))) / 2
+    return probs
 
 
 class KerasAffine(nn.Module):
