@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from imgclf.engine.runtime import reuse_freed_memory
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # Allocates and frees a 64 MB tensor, as a training step does with its activations, ten
 # times (glibc settles where to put it), then counts the page faults of five more such
@@ -26,11 +31,18 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="freed memory is kept for reuse only under glibc")
+@pytest.mark.skipif(not GLIBC, reason="freed memory is kept for reuse only under glibc")
 def test_cpu_runtime_reuses_freed_memory_instead_of_faulting_it_in():
+    env = {k: v for k, v in os.environ.items() if k != "IMGCLF_KEEP_FREED_MEMORY"}
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     faults = int(out.stdout.split()[-1])
     pages_touched = 5 * 64 * 2**20 // 4096
     assert faults < pages_touched // 100, f"{faults} page faults for {pages_touched} pages"
+
+
+def test_keeping_freed_memory_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("IMGCLF_KEEP_FREED_MEMORY", "0")
+    assert reuse_freed_memory.__wrapped__() is False
+    monkeypatch.delenv("IMGCLF_KEEP_FREED_MEMORY")
+    assert reuse_freed_memory.__wrapped__() is GLIBC
