@@ -29,6 +29,23 @@ RUNS = {
 }
 
 
+def run(name: str, data: str, out: Path, cache: Path, extra: list[str]) -> tuple:
+    """Train one preset with ``cache`` as its cache folder; (name, wall, accuracy, epochs,
+    split)."""
+    run_dir = out / name
+    cmd = [sys.executable, "-m", "imgclf", "train", data, "--out", str(run_dir),
+           *RUNS[name], *extra]
+    print("$", " ".join(cmd), flush=True)
+    tic = time.perf_counter()
+    done = subprocess.run(cmd, env=dict(os.environ, IMGCLF_CACHE_DIR=str(cache)))
+    wall = time.perf_counter() - tic
+    if done.returncode:
+        return name, wall, None, None, "failed"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    epochs = len((run_dir / "history.csv").read_text().splitlines()) - 1
+    return name, wall, metrics["accuracy"], epochs, metrics["split"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
@@ -40,23 +57,10 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     out = Path(args.out or tempfile.mkdtemp(prefix="imgclf-e2e-"))
-    shared_cache = tempfile.mkdtemp(prefix="imgclf-cache-") if args.warm else None
-    rows = []
-    for name in args.runs.split(","):
-        cache = shared_cache or tempfile.mkdtemp(prefix="imgclf-cache-")
-        run_dir = out / name
-        cmd = [sys.executable, "-m", "imgclf", "train", args.data, "--out", str(run_dir),
-               *RUNS[name], *extra]
-        print("$", " ".join(cmd), flush=True)
-        tic = time.perf_counter()
-        done = subprocess.run(cmd, env=dict(os.environ, IMGCLF_CACHE_DIR=cache))
-        wall = time.perf_counter() - tic
-        if done.returncode:
-            rows.append((name, wall, None, None, "failed"))
-            continue
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        epochs = len((run_dir / "history.csv").read_text().splitlines()) - 1
-        rows.append((name, wall, metrics["accuracy"], epochs, metrics["split"]))
+    # Cache folders hold every decoded image (GBs at 224 px): removed when done.
+    with tempfile.TemporaryDirectory(prefix="imgclf-cache-") as caches:
+        rows = [run(name, args.data, out, Path(caches) / ("shared" if args.warm else name),
+                    extra) for name in args.runs.split(",")]
     print(f"\n{'run':<20}{'wall s':>9}{'epochs':>8}{'accuracy':>10}  split")
     for name, wall, acc, epochs, split in rows:
         acc_text = f"{acc:.2%}" if acc is not None else "-"
