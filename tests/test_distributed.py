@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from imgclf.data.datasets import ShardSampler
+from imgclf.engine import dist
+from imgclf.errors import ConfigError
 from imgclf.evaluation import evaluate_folder
 
 
@@ -38,7 +41,7 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path, make_i
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "imgclf", "train", str(data), "--out", str(run), "--epochs", "2",
-           "--img-size", "32", "--amp", "off", "--batch-size", "4"]
+           "--img-size", "32", "--amp", "off", "--batch-size", "4", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -60,3 +63,37 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path, make_i
         assert gathered[key] == pytest.approx(single[key], abs=1e-9), key
     assert gathered["confusion_matrix"] == single["confusion_matrix"]
     assert gathered["log_loss"] == pytest.approx(single["log_loss"], rel=1e-5)
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """The environment torchrun gives rank 0 of 2 processes on one machine, with one GPU,
+    and a process group that records its backend instead of starting."""
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                       "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    backends = []
+    monkeypatch.setattr(dist.td, "init_process_group", backends.append)
+    return backends
+
+
+def test_more_processes_than_gpus_is_refused_with_the_fix(torchrun_env):
+    fix = r"2 processes .* 1 GPU.*--nproc_per_node 1.*--device cpu"
+    with pytest.raises(ConfigError, match=fix):
+        dist.init_from_env("auto")
+    assert torchrun_env == []
+
+
+def test_device_cpu_uses_gloo_even_with_a_gpu_present(torchrun_env):
+    assert dist.init_from_env("cpu")
+    assert torchrun_env == ["gloo"]
+
+
+def test_one_process_per_gpu_uses_nccl(torchrun_env, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert dist.init_from_env("auto")
+    assert torchrun_env == ["nccl"]

@@ -11,6 +11,8 @@ import os
 import torch
 import torch.distributed as td
 
+from imgclf.errors import ConfigError
+
 
 def is_distributed() -> bool:
     return td.is_available() and td.is_initialized()
@@ -62,21 +64,29 @@ def barrier() -> None:
         td.barrier()
 
 
-def init_from_env() -> bool:
+def init_from_env(device: str = "auto") -> bool:
     """Join the process group that torchrun describes in the environment, if any.
 
-    gloo on CPU, NCCL on GPU; each CPU process gets its share of the cores. Returns True
-    when this call started the group (the caller then shuts it down).
+    NCCL when the run uses GPUs (``device`` is not ``cpu`` and CUDA is present), each
+    process on the GPU of its local rank; gloo on CPU, each process with its share of the
+    cores. Returns True when this call started the group (the caller then shuts it down).
     """
     if not launched_by_torchrun() or is_distributed():
         return False
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if device != "cpu" and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if local_world > gpus:
+            raise ConfigError(
+                f"torchrun started {local_world} processes on this machine but it has {gpus} "
+                f"GPU(s); start at most {gpus} (--nproc_per_node {gpus}), or train on the CPU "
+                "with --device cpu."
+            )
         torch.cuda.set_device(local_rank)
         backend = "nccl"
     else:
         backend = "gloo"
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     td.init_process_group(backend)
     return True

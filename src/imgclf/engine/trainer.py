@@ -323,7 +323,7 @@ def train(config: Config, resume: bool = False) -> Path:
     Launched by torchrun, every process joins the group and trains its shard of each
     epoch with DistributedDataParallel; rank 0 alone writes files.
     """
-    started = dist.init_from_env()
+    started = dist.init_from_env(config.train.device)
     try:
         return _train(config, resume)
     finally:
