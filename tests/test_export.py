@@ -199,3 +199,16 @@ def test_timm_backbone_exports_to_onnx(name, tmp_path):
     assert path == run / "model.onnx"
     assert probs.shape == (2, 3)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_tf_same_padding_is_exported_fixed(tmp_path):
+    """Lite0's TF-"same" padding is exported as fixed amounts (no shape arithmetic in the
+    graph), which ONNX Runtime folds into the convolutions; the check still matches."""
+    run = fake_run(tmp_path / "run", "tf_efficientnet_lite0", img_size=64)
+    path = export_model(run, "onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Pad" in ops
+    assert not ops & {"Shape", "Ceil", "Gather"}, ops
+    # the model in the run keeps its shape-driven padding, for inputs of any size
+    model, _, _, _ = load_model(run / "model.pt")
+    assert model(pixels(1, 80)).shape == (1, 3)

@@ -9,14 +9,19 @@ with ``torch.jit.load``) and its sidecar the same way.
 
 ONNX goes through torch's TorchScript-based exporter (``dynamo=False``). The default
 (torch.export-based) exporter needs the ``onnxscript`` package, which imgclf does not depend
-on; the TorchScript-based one needs nothing more and handles timm's TF-"same" padding
-(tf_efficientnet_*), because the input size is fixed per run. torch has deprecated it, so
-every export is checked numerically against PyTorch unless ``check=False``.
+on; the TorchScript-based one needs nothing more. torch has deprecated it, so every export
+is checked numerically against PyTorch unless ``check=False``.
+
+The input size is fixed per run, so timm's TF-"same" convolutions (tf_efficientnet_*),
+which work out their padding from the input's shape on every call, are exported with that
+padding fixed (``fixed_same_padding``): ONNX Runtime then folds it into the convolutions
+instead of running separate, shape-computing padding steps between them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -25,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
+from torch import nn
 
 from imgclf import __version__
 from imgclf.errors import ConfigError, ImgclfError, RunError
@@ -68,6 +75,10 @@ def _quiet_torch_deprecations():
                                 DeprecationWarning)
         warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
         warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        # Fixed padding is exported as a Pad whose amounts pass through a reversing Slice;
+        # ONNX Runtime folds it all into the convolution, so the exporter's notice that it
+        # could not fold the Slice itself says nothing useful.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         yield
 
 
@@ -75,6 +86,26 @@ def _random_images(batch: int, size: int, seed: int) -> torch.Tensor:
     """Whole-number pixel values in 0-255 as float32, like decoded images."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch, 3, size, size), generator=generator).float()
+
+
+def fixed_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` whose TF-"same" convolutions pad by the amounts that inputs of
+    ``example``'s size need, rather than working them out from each input's shape.
+
+    timm's ``Conv2dSameExport`` does this: it fixes its padding on its first call, which
+    here is a forward pass over ``example``. The outputs are the same for that input size.
+    """
+    model = copy.deepcopy(model)
+    for name, conv in list(model.named_modules()):
+        if type(conv) is Conv2dSame:
+            fixed = Conv2dSameExport(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                     conv.stride, 0, conv.dilation, conv.groups,
+                                     conv.bias is not None)
+            fixed.load_state_dict(conv.state_dict())
+            model.set_submodule(name, fixed)
+    with torch.no_grad():
+        model(example)
+    return model
 
 
 def _write_onnx(model: Classifier, example: torch.Tensor, path: Path) -> None:
@@ -161,7 +192,8 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
     try:
-        writer(model, _random_images(_TRACE_BATCH, prep.img_size, seed=0), tmp)
+        example = _random_images(_TRACE_BATCH, prep.img_size, seed=0)
+        writer(fixed_same_padding(model, example), example, tmp)
         diff = check_export(model, tmp, fmt, prep.img_size) if check else None
         os.replace(tmp, out)
     finally:
