@@ -476,3 +476,21 @@ def test_tensorboard_logs_every_epoch_of_the_history(split_data, tmp_path):
     assert [e.step for e in logged] == [1, 2]
     assert [e.value for e in logged] == pytest.approx(
         [float(row["val_accuracy"]) for row in history], abs=1e-6)
+
+
+def test_compile_trains_through_torch_compile_and_saves_plain_weights(split_data, tmp_path,
+                                                                       monkeypatch):
+    trained = []
+
+    def record(phase, rt, desc):
+        trained.append(type(phase.module).__name__)
+        return REAL_TRAIN_ONE_EPOCH(phase, rt, desc)
+
+    monkeypatch.setattr(loop, "train_one_epoch", record)
+    run = scratch(split_data, tmp_path / "run", epochs=1, train={"compile": True})
+    assert trained == ["OptimizedModule"]
+    weights = load_ckpt(run / "model.pt")["model"]
+    assert not [key for key in weights if "_orig_mod" in key]
+    assert metrics_of(run)["split"] == "test"
+    predictions = Predictor(run, device="cpu").predict([split_data / "test"])
+    assert len(predictions) == 9 and {p.label for p in predictions} <= {"a", "b", "c"}

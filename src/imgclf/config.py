@@ -76,6 +76,7 @@ class TrainSection:
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = True
+    compile: bool = False
     tensorboard: bool = False
     sync_bn: bool = False
 

@@ -182,12 +182,17 @@ def _image_loader(ctx: TrainingContext, split: str, train: bool, preset: str):
                        workers=ctx.config.data.workers, drop_last=False)
 
 
-def _wrap_ddp(module: nn.Module, rt: Runtime, sync_bn: bool = False) -> nn.Module:
-    """DistributedDataParallel around ``module`` when running distributed (else as is)."""
-    if not dist.is_distributed() or not any(p.requires_grad for p in module.parameters()):
-        return module
-    if sync_bn:
+def _for_training(module: nn.Module, rt: Runtime, sync_bn: bool = False,
+                  compiled: bool = False) -> nn.Module:
+    """``module`` as a phase trains it: through ``torch.compile`` when asked, and inside
+    DistributedDataParallel when running distributed. Its weights stay ``module``'s."""
+    distributed = dist.is_distributed() and any(p.requires_grad for p in module.parameters())
+    if distributed and sync_bn:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if compiled:
+        module = torch.compile(module)
+    if not distributed:
+        return module
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
@@ -212,7 +217,7 @@ def _whole_model_phase(ctx: TrainingContext, name: str, frozen_body: bool) -> Ph
     epochs = _epochs(cfg, name)
     scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, epochs,
                                          len(train_loader), Monitor(cfg.train.monitor).mode)
-    module = _wrap_ddp(model, ctx.rt, cfg.train.sync_bn)
+    module = _for_training(model, ctx.rt, cfg.train.sync_bn, cfg.train.compile)
     return Phase(
         name, module, train_loader, _image_loader(ctx, "val", False, "none"), optimizer,
         epochs, make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes),
@@ -244,7 +249,7 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
     scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, epochs,
                                          len(train_loader), Monitor(cfg.train.monitor).mode)
     feature_rt = Runtime(ctx.rt.device, None, False)
-    return Phase("head", _wrap_ddp(head, feature_rt), train_loader, val_loader, optimizer,
+    return Phase("head", _for_training(head, feature_rt), train_loader, val_loader, optimizer,
                  epochs,
                  make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
                  scheduler, per_step, runtime=feature_rt)
@@ -269,7 +274,8 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
     # the pretrained ones (Keras' advice for fine-tuning) while their scale and shift train.
     keep_stats = not cfg.train.finetune_norm_stats
     return Phase(
-        "finetune", _wrap_ddp(model, ctx.rt, cfg.train.sync_bn), train_loader,
+        "finetune", _for_training(model, ctx.rt, cfg.train.sync_bn, cfg.train.compile),
+        train_loader,
         _image_loader(ctx, "val", False, "none"), optimizer, cfg.train.finetune_epochs,
         make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
         scheduler, per_step,
