@@ -51,3 +51,13 @@ def test_dropout_rejects_probability_one():
     with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\), got 1"):
         Dropout(1.0)
 
+
+
+def test_compiled_dropout_is_the_standard_one():
+    """Compiled, Dropout(0.3) scales kept values by 1 / 0.7 (nn.functional.dropout), not by
+    256 / 179 as its eager mask does."""
+    x = torch.ones(4096)
+    eager = Dropout(0.3).train()(x)
+    compiled = torch.compile(Dropout(0.3).train(), backend="eager")(x)
+    assert torch.allclose(eager[eager > 0], torch.tensor(256 / 179))
+    assert torch.allclose(compiled[compiled > 0], torch.tensor(1 / 0.7))

@@ -101,8 +101,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(r, "--no-channels-last", dest="train.channels_last", action="store_const",
            const=False, help="keep NCHW memory format")
     option(r, "--compile", dest="train.compile", action="store_const", const=True,
-           help="train the model through torch.compile: a one-off compile of tens of "
-                "seconds, which pays off on GPUs (on the CPUs measured, steps were slower)")
+           help="train the model through torch.compile (a one-off compile of seconds to "
+                "minutes; on the 2-core CPU measured, training steps were slower)")
     option(r, "--tensorboard", dest="train.tensorboard", action="store_const", const=True,
            help="also log per-epoch scalars for TensorBoard (RUN_DIR/tensorboard)")
     option(r, "--sync-bn", dest="train.sync_bn", action="store_const", const=True,

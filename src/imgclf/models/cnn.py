@@ -19,7 +19,8 @@ class Dropout(nn.Module):
     more than the convolutions it sits between. This one draws 64 random bits at a time
     and keeps a value when its byte is at least ``round(p * 256)``: the dropped fraction
     is ``p`` rounded to a multiple of 1/256 (0.3 becomes 0.3008) and kept values are
-    scaled by 1 / (1 - that fraction), so the expected output is still the input.
+    scaled by 1 / (1 - that fraction), so the expected output is still the input. Under
+    ``torch.compile`` it is ``nn.functional.dropout`` with ``p`` itself.
     """
 
     def __init__(self, p: float):
@@ -33,6 +34,11 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
+        if torch.compiler.is_compiling():
+            # Under torch.compile the standard dropout is fused with its neighbours, so the
+            # tricks below would gain nothing (and a bool viewed as uint8 does not compile
+            # for CUDA).
+            return nn.functional.dropout(x, self.p, training=True)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()
         n = x.numel()
