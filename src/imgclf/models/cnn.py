@@ -35,9 +35,8 @@ class Dropout(nn.Module):
         if not self.training or self.threshold == 0:
             return x
         if torch.compiler.is_compiling():
-            # Under torch.compile the standard dropout is fused with its neighbours, so the
-            # tricks below would gain nothing (and a bool viewed as uint8 does not compile
-            # for CUDA).
+            # Compiled, PyTorch's own dropout, which inductor generates itself: the mask
+            # below views a bool as uint8, which inductor cannot lower for CUDA.
             return nn.functional.dropout(x, self.p, training=True)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()
