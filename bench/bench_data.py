@@ -87,5 +87,6 @@ def main() -> None:
               f"{_rate(args.steps * args.batch_size, total)}"
               f"  -> {share:.1f}% of the time in the model")
 
+
 if __name__ == "__main__":
     main()

@@ -103,8 +103,8 @@ def main() -> None:
         f"{torch.get_num_threads()} CPU threads"
     print(f"torch {torch.__version__}, {where}, batch {args.batch}")
     print(f"{'model':<24}{'size':>5}  {'mode':<29}{'train img/s':>12}{'infer img/s':>12}")
+    modes = MODES + (COMPILED,) if args.compile else MODES
     for name in args.models.split(","):
-        modes = MODES + (COMPILED,) if args.compile else MODES
         for row in bench(name, args.batch, args.seconds, args.img_size, not args.no_train,
                          device, modes):
             print(f"{row[0]:<24}{row[1]:>5}  {row[2]:<29}{row[3]:>12.1f}{row[4]:>12.1f}",
