@@ -1,11 +1,15 @@
-"""The reference CNNs: their dropout matches nn.Dropout's statistics and modes."""
+"""The reference CNNs: their dropout matches nn.Dropout's statistics and modes; their fused
+blocks train exactly as the plain modules."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+from imgclf.models import fused
 from imgclf.models.cnn import Dropout
+from imgclf.models.factory import create_model
 
 
 @pytest.mark.parametrize("p", [0.3, 0.5])
@@ -52,7 +56,6 @@ def test_dropout_rejects_probability_one():
         Dropout(1.0)
 
 
-
 def test_compiled_dropout_is_the_standard_one():
     """Compiled, Dropout(0.3) scales kept values by 1 / 0.7 (nn.functional.dropout), not by
     256 / 179 as its eager mask does."""
@@ -61,3 +64,42 @@ def test_compiled_dropout_is_the_standard_one():
     compiled = torch.compile(Dropout(0.3).train(), backend="eager")(x)
     assert torch.allclose(eager[eager > 0], torch.tensor(256 / 179))
     assert torch.allclose(compiled[compiled > 0], torch.tensor(1 / 0.7))
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "small_cnn_wide"])
+@pytest.mark.parametrize("amp", [torch.bfloat16, None])
+def test_fused_blocks_train_exactly_as_the_plain_modules(name, amp, monkeypatch):
+    """Fused or not, the same seed gives the same losses and weights to the last bit."""
+    supports = fused.supports
+
+    def train(fuse: bool):
+        monkeypatch.setattr(fused, "supports", supports if fuse else lambda x: False)
+        torch.manual_seed(0)
+        model, _, _ = create_model(name, 3, img_size=38, pretrained=False)
+        model = model.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        x = (torch.rand(6, 3, 38, 38) * 255).contiguous(memory_format=torch.channels_last)
+        y = torch.tensor([0, 1, 2, 0, 1, 2])
+        losses = []
+        for _ in range(3):
+            with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+                loss = nn.functional.cross_entropy(model(x).float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        with torch.inference_mode():
+            evaluated = model.eval()(x)
+        return losses, model.state_dict(), evaluated
+
+    calls = []
+    real = fused.pool_relu_dropout
+    monkeypatch.setattr(fused, "pool_relu_dropout", lambda *a: calls.append(1) or real(*a))
+    plain_losses, plain_weights, plain_eval = train(fuse=False)
+    assert not calls
+    fused_losses, fused_weights, fused_eval = train(fuse=True)
+    assert len(calls) == 3 * 4  # three blocks, three training steps and one evaluation
+    assert fused_losses == plain_losses
+    assert plain_weights.keys() == fused_weights.keys()
+    assert all(torch.equal(plain_weights[k], fused_weights[k]) for k in plain_weights)
+    assert torch.equal(fused_eval, plain_eval)

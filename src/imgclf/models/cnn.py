@@ -1,7 +1,8 @@
 """The reference study's small networks, trained from scratch.
 
 Both follow the Keras originals: 3x3 'valid' convolutions with ReLU and 2x2 max-pooling,
-then a flattening dense head. The flattened size is worked out from the input size.
+then a flattening dense head. The flattened size is worked out from the input size. On a
+CPU each block's pooling, ReLU and dropout run as one kernel (``imgclf.models.fused``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from imgclf.models import fused
 from imgclf.models.registry import register_model
 
 
@@ -31,8 +33,17 @@ class Dropout(nn.Module):
         self.threshold = min(round(p * 256), 255)
         self.scale = 256 / (256 - self.threshold)
 
+    @property
+    def active(self) -> bool:
+        return self.training and self.threshold > 0
+
+    def noise(self, count: int, device: torch.device) -> torch.Tensor:
+        """``count`` random bytes; a value is kept where its byte is at least threshold."""
+        words = torch.empty((count + 7) // 8, dtype=torch.int64, device=device)
+        return words.random_(-2**63, None).view(torch.uint8)[:count]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
+        if not self.active:
             return x
         if torch.compiler.is_compiling():
             # Compiled, PyTorch's own dropout, which inductor generates itself: the mask
@@ -40,9 +51,7 @@ class Dropout(nn.Module):
             return nn.functional.dropout(x, self.p, training=True)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()
-        n = x.numel()
-        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device)
-        noise = words.random_(-2**63, None).view(torch.uint8)[:n]
+        noise = self.noise(x.numel(), x.device)
         keep = noise.as_strided(x.shape, x.stride()) >= self.threshold  # in x's layout
         # The mask in x's dtype: the multiply and its backward then stay in one dtype, which
         # PyTorch vectorises (bool times bf16 runs 3x slower). The bool is cast through
@@ -52,6 +61,44 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class SmallCNN(nn.Sequential):
+    """``nn.Sequential`` whose ``MaxPool2d(2), ReLU[, Dropout]`` runs are one fused kernel.
+
+    Fused where ``fused.supports`` the input (eager, on a CPU), with the same result and
+    the same random numbers drawn; the modules, and so the weights' names, are those of
+    the plain sequence, which runs everywhere else (CUDA, export, ``torch.compile``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        modules, i = list(self), 0
+        while i < len(modules):
+            taken = _fusable(modules, i)
+            if taken and fused.supports(x):
+                drop = modules[i + 2] if taken == 3 else None
+                if drop is not None and drop.active:
+                    n, c, h, w = x.shape
+                    noise = drop.noise(n * c * (h // 2) * (w // 2), x.device)
+                    x = fused.pool_relu_dropout(x, noise, drop.threshold, drop.scale)
+                else:
+                    x = fused.pool_relu_dropout(x)
+                i += taken
+            else:
+                x = modules[i](x)
+                i += 1
+        return x
+
+
+def _fusable(modules: list[nn.Module], i: int) -> int:
+    """How many modules from i make ``MaxPool2d(2), ReLU[, Dropout]``: 3, 2, or 0."""
+    pool = modules[i]
+    if not (isinstance(pool, nn.MaxPool2d) and i + 1 < len(modules)
+            and isinstance(modules[i + 1], nn.ReLU)
+            and (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+            in ((2, 2, 0, 1, False), ((2, 2), (2, 2), 0, 1, False))):
+        return 0
+    return 3 if i + 2 < len(modules) and isinstance(modules[i + 2], Dropout) else 2
 
 
 def _conv_block(c_in: int, c_out: int, dropout: float) -> list[nn.Module]:
@@ -75,7 +122,7 @@ def _flat_size(img_size: int, channels: int, blocks: int = 3) -> int:
 @register_model("small_cnn", "reference scratch CNN: 3x[conv32 3x3, ReLU, maxpool], dense 128",
                 default_size=150)
 def small_cnn(num_classes: int, img_size: int = 150) -> nn.Module:
-    return nn.Sequential(
+    return SmallCNN(
         *_conv_block(3, 32, 0.5),
         *_conv_block(32, 32, 0.3),
         *_conv_block(32, 32, 0.0),
@@ -90,7 +137,7 @@ def small_cnn(num_classes: int, img_size: int = 150) -> nn.Module:
                 "reference augmentation CNN: conv 64/128/128 3x3, ReLU, maxpool, dense 512",
                 default_size=150)
 def small_cnn_wide(num_classes: int, img_size: int = 150) -> nn.Module:
-    return nn.Sequential(
+    return SmallCNN(
         *_conv_block(3, 64, 0.5),
         *_conv_block(64, 128, 0.3),
         *_conv_block(128, 128, 0.0),

@@ -1,0 +1,57 @@
+"""The fused pool-ReLU-dropout kernel: bit for bit the plain modules, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from imgclf.models import fused
+
+
+def _plain(x, noise, threshold, scale):
+    out = nn.functional.relu(nn.functional.max_pool2d(x, 2))
+    if threshold:
+        keep = noise.as_strided(out.shape, out.stride()) >= threshold
+        out = (out * keep.view(torch.uint8).to(out.dtype)).mul_(scale)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(3, 8, 20, 20), (2, 5, 9, 7)])  # even; odd height and width
+@pytest.mark.parametrize("threshold", [0, 128])
+def test_fused_equals_pool_relu_dropout_bit_for_bit(dtype, shape, threshold):
+    torch.manual_seed(0)
+    n, c, h, w = shape
+    x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, :4, :4] = 0.5  # tied maxima: the first in each window takes the gradient
+    x[0, 1, :4, :4] = -1.0  # windows with no positive value: no gradient at all
+    noise = torch.randint(0, 256, (n * c * (h // 2) * (w // 2),), dtype=torch.uint8)
+    scale = 256 / (256 - threshold)
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    expected = _plain(a, noise, threshold, scale)
+    got = fused.pool_relu_dropout(b, noise if threshold else None, threshold, scale)
+    grad = torch.randn(expected.shape).to(dtype)
+    expected.backward(grad)
+    got.backward(grad)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, expected)
+    assert torch.equal(b.grad, a.grad)
+    assert (got == 0).any() and (got > 0).any()
+    # each kept output of a tied window sends its gradient to one input value
+    assert (b.grad[0, 0, :4, :4] != 0).sum() == (got[0, 0, :2, :2] != 0).sum() > 0
+    assert torch.all(b.grad[0, 1, :4, :4] == 0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+def test_fused_runs_only_where_it_can():
+    x = torch.randn(2, 4, 8, 8)
+    assert not fused.supports(x)  # NCHW
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert fused.supports(x)
+    assert not fused.supports(x.double())
+    assert not fused.supports(x[:, :, :, :1].squeeze(-1))  # not 4-d
+    traced = []
+    torch.jit.trace(lambda t: traced.append(fused.supports(t)) or t * 1, (x,), check_trace=False)
+    assert traced == [False]  # traced for export: the plain modules
