@@ -8,12 +8,16 @@ all three, keeps which of the four window positions won in one byte (4 for "no
 gradient": ReLU's zero or a dropped value), and one pass writes the input gradient.
 
 The result is bit for bit that of the three modules, forward and backward, given the same
-dropout noise: the same first maximum in each window, the same bf16 rounding of the
-dropout scale. Values are compared as integers: for the maxima of a ReLU only positive
+dropout noise: the same first maximum in each window, the dropout scale applied as
+``Dropout`` applies it. Values are compared as integers: for the maxima of a ReLU only positive
 values matter, and positive floats order as their bit patterns do.
+
+``IMGCLF_FUSED_KERNELS=0`` in the environment turns the fusion off (to compare speeds).
 """
 
 from __future__ import annotations
+
+import os
 
 import numba
 import numpy as np
@@ -23,6 +27,7 @@ from numba import njit, prange
 # The integer type whose bit patterns each float dtype is compared as.
 BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 NO_GRADIENT = 4
+ENABLED = os.environ.get("IMGCLF_FUSED_KERNELS", "1") != "0"
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
@@ -109,7 +114,7 @@ class _PoolReLUDropout(torch.autograd.Function):
 
 def supports(x: torch.Tensor) -> bool:
     """Whether ``pool_relu_dropout`` runs for x: CPU, bf16 or fp32, channels_last, eager."""
-    return (x.device.type == "cpu" and x.dtype in BITS and x.dim() == 4
+    return (ENABLED and x.device.type == "cpu" and x.dtype in BITS and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last)
             and not (torch.jit.is_tracing() or torch.jit.is_scripting()
                      or torch.compiler.is_compiling()))
