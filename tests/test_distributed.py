@@ -97,3 +97,12 @@ def test_one_process_per_gpu_uses_nccl(torchrun_env, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert dist.init_from_env("auto")
     assert torchrun_env == ["nccl"]
+
+
+def test_cuda_asked_for_without_a_gpu_is_refused_before_joining(torchrun_env, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"no CUDA GPU is available; use --device cpu"):
+        dist.init_from_env("cuda")
+    assert torchrun_env == []
+    assert dist.init_from_env("auto")  # auto falls back to the CPU, as training does
+    assert torchrun_env == ["gloo"]

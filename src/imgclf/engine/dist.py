@@ -11,6 +11,7 @@ import os
 import torch
 import torch.distributed as td
 
+from imgclf.engine.runtime import resolve_device
 from imgclf.errors import ConfigError
 
 
@@ -67,15 +68,15 @@ def barrier() -> None:
 def init_from_env(device: str = "auto") -> bool:
     """Join the process group that torchrun describes in the environment, if any.
 
-    NCCL when the run uses GPUs (``device`` is not ``cpu`` and CUDA is present), each
-    process on the GPU of its local rank; gloo on CPU, each process with its share of the
-    cores. Returns True when this call started the group (the caller then shuts it down).
+    NCCL when the run uses GPUs (``device`` resolves to CUDA, as in ``resolve_runtime``),
+    each process on the GPU of its local rank; gloo on CPU, each process with its share of
+    the cores. Returns True when this call started the group (the caller then shuts it down).
     """
     if not launched_by_torchrun() or is_distributed():
         return False
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
-    if device != "cpu" and torch.cuda.is_available():
+    if resolve_device(device).type == "cuda":
         gpus = torch.cuda.device_count()
         if local_world > gpus:
             raise ConfigError(

@@ -79,10 +79,10 @@ def reuse_freed_memory() -> bool:
     return done
 
 
-def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
-    """Pick CUDA when present, else CPU; bf16 autocast where the hardware runs it natively.
+def resolve_device(device: str = "auto") -> torch.device:
+    """The device ``device`` names (auto: CUDA when present, else the CPU), checked.
 
-    On CPU, large freed tensors are kept for reuse (``reuse_freed_memory``).
+    A bare ``cuda`` is the GPU of the process's local rank (0 unless torchrun set one).
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -98,6 +98,15 @@ def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool
         )
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return dev
+
+
+def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+    """Pick CUDA when present, else CPU; bf16 autocast where the hardware runs it natively.
+
+    On CPU, large freed tensors are kept for reuse (``reuse_freed_memory``).
+    """
+    dev = resolve_device(device)
     if dev.type == "cpu":
         reuse_freed_memory()
     if amp == "auto":
