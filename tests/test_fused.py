@@ -7,31 +7,32 @@ import torch
 from torch import nn
 
 from imgclf.models import fused
+from imgclf.models.cnn import Dropout
 
 
-def _plain(x, noise, threshold, scale):
-    out = nn.functional.relu(nn.functional.max_pool2d(x, 2))
-    if threshold:
-        keep = noise.as_strided(out.shape, out.stride()) >= threshold
-        out = (out * keep.view(torch.uint8).to(out.dtype)).mul_(scale)
-    return out
+def _plain(x, noise, p):
+    """The plain modules, with ``noise`` as the dropout's random bytes."""
+    drop = Dropout(p).train()
+    drop.noise = lambda count, device: noise[:count]
+    return drop(nn.ReLU()(nn.MaxPool2d(2)(x)))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(3, 8, 20, 20), (2, 5, 9, 7)])  # even; odd height and width
-@pytest.mark.parametrize("threshold", [0, 128])
-def test_fused_equals_pool_relu_dropout_bit_for_bit(dtype, shape, threshold):
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_fused_equals_pool_relu_dropout_bit_for_bit(dtype, shape, p):
     torch.manual_seed(0)
     n, c, h, w = shape
     x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
     x[0, 0, :4, :4] = 0.5  # tied maxima: the first in each window takes the gradient
     x[0, 1, :4, :4] = -1.0  # windows with no positive value: no gradient at all
     noise = torch.randint(0, 256, (n * c * (h // 2) * (w // 2),), dtype=torch.uint8)
-    scale = 256 / (256 - threshold)
+    drop = Dropout(p)
     a = x.clone().requires_grad_(True)
     b = x.clone().requires_grad_(True)
-    expected = _plain(a, noise, threshold, scale)
-    got = fused.pool_relu_dropout(b, noise if threshold else None, threshold, scale)
+    expected = _plain(a, noise, p)
+    got = (fused.pool_relu_dropout(b, noise, drop.threshold, drop.scale) if p
+           else fused.pool_relu_dropout(b))
     grad = torch.randn(expected.shape).to(dtype)
     expected.backward(grad)
     got.backward(grad)
