@@ -31,7 +31,7 @@ RUNS = {
 
 def run(name: str, data: str, out: Path, cache: Path, extra: list[str]) -> tuple:
     """Train one preset with ``cache`` as its cache folder; (name, wall, accuracy, epochs,
-    split)."""
+    split, whether the test-time mirror was used)."""
     run_dir = out / name
     cmd = [sys.executable, "-m", "imgclf", "train", data, "--out", str(run_dir),
            *RUNS[name], *extra]
@@ -40,10 +40,10 @@ def run(name: str, data: str, out: Path, cache: Path, extra: list[str]) -> tuple
     done = subprocess.run(cmd, env=dict(os.environ, IMGCLF_CACHE_DIR=str(cache)))
     wall = time.perf_counter() - tic
     if done.returncode:
-        return name, wall, None, None, "failed"
+        return name, wall, None, None, "failed", None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     epochs = len((run_dir / "history.csv").read_text().splitlines()) - 1
-    return name, wall, metrics["accuracy"], epochs, metrics["split"]
+    return name, wall, metrics["accuracy"], epochs, metrics["split"], metrics.get("tta")
 
 
 def main() -> None:
@@ -61,10 +61,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imgclf-cache-") as caches:
         rows = [run(name, args.data, out, Path(caches) / ("shared" if args.warm else name),
                     extra) for name in args.runs.split(",")]
-    print(f"\n{'run':<20}{'wall s':>9}{'epochs':>8}{'accuracy':>10}  split")
-    for name, wall, acc, epochs, split in rows:
+    print(f"\n{'run':<20}{'wall s':>9}{'epochs':>8}{'accuracy':>10}  split  mirror TTA")
+    for name, wall, acc, epochs, split, tta in rows:
         acc_text = f"{acc:.2%}" if acc is not None else "-"
-        print(f"{name:<20}{wall:>9.1f}{epochs or '-':>8}{acc_text:>10}  {split}")
+        tta_text = "-" if tta is None else ("yes" if tta else "no")
+        print(f"{name:<20}{wall:>9.1f}{epochs or '-':>8}{acc_text:>10}  {split:<5}  {tta_text}")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ early stopping) and are evaluated on its test split:
   Sequential CNN, ``ImageDataGenerator.flow`` for augment), run with the python of a
   separate virtual environment holding TensorFlow's CPU build, so that TensorFlow never
   enters imgclf's environment. ``--setup`` creates it and installs ``TF_REQUIREMENTS``.
-- imgclf: ``imgclf train DATA --method M --epochs E --patience 0 --no-restore-best``
-  (patience 0 never stops early; the last epoch's weights are evaluated, as Keras
-  evaluates them), with ``IMGCLF_CACHE_DIR`` set to an empty folder, so that decoding
-  every JPEG is counted ("cold"). ``--warm`` adds a second run that reuses that cache.
+- imgclf: ``imgclf train DATA --method M --epochs E --patience 0 --no-restore-best
+  --tta off`` (patience 0 never stops early; the last epoch's weights are evaluated on
+  the plain test images, as Keras evaluates them), with ``IMGCLF_CACHE_DIR`` set to an
+  empty folder, so that decoding every JPEG is counted ("cold"). ``--warm`` adds a second
+  run that reuses that cache.
 
 Both validate on a stratified 20% of train after every epoch, inside the epoch's time.
 Total seconds are each subprocess's wall time: interpreter start, imports, loading,
@@ -143,7 +144,7 @@ def run_keras(python: Path, data: Path, method: str, epochs: int, seed: int,
 def run_imgclf(python: str, data: Path, method: str, epochs: int, seed: int, run_dir: Path,
                cache_dir: Path, label: str, extra: list[str]) -> Result:
     cmd = [python, "-m", "imgclf", "train", str(data), "--method", method,
-           "--epochs", str(epochs), "--patience", "0", "--no-restore-best",
+           "--epochs", str(epochs), "--patience", "0", "--no-restore-best", "--tta", "off",
            "--seed", str(seed), "--out", str(run_dir), *extra]
     code, wall = timed_run(cmd, dict(os.environ, IMGCLF_CACHE_DIR=str(cache_dir)))
     result = Result(method, label, wall_seconds=wall)

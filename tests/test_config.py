@@ -149,6 +149,7 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"train": {"monitor": "f1"}}, r"train\.monitor must be"),
     ({"train": {"class_weight": "balanced"}}, r"train\.class_weight must be auto or none"),
     ({"train": {"label_smoothing": 1.0}}, r"train\.label_smoothing must be in \[0, 1\)"),
+    ({"train": {"tta": "yes"}}, r"train\.tta must be off, on or auto, got 'yes'"),
     ({"data": {"val_fraction": 1.5}}, r"data\.val_fraction must be between 0 and 1"),
     ({"method": "distill"}, r"method 'distill' is not known; choose one of scratch, augment, "
                             r"transfer"),

@@ -36,7 +36,8 @@ CLASSES = {"red": 8, "cyan": 8}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, request):
-    """(run folder, test images folder) of a tiny scratch run; trained once per module."""
+    """(run folder, test images folder) of a tiny scratch run; trained once per module,
+    with mirror-image test-time augmentation on, which the exports must carry."""
     from conftest import write_image_folder
 
     root = tmp_path_factory.mktemp("export")
@@ -46,7 +47,8 @@ def trained(tmp_path_factory, request):
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
         torch.set_num_threads(1)
         run = imgclf.train(str(root / "data"), method="scratch", out=str(root / "run"),
-                           model={"img_size": 32}, train={"epochs": 1, "device": "cpu"})
+                           model={"img_size": 32},
+                           train={"epochs": 1, "device": "cpu", "tta": "on"})
     return run, root / "data" / "test"
 
 
@@ -113,7 +115,7 @@ def test_torchscript_export_matches_pytorch(trained, tmp_path):
                                    atol=1e-4)
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", [None, False, True])  # None: as the run was trained to
 def test_onnx_predictor_matches_predictor(onnx_run, trained, tmp_path, tta):
     _, test_dir = trained
     images = shutil.copytree(test_dir, tmp_path / "images")

@@ -17,8 +17,9 @@ from PIL import Image
 
 import imgclf
 from imgclf.cli.main import main
+from imgclf.engine.runtime import resolve_runtime
 from imgclf.errors import DataError, RunError
-from imgclf.evaluation import evaluate_folder
+from imgclf.evaluation import choose_tta, evaluate_folder
 from imgclf.predict import Predictor
 
 CLASSES = ["blue", "green", "red"]
@@ -40,7 +41,7 @@ def trained(tmp_path_factory):
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
         torch.set_num_threads(1)
         run = imgclf.train(root / "data", out=root / "run", model={"img_size": 32},
-                           train={"epochs": 2, "amp": "off", "device": "cpu"})
+                           train={"epochs": 2, "amp": "off", "device": "cpu", "tta": "off"})
     return run, root / "data"
 
 
@@ -254,3 +255,108 @@ def test_evaluate_errors(trained, tmp_path, make_image_folder, capsys):
         evaluate_folder(run, unknown, out=tmp_path / "y")
     assert main(["evaluate", str(tmp_path / "norun"), str(data)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# --- test-time augmentation chosen at training time -------------------------------------------
+
+
+class BrightnessAndSide(torch.nn.Module):
+    """Two classes; the logit of "bright" minus "dark" is the image's mean grey level less
+    128, plus its right half's mean less its left half's. A mirror image flips the second
+    term only, so averaging an image with its mirror leaves the first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x.float().mean(1)
+        half = grey.shape[-1] // 2
+        left, right = grey[..., :half].mean((1, 2)), grey[..., half:].mean((1, 2))
+        d = (grey.mean((1, 2)) - 128) + right - left
+        return torch.stack([-d, d], 1) / 20
+
+
+def halves(pairs: list[tuple[int, int]]) -> np.ndarray:
+    """8x8 images whose left and right halves have the given grey levels."""
+    images = np.zeros((len(pairs), 8, 8, 3), dtype=np.uint8)
+    for image, (left, right) in zip(images, pairs, strict=True):
+        image[:, :4], image[:, 4:] = left, right
+    return images
+
+
+# Left and right grey levels: the first two images are misled by their sides alone.
+PAIRS = [(200, 100), (50, 150), (200, 200), (60, 60)]
+BRIGHT = np.array([1, 0, 1, 0])  # mean grey level over 128
+
+
+def test_auto_tta_is_kept_when_the_mirror_raises_validation_accuracy():
+    use, check = choose_tta("auto", BrightnessAndSide(), halves(PAIRS), BRIGHT,
+                            resolve_runtime("cpu", "off", channels_last=False))
+    assert check == {"accuracy": 0.5, "accuracy_tta": 1.0}
+    assert use is True
+
+
+def test_auto_tta_is_dropped_when_the_mirror_lowers_validation_accuracy():
+    """Labelled by what the plain model says, which the mirror contradicts on two images."""
+    plain = np.array([0, 1, 1, 0])
+    use, check = choose_tta("auto", BrightnessAndSide(), halves(PAIRS), plain,
+                            resolve_runtime("cpu", "off", channels_last=False))
+    assert check == {"accuracy": 1.0, "accuracy_tta": 0.5}
+    assert use is False
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_tta_on_and_off_are_taken_as_said(setting):
+    use, check = choose_tta(setting, BrightnessAndSide(), halves(PAIRS), BRIGHT,
+                            resolve_runtime("cpu", "off", channels_last=False))
+    assert (use, check) == (setting == "on", None)
+
+
+@pytest.fixture(scope="module")
+def trained_with_tta(trained, tmp_path_factory):
+    """The tiny run again, trained with ``train.tta: on``."""
+    _, data = trained
+    root = tmp_path_factory.mktemp("predict-tta")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
+        torch.set_num_threads(1)
+        run = imgclf.train(data, out=root / "run", model={"img_size": 32},
+                           train={"epochs": 1, "amp": "off", "device": "cpu", "tta": "on"})
+    return run, data
+
+
+def test_a_run_trained_with_tta_evaluates_and_predicts_with_it(trained_with_tta, tmp_path):
+    run, data = trained_with_tta
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["tta"] is True and metrics["tta_validation"] is None
+    images = [data / "test"]
+    predictor = Predictor(run, device="cpu")
+    by_default = np.array([p.probs for p in predictor.predict(images)])
+    mirrored = np.array([p.probs for p in predictor.predict(images, tta=True)])
+    plain = np.array([p.probs for p in predictor.predict(images, tta=False)])
+    np.testing.assert_array_equal(by_default, mirrored)
+    assert not np.allclose(by_default, plain, atol=1e-5)
+    # The command line follows the run unless told otherwise.
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "a"), "-q"]) == 0
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "b"), "--no-tta",
+                 "-q"]) == 0
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["tta"] is True
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["tta"] is False
+    assert main(["predict", str(run), str(data / "test"), "--out", str(tmp_path / "p.csv"),
+                 "--no-tta", "-q"]) == 0
+    _, rows = read_csv(tmp_path / "p.csv")
+    by_path = {Path(p.path).resolve(): p for p in predictor.predict(images, tta=False)}
+    assert len(rows) == len(by_path) == 6
+    for row in rows:
+        expected = by_path[Path(row["path"]).resolve()].probs
+        np.testing.assert_allclose([float(row[c]) for c in CLASSES], expected, atol=1e-5)
+
+
+def test_auto_tta_records_the_validation_check_and_its_choice(trained, tmp_path):
+    _, data = trained
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "cache"))
+        run = imgclf.train(data, out=tmp_path / "run", model={"img_size": 32},
+                           train={"epochs": 1, "amp": "off", "device": "cpu", "tta": "auto"})
+    metrics = json.loads((run / "metrics.json").read_text())
+    check = metrics["tta_validation"]
+    assert set(check) == {"accuracy", "accuracy_tta"}
+    assert metrics["tta"] is (check["accuracy_tta"] > check["accuracy"])
+    assert Predictor(run, device="cpu").tta is metrics["tta"]

@@ -28,7 +28,8 @@ SCALAR_METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall
                   "f1_weighted", "precision_macro", "recall_macro", "f1_macro", "cohen_kappa",
                   "mcc", "roc_auc", "log_loss")
 RUN_COLUMNS = ("run", "method", "backbone", "img_size", "params_total", "params_trainable",
-               "epochs", "train_seconds", "inference_images_per_second", "status", "error")
+               "epochs", "train_seconds", "inference_images_per_second", "tta", "status",
+               "error")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def row_from_run(run_dir: Path, plan: RunPlan) -> dict:
         "params_trainable": metrics["parameters"]["trainable"],
         "epochs": len(history), "train_seconds": metrics["train_seconds"],
         "inference_images_per_second": metrics["inference_images_per_second"],
+        "tta": metrics.get("tta", False),
         "status": "ok", "error": "",
     }
     row.update({k: metrics.get(k) for k in SCALAR_METRICS})

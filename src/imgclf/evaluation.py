@@ -44,6 +44,29 @@ def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
     return probs, len(images) / max(seconds, 1e-9)
 
 
+def choose_tta(setting: str, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
+               rt: Runtime) -> tuple[bool, dict | None]:
+    """Whether evaluation and prediction average in the mirror image (``train.tta``):
+    ``on`` and ``off`` as said; ``auto`` when that raises accuracy on ``images`` and
+    ``labels`` (the validation split). Returns the choice and, for ``auto``, both accuracies."""
+    if setting != "auto":
+        return setting == "on", None
+    views: list[np.ndarray] = []
+
+    def probs_of(view: np.ndarray) -> np.ndarray:
+        views.append(predict_array(model, view, rt)[0])
+        return views[-1]
+
+    averaged = tta_average(probs_of, images, True)
+    check = {name: round(float((p.argmax(1) == labels).mean()), 6)
+             for name, p in (("accuracy", views[0]), ("accuracy_tta", averaged))}
+    use = check["accuracy_tta"] > check["accuracy"]
+    log.info("mirror-image test-time augmentation: validation accuracy %.4f without, %.4f "
+             "with: %s", check["accuracy"], check["accuracy_tta"],
+             "used for evaluation and prediction" if use else "not used")
+    return use, check
+
+
 def write_evaluation(
     model: torch.nn.Module,
     images: np.ndarray,
@@ -85,17 +108,18 @@ def write_evaluation(
     curves = roc_curves(labels, probs, classes)
     if curves:
         plot_roc_curves(curves, out_dir / "roc_curves.png")
-    log.info("%s accuracy %.4f, balanced %.4f, macro F1 %.4f (%d images)", split,
+    log.info("%s accuracy %.4f, balanced %.4f, macro F1 %.4f (%d images%s)", split,
              metrics["accuracy"], metrics["balanced_accuracy"], metrics["f1_macro"],
-             metrics["n_samples"])
+             metrics["n_samples"], ", each averaged with its mirror image" if tta else "")
     return metrics
 
 
 def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                     out: str | Path | None = None, device: str = "auto",
-                    tta: bool = False) -> tuple[dict, Path]:
+                    tta: bool | None = None) -> tuple[dict, Path]:
     """Evaluate a trained run on a labelled folder; returns (metrics, output folder).
-    ``tta`` averages each image's probabilities with its mirror image's."""
+    ``tta`` averages each image's probabilities with its mirror image's (None: as the run
+    chose when it was trained)."""
     from imgclf.data.layout import Split, detect_layout, scan_split
     from imgclf.data.prepare import decode_split
     from imgclf.errors import DataError
@@ -119,5 +143,5 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
                                extra={"data": str(root), "skipped_files": len(labelled.skipped)},
-                               tta=tta)
+                               tta=predictor.tta if tta is None else tta)
     return metrics, out_dir

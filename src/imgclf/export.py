@@ -218,6 +218,7 @@ def _write_sidecar(out: Path, fmt: str, classes: list[str], prep: Preprocessing,
         "classes": list(classes),
         "preprocessing": prep.to_dict(),
         "model": meta.get("model_config"),
+        "tta": bool(meta.get("tta", False)),
         "opset": ONNX_OPSET if fmt == "onnx" else None,
         "check_max_abs_diff": diff,
         "imgclf_version": __version__,
@@ -263,6 +264,7 @@ class OnnxPredictor(BasePredictor):
         self.meta = json.loads(info_file.read_text())
         self.classes = list(self.meta["classes"])
         self.prep = Preprocessing.from_dict(self.meta["preprocessing"])
+        self.tta = bool(self.meta.get("tta", False))
         self.session = _onnx_session(model_file, threads)
 
     def _probs(self, images: np.ndarray) -> np.ndarray:

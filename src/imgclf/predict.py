@@ -70,11 +70,13 @@ class Prediction:
 class BasePredictor:
     """Classifying image files with some engine: decoding, batching and the CSV are shared.
 
-    A subclass sets ``classes`` and ``prep`` and implements ``_probs``.
+    A subclass sets ``classes``, ``prep`` and ``tta`` and implements ``_probs``. ``tta``
+    is the run's choice (``train.tta``); a ``tta`` argument of True or False overrides it.
     """
 
     classes: list[str]
     prep: Preprocessing
+    tta: bool = False
 
     def _decode(self, path: Path) -> np.ndarray | str:
         try:
@@ -87,12 +89,12 @@ class BasePredictor:
         """Probabilities (N, classes) for uint8 images (N, H, W, 3)."""
         raise NotImplementedError
 
-    def predict_arrays(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    def predict_arrays(self, images: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """Probabilities (N, classes) for uint8 images (N, H, W, 3); ``tta`` averages a
         mirrored view."""
-        return tta_average(self._probs, images, tta)
+        return tta_average(self._probs, images, self.tta if tta is None else tta)
 
-    def predict(self, paths, batch_size: int = 64, tta: bool = False) -> list[Prediction]:
+    def predict(self, paths, batch_size: int = 64, tta: bool | None = None) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively)."""
         files, skipped = find_unlabelled(paths if isinstance(paths, (list, tuple)) else [paths])
         results = [Prediction(s.path, None, None, None, s.reason) for s in skipped
@@ -132,6 +134,7 @@ class Predictor(BasePredictor):
 
     def __init__(self, run: str | Path, device: str = "auto", amp: str = "off"):
         self.model, self.prep, self.classes, self.meta = load_model(run)
+        self.tta = bool(self.meta.get("tta", False))
         self.rt: Runtime = resolve_runtime(device, amp, channels_last=True)
         self.model.to(self.rt.device)
         if self.rt.channels_last:

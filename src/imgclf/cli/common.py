@@ -23,6 +23,15 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
                         help="only warnings and errors")
 
 
+def add_tta(parser: argparse.ArgumentParser) -> None:
+    """``--tta`` / ``--no-tta`` for commands that run a trained model; neither: as the run
+    chose when it was trained (``train.tta``)."""
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="test-time augmentation: average each image's probabilities with "
+                             "its mirror image's (default: as the run was trained to; the "
+                             "scratch and augment presets keep it when it helps on validation)")
+
+
 def option(parser, *flags, dest: str, help: str, **kwargs) -> None:
     """An option that overrides config key ``dest`` (dotted), only when given."""
     parser.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)

@@ -19,11 +19,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default=None,
                         help="folder for the results (default RUN/evaluate-<split>)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average each image's probabilities "
-                             "with its mirror image's")
-    from imgclf.cli.common import add_verbosity
+    from imgclf.cli.common import add_tta, add_verbosity
 
+    add_tta(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
 

@@ -15,14 +15,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--out", default="predictions.csv", help="CSV file to write "
                         "(default predictions.csv)")
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average the image and its mirror")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
                         help="inference engine: torch, or onnx (ONNX Runtime, needs an export)")
-    from imgclf.cli.common import add_verbosity
+    from imgclf.cli.common import add_tta, add_verbosity
 
+    add_tta(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
 

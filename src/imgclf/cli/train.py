@@ -81,6 +81,10 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(t, "--no-feature-cache", dest="train.feature_cache", action="store_const",
            const=False, help="transfer: run the frozen backbone every epoch instead of "
                              "caching its features")
+    option(t, "--tta", dest="train.tta", choices=("off", "on", "auto"),
+           help="test-time augmentation: average each image's probabilities with its mirror "
+                "image's when evaluating and predicting; auto keeps it if it raises validation "
+                "accuracy (the scratch and augment presets' default; otherwise off)")
 
     a = parser.add_argument_group("augmentation")
     option(a, "--augment", dest="augment.preset", choices=AUGMENT_PRESETS,

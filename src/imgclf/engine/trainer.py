@@ -37,7 +37,7 @@ from imgclf.engine.callbacks import Monitor, load_checkpoint, save_atomic
 from imgclf.engine.loop import FitState, Phase, fit, run_inference
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
-from imgclf.evaluation import write_evaluation
+from imgclf.evaluation import choose_tta, write_evaluation
 from imgclf.models.factory import (
     Classifier,
     Preprocessing,
@@ -411,15 +411,17 @@ def _train(config: Config, resume: bool) -> Path:
     train_seconds = time.perf_counter() - tic
     if logger is not None:
         logger.close()
+    tta, tta_check = choose_tta(config.train.tta, model, *arrays["val"], rt)
     eval_split = "test" if "test" in arrays else "val"
     images, labels = arrays[eval_split]
     if dist.is_main():
         # The final weights (the best epoch's, when restoring best) without training state:
         # what evaluate, predict and export load.
-        save_atomic(dict(meta, model=model.state_dict()), run_dir / "model.pt")
+        save_atomic(dict(meta, model=model.state_dict(), tta=tta), run_dir / "model.pt")
     write_evaluation(model, images, labels, data.splits[eval_split].paths, data.classes, rt,
-                     run_dir, split=eval_split, history=state.history,
+                     run_dir, split=eval_split, history=state.history, tta=tta,
                      extra={"train_seconds": round(train_seconds, 2),
+                            "tta_validation": tta_check,
                             "parameters": dict(zip(("total", "trainable"),
                                                    count_parameters(model), strict=False)),
                             "skipped_files": len(data.skipped),
