@@ -256,7 +256,9 @@ def test_run_report_is_self_contained_and_complete(run_dir):
     for name in CLASSES:
         assert f"<td>{name}</td>" in html  # a per-class table row
     assert "Training run scratch-small_cnn" in html
-    assert "evaluated on the test split (12 images)" in html
+    mirrored = json.loads((run_dir / "metrics.json").read_text())["tta"]
+    assert ("evaluated on the test split (12 images"
+            + (", each averaged with its mirror image)" if mirrored else ")")) in html
     assert len(page.text["leaderboard"]) == 1 and page.text["leaderboard"][0].startswith(
         "scratch-small_cnn")
     assert "<details><summary>scratch-small_cnn" in html  # the configuration, collapsed
@@ -455,3 +457,12 @@ def test_report_renders_in_headless_chromium(compare_dir, tmp_path):
         assert image.size == (1280, 4000)
         # Not a blank page: the dark header and the plots give many distinct colours.
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+
+
+@pytest.mark.parametrize("tta", [True, False])
+def test_run_report_says_whether_the_mirror_image_was_averaged_in(run_dir, tta):
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps(dict(metrics, tta=tta)))
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    assert ("(12 images, each averaged with its mirror image)" in html) is tta

@@ -72,8 +72,9 @@ def _data_line(run: Run) -> str:
         parts.append(f"{len(classes)} classes: {t.text(shown)}")
     metrics = run.metrics or {}
     if metrics.get("split"):
+        mirrored = ", each averaged with its mirror image" if metrics.get("tta") else ""
         parts.append(f"evaluated on the {t.text(metrics['split'])} split"
-                     f" ({t.integer(metrics.get('n_samples'))} images)")
+                     f" ({t.integer(metrics.get('n_samples'))} images{mirrored})")
     return " \u00b7 ".join(parts)
 
 
