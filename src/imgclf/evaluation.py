@@ -143,5 +143,5 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
                                extra={"data": str(root), "skipped_files": len(labelled.skipped)},
-                               tta=predictor.tta if tta is None else tta)
+                               tta=predictor.resolve_tta(tta))
     return metrics, out_dir

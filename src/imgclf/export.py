@@ -264,7 +264,6 @@ class OnnxPredictor(BasePredictor):
         self.meta = json.loads(info_file.read_text())
         self.classes = list(self.meta["classes"])
         self.prep = Preprocessing.from_dict(self.meta["preprocessing"])
-        self.tta = bool(self.meta.get("tta", False))
         self.session = _onnx_session(model_file, threads)
 
     def _probs(self, images: np.ndarray) -> np.ndarray:

@@ -70,13 +70,23 @@ class Prediction:
 class BasePredictor:
     """Classifying image files with some engine: decoding, batching and the CSV are shared.
 
-    A subclass sets ``classes``, ``prep`` and ``tta`` and implements ``_probs``. ``tta``
-    is the run's choice (``train.tta``); a ``tta`` argument of True or False overrides it.
+    A subclass sets ``classes``, ``prep`` and ``meta`` (what the run saved with its model)
+    and implements ``_probs``. A ``tta`` argument of True or False overrides the run's
+    choice; None keeps it.
     """
 
     classes: list[str]
     prep: Preprocessing
-    tta: bool = False
+    meta: dict
+
+    @property
+    def tta(self) -> bool:
+        """The run's choice of mirror-image test-time augmentation (``train.tta``)."""
+        return bool(self.meta.get("tta", False))
+
+    def resolve_tta(self, tta: bool | None) -> bool:
+        """``tta`` when given, else the run's choice."""
+        return self.tta if tta is None else tta
 
     def _decode(self, path: Path) -> np.ndarray | str:
         try:
@@ -92,7 +102,7 @@ class BasePredictor:
     def predict_arrays(self, images: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """Probabilities (N, classes) for uint8 images (N, H, W, 3); ``tta`` averages a
         mirrored view."""
-        return tta_average(self._probs, images, self.tta if tta is None else tta)
+        return tta_average(self._probs, images, self.resolve_tta(tta))
 
     def predict(self, paths, batch_size: int = 64, tta: bool | None = None) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively)."""
@@ -134,7 +144,6 @@ class Predictor(BasePredictor):
 
     def __init__(self, run: str | Path, device: str = "auto", amp: str = "off"):
         self.model, self.prep, self.classes, self.meta = load_model(run)
-        self.tta = bool(self.meta.get("tta", False))
         self.rt: Runtime = resolve_runtime(device, amp, channels_last=True)
         self.model.to(self.rt.device)
         if self.rt.channels_last:
