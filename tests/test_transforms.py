@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from imgclf.data.transforms import (
     AUGMENT_PRESETS,
+    KerasAffine,
     create_batch_mixer,
     create_transform,
     tta_average,
@@ -28,7 +30,8 @@ def noise(height: int, width: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("preset", AUGMENT_PRESETS)
 @pytest.mark.parametrize("size", [(32, 32), (24, 40)])
-def test_every_preset_keeps_uint8_chw_and_size(preset, size):
+def test_every_preset_keeps_chw_size_and_pixel_range(preset, size):
+    """Per-image presets keep uint8; the batch-wise reference warp gives float32 pixels."""
     transform = create_transform(preset, size)
     image = noise(*size)
     if preset == "none":
@@ -36,15 +39,20 @@ def test_every_preset_keeps_uint8_chw_and_size(preset, size):
         return
     for _ in range(5):
         out = transform(image)
-        assert out.dtype == torch.uint8
+        assert out.dtype == (torch.float32 if preset == "reference" else torch.uint8)
         assert out.shape == (3, *size)
+        assert 0 <= float(out.min()) and float(out.max()) <= 255
 
 
 @pytest.mark.parametrize("preset", [p for p in AUGMENT_PRESETS if p != "none"])
 def test_presets_change_images(preset):
     transform = create_transform(preset, (32, 32))
     image = noise(32, 32)
-    assert any(not torch.equal(transform(image), image) for _ in range(10))
+    assert any(not torch.equal(transform(image).float(), image.float()) for _ in range(10))
+
+
+def darkest(transform, image: torch.Tensor, draws: int) -> float:
+    return min(float(transform(image).min()) for _ in range(draws))
 
 
 def test_reference_edge_fill_leaves_no_black_on_a_white_image():
@@ -52,14 +60,13 @@ def test_reference_edge_fill_leaves_no_black_on_a_white_image():
     edge, so a white image stays white whatever the draw."""
     transform = create_transform("reference", (32, 32))
     white = torch.full((3, 32, 32), 255, dtype=torch.uint8)
-    darkest = min(int(transform(white).min()) for _ in range(300))
-    assert darkest == 255
+    assert darkest(transform, white, 300) == pytest.approx(255, abs=1e-3)
 
 
 def test_reference_edge_fill_on_a_non_square_image():
     transform = create_transform("reference", (24, 40))
     white = torch.full((3, 24, 40), 255, dtype=torch.uint8)
-    assert min(int(transform(white).min()) for _ in range(200)) == 255
+    assert darkest(transform, white, 200) == pytest.approx(255, abs=1e-3)
 
 
 def test_reference_warps_whole_batches_with_edge_fill():
@@ -67,10 +74,34 @@ def test_reference_warps_whole_batches_with_edge_fill():
     batch = torch.full((8, 3, 32, 32), 255, dtype=torch.uint8)
     batch[4:] = noise(32, 32)
     out = transform(batch)
-    assert out.dtype == torch.uint8 and out.shape == batch.shape
-    assert int(out[:4].min()) == 255  # white stays white
+    assert out.dtype == torch.float32 and out.shape == batch.shape
+    assert float(out[:4].min()) == pytest.approx(255, abs=1e-3)  # white stays white
     # Each image gets its own draw.
     assert len({bytes(o.numpy()) for o in out[4:]}) == 4
+
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+def test_reference_grid_is_affine_grid_of_its_matrices(size):
+    """The warp's sampling grid, built from row and column terms, is the one PyTorch's
+    ``affine_grid`` makes of the same draw."""
+    warp = KerasAffine()
+    torch.manual_seed(3)
+    grid = warp.grid(6, *size)
+    torch.manual_seed(3)
+    matrices = torch.from_numpy(warp.matrices(6, *size)).float()
+    expected = F.affine_grid(matrices, [6, 3, *size], align_corners=False)
+    torch.testing.assert_close(grid, expected, atol=1e-6, rtol=0)
+
+
+def test_reference_warp_without_ranges_is_the_identity_or_a_mirror():
+    image = noise(24, 40)
+    still = KerasAffine(rotation=0, shift=0, shear=0, zoom=0, flip=False)
+    torch.testing.assert_close(still(image), image.float(), atol=1e-3, rtol=0)
+    mirror = KerasAffine(rotation=0, shift=0, shear=0, zoom=0, flip=True)
+    outs = [mirror(image) for _ in range(20)]
+    assert all(torch.allclose(o, image.float(), atol=1e-3)
+               or torch.allclose(o, image.flip(-1).float(), atol=1e-3) for o in outs)
+    assert any(torch.allclose(o, image.flip(-1).float(), atol=1e-3) for o in outs)
 
 
 def test_reference_moves_content():
@@ -149,3 +180,26 @@ def test_tta_average_averages_with_the_images_mirrored_left_to_right():
     assert [b.tolist() for b in seen] == [images.tolist(), images[:, :, ::-1].tolist()]
     row = images[:, 0, :, 0].astype(np.float64)
     assert averaged.tolist() == ((row + row[:, ::-1]) / 2).tolist()
+
+
+def pixel_space(warp: KerasAffine, height: int, width: int, draws: int = 50) -> np.ndarray:
+    """The draws' linear parts in pixel units (D M D^-1, D = diag(W/2, H/2))."""
+    m = warp.matrices(draws, height, width)[:, :, :2]
+    d = np.diag([width / 2, height / 2])
+    return d @ m @ np.linalg.inv(d)
+
+
+def test_reference_rotation_is_a_rotation_in_pixels_on_a_non_square_image():
+    a = pixel_space(KerasAffine(rotation=40, shift=0, shear=0, zoom=0, flip=False), 24, 40)
+    np.testing.assert_allclose(a @ a.transpose(0, 2, 1), np.broadcast_to(np.eye(2), a.shape),
+                               atol=1e-12)
+    angles = np.abs(np.degrees(np.arctan2(a[:, 1, 0], a[:, 0, 0])))
+    assert angles.max() <= 40 and angles.max() > 30
+
+
+def test_reference_zoom_scales_each_axis_within_its_range():
+    a = pixel_space(KerasAffine(rotation=0, shift=0, shear=0, zoom=0.2, flip=False), 24, 40)
+    np.testing.assert_allclose(a[:, [0, 1], [1, 0]], 0, atol=1e-12)
+    scales = a[:, [0, 1], [0, 1]]
+    assert scales.min() >= 0.8 and scales.max() <= 1.2
+    assert not np.allclose(scales[:, 0], scales[:, 1])  # each axis draws its own zoom

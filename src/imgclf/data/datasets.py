@@ -2,7 +2,8 @@
 
 Batches are fetched whole (``__getitems__``): one fancy-index into the uint8 array per
 batch rather than one Python call per image, which keeps the warm pipeline far ahead of
-the model. Images stay uint8 until they reach the model, whose first step normalises.
+the model. Images stay uint8 until they reach the model, whose first step normalises, or a
+batch-wise warp, which samples in float and hands the model its float result.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Presets:
   image (Keras' ``nearest`` fill) and each axis zoomed independently as Keras does.
   Keras documents ``shear_range`` as an angle in degrees, and that is the reading
   implemented here: a shear of up to 0.2 degrees, which is next to nothing. The warp runs
-  on whole batches at once, so it costs a small fraction of a training step.
+  on whole batches at once, so it costs a small fraction of a training step, and returns
+  float32 pixels (0-255, not rounded), as Keras' generator does.
 - ``trivial``: random resized crop (scale 0.35-1), horizontal flip and TrivialAugment.
 - ``randaugment``: random resized crop, horizontal flip and RandAugment (2 ops, magnitude 9).
 MixUp and CutMix act on whole batches and are configured separately (``mixup``, ``cutmix``).
@@ -82,12 +83,15 @@ def tta_average(probs_of: Callable[[np.ndarray], np.ndarray], images: np.ndarray
 
 
 class KerasAffine(nn.Module):
-    """Keras ``ImageDataGenerator``'s random affine warp, on (C, H, W) or (B, C, H, W) uint8.
+    """Keras ``ImageDataGenerator``'s random affine warp, on (C, H, W) or (B, C, H, W) images
+    (uint8 or float, 0-255), giving float32.
 
     Per image: rotation up to ``rotation`` degrees, shifts up to ``shift`` of the width and
     height, shear up to ``shear`` degrees, zoom in [1 - zoom, 1 + zoom] per axis, and a
     horizontal flip half of the time. Pixels from outside the image repeat the nearest
-    edge pixel. ``batched`` tells the dataset to call it once per batch.
+    edge pixel. ``batched`` tells the dataset to call it once per batch. The output stays
+    float: rounding it back to uint8 cost a fifth of the warp, and the model's first step
+    converts to float anyway.
     """
 
     batched = True
@@ -98,37 +102,43 @@ class KerasAffine(nn.Module):
         self.rotation, self.shift, self.shear, self.zoom, self.flip = (
             rotation, shift, shear, zoom, flip)
 
-    def matrices(self, batch: int, height: int, width: int) -> torch.Tensor:
+    def matrices(self, batch: int, height: int, width: int) -> np.ndarray:
         """(B, 2, 3) output-to-input maps in affine_grid's normalised coordinates."""
-        def uniform(bound: float) -> torch.Tensor:
-            return torch.empty(batch).uniform_(-bound, bound)
+        # One draw for the batch and numpy arithmetic: on a few dozen numbers each torch
+        # call costs more than its work.
+        u = torch.rand(batch, 7, dtype=torch.float64).numpy() * 2 - 1  # uniform in [-1, 1)
+        theta = u[:, 0] * (self.rotation * math.pi / 180)
+        shear = u[:, 1] * (self.shear * math.pi / 180)
+        zx, zy = 1 + u[:, 2] * self.zoom, 1 + u[:, 3] * self.zoom
+        if self.flip:
+            zx = np.where(u[:, 4] < 0, -zx, zx)
+        cos, sin = np.cos(theta), np.sin(theta)
+        # Pixel space (origin at the centre): A = rotation @ shear @ zoom @ flip, then to
+        # normalised coordinates D^-1 A D with D = diag(W/2, H/2); shifts become 2 * frac.
+        m = np.empty((batch, 2, 3))
+        m[:, 0, 0] = cos * zx
+        m[:, 0, 1] = (-cos * np.sin(shear) - sin * np.cos(shear)) * zy * (height / width)
+        m[:, 1, 0] = sin * zx * (width / height)
+        m[:, 1, 1] = (-sin * np.sin(shear) + cos * np.cos(shear)) * zy
+        m[:, :, 2] = u[:, 5:7] * (2 * self.shift)
+        return m
 
-        theta = uniform(self.rotation) * math.pi / 180
-        shear = uniform(self.shear) * math.pi / 180
-        zx, zy = 1 + uniform(self.zoom), 1 + uniform(self.zoom)
-        fx = torch.where(torch.rand(batch) < 0.5, -1.0, 1.0) if self.flip else torch.ones(batch)
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        # Pixel space (origin at the centre): A = rotation @ shear @ zoom @ flip.
-        a = torch.stack([
-            torch.stack([cos * zx * fx, (-cos * torch.sin(shear) - sin * torch.cos(shear)) * zy],
-                        -1),
-            torch.stack([sin * zx * fx, (-sin * torch.sin(shear) + cos * torch.cos(shear)) * zy],
-                        -1),
-        ], 1)
-        # To normalised coordinates: D^-1 A D with D = diag(W/2, H/2); shifts become 2 * frac.
-        scale = torch.tensor([width / 2, height / 2])
-        a = a * scale.view(1, 1, 2) / scale.view(1, 2, 1)
-        shifts = torch.stack([uniform(self.shift), uniform(self.shift)], -1) * 2
-        return torch.cat([a, shifts.unsqueeze(-1)], -1)
+    def grid(self, batch: int, height: int, width: int) -> torch.Tensor:
+        """grid_sample's (B, H, W, 2) sampling grid for a fresh draw: what ``affine_grid``
+        makes of ``matrices``, built as one sum of a per-column and a per-row term (a fifth
+        of affine_grid's time)."""
+        m = self.matrices(batch, height, width)
+        xs = np.linspace(-1 + 1 / width, 1 - 1 / width, width)  # pixel centres
+        ys = np.linspace(-1 + 1 / height, 1 - 1 / height, height)
+        columns = torch.from_numpy((m[:, :, 0, None] * xs).astype(np.float32))
+        rows = torch.from_numpy((m[:, :, 1, None] * ys + m[:, :, 2, None]).astype(np.float32))
+        planes = torch.add(columns[:, :, None, :], rows[:, :, :, None])  # (B, 2, H, W)
+        return planes.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         single = x.dim() == 3
         batch = x.unsqueeze(0) if single else x
-        b, c, h, w = batch.shape
-        grid = F.affine_grid(self.matrices(b, h, w).to(batch.device), [b, c, h, w],
-                             align_corners=False)
-        out = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode="border",
-                            align_corners=False)
-        if x.dtype == torch.uint8:
-            out = out.round_().clamp_(0, 255).to(torch.uint8)
+        b, _, h, w = batch.shape
+        out = F.grid_sample(batch.float(), self.grid(b, h, w).to(batch.device), mode="bilinear",
+                            padding_mode="border", align_corners=False)
         return out[0] if single else out
