@@ -1,4 +1,5 @@
-"""The CPU runtime: freed activation memory is reused rather than faulted in again."""
+"""The CPU runtime: freed activation memory is reused rather than faulted in again, and
+denormal values are flushed to zero in every thread."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from imgclf.engine.runtime import reuse_freed_memory
+from imgclf.engine.runtime import flush_denormals, reuse_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -46,3 +47,35 @@ def test_keeping_freed_memory_can_be_turned_off(monkeypatch):
     assert reuse_freed_memory.__wrapped__() is False
     monkeypatch.delenv("IMGCLF_KEEP_FREED_MEMORY")
     assert reuse_freed_memory.__wrapped__() is GLIBC
+
+
+# In a fresh process, after SETUP: multiplies 2**20 denormal float32 values by one on two
+# threads, and prints whether every product (each thread's share) came out as zero.
+DENORMALS = """
+import torch
+{setup}
+torch.set_num_threads(2)
+x = torch.full((1 << 20,), 1 << 20, dtype=torch.int32).view(torch.float32)  # 1.5e-39
+print(bool(((x * 1.0).view(torch.int32) == 0).all()))
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                    reason="checked where PyTorch sets x86's FTZ and DAZ flags")
+@pytest.mark.parametrize("setup, flushed", [
+    ("", False),
+    ("from imgclf.engine.runtime import flush_denormals\nflush_denormals()", True),
+    ("from imgclf.cli.main import main\nmain([])", True),  # the command, before any work
+    ("import os\nos.environ['IMGCLF_FLUSH_DENORMALS'] = '0'\n"
+     "from imgclf.engine.runtime import flush_denormals\nflush_denormals()", False),
+], ids=["default", "flush_denormals", "imgclf command", "turned off"])
+def test_denormals_are_flushed_in_every_thread(setup, flushed):
+    env = {k: v for k, v in os.environ.items() if k != "IMGCLF_FLUSH_DENORMALS"}
+    out = subprocess.run([sys.executable, "-c", DENORMALS.format(setup=setup)],
+                         capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split()[-1] == str(flushed)
+
+
+def test_flushing_denormals_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("IMGCLF_FLUSH_DENORMALS", "0")
+    assert flush_denormals() is False

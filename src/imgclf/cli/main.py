@@ -10,6 +10,7 @@ from imgclf import __version__
 from imgclf.cli import audit, compare, evaluate, export, models, predict, report, train
 from imgclf.cli.common import setup_logging
 from imgclf.engine.loop import Interrupted
+from imgclf.engine.runtime import flush_denormals
 from imgclf.errors import ImgclfError
 
 SUBCOMMANDS = (audit, train, evaluate, predict, compare, report, models, export)
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    flush_denormals()  # before any parallel operation starts PyTorch's threads
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
