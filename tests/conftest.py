@@ -15,6 +15,7 @@ from __future__ import annotations
 import colorsys
 import io
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,7 @@ BAD_CASES = BadCases(
         "broken/truncated.jpg": r"truncated",
         "broken/corrupt.jpg": r"not a recognised image format",
         "broken/empty.jpg": r"empty file \(0 bytes\)",
+        "broken/page2_without_width.tif": r"corrupt image: Missing dimensions",
     },
     ignored={
         "broken/notes.txt": r"not an image",
@@ -140,6 +142,23 @@ def _half_transparent(mode: str) -> Image.Image:
     rgba = np.zeros((16, 16, 4), dtype=np.uint8)
     rgba[:, 8:] = (255, 0, 0, 255)
     return Image.fromarray(rgba, "RGBA").convert(mode)
+
+
+def _tiff_page_without_width() -> bytes:
+    """A two-page TIFF whose second page has lost its ImageWidth tag (Pillow raises
+    TypeError for it, not OSError)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "TIFF", save_all=True,
+                                    append_images=[Image.new("RGB", (16, 16))])
+    data = bytearray(buffer.getvalue())
+    first = struct.unpack_from("<I", data, 4)[0]
+    entries = struct.unpack_from("<H", data, first)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * entries)[0]
+    for i in range(struct.unpack_from("<H", data, second)[0]):
+        tag = second + 2 + 12 * i
+        if struct.unpack_from("<H", data, tag)[0] == 256:  # ImageWidth
+            struct.pack_into("<H", data, tag, 65000)  # an unknown tag instead
+    return bytes(data)
 
 
 def _build_bad_folder(root: Path) -> None:
@@ -175,6 +194,7 @@ def _build_bad_folder(root: Path) -> None:
     (broken / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (broken / "corrupt.jpg").write_bytes(np.random.default_rng(7).bytes(2000))
     (broken / "empty.jpg").write_bytes(b"")
+    (broken / "page2_without_width.tif").write_bytes(_tiff_page_without_width())
     (broken / "notes.txt").write_text("not a picture\n")
     _noisy((24, 24), 8).save(broken / ".hidden.jpg")
     (broken / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))

@@ -113,7 +113,7 @@ def test_bad_folder_every_problem_listed_once(bad_image_folder, bad_image_cases,
     assert train["path"] == "."
     assert train["classes"] == {"broken": 1, "odd": 13}
     assert train["images"] == len(bad_image_cases.decodable) == 14
-    assert (train["unreadable"], train["skipped"]) == (3, 5)
+    assert (train["unreadable"], train["skipped"]) == (4, 5)
     assert train["imbalance_ratio"] == report["imbalance_ratio"] == 13.0
     assert train["width"] == {"min": 16, "median": 20, "max": 5000}  # (16 + 24) / 2
     assert {"RGB", "P", "L", "LA", "RGBA", "CMYK", "I;16"} <= set(train["modes"])
@@ -126,7 +126,7 @@ def test_bad_folder_terminal_report(bad_image_folder):
     assert "Images per class" in text
     assert re.search(r"odd\s+13", text)
     assert "odd/png_named.jpg: named .jpg, is PNG" in text
-    assert "Unreadable files: 3" in text
+    assert "Unreadable files: 4" in text
     assert re.search(r"broken/truncated.jpg: truncated", text)
     assert "Skipped files (hidden, system, not images): 5" in text
     assert "4 x hidden or system file" in text

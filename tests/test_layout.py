@@ -101,6 +101,14 @@ def test_unreadable_files_raise_decode_error_with_reason(bad_image_folder, bad_i
     assert info.value.reason and str(bad_image_folder / rel) in str(info.value)
 
 
+def test_damaged_header_that_pillow_reports_as_type_error(bad_image_folder):
+    # Counting the pages reads the second one, whose missing width makes Pillow raise
+    # TypeError: probing must turn that into a reason like any other damage.
+    path = bad_image_folder / "broken" / "page2_without_width.tif"
+    with pytest.raises(DecodeError, match="corrupt image: Missing dimensions"):
+        probe(path)
+
+
 def test_pixel_limit_refuses_large_non_jpeg(tmp_path, monkeypatch):
     png = tmp_path / "wide.png"
     Image.new("RGB", (600, 400), (10, 20, 30)).save(png)

@@ -12,6 +12,7 @@ costs about as much as a small one.
 
 from __future__ import annotations
 
+import struct
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,7 +81,10 @@ def _open(path: Path):
         raise DecodeError(path, "not a recognised image format") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError, KeyError, IndexError,
+            ZeroDivisionError, struct.error) as exc:
+        # Pillow's readers raise all of these on damaged headers (a TIFF page without
+        # its width gives TypeError, a bad GIF table IndexError, and so on).
         text = str(exc)
         if "truncated" in text.lower():
             raise DecodeError(path, "truncated file (image data ends early)") from None
