@@ -272,6 +272,24 @@ def test_nested_images_belong_to_their_class(tmp_path, make_image_folder):
     assert sorted(split.labels) == [0, 0, 0, 1]
 
 
+def test_linked_folders_are_followed_once_and_loops_are_skipped(tmp_path, make_image_folder):
+    data = tmp_path / "data"
+    make_image_folder(data, {"cat": 2, "dog": 3})
+    _images(tmp_path / "shared", 1)
+    (data / "cat" / "up").symlink_to("..")  # a loop through the whole dataset
+    (data / "cat" / "self").symlink_to(".")
+    (data / "dog" / "a_more").symlink_to("../../shared")  # a linked folder: followed
+    (data / "dog" / "b_again").symlink_to("../../shared")  # the same folder again
+    split = scan_split("train", data, ["cat", "dog"])
+    assert sorted(split.labels) == [0, 0, 1, 1, 1, 1]  # no dog image counted as a cat
+    reasons = {s.path.relative_to(data).as_posix(): s.reason for s in split.skipped}
+    assert reasons == {
+        "cat/self": "linked folder that loops back to a folder above it",
+        "cat/up": "linked folder that loops back to a folder above it",
+        "dog/b_again": "folder reached twice through links (read once)",
+    }
+
+
 def test_missing_class_in_test_split_is_fine(tmp_path, make_image_folder):
     make_image_folder(tmp_path, {"dog": 2})
     split = scan_split("test", tmp_path, ["cat", "dog"])

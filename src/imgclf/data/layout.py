@@ -153,9 +153,26 @@ def find_classes(train_root: Path) -> list[str]:
 
 
 def iter_files(root: Path):
-    """Yield (path, None) for candidate files and (path, reason) for skipped ones, sorted."""
+    """Yield (path, None) for candidate files and (path, reason) for skipped ones, sorted.
+
+    Linked folders are followed, but each real folder is walked once: a link back to a
+    folder above (a loop) or to a folder walked already is skipped with its reason.
+    """
+    walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        here = os.path.realpath(dirpath)
+        walked.add(here)
+        keep = []
+        for name in sorted(dirnames):
+            target = os.path.realpath(os.path.join(dirpath, name))
+            if here == target or here.startswith(target + os.sep):
+                yield Path(dirpath) / name, "linked folder that loops back to a folder above it"
+            elif target in walked:
+                yield Path(dirpath) / name, "folder reached twice through links (read once)"
+            else:
+                walked.add(target)
+                keep.append(name)
+        dirnames[:] = keep
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if is_hidden_or_system(path, root):
