@@ -221,6 +221,15 @@ def test_kaggle_layout_paths_are_relative_to_root(tmp_path, make_image_folder):
         "test:seg_test/seg_test/street/same.jpg", "train:seg_train/seg_train/sea/sea_000.jpg"]
 
 
+def test_layout_notes_are_reported(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "train", seed=0)
+    make_image_folder(tmp_path / "backup", seed=1)
+    report = audit_dataset(tmp_path, near_duplicates=False)
+    assert report["layout_notes"] == [
+        "backup/ is not a split folder (train, val, test, pred): ignored"]
+    assert "  note: backup/ is not a split folder" in format_audit(report)
+
+
 def test_explicit_split_paths(tmp_path, make_image_folder):
     train = make_image_folder(tmp_path / "a" / "train_set", seed=0)
     test = make_image_folder(tmp_path / "b" / "holdout", {"cat": 2}, seed=1)

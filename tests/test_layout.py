@@ -208,9 +208,69 @@ def test_no_class_folders_is_an_error(tmp_path):
     _images(tmp_path, 2)  # images straight in the root, no class folders
     with pytest.raises(DataError, match=r"holds no class folders.*DATA/<class>/\*\.jpg"):
         detect_layout(tmp_path)
+    # An empty train/ holds no class folders: it is a (so far empty) class, not a split.
     (tmp_path / "train").mkdir()
-    with pytest.raises(DataError, match="No class folders in .*train"):
-        find_classes(detect_layout(tmp_path).train)
+    layout = detect_layout(tmp_path)
+    assert (layout.kind, layout.train, find_classes(layout.train)) == ("single", tmp_path,
+                                                                       ["train"])
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(DataError, match="No class folders in .*elsewhere"):
+        find_classes(tmp_path / "elsewhere")
+
+
+def test_kaggle_training_set_and_test_set(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "training_set" / "training_set", seed=0)
+    make_image_folder(tmp_path / "Test_Set" / "Test_Set", seed=1)
+    layout = detect_layout(tmp_path)
+    assert layout.kind == "splits"
+    assert layout.train == tmp_path / "training_set" / "training_set"
+    assert layout.test == tmp_path / "Test_Set" / "Test_Set"
+    assert find_classes(layout.train) == ["cat", "dog"]
+
+
+def test_a_class_called_train_is_a_class(tmp_path, make_image_folder):
+    # The vehicles dataset: airplane/, bus/, car/, train/, each of images.
+    make_image_folder(tmp_path, {"airplane": 2, "bus": 2, "train": 2, "blood_test": 2})
+    layout = detect_layout(tmp_path)
+    assert layout.kind == "single" and layout.train == tmp_path
+    assert find_classes(layout.train) == ["airplane", "blood_test", "bus", "train"]
+
+
+def test_split_folder_without_classes_is_unlabelled(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "train", seed=0)
+    _images(tmp_path / "test", 3)  # a competition's test set: loose, unlabelled images
+    layout = detect_layout(tmp_path)
+    assert (layout.train, layout.test, layout.unlabelled) == (tmp_path / "train", None,
+                                                              tmp_path / "test")
+    assert layout.notes == [
+        "test/ holds no class folders: its images are taken as unlabelled, for imgclf predict"]
+    # With an unlabelled folder of its own, the flat one is only mentioned.
+    _images(tmp_path / "pred", 2)
+    layout = detect_layout(tmp_path)
+    assert layout.unlabelled == tmp_path / "pred" and layout.test is None
+    assert layout.notes == ["test/ holds no class folders: ignored"]
+
+
+def test_folders_left_out_of_the_splits_are_noted(tmp_path, make_image_folder):
+    for name in ("train", "val", "valid", "extra_images"):
+        make_image_folder(tmp_path / name)
+    layout = detect_layout(tmp_path)
+    assert (layout.train, layout.val) == (tmp_path / "train", tmp_path / "val")
+    assert layout.notes == [
+        "extra_images/ is not a split folder (train, val, test, pred): ignored",
+        "valid/ ignored: val/ is already the val split",
+    ]
+
+
+def test_explicit_split_folders_override_the_datasets_own(tmp_path, make_image_folder):
+    for name in ("data/train", "data/val", "data/test", "mine/val", "mine/test"):
+        make_image_folder(tmp_path / name)
+    layout = detect_layout(tmp_path / "data", val=tmp_path / "mine" / "val")
+    assert (layout.val, layout.test) == (tmp_path / "mine" / "val", tmp_path / "data" / "test")
+    layout = detect_layout(tmp_path / "data", test=tmp_path / "mine" / "test")
+    assert (layout.val, layout.test) == (tmp_path / "data" / "val", tmp_path / "mine" / "test")
+    with pytest.raises(DataError, match=r"Both a DATA folder .* and --train .* were given"):
+        detect_layout(tmp_path / "data", train=tmp_path / "data" / "train")
 
 
 def test_empty_class_folder_is_an_error(tmp_path, make_image_folder):
@@ -263,6 +323,13 @@ def test_scan_reports_loose_files_and_finds_images_by_content(tmp_path, make_ima
     assert tmp_path / "cat" / "no_extension" in split.paths
     assert len(split) == 5
     assert summarize(split, ["cat", "dog"]) == f"{tmp_path.name}/ (5 images, 2 classes, 1 skipped)"
+
+
+def test_summary_names_the_current_folder(tmp_path, make_image_folder, monkeypatch):
+    make_image_folder(tmp_path / "pets")
+    monkeypatch.chdir(tmp_path / "pets")
+    split = scan_split("train", Path("."), ["cat", "dog"])
+    assert summarize(split, ["cat", "dog"]) == "pets/ (11 images, 2 classes)"
 
 
 def test_nested_images_belong_to_their_class(tmp_path, make_image_folder):

@@ -391,6 +391,7 @@ def audit_dataset(
     report: dict = {
         "root": str(rel.root),
         "layout": layout.kind,
+        "layout_notes": layout.notes,
         "classes": classes,
         "splits": {},
         "unlabelled": None,
@@ -560,6 +561,7 @@ def format_audit(report: dict) -> str:
         f"Dataset {report['root']}",
         f"  layout: {report['layout']}; {len(report['classes'])} classes; "
         f"{n_files:,} image files audited in {report['seconds']:g} s",
+        *(f"  note: {note}" for note in report["layout_notes"]),
         "",
         *_format_counts(report),
         "",

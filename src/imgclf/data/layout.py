@@ -70,6 +70,9 @@ class Layout:
     test: Path | None = None
     unlabelled: Path | None = None
     kind: str = "explicit"
+    notes: list[str] = field(default_factory=list)
+    """What detection decided that a user could not guess: folders ignored, a split
+    without class folders taken as unlabelled images."""
 
     def splits(self) -> dict[str, Path]:
         return {k: v for k, v in (("train", self.train), ("val", self.val),
@@ -85,7 +88,10 @@ def is_hidden_or_system(path: Path, root: Path) -> bool:
 
 
 def _alias(name: str) -> str | None:
+    """The split a folder name stands for: ``train``, ``seg_train``, ``training_set``..."""
     low = name.lower()
+    for suffix in ("_set", "-set", " set"):  # Kaggle's training_set/test_set
+        low = low.removesuffix(suffix)
     for candidate in (low, low.rsplit("_", 1)[-1], low.rsplit("-", 1)[-1]):
         if candidate in SPLIT_ALIASES:
             return SPLIT_ALIASES[candidate]
@@ -119,19 +125,23 @@ def detect_layout(
         if value is not None and not Path(value).is_dir():
             raise DataError(f"{name} folder {str(value)!r} does not exist or is not a folder.")
     if train is not None:
+        if data is not None:
+            raise DataError(
+                f"Both a DATA folder ({str(data)!r}) and --train ({str(train)!r}) were given: "
+                "pass DATA alone, or --train (with --val/--test) alone."
+            )
         return Layout(_follow_doubled(Path(train)), val and _follow_doubled(Path(val)),
                       test and _follow_doubled(Path(test)), kind="explicit")
     if data is None:
         raise DataError("No dataset given: pass a DATA folder, or --train (and --val/--test).")
     root = _follow_doubled(Path(data))
-    found: dict[str, Path] = {}
-    for sub in _subdirs(root):
-        role = _alias(sub.name)
-        if role and role not in found:
-            found[role] = _follow_doubled(sub)
-    if "train" in found:
-        return Layout(found["train"], found.get("val"), found.get("test"), found.get("pred"),
-                      kind="splits")
+    splits = _find_splits(root)
+    if splits is not None:
+        if val is not None:
+            splits.val = _follow_doubled(Path(val))
+        if test is not None:
+            splits.test = _follow_doubled(Path(test))
+        return splits
     if (val is not None or test is not None) and not _subdirs(root):
         raise DataError(f"{root} holds no class folders.")
     if not _subdirs(root):
@@ -140,6 +150,37 @@ def detect_layout(
             "(DATA/<class>/*.jpg) or split folders (DATA/train/<class>/*.jpg)."
         )
     return Layout(root, val and Path(val), test and Path(test), kind="single")
+
+
+def _find_splits(root: Path) -> Layout | None:
+    """The split folders under ``root``, or None when it holds no training split with class
+    folders (then it is a folder of classes, one of which may well be called ``train``)."""
+    labelled: dict[str, Path] = {}
+    flat: list[Path] = []
+    notes: list[str] = []
+    for sub in _subdirs(root):
+        role = _alias(sub.name)
+        inner = _follow_doubled(sub) if role else sub
+        if role is None:
+            notes.append(f"{sub.name}/ is not a split folder (train, val, test, pred): ignored")
+        elif role != "pred" and not _subdirs(inner):
+            flat.append(inner)
+        elif role in labelled:
+            notes.append(f"{sub.name}/ ignored: {labelled[role].name}/ is already the {role} "
+                         "split")
+        else:
+            labelled[role] = inner
+    if "train" not in labelled:
+        return None
+    for folder in flat:  # a test/ of loose images, as competitions ship it
+        if "pred" in labelled:
+            notes.append(f"{folder.name}/ holds no class folders: ignored")
+        else:
+            notes.append(f"{folder.name}/ holds no class folders: its images are taken as "
+                         "unlabelled, for imgclf predict")
+            labelled["pred"] = folder
+    return Layout(labelled["train"], labelled.get("val"), labelled.get("test"),
+                  labelled.get("pred"), kind="splits", notes=notes)
 
 
 def find_classes(train_root: Path) -> list[str]:
@@ -246,7 +287,7 @@ def warn_small_classes(split: Split, classes: list[str]) -> list[str]:
 def summarize(split: Split, classes: list[str]) -> str:
     """'train/ (8741 images, 6 classes)' for the one-line layout report."""
     n_cls = len(set(split.labels)) if split.labels else 0
-    label = f"{split.root.name}/" if split.root is not None else split.name
+    label = f"{split.root.absolute().name}/" if split.root is not None else split.name
     text = f"{label} ({len(split)} images, {n_cls} classes"
     if split.skipped:
         text += f", {len(split.skipped)} skipped"
