@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,20 +54,31 @@ class PreparedData:
 def _found_line(splits: dict[str, Split], classes: list[str], layout: Layout) -> str:
     text = "found " + ", ".join(summarize(s, classes) for s in splits.values())
     if layout.unlabelled is not None:
-        text += f", {layout.unlabelled.name}/ (unlabelled, for predict)"
+        text += f", {layout.unlabelled.absolute().name}/ (unlabelled, for predict)"
     return text
 
 
 def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Seeded, stratified split of ``train`` (as scikit-learn's train_test_split)."""
     indices = np.arange(len(train))
-    counts = Counter(train.labels)
-    stratify = train.labels if min(counts.values()) >= 2 else None
-    if stratify is None:
-        log.warning("some class has a single training image: validation split is not stratified")
     if len(train) < 2:
         raise DataError(f"training split has {len(train)} image(s); need at least 2 to split.")
-    tr, va = train_test_split(indices, test_size=fraction, stratify=stratify, random_state=seed)
+    counts = Counter(train.labels)
+    n_val = math.ceil(fraction * len(train))  # as train_test_split rounds
+    stratify = train.labels
+    if min(counts.values()) < 2:
+        log.warning("some class has a single training image: validation split is not stratified")
+        stratify = None
+    elif min(n_val, len(train) - n_val) < len(counts):
+        log.warning("a %.0f%% validation split of %d images cannot hold every one of %d "
+                    "classes on both sides: it is not stratified", 100 * fraction, len(train),
+                    len(counts))
+        stratify = None
+    if not 0 < n_val < len(train):
+        raise DataError(f"a validation fraction of {fraction:g} leaves no images on one side "
+                        f"of {len(train)} training images; choose one between 0 and 1 that "
+                        "does, or give a val/ folder.")
+    tr, va = train_test_split(indices, test_size=n_val, stratify=stratify, random_state=seed)
     new_train = train.subset(sorted(tr), "train")
     new_train.skipped = train.skipped
     return new_train, train.subset(sorted(va), "val")
@@ -89,13 +101,31 @@ def prepare_data(
     """
     as_path = lambda v: Path(v) if v is not None else None  # noqa: E731
     layout = detect_layout(as_path(data), as_path(train), as_path(val), as_path(test))
-    classes = list(classes) if classes else find_classes(layout.train)
+    for note in layout.notes:
+        log.warning("%s", note)
+    if not classes:
+        classes = find_classes(layout.train)
+        if len(classes) < 2:
+            raise DataError(
+                f"{layout.train} holds one class folder ({classes[0]!r}): a classifier needs "
+                "at least two classes, each in its own folder."
+            )
+    classes = list(classes)
     splits = {"train": scan_split("train", layout.train, classes)}
     for name in ("val", "test"):
         root = getattr(layout, name)
         if root is not None:
             splits[name] = scan_split(name, root, classes)
-    warnings = warn_small_classes(splits["train"], classes)
+            if not len(splits[name]):
+                skipped = splits[name].skipped
+                raise DataError(
+                    f"the {name} split {root} holds no labelled images"
+                    + (f" ({len(skipped)} file(s) skipped: {skipped[0].reason}, ...)"
+                       if skipped else "")
+                    + ". Put its images in class folders as in the training split; for "
+                    "unlabelled images use imgclf predict."
+                )
+    warnings = [*layout.notes, *warn_small_classes(splits["train"], classes)]
     found = _found_line(splits, classes, layout)
     if "val" in splits:
         val_source = "split"

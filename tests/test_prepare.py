@@ -1,0 +1,69 @@
+"""Tests for imgclf.data.prepare: from a dataset folder to labelled splits."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from imgclf.data.prepare import prepare_data
+from imgclf.errors import DataError
+
+
+def test_notes_about_the_layout_are_warned(tmp_path, make_image_folder, caplog):
+    make_image_folder(tmp_path / "train", {"cat": 10, "dog": 10})
+    (tmp_path / "test").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "test" / "0001.png")
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.prepare"):
+        data = prepare_data(tmp_path)
+    assert list(data.splits) == ["train", "val"]
+    assert data.layout.unlabelled == tmp_path / "test"
+    note = "test/ holds no class folders: its images are taken as unlabelled, for imgclf predict"
+    assert note in caplog.text and note in data.warnings
+    assert data.found == "found train/ (20 images, 2 classes), test/ (unlabelled, for predict)"
+
+
+def test_a_split_with_no_labelled_images_is_an_error(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "train")
+    (tmp_path / "loose").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "loose" / "0001.png")
+    with pytest.raises(DataError, match=r"the test split .*loose holds no labelled images "
+                                        r"\(1 file\(s\) skipped: file outside any class folder"):
+        prepare_data(train=tmp_path / "train", test=tmp_path / "loose")
+
+
+def test_one_class_is_an_error(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"cat": 4})
+    with pytest.raises(DataError, match=r"holds one class folder \('cat'\): a classifier "
+                                        "needs at least two classes"):
+        prepare_data(tmp_path)
+
+
+def test_validation_split_too_small_to_stratify_is_not_stratified(tmp_path, make_image_folder,
+                                                                  caplog):
+    make_image_folder(tmp_path, {"a": 3, "b": 3, "c": 3})
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.prepare"):
+        data = prepare_data(tmp_path, val_fraction=0.2)
+    assert "cannot hold every one of 3 classes on both sides" in caplog.text
+    assert (len(data.splits["train"]), len(data.splits["val"])) == (7, 2)
+    assert not set(data.splits["train"].paths) & set(data.splits["val"].paths)
+
+
+def test_validation_fraction_that_leaves_no_training_image(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"a": 3, "b": 3})
+    with pytest.raises(DataError, match="leaves no images on one side of 6 training images"):
+        prepare_data(tmp_path, val_fraction=0.95)
+
+
+def test_stratified_split_is_scikit_learns(tmp_path, make_image_folder):
+    # The validation size is rounded up as train_test_split rounds a fraction, so runs
+    # made before it was counted in images keep their splits.
+    make_image_folder(tmp_path, {"a": 12, "b": 9})
+    data = prepare_data(tmp_path, val_fraction=0.2, seed=3)
+    labels = [0] * 12 + [1] * 9
+    _, val = train_test_split(np.arange(21), test_size=0.2, stratify=labels, random_state=3)
+    everything = sorted(data.splits["train"].paths + data.splits["val"].paths)
+    assert data.splits["val"].paths == [everything[i] for i in sorted(val)]
