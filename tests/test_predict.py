@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -235,6 +236,15 @@ def test_evaluate_with_tta_gives_the_predictors_tta_probabilities(trained, tmp_p
     plain = np.array([p.probs for p in Predictor(run, device="cpu").predict(
         [r["path"] for r in rows])])
     assert not np.allclose(got, plain, atol=1e-5)  # the mirrored view changed something
+
+
+def test_evaluate_without_test_or_val_says_it_uses_train(trained, tmp_path, caplog):
+    run, data = trained
+    shutil.copytree(data / "train", tmp_path / "data" / "train")
+    with caplog.at_level(logging.WARNING, logger="imgclf.evaluation"):
+        metrics, _ = evaluate_folder(run, tmp_path / "data", out=tmp_path / "ev")
+    assert metrics["split"] == "train"
+    assert "no test or val split: evaluating on the training split" in caplog.text
 
 
 def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder):

@@ -127,6 +127,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
 
     predictor = Predictor(run, device=device)
     layout = detect_layout(Path(data))
+    for note in layout.notes:
+        log.warning("%s", note)
     if layout.kind == "single":
         name, root = "all", layout.train
     else:
@@ -134,6 +136,9 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         root = getattr(layout, name)
         if root is None:
             raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
+        if name == "train" and split is None:
+            log.warning("%s has no test or val split: evaluating on the training split, "
+                        "whose images the model has learnt from", data)
     labelled: Split = scan_split(name, root, predictor.classes)
     if not len(labelled):
         raise DataError(f"no readable images in {root}.")
