@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import subprocess
 import sys
 
@@ -89,6 +90,15 @@ def test_every_subcommand_help_renders(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: imgclf {command}")
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_shows_no_config_keys_as_values(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    usage = capsys.readouterr().out
+    # "--epochs EPOCHS", not "--epochs TRAIN.EPOCHS" (the config key it sets)
+    assert not re.search(r"--[\w-]+ [A-Z_]+\.[A-Z_]+", usage), usage
 
 
 def test_python_dash_m_imgclf_help():

@@ -33,7 +33,10 @@ def add_tta(parser: argparse.ArgumentParser) -> None:
 
 
 def option(parser, *flags, dest: str, help: str, **kwargs) -> None:
-    """An option that overrides config key ``dest`` (dotted), only when given."""
+    """An option that overrides config key ``dest`` (dotted), only when given. Its value is
+    shown in the help as the option's name (``--epochs EPOCHS``), not the config key."""
+    if "action" not in kwargs and "choices" not in kwargs:
+        kwargs.setdefault("metavar", flags[-1].lstrip("-").replace("-", "_").upper())
     parser.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
 
 

@@ -14,12 +14,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", nargs="?", default=None,
                         help="dataset folder: class subfolders, or train/ val/ test/ splits "
                              "(Kaggle's seg_train/seg_train layout works too)")
-    parser.add_argument("--train", dest="data.train", default=argparse.SUPPRESS,
+    parser.add_argument("--train", dest="data.train", default=argparse.SUPPRESS, metavar="FOLDER",
                         help="training split folder (instead of DATA)")
-    parser.add_argument("--val", dest="data.val", default=argparse.SUPPRESS,
-                        help="validation split folder (default: 20%% of train, stratified)")
-    parser.add_argument("--test", dest="data.test", default=argparse.SUPPRESS,
-                        help="test split folder")
+    parser.add_argument("--val", dest="data.val", default=argparse.SUPPRESS, metavar="FOLDER",
+                        help="validation split folder, instead of DATA's own (default: 20%% "
+                             "of train, stratified)")
+    parser.add_argument("--test", dest="data.test", default=argparse.SUPPRESS, metavar="FOLDER",
+                        help="test split folder, instead of DATA's own")
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +126,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--method", default=argparse.SUPPRESS, choices=METHODS,
                         help="scratch (small CNN), augment (CNN + augmentation) or transfer "
                              "(pretrained backbone + new head); default scratch")
-    parser.add_argument("--backbone", dest="model.name", default=argparse.SUPPRESS,
+    parser.add_argument("--backbone", dest="model.name", default=argparse.SUPPRESS, metavar="NAME",
                         help=f"transfer backbone, any timm model (default {DEFAULT_BACKBONE})")
     parser.add_argument("--out", default=argparse.SUPPRESS,
                         help="run folder (default runs/METHOD-MODEL)")
