@@ -75,8 +75,9 @@ def test_registered_model_defaults_to_its_design_size(name):
 
 
 def test_input_too_small_for_a_small_cnn_is_refused():
-    with pytest.raises(ValueError, match=r"too small"):
+    with pytest.raises(ModelError, match=r"image size 16 is too small .* --img-size 22 or more"):
         create_model("small_cnn", 2, img_size=16)
+    create_model("small_cnn", 2, img_size=22)
 
 
 def test_duplicate_registration_raises(scratch_registry):

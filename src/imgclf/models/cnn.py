@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from imgclf.errors import ModelError
 from imgclf.models import fused
 from imgclf.models.registry import register_model
 
@@ -115,7 +116,8 @@ def _flat_size(img_size: int, channels: int, blocks: int = 3) -> int:
     for _ in range(blocks):
         side = (side - 2) // 2
     if side < 1:
-        raise ValueError(f"img_size {img_size} is too small for {blocks} conv blocks (min 22)")
+        raise ModelError(f"image size {img_size} is too small for the small CNNs' {blocks} "
+                         "convolution blocks: choose --img-size 22 or more.")
     return channels * side * side
 
 
