@@ -133,10 +133,10 @@ def test_onnx_predictor_matches_predictor(onnx_run, trained, tmp_path, tta):
     np.testing.assert_allclose(np.stack([g.probs for g, _ in good]),
                                np.stack([e.probs for _, e in good]), atol=1e-4)
 
-    predictor.write_csv(got, tmp_path / "onnx.csv")
+    predictor.write(got, tmp_path / "onnx.csv")
     with open(tmp_path / "onnx.csv", newline="") as fh:
         header = next(csv.reader(fh))
-    assert header == ["path", "label", "confidence", *sorted(CLASSES), "error"]
+    assert header == ["path", "predicted", "confidence", *sorted(CLASSES), "error"]
 
 
 def test_predict_cli_onnx_engine(onnx_run, trained, tmp_path):

@@ -19,7 +19,7 @@ from PIL import Image
 import imgclf
 from imgclf.cli.main import main
 from imgclf.engine.runtime import resolve_runtime
-from imgclf.errors import DataError, RunError
+from imgclf.errors import ConfigError, DataError, RunError
 from imgclf.evaluation import choose_tta, evaluate_folder
 from imgclf.predict import Predictor
 
@@ -133,21 +133,49 @@ def test_csv_columns_and_error_rows(trained, mixed_folder, tmp_path):
     run, _ = trained
     predictor = imgclf.load(run, device="cpu")
     out = tmp_path / "predictions.csv"
-    predictor.write_csv(predictor.predict([mixed_folder]), out)
+    assert predictor.write(predictor.predict([mixed_folder]), out) == out
     columns, rows = read_csv(out)
-    assert columns == ["path", "label", "confidence", *CLASSES, "error"]
+    assert columns == ["path", "predicted", "confidence", *CLASSES, "error"]
     assert len(rows) == GOOD + len(ERRORS)
     for row in rows:
         name = Path(row["path"]).name
         if name in ERRORS:
             assert ERRORS[name] in row["error"]
-            assert row["label"] == row["confidence"] == ""
+            assert row["predicted"] == row["confidence"] == ""
         else:
             assert row["error"] == ""
             probs = [float(row[c]) for c in CLASSES]
             assert sum(probs) == pytest.approx(1.0, abs=1e-4)
-            assert row["label"] == CLASSES[int(np.argmax(probs))]
+            assert row["predicted"] == CLASSES[int(np.argmax(probs))]
             assert float(row["confidence"]) == pytest.approx(max(probs), abs=1e-6)
+
+
+def test_json_output_has_the_csvs_content(trained, mixed_folder, tmp_path):
+    run, _ = trained
+    predictor = imgclf.load(run, device="cpu")
+    predictions = predictor.predict([mixed_folder])
+    predictor.write(predictions, tmp_path / "p.csv")
+    out = predictor.write(predictions, tmp_path / "new" / "folder" / "p.json")  # parents made
+    records = json.loads(out.read_text())
+    _, rows = read_csv(tmp_path / "p.csv")
+    assert [r["path"] for r in records] == [r["path"] for r in rows]
+    for record, row in zip(records, rows, strict=True):
+        assert (record["error"] or "") == row["error"]
+        if record["error"]:
+            assert record["predicted"] is record["probabilities"] is None
+        else:
+            assert record["predicted"] == row["predicted"]
+            assert record["probabilities"] == {c: float(row[c]) for c in CLASSES}
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_output_errors(trained, mixed_folder, tmp_path):
+    run, _ = trained
+    predictor = imgclf.load(run, device="cpu")
+    with pytest.raises(ConfigError, match="batch size must be at least 1, got -3"):
+        predictor.predict([mixed_folder], batch_size=-3)
+    with pytest.raises(ConfigError, match="is a folder: give a file name"):
+        predictor.write([], tmp_path)
 
 
 def test_load_refuses_a_folder_without_a_model(tmp_path):
@@ -166,7 +194,7 @@ def test_predict_command_writes_the_csv(trained, mixed_folder, tmp_path, capsys)
     assert main(["predict", str(run), str(mixed_folder), "--out", str(out), "--device", "cpu"]) \
         == 0
     columns, rows = read_csv(out)
-    assert columns == ["path", "label", "confidence", *CLASSES, "error"]
+    assert columns == ["path", "predicted", "confidence", *CLASSES, "error"]
     assert len(rows) == GOOD + len(ERRORS)
     printed = capsys.readouterr().out
     assert f"{GOOD} images predicted" in printed
@@ -186,6 +214,29 @@ def test_predict_command_with_tta(trained, mixed_folder, tmp_path):
     assert any(p["confidence"] != t["confidence"] for p, t in good)  # TTA changes numbers
     for _, t in good:
         assert sum(float(t[c]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_predict_command_fails_when_nothing_could_be_read(trained, bad_image_folder, tmp_path,
+                                                          capsys):
+    run, _ = trained
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(bad_image_folder / "broken" / "corrupt.jpg"),
+                 str(tmp_path / "missing.jpg"), "--out", str(out), "-q"]) == 2
+    assert "error: no image could be predicted: 2 file(s) could not be read." in \
+        capsys.readouterr().err
+    _, rows = read_csv(out)  # the reasons are still written
+    assert [r["error"] for r in rows] == ["no such file or folder",
+                                          "not a recognised image format"]
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(run), str(tmp_path / "empty"), "--out", str(out), "-q"]) == 2
+    assert "no image files in" in capsys.readouterr().err
+
+
+def test_predict_command_onnx_refuses_cuda(trained, tmp_path, capsys):
+    run, _ = trained
+    assert main(["predict", str(run), str(tmp_path), "--engine", "onnx", "--device", "cuda",
+                 "-q"]) == 2
+    assert "--engine onnx runs on the CPU" in capsys.readouterr().err
 
 
 # --- evaluation ---------------------------------------------------------------------------------

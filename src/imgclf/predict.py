@@ -3,12 +3,13 @@
 ``load(run_dir)`` gives a ``Predictor`` holding the final model (``model.pt``), its classes
 and preprocessing. Unreadable files get an ``error`` on their row, never an exception.
 ``BasePredictor`` holds what every inference engine shares (finding and decoding files,
-batching, the CSV); ``imgclf.export.OnnxPredictor`` is the ONNX Runtime one.
+batching, the output file); ``imgclf.export.OnnxPredictor`` is the ONNX Runtime one.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from imgclf.data.prepare import find_unlabelled
 from imgclf.data.transforms import tta_average
 from imgclf.engine.callbacks import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
-from imgclf.errors import RunError
+from imgclf.errors import ConfigError, RunError
 from imgclf.models.factory import Classifier, Preprocessing, create_model
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Prediction:
 
 
 class BasePredictor:
-    """Classifying image files with some engine: decoding, batching and the CSV are shared.
+    """Classifying image files with some engine: decoding, batching and writing are shared.
 
     A subclass sets ``classes``, ``prep`` and ``meta`` (what the run saved with its model)
     and implements ``_probs``. A ``tta`` argument of True or False overrides the run's
@@ -106,6 +107,8 @@ class BasePredictor:
 
     def predict(self, paths, batch_size: int = 64, tta: bool | None = None) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively)."""
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
         files, skipped = find_unlabelled(paths if isinstance(paths, (list, tuple)) else [paths])
         results = [Prediction(s.path, None, None, None, s.reason) for s in skipped
                    if s.reason != "hidden or system file"]
@@ -126,17 +129,44 @@ class BasePredictor:
                         results.append(Prediction(path, None, None, None, decoded[i]))
         return results
 
-    def write_csv(self, predictions: list[Prediction], path: str | Path) -> None:
-        """path, label, confidence, one probability column per class, then error."""
-        with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "label", "confidence", *self.classes, "error"])
-            for p in predictions:
-                if p.error:
-                    writer.writerow([str(p.path), "", "", *[""] * len(self.classes), p.error])
-                else:
-                    writer.writerow([str(p.path), p.label, f"{p.confidence:.6f}",
-                                     *(f"{v:.6f}" for v in p.probs), ""])
+    def write(self, predictions: list[Prediction], path: str | Path) -> Path:
+        """Write ``predictions`` to ``path``: JSON for a ``.json`` name (one record per
+        file, probabilities by class), else CSV (path, predicted, confidence, one
+        probability column per class, then error). Parent folders are created; the file
+        appears whole or not at all."""
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--out {str(path)!r} is a folder: give a file name such as "
+                              f"{path / 'predictions.csv'}.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        # Undecodable bytes in a file name are written as \udcXX escapes (JSON's own).
+        with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+            if path.suffix.lower() == ".json":
+                json.dump([self._record(p) for p in predictions], fh, indent=1,
+                          ensure_ascii=False)
+                fh.write("\n")
+            else:
+                writer = csv.writer(fh)
+                writer.writerow(["path", "predicted", "confidence", *self.classes, "error"])
+                for p in predictions:
+                    if p.error:
+                        writer.writerow([str(p.path), "", "", *[""] * len(self.classes),
+                                         p.error])
+                    else:
+                        writer.writerow([str(p.path), p.label, f"{p.confidence:.6f}",
+                                         *(f"{v:.6f}" for v in p.probs), ""])
+        os.replace(tmp, path)
+        return path
+
+    def _record(self, p: Prediction) -> dict:
+        if p.error:
+            return {"path": str(p.path), "predicted": None, "confidence": None,
+                    "probabilities": None, "error": p.error}
+        return {"path": str(p.path), "predicted": p.label, "confidence": round(p.confidence, 6),
+                "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p.probs,
+                                                                          strict=True)},
+                "error": None}
 
 
 class Predictor(BasePredictor):

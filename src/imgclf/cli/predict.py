@@ -10,11 +10,13 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict", help="predict the class of new, unlabelled images",
         description="Classify image files and folders (walked recursively) with a trained run; "
-                    "writes path, label, confidence and one probability column per class.")
+                    "writes path, predicted class, confidence and one probability per "
+                    "class, as CSV or (for a .json name) JSON.")
     parser.add_argument("run", help="run folder written by `imgclf train`")
     parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("--out", default="predictions.csv", help="CSV file to write "
-                        "(default predictions.csv)")
+    parser.add_argument("--out", default="predictions.csv", metavar="FILE",
+                        help="file to write: CSV, or JSON for a .json name "
+                             "(default predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
@@ -27,23 +29,32 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgclf.errors import ConfigError, DataError
+
     if args.engine == "onnx":
         from imgclf.export import OnnxPredictor
 
+        if args.device not in ("auto", "cpu"):
+            raise ConfigError(f"--engine onnx runs on the CPU; --device {args.device} needs "
+                              "--engine torch.")
         predictor = OnnxPredictor(args.run)
     else:
         from imgclf.predict import Predictor
 
         predictor = Predictor(args.run, device=args.device)
     predictions = predictor.predict(args.paths, batch_size=args.batch_size, tta=args.tta)
-    predictor.write_csv(predictions, args.out)
+    out = predictor.write(predictions, args.out)
     errors = [p for p in predictions if p.error]
     counts = Counter(p.label for p in predictions if not p.error)
-    print(f"{len(predictions) - len(errors)} images predicted -> {args.out}")
+    print(f"{len(predictions) - len(errors)} images predicted -> {out}")
     for label, n in sorted(counts.items()):
         print(f"  {label}: {n}")
     if errors:
         print(f"{len(errors)} file(s) could not be read (see the error column):")
         for p in errors[:10]:
             print(f"  {p.path}: {p.error}")
+    if not counts:
+        raise DataError("no image could be predicted"
+                        + (f": {len(errors)} file(s) could not be read." if errors
+                           else f": no image files in {', '.join(args.paths)}."))
     return 0
