@@ -84,6 +84,16 @@ def test_plot_confusion_matrix_with_all_zero_row(tmp_path: Path) -> None:
     assert width > height
 
 
+def test_class_names_that_are_not_utf8_are_drawn_escaped(tmp_path: Path) -> None:
+    # A class folder named with a byte that is not UTF-8, as os.listdir returns it.
+    name = b"caf\xe9".decode("utf-8", "surrogateescape")
+    cm = np.array([[3, 1], [0, 4]])
+    _assert_png(plot_confusion_matrix(cm, [name, "b"], tmp_path / "cm.png", title=name))
+    curves = roc_curves(np.array([0, 0, 1, 1]), np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7],
+                                                        [0.2, 0.8]]), [name, "b"])
+    _assert_png(plot_roc_curves(curves, tmp_path / "roc.png"))
+
+
 def test_plot_confusion_matrix_many_classes_and_list_input(tmp_path: Path) -> None:
     n = 35  # above the annotation limit
     cm = np.random.default_rng(0).integers(0, 20, size=(n, n)).tolist()

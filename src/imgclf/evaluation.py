@@ -23,6 +23,7 @@ from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
 from imgclf.history import best_epoch
 from imgclf.metrics import compute_metrics, roc_curves
+from imgclf.paths import open_for_writing, write_text
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,8 @@ def write_evaluation(
     metrics.update(extra or {})
     if not dist.is_main():
         return metrics
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    with open(out_dir / "predictions.csv", "w", newline="") as fh:
+    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    with open_for_writing(out_dir / "predictions.csv", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "predicted", "confidence", *classes])
         for path, y, p in zip(paths, labels, probs, strict=False):

@@ -1,8 +1,10 @@
-"""Where imgclf keeps its caches: never inside a user's dataset."""
+"""Where imgclf keeps its caches (never inside a user's dataset), and how it writes files."""
 
 from __future__ import annotations
 
+import errno
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import platformdirs
@@ -16,3 +18,30 @@ def cache_dir(subdir: str | None = None) -> Path:
     path = root / subdir if subdir else root
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def open_for_writing(path: str | Path, newline: str | None = None):
+    """Write a text file whole or not at all: through a temporary file beside it, renamed
+    into place when the block ends, removed if it fails; parent folders are created.
+
+    UTF-8, with file-name bytes that are not UTF-8 (Python's ``\\udcXX`` surrogates) written
+    as ``\\udcXX`` escapes: the file stays valid UTF-8, and JSON reads them back as they were.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file name", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline=newline) as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """``Path.write_text`` through ``open_for_writing``."""
+    with open_for_writing(path) as fh:
+        fh.write(text)

@@ -276,8 +276,9 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 
 def _plain(text: str) -> str:
-    """``text`` shown literally: no mathtext for ``$``, no legend-hiding leading ``_``."""
-    text = text.replace("$", r"\$")
+    """``text`` shown literally: no mathtext for ``$``, no legend-hiding leading ``_``, and
+    file-name bytes that are not UTF-8 as ``\\udcXX`` (the fonts cannot draw them)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
     # matplotlib drops legend entries whose label starts with "_" (its "_nolegend_" rule).
     return " " + text if text.startswith("_") else text
 

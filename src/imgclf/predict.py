@@ -26,6 +26,7 @@ from imgclf.engine.callbacks import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.models.factory import Classifier, Preprocessing, create_model
+from imgclf.paths import open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,7 @@ class BasePredictor:
         if path.is_dir():
             raise ConfigError(f"--out {str(path)!r} is a folder: give a file name such as "
                               f"{path / 'predictions.csv'}.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        # Undecodable bytes in a file name are written as \udcXX escapes (JSON's own).
-        with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+        with open_for_writing(path, newline="") as fh:
             if path.suffix.lower() == ".json":
                 json.dump([self._record(p) for p in predictions], fh, indent=1,
                           ensure_ascii=False)
@@ -156,7 +154,6 @@ class BasePredictor:
                     else:
                         writer.writerow([str(p.path), p.label, f"{p.confidence:.6f}",
                                          *(f"{v:.6f}" for v in p.probs), ""])
-        os.replace(tmp, path)
         return path
 
     def _record(self, p: Prediction) -> dict:

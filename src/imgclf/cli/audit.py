@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.data.audit import audit_dataset, format_audit
+    from imgclf.paths import write_text
 
     report = audit_dataset(
         args.data, train=args.train, val=args.val, test=args.test,
@@ -43,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_audit(report))
     if args.json:
         out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         print(f"\nfull report written to {out}")
     return 0

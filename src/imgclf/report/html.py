@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from imgclf import __version__
+from imgclf.paths import write_text
 from imgclf.report import sections as s
 from imgclf.report import template as t
 from imgclf.report.folders import Report, load_folder
@@ -44,10 +45,7 @@ def write_report(folder: str | os.PathLike[str], out: str | os.PathLike[str] | N
     out_path = Path(out) if out is not None else folder / "report.html"
     with tempfile.TemporaryDirectory(prefix="imgclf-report-") as tmp:
         page = render(report, Path(tmp))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(out_path.name + ".tmp")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, out_path)
+    write_text(out_path, page)
     log.info("report of %s written to %s (%.1f MB)", folder, out_path, len(page) / 1e6)
     return out_path
 

@@ -1,0 +1,49 @@
+"""Tests for imgclf.paths: the cache folder and writing files whole."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imgclf.paths import cache_dir, open_for_writing, write_text
+
+UNDECODABLE = b"cls\xff".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir("images") == tmp_path / "c" / "images"
+    assert (tmp_path / "c" / "images").is_dir()
+
+
+def test_file_appears_whole_and_in_new_folders(tmp_path):
+    path = tmp_path / "new" / "folder" / "out.json"
+    with open_for_writing(path) as fh:
+        fh.write("{")
+        assert not path.exists()  # nothing at the name until the block ends
+        fh.write("}")
+    assert path.read_text() == "{}"
+    assert [p.name for p in path.parent.iterdir()] == ["out.json"]
+
+
+def test_failure_leaves_the_old_file_and_no_partial_one(tmp_path):
+    path = tmp_path / "out.csv"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError), open_for_writing(path) as fh:
+        fh.write("new")
+        raise RuntimeError("stopped half way")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_undecodable_file_names_are_escaped_and_json_reads_them_back(tmp_path):
+    write_text(tmp_path / "m.json", json.dumps({"classes": [UNDECODABLE]}, ensure_ascii=False))
+    raw = (tmp_path / "m.json").read_bytes()
+    raw.decode("utf-8")  # valid UTF-8
+    assert json.loads(raw)["classes"] == [UNDECODABLE]
+
+
+def test_a_folder_is_not_a_file_name(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder, not a file name"):
+        write_text(tmp_path, "x")
