@@ -16,6 +16,7 @@ import torch
 from imgclf import compare as compare_module
 from imgclf.cli.main import main
 from imgclf.compare import compare, plan_runs, resolve_backbones
+from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError
 
 OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs": 1}}
@@ -104,9 +105,9 @@ def test_second_call_keeps_finished_runs_and_retries_failed_ones(compared, tmp_p
     real = compare_module._run_one
     retried = []
 
-    def spy(plan, overrides, folder, threads):
+    def spy(plan, overrides, folder, threads, resume=False):
         retried.append(plan.name)
-        return real(plan, overrides, folder, threads)
+        return real(plan, overrides, folder, threads, resume)
 
     monkeypatch.setattr(compare_module, "_run_one", spy)
     compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "not_a_model"], out,
@@ -119,6 +120,44 @@ def test_second_call_keeps_finished_runs_and_retries_failed_ones(compared, tmp_p
     assert {r["run"]: r["status"] for r in rows}["transfer-not_a_model"] == "failed"
     before = {r["run"]: r["accuracy"] for r in leaderboard(source)}
     assert {r["run"]: r["accuracy"] for r in rows} == before
+
+
+def test_settings_other_than_the_kept_runs_are_an_error(compared, tmp_path):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    changed = {**OVERRIDES, "train": {"epochs": 2}}
+    with pytest.raises(ConfigError, match=r"scratch-small_cnn was trained with other settings "
+                                          r"\(train.epochs\)"):
+        compare(str(data), ["scratch"], [], out, changed)
+    other = shutil.copytree(data, tmp_path / "other")
+    with pytest.raises(ConfigError, match=r"other settings \(data.data\)"):
+        compare(str(other), ["scratch"], [], out, OVERRIDES)
+
+
+def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path, monkeypatch):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    (out / "scratch-small_cnn" / "metrics.json").unlink()  # as if stopped after its epochs
+    calls = []
+    real = compare_module._run_one
+
+    def spy(plan, overrides, folder, threads, resume=False):
+        calls.append((plan.name, resume))
+        return real(plan, overrides, folder, threads, resume)
+
+    monkeypatch.setattr(compare_module, "_run_one", spy)
+    compare(str(data), ["scratch"], [], out, OVERRIDES)
+    assert calls == [("scratch-small_cnn", True)]
+    assert leaderboard(out)[0]["status"] == "ok"
+
+    def interrupted(config, resume=False):
+        raise Interrupted("training interrupted")
+
+    monkeypatch.setattr("imgclf.engine.trainer.train", interrupted)
+    (out / "scratch-small_cnn" / "metrics.json").unlink()
+    with pytest.raises(Interrupted):
+        compare(str(data), ["scratch"], [], out, OVERRIDES)
+    assert not (out / "scratch-small_cnn" / "error.txt").exists()
 
 
 def test_compare_command(tmp_path, make_image_folder, capsys):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config
 from imgclf.errors import ConfigError
+from imgclf.paths import open_for_writing, write_text
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +72,30 @@ def resolve_backbones(spec: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _run_one(plan: RunPlan, overrides: dict, out: Path, threads: int | None) -> dict:
-    """Train one run (in this process or a worker); returns its leaderboard row."""
+def _plan_config(plan: RunPlan, overrides: dict, out: Path):
+    opts = copy.deepcopy(overrides)
+    opts.setdefault("model", {})["name"] = plan.model
+    opts["method"] = plan.method  # as an override: it beats a method named in config_file
+    opts["out"] = str(out / plan.name)
+    return build_config(plan.method, opts.pop("config_file", None), opts)
+
+
+def _run_one(plan: RunPlan, overrides: dict, out: Path, threads: int | None,
+             resume: bool = False) -> dict:
+    """Train one run (in this process or a worker); returns its leaderboard row. An
+    interrupted run stops the comparison (its last.pt lets the next one resume it)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    from imgclf.engine.loop import Interrupted
     from imgclf.engine.trainer import train
 
     run_dir = out / plan.name
-    opts = copy.deepcopy(overrides)
-    opts.setdefault("model", {})["name"] = plan.model
-    opts["method"] = plan.method  # as an override: it beats a method named in config_file
-    opts["out"] = str(run_dir)
     try:
-        config = build_config(plan.method, opts.pop("config_file", None), opts)
-        train(config)
+        train(_plan_config(plan, overrides, out), resume=resume)
+    except Interrupted:
+        raise
     except Exception as exc:  # a failed run is recorded and the comparison goes on
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())
@@ -135,36 +144,77 @@ def compare(
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
     plans = plan_runs(methods, backbones)
-    if audit and not (out / "audit.json").exists():
+    rows: dict[str, dict] = {}
+    todo, resumable = [], set()
+    for plan in plans:
+        run_dir = out / plan.name
+        if (run_dir / "config.yaml").exists():
+            changed = _changed_settings(run_dir, _plan_config(plan, overrides, out))
+            if changed:
+                raise ConfigError(
+                    f"{run_dir} was trained with other settings ({', '.join(changed[:4])}); "
+                    "compare into another --out, or delete that folder to train it again."
+                )
+        if (run_dir / "metrics.json").exists():
+            log.info("run %s already finished: kept", plan.name)
+            rows[plan.name] = row_from_run(run_dir, plan)
+            continue
+        if (run_dir / "last.pt").exists() and not (run_dir / "error.txt").exists():
+            log.info("run %s was interrupted: resumed from its last epoch", plan.name)
+            resumable.add(plan.name)
+        elif run_dir.exists():
+            _clear_unfinished(run_dir)
+        todo.append(plan)
+    audit_file = out / "audit.json"
+    if audit and (not audit_file.exists() or json.loads(audit_file.read_text())["root"]
+                  != str(Path(data).absolute())):
         from imgclf.data.audit import audit_dataset
 
-        (out / "audit.json").write_text(json.dumps(audit_dataset(Path(data)), indent=2))
-    rows: dict[str, dict] = {}
-    todo = []
-    for plan in plans:
-        if (out / plan.name / "metrics.json").exists():
-            log.info("run %s already finished: kept", plan.name)
-            rows[plan.name] = row_from_run(out / plan.name, plan)
-        else:
-            if (out / plan.name).exists():
-                _clear_unfinished(out / plan.name)
-            todo.append(plan)
+        write_text(audit_file, json.dumps(audit_dataset(Path(data)), indent=2))
     if workers <= 1:
         for plan in todo:
             log.info("run %s", plan.name)
-            rows[plan.name] = _run_one(plan, overrides, out, None)
+            rows[plan.name] = _run_one(plan, overrides, out, None, plan.name in resumable)
             write_leaderboard(list(rows.values()), out, sort_by)
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_one, p, overrides, out, threads): p for p in todo}
+            futures = {pool.submit(_run_one, p, overrides, out, threads,
+                                   p.name in resumable): p for p in todo}
             for future in cf.as_completed(futures):
                 rows[futures[future].name] = future.result()
                 write_leaderboard(list(rows.values()), out, sort_by)
     ordered = [rows[p.name] for p in plans]
     write_leaderboard(ordered, out, sort_by)
     return out
+
+
+def _changed_settings(run_dir: Path, config) -> list[str]:
+    """The settings (dotted keys) in which ``run_dir``'s saved config differs from
+    ``config``, where the run folder itself may be; dataset paths compare as absolute
+    paths, and an image size left to the model matches the one the run resolved."""
+    import yaml
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[f"{prefix}{key}"] = value
+        return items
+
+    saved = flat(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    wanted = flat(config.to_dict())
+    saved.pop("out", None), wanted.pop("out", None)
+    if wanted.get("model.img_size") is None:
+        wanted["model.img_size"] = saved.get("model.img_size")
+    for key in ("data.data", "data.train", "data.val", "data.test"):
+        for side in (saved, wanted):
+            if side.get(key) is not None:
+                side[key] = str(Path(side[key]).absolute())
+    return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
 
 def _clear_unfinished(run_dir: Path) -> None:
@@ -184,11 +234,11 @@ def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") ->
     ordered = ok + [r for r in rows if r.get("status") != "ok"]
     extra = sorted({k for r in rows for k in r if k.startswith("top_")})
     columns = [*RUN_COLUMNS, *SCALAR_METRICS, *extra]
-    with open(out / "leaderboard.csv", "w", newline="") as fh:
+    with open_for_writing(out / "leaderboard.csv", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(ordered)
-    (out / "leaderboard.md").write_text(leaderboard_markdown(ordered, columns))
+    write_text(out / "leaderboard.md", leaderboard_markdown(ordered, columns))
 
 
 def _cell(value) -> str:
