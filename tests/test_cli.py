@@ -182,6 +182,39 @@ def test_train_interrupt_and_resume(tmp_path, make_image_folder, monkeypatch, ca
     assert calls == ["train 1/2", "train 2/2", "train 2/2"]
 
 
+def test_resume_errors(tmp_path, make_image_folder, capsys):
+    assert main(["train", "--resume", "--out", str(tmp_path / "nowhere")]) == 2
+    assert_clean_error(capsys, "cannot resume: ")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("method: scratch\n")
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "9"]) == 2
+    assert_clean_error(capsys, "--resume continues a run with the settings it was started with")
+
+
+def test_run_folder_errors(tmp_path, make_image_folder, monkeypatch, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    (tmp_path / "file.csv").write_text("x\n")
+    assert main(["train", str(data), "--out", str(tmp_path / "file.csv"), "-q"]) == 2
+    assert_clean_error(capsys, "is a file; give a folder for the run")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "history.csv").write_text("mine\n")
+    assert main(["train", str(data), "--out", str(mine), "-q"]) == 2
+    assert_clean_error(capsys, "already holds other files")
+    assert (mine / "history.csv").read_text() == "mine\n"
+    monkeypatch.chdir(data)  # the default runs/... would land inside the dataset
+    assert main(["train", ".", "-q"]) == 2
+    assert_clean_error(capsys, "imgclf never writes into a dataset: choose --out elsewhere")
+    assert sorted(p.name for p in data.iterdir()) == ["a", "b"]
+
+
+def test_file_system_errors_are_one_line(tmp_path, make_image_folder, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    (tmp_path / "report.json").mkdir()
+    assert main(["audit", str(data), "--json", str(tmp_path / "report.json"), "-q"]) == 2
+    assert_clean_error(capsys, f"is a folder, not a file name: {tmp_path / 'report.json'}")
+
+
 def test_models_command_lists_the_small_cnns(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A path that cannot be written or read as asked (a file where a folder is needed,
+        # no permission, a full disk): name it, without a traceback (-v shows one).
+        logging.getLogger("imgclf").debug("file system error", exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except Exception:
         logging.getLogger("imgclf").debug("unexpected error", exc_info=True)
         raise

@@ -154,9 +154,18 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.engine.trainer import train
 
     if args.resume:
+        from imgclf.cli.common import overrides_from
+
         out = getattr(args, "out", None)
         if out is None:
             raise RunError("--resume needs --out RUN_DIR, the folder of the run to continue.")
+        if not (Path(out) / "config.yaml").is_file():
+            raise RunError(f"cannot resume: {Path(out) / 'config.yaml'} does not exist. Pass "
+                           "--out with the folder of the interrupted run.")
+        given = sorted(k for k in overrides_from(args) if k != "out")
+        if args.data is not None or args.config is not None or given:
+            raise RunError("--resume continues a run with the settings it was started with "
+                           f"({Path(out) / 'config.yaml'}); give only --out with it.")
         config = load_config(Path(out) / "config.yaml")
     else:
         config = config_from_args(args)

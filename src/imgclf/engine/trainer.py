@@ -47,7 +47,7 @@ from imgclf.models.factory import (
     set_trainable,
 )
 from imgclf.models.registry import check_model_name, get_spec
-from imgclf.paths import cache_dir
+from imgclf.paths import cache_dir, open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,13 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     """The run folder, checked against ``resume``; created later, once the data and model
     are known to be usable, so that a failed start leaves no empty run folder behind."""
     run_dir = Path(config.out) if config.out else default_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} is a file; give a folder for the run.")
+    d = config.data
+    for given in (d.data, d.train, d.val, d.test):
+        if given is not None and _inside(run_dir, Path(given)):
+            raise RunError(f"the run folder {run_dir} would be inside the dataset {given}; "
+                           "imgclf never writes into a dataset: choose --out elsewhere.")
     if resume:
         if not (run_dir / "last.pt").exists():
             raise RunError(f"cannot resume: {run_dir / 'last.pt'} does not exist. "
@@ -313,11 +320,20 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     elif (run_dir / "last.pt").exists():
         raise RunError(f"{run_dir} already holds a run; use --resume to continue it, or "
                        "choose another --out.")
+    elif (run_dir.is_dir() and not (run_dir / "config.yaml").exists()
+          and any(run_dir.iterdir())):
+        # config.yaml marks a run that failed before its first epoch: it may start again.
+        raise RunError(f"{run_dir} already holds other files; imgclf writes a run into a new "
+                       "or empty folder: choose another --out.")
     return run_dir
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 def write_skipped(data: PreparedData, path: Path) -> None:
-    with open(path, "w", newline="") as fh:
+    with open_for_writing(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["split", "path", "reason"])
         writer.writerows((split, str(s.path), s.reason) for split, s in data.skipped)
