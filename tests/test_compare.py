@@ -160,6 +160,13 @@ def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path,
     assert not (out / "scratch-small_cnn" / "error.txt").exists()
 
 
+def test_unknown_sort_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot sort the leaderboard by 'bogus'; choose one "
+                                          r"of accuracy, "):
+        compare("data", ["scratch"], [], tmp_path / "cmp", sort_by="bogus")
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_compare_command(tmp_path, make_image_folder, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32), seed=2)
     out = tmp_path / "cmp"

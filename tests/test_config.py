@@ -151,6 +151,12 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"train": {"label_smoothing": 1.0}}, r"train\.label_smoothing must be in \[0, 1\)"),
     ({"train": {"tta": "yes"}}, r"train\.tta must be off, on or auto, got 'yes'"),
     ({"data": {"val_fraction": 1.5}}, r"data\.val_fraction must be between 0 and 1"),
+    ({"train": {"patience": -1}}, r"train\.patience must be >= 0 \(0: no early stopping\)"),
+    ({"train": {"min_delta": -0.1}}, r"train\.min_delta must be >= 0, got -0\.1"),
+    ({"augment": {"mixup": -1}}, r"augment\.mixup must be >= 0, got -1"),
+    ({"augment": {"cutmix": -0.5}}, r"augment\.cutmix must be >= 0"),
+    ({"model": {"dropout": 1.0}}, r"model\.dropout must be in \[0, 1\)"),
+    ({"train": {"finetune": 2}}, r"train\.finetune applies to --method transfer"),
     ({"method": "distill"}, r"method 'distill' is not known; choose one of scratch, augment, "
                             r"transfer"),
 ])

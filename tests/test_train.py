@@ -371,6 +371,21 @@ def test_transfer_with_a_small_cnn_is_a_config_error(split_data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_scratch_with_an_imagenet_backbone_is_a_config_error(split_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"method scratch trains from random weights, but "
+                                          r"mobilenetv2_100 would start from ImageNet weights"):
+        imgclf.train(split_data, method="scratch", out=tmp_path / "run",
+                     model={**BACKBONE, "pretrained": True}, train={"epochs": 1})
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_many_finetune_stages_stop_before_training(split_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"--finetune 99: mobilenetv2_100 has \d+ stages"):
+        imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                     train={"epochs": 1, "finetune": 99})
+    assert not (tmp_path / "run").exists()
+
+
 # --- augmentation -------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted",
                   "f1_weighted", "precision_macro", "recall_macro", "f1_macro", "cohen_kappa",
                   "mcc", "roc_auc", "log_loss")
+SORT_KEYS = (*SCALAR_METRICS, "train_seconds", "inference_images_per_second")
 RUN_COLUMNS = ("run", "method", "backbone", "img_size", "params_total", "params_trainable",
                "epochs", "train_seconds", "inference_images_per_second", "tta", "status",
                "error")
@@ -139,6 +140,9 @@ def compare(
     audit: bool = True,
 ) -> Path:
     """Train every combination, then write leaderboard.csv and leaderboard.md in ``out``."""
+    if sort_by not in SORT_KEYS:
+        raise ConfigError(f"cannot sort the leaderboard by {sort_by!r}; choose one of "
+                          f"{', '.join(SORT_KEYS)}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = copy.deepcopy(overrides or {})

@@ -238,11 +238,22 @@ def validate(config: Config) -> None:
          f"data.val_fraction must be between 0 and 1, got {config.data.val_fraction}"),
         (0 <= t.label_smoothing < 1,
          f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
+        (t.patience >= 0, f"train.patience must be >= 0 (0: no early stopping), got "
+                          f"{t.patience}"),
+        (t.min_delta >= 0, f"train.min_delta must be >= 0, got {t.min_delta}"),
+        (config.augment.mixup >= 0, f"augment.mixup must be >= 0, got {config.augment.mixup}"),
+        (config.augment.cutmix >= 0,
+         f"augment.cutmix must be >= 0, got {config.augment.cutmix}"),
+        (0 <= config.model.dropout < 1,
+         f"model.dropout must be in [0, 1), got {config.model.dropout}"),
     ]
     if t.finetune is not None:
         ok = str(t.finetune) == "all" or str(t.finetune).isdigit()
         checks.append((ok, f"train.finetune must be a number of stages or 'all', got "
                            f"{t.finetune!r}"))
+        checks.append((config.method == "transfer",
+                       f"train.finetune applies to --method transfer (the model here trains "
+                       f"whole under {config.method}); leave --finetune out"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")

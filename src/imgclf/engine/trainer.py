@@ -41,6 +41,7 @@ from imgclf.evaluation import choose_tta, write_evaluation
 from imgclf.models.factory import (
     Classifier,
     Preprocessing,
+    backbone_groups,
     count_parameters,
     create_model,
     freeze_norm_stats,
@@ -357,7 +358,14 @@ def _check_method_model(config: Config) -> None:
     """Fail before scanning the data: the model must exist, and transfer needs a backbone
     with a head to train, which imgclf's own CNNs do not have."""
     check_model_name(config.model.name)
-    if config.method == "transfer" and get_spec(config.model.name) is not None:
+    own = get_spec(config.model.name) is not None
+    if config.method != "transfer" and not own and config.model.pretrained:
+        raise ConfigError(
+            f"method {config.method} trains from random weights, but {config.model.name} would "
+            "start from ImageNet weights: add --no-pretrained to train it from scratch, or "
+            "use --method transfer."
+        )
+    if config.method == "transfer" and own:
         raise ConfigError(
             f"method transfer needs a timm backbone, but model {config.model.name!r} is one of "
             "imgclf's own networks, which train from scratch. Use --method scratch or "
@@ -379,6 +387,11 @@ def _train(config: Config, resume: bool) -> Path:
         pretrained=config.model.pretrained, weights=config.model.weights,
         head=config.model.head, dropout=config.model.dropout)
     config.model.img_size = prep.img_size
+    stages = config.train.finetune
+    if stages not in (None, "all") and int(stages) > len(backbone_groups(model)):
+        raise ConfigError(f"--finetune {stages}: {config.model.name} has "
+                          f"{len(backbone_groups(model))} stages to fine-tune; give at most "
+                          "that many, or 'all'.")
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
