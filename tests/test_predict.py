@@ -273,6 +273,9 @@ def test_evaluate_command_default_folder(trained, capsys):
     assert main(["evaluate", str(run), str(data), "-q"]) == 0
     assert (run / "evaluate-test" / "metrics.json").exists()
     assert f"results: {run / 'evaluate-test'}" in capsys.readouterr().out
+    # Given the model file instead of its run folder, the results go to the same place.
+    assert main(["evaluate", str(run / "model.pt"), str(data), "-q"]) == 0
+    assert f"results: {run / 'evaluate-test'}" in capsys.readouterr().out
 
 
 def test_evaluate_with_tta_gives_the_predictors_tta_probabilities(trained, tmp_path):

@@ -144,7 +144,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         raise DataError(f"no readable images in {root}.")
     images, labels, _ = decode_split(labelled, predictor.prep.img_size,
                                      predictor.prep.interpolation)
-    out_dir = Path(out) if out else Path(run) / f"evaluate-{name}"
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/model.pt given
+    out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
                                extra={"data": str(root), "skipped_files": len(labelled.skipped)},

