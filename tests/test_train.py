@@ -239,6 +239,28 @@ def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
     assert metrics_of(run)["split"] == "test"
 
 
+def test_resumed_run_trains_as_an_uninterrupted_one(split_data, tmp_path, monkeypatch):
+    # Augmentation, dropout and shuffling all draw random numbers: a resumed run must draw
+    # the ones the uninterrupted run drew.
+    def config(out):
+        return build_config("augment", None, {
+            "data": {"data": str(split_data)}, "out": str(out),
+            "model": {"name": "small_cnn", "img_size": 32},
+            "train": {"epochs": 3, "patience": 0, "tta": "off", "amp": "off"}})
+
+    whole = train(config(tmp_path / "whole"))
+    interrupt_on_call(monkeypatch, 3)
+    with pytest.raises(Interrupted):
+        train(config(tmp_path / "part"))
+    monkeypatch.setattr(loop, "train_one_epoch", REAL_TRAIN_ONE_EPOCH)
+    part = train(load_config(tmp_path / "part" / "config.yaml"), resume=True)
+    columns = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[r[c] for c in columns] for r in read_csv(part / "history.csv")] == \
+        [[r[c] for c in columns] for r in read_csv(whole / "history.csv")]
+    a, b = load_ckpt(whole / "model.pt")["model"], load_ckpt(part / "model.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_in_the_finetune_phase(split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = build_config("transfer", None, {

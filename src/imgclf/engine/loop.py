@@ -160,6 +160,30 @@ def evaluate(module: nn.Module, loader, rt: Runtime) -> dict[str, float]:
     }
 
 
+def rng_state(loader) -> dict:
+    """The random states the rest of training draws from: PyTorch's (dropout noise,
+    augmentation) and the loader's shuffling generator."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        state["loader"] = generator.get_state()
+    return state
+
+
+def restore_rng_state(state: dict | None, loader) -> None:
+    """Undo to ``rng_state``'s snapshot (checkpoints from before it have none: a no-op)."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator = getattr(loader, "generator", None)
+    if generator is not None and "loader" in state:
+        generator.set_state(state["loader"])
+
+
 def write_history(history: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
@@ -191,6 +215,10 @@ def fit(
         log.info("resuming phase %s at epoch %d", phase.name, start + 1)
     offset = sum(1 for row in state.history if row.get("phase") != phase.name)
 
+    # The random state as the last whole epoch left it (or as the phase began): a resumed
+    # run starts the next epoch from it, so that it trains as an uninterrupted one would.
+    rng = rng_state(phase.train_loader)
+
     def save(name: str, epoch: int) -> None:
         if not dist.is_main():
             return
@@ -199,7 +227,7 @@ def fit(
             optimizer=phase.optimizer.state_dict(),
             scheduler=phase.scheduler.state_dict() if phase.scheduler is not None else None,
             monitor=monitor.state_dict(), history=state.history,
-            phase=phase.name, epoch=epoch, phase_done=state.done,
+            phase=phase.name, epoch=epoch, phase_done=state.done, rng=rng,
         )
         save_atomic(payload, run_dir / name)
 
@@ -224,6 +252,7 @@ def fit(
                     phase.scheduler.step()
             state.history.append(row)
             state.phase, state.epoch = phase.name, epoch + 1
+            rng = rng_state(phase.train_loader)
             improved = monitor.update(row["epoch"], row.get(monitor.monitor, math.nan))
             if improved:
                 save("best.pt", epoch + 1)

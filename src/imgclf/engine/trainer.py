@@ -34,7 +34,7 @@ from imgclf.data.prepare import PreparedData, decode_split, prepare_data
 from imgclf.data.transforms import create_batch_mixer, create_transform
 from imgclf.engine import dist
 from imgclf.engine.callbacks import Monitor, load_checkpoint, save_atomic
-from imgclf.engine.loop import FitState, Phase, fit, run_inference
+from imgclf.engine.loop import FitState, Phase, fit, restore_rng_state, run_inference
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.evaluation import choose_tta, write_evaluation
@@ -433,6 +433,7 @@ def _train(config: Config, resume: bool) -> Path:
             if phase.scheduler is not None and last.get("scheduler"):
                 phase.scheduler.load_state_dict(last["scheduler"])
             monitor.load_state_dict(last["monitor"])
+            restore_rng_state(last.get("rng"), phase.train_loader)
         _, trainable = count_parameters(model)
         log.info("phase %s: %s trainable parameters", phase.name, f"{trainable:,}")
         state = fit(phase, phase.runtime or rt, monitor, run_dir, model, meta, state,
