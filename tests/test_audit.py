@@ -14,6 +14,7 @@ from PIL import Image, ImageEnhance
 from imgclf.cli import audit as audit_cli
 from imgclf.data import audit
 from imgclf.data.audit import audit_dataset, format_audit, hamming_pairs, perceptual_hash
+from imgclf.data.prepare import prepare_data
 from imgclf.errors import ConfigError, DataError
 
 # --- perceptual hash and the near-duplicate search ---------------------------------------------
@@ -251,6 +252,22 @@ def test_unreadable_whole_class_gives_no_imbalance(tmp_path, make_image_folder):
     assert report["imbalance_ratio"] is None
     assert [r["path"] for r in report["unreadable"]] == ["dog/dog_000.jpg"]
     json.dumps(report, allow_nan=False)
+
+
+def test_what_training_stops_on_is_listed(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "train", {"cat": 2, "dog": 2})
+    (tmp_path / "train" / "empty").mkdir()
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    report = audit_dataset(tmp_path, near_duplicates=False)
+    assert report["problems"] == ["class 'empty' has no readable training image",
+                                  "the val split holds no labelled image"]
+    assert "  problem (training stops on it): class 'empty' has no readable" in \
+        format_audit(report)
+    with pytest.raises(DataError, match="holds no readable images"):
+        prepare_data(tmp_path)
+    one = make_image_folder(tmp_path / "one", {"cat": 2})
+    assert audit_dataset(one)["problems"] == [
+        "one class only ('cat'): a classifier needs at least two"]
 
 
 def test_long_lists_are_cut_in_the_terminal(tmp_path, make_image_folder, monkeypatch):

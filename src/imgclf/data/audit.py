@@ -341,6 +341,21 @@ def _near_duplicates(entries: list[_Entry], results: list[_Inspected], rel) -> d
     }
 
 
+def _problems(report: dict) -> list[str]:
+    """What training would stop on, which the audit reports instead of stopping."""
+    problems = []
+    if len(report["classes"]) < 2:
+        problems.append(f"one class only ({report['classes'][0]!r}): a classifier needs at "
+                        "least two")
+    for cls, count in report["splits"]["train"]["classes"].items():
+        if not count:
+            problems.append(f"class {cls!r} has no readable training image")
+    for name in ("val", "test"):
+        if name in report["splits"] and not report["splits"][name]["images"]:
+            problems.append(f"the {name} split holds no labelled image")
+    return problems
+
+
 def _unlabelled_summary(folder: Path, rel) -> dict:
     images, skipped = scan_folder(folder)
     return {
@@ -365,8 +380,10 @@ def audit_dataset(
     ``data`` is a dataset folder in any layout ``detect_layout`` knows, or pass the split
     folders as ``train`` (and ``val``, ``test``). ``workers`` threads read the files (default:
     one per CPU). ``near_duplicates=False`` skips the perceptual-hash comparison across
-    splits. Raises DataError for the same problems training would stop on (missing folder,
-    no classes, an empty training class, a class only the test split has).
+    splits. Raises DataError where there is nothing to audit (a missing folder, no class
+    folders, a class only the test split has); what else training would stop on (one class,
+    a training class without a readable image, a val/test split without labelled images) is
+    listed under ``problems``.
 
     Returns a JSON-serialisable dict (see the module docstring); ``format_audit`` prints it.
     """
@@ -380,7 +397,8 @@ def audit_dataset(
     classes = find_classes(layout.train)
     rel = _Relative(_report_root(data, layout))
 
-    splits = {name: scan_split(name, root, classes) for name, root in layout.splits().items()}
+    splits = {name: scan_split(name, root, classes, strict=False)
+              for name, root in layout.splits().items()}
     entries = [
         _Entry(name, classes[label], path)
         for name, split in splits.items()
@@ -415,6 +433,7 @@ def audit_dataset(
                 report["skipped"].append({"split": name, "path": rel(skip.path),
                                           "reason": skip.reason})
     report["imbalance_ratio"] = report["splits"]["train"]["imbalance_ratio"]
+    report["problems"] = _problems(report)
     for entry, result in zip(entries, results, strict=True):
         if result.error is not None:
             report["unreadable"].append({**_file_record(entry, rel), "reason": result.error})
@@ -562,6 +581,7 @@ def format_audit(report: dict) -> str:
         f"  layout: {report['layout']}; {len(report['classes'])} classes; "
         f"{n_files:,} image files audited in {report['seconds']:g} s",
         *(f"  note: {note}" for note in report["layout_notes"]),
+        *(f"  problem (training stops on it): {problem}" for problem in report["problems"]),
         "",
         *_format_counts(report),
         "",

@@ -241,8 +241,9 @@ def scan_folder(folder: Path, label: int | None = None) -> tuple[list[Path], lis
     return images, skipped
 
 
-def scan_split(name: str, root: Path, classes: list[str]) -> Split:
-    """Read one labelled split; classes not in ``classes`` and empty classes are errors."""
+def scan_split(name: str, root: Path, classes: list[str], strict: bool = True) -> Split:
+    """Read one labelled split; classes not in ``classes`` are errors, and so are training
+    classes without a readable image unless ``strict`` is False (the audit lists them)."""
     present = [p.name for p in _subdirs(root)]
     unknown = sorted(set(present) - set(classes))
     if unknown:
@@ -258,7 +259,7 @@ def scan_split(name: str, root: Path, classes: list[str]) -> Split:
             continue
         images, skipped = scan_folder(folder)
         split.skipped.extend(skipped)
-        if not images and name == "train":
+        if not images and name == "train" and strict:
             raise DataError(
                 f"Class folder {folder} holds no readable images"
                 + (f" ({len(skipped)} file(s) skipped: {skipped[0].reason}, ...)" if skipped
