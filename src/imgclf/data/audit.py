@@ -162,7 +162,7 @@ def _inspect(path: Path) -> _Inspected:
 
 def _inspect_all(paths: list[Path], workers: int | None) -> list[_Inspected]:
     workers = workers or os.cpu_count() or 1
-    log.info("auditing %d image files with %d thread(s)", len(paths), workers)
+    log.info("decoding %d image files with %d thread(s)", len(paths), workers)
     # Pillow releases the GIL while reading and decoding, so threads scale over cores.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_inspect, paths))
