@@ -325,6 +325,12 @@ def test_scan_reports_loose_files_and_finds_images_by_content(tmp_path, make_ima
     assert summarize(split, ["cat", "dog"]) == f"{tmp_path.name}/ (5 images, 2 classes, 1 skipped)"
 
 
+def test_summary_names_the_role_of_a_folder_named_for_another(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "test")
+    split = scan_split("val", tmp_path / "test", ["cat", "dog"])
+    assert summarize(split, ["cat", "dog"]) == "val test/ (11 images, 2 classes)"
+
+
 def test_summary_names_the_current_folder(tmp_path, make_image_folder, monkeypatch):
     make_image_folder(tmp_path / "pets")
     monkeypatch.chdir(tmp_path / "pets")

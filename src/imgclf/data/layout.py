@@ -288,7 +288,12 @@ def warn_small_classes(split: Split, classes: list[str]) -> list[str]:
 def summarize(split: Split, classes: list[str]) -> str:
     """'train/ (8741 images, 6 classes)' for the one-line layout report."""
     n_cls = len(set(split.labels)) if split.labels else 0
-    label = f"{split.root.absolute().name}/" if split.root is not None else split.name
+    if split.root is None:
+        label = split.name
+    else:
+        folder = split.root.absolute().name
+        # --val some/test: say which role the folder plays
+        label = f"{folder}/" if _alias(folder) in (split.name, None) else f"{split.name} {folder}/"
     text = f"{label} ({len(split)} images, {n_cls} classes"
     if split.skipped:
         text += f", {len(split.skipped)} skipped"
