@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -56,3 +60,19 @@ def test_fused_runs_only_where_it_can():
     traced = []
     torch.jit.trace(lambda t: traced.append(fused.supports(t)) or t * 1, (x,), check_trace=False)
     assert traced == [False]  # traced for export: the plain modules
+
+
+def test_kernel_leaves_pytorchs_thread_count_alone():
+    # numba's OpenMP pool, when it starts, sets the calling thread's OpenMP thread count to
+    # every core in the runtime PyTorch shares; a fresh process shows it.
+    probe = ("import torch\n"
+             "from imgclf.models import fused\n"
+             "torch.set_num_threads(1)\n"
+             "x = torch.rand(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)\n"
+             "fused.pool_relu_dropout(x)\n"
+             "print(torch.get_num_threads())\n")
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]

@@ -129,5 +129,10 @@ def pool_relu_dropout(x: torch.Tensor, noise: torch.Tensor | None = None,
     ``scale``; ``threshold`` 0 means no dropout.
     """
     # As many threads as PyTorch's own ops use (fewer under torchrun, for instance).
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if torch.get_num_threads() != threads:
+        # Starting its OpenMP pool, numba sets the calling thread's OpenMP thread count to
+        # every core, in the OpenMP runtime PyTorch shares: put PyTorch's back.
+        torch.set_num_threads(threads)
     return _PoolReLUDropout.apply(x, noise, threshold, scale)
