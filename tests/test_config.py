@@ -157,6 +157,8 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"augment": {"cutmix": -0.5}}, r"augment\.cutmix must be >= 0"),
     ({"model": {"dropout": 1.0}}, r"model\.dropout must be in \[0, 1\)"),
     ({"train": {"finetune": 2}}, r"train\.finetune applies to --method transfer"),
+    ({"model": {"img_size": 0}}, r"model\.img_size must be >= 1 \(or left out"),
+    ({"augment": {"preset": "bogus"}}, r"augment\.preset must be one of none, flip, "),
     ({"method": "distill"}, r"method 'distill' is not known; choose one of scratch, augment, "
                             r"transfer"),
 ])

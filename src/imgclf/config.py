@@ -19,6 +19,8 @@ import yaml
 
 from imgclf.errors import ConfigError
 
+AUGMENT_PRESETS = ("none", "flip", "reference", "trivial", "randaugment")
+
 METHODS = ("scratch", "augment", "transfer")
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -246,6 +248,12 @@ def validate(config: Config) -> None:
          f"augment.cutmix must be >= 0, got {config.augment.cutmix}"),
         (0 <= config.model.dropout < 1,
          f"model.dropout must be in [0, 1), got {config.model.dropout}"),
+        (config.model.img_size is None or config.model.img_size >= 1,
+         f"model.img_size must be >= 1 (or left out for the model's own), got "
+         f"{config.model.img_size}"),
+        (config.augment.preset in AUGMENT_PRESETS,
+         f"augment.preset must be one of {', '.join(AUGMENT_PRESETS)}, got "
+         f"{config.augment.preset!r}"),
     ]
     if t.finetune is not None:
         ok = str(t.finetune) == "all" or str(t.finetune).isdigit()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config, load_config
-from imgclf.data.transforms import AUGMENT_PRESETS
+from imgclf.config import AUGMENT_PRESETS, DEFAULT_BACKBONE, METHODS, build_config, load_config
 from imgclf.errors import RunError
 
 

@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from imgclf.config import AUGMENT_PRESETS
 from imgclf.errors import ConfigError
-
-AUGMENT_PRESETS = ("none", "flip", "reference", "trivial", "randaugment")
 
 
 def create_transform(preset: str, size: tuple[int, int]) -> v2.Transform | None:
