@@ -195,7 +195,7 @@ def test_run_folder_errors(tmp_path, make_image_folder, monkeypatch, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
     (tmp_path / "file.csv").write_text("x\n")
     assert main(["train", str(data), "--out", str(tmp_path / "file.csv"), "-q"]) == 2
-    assert_clean_error(capsys, "is a file; give a folder for the run")
+    assert_clean_error(capsys, "is a file; give a folder for the results")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "history.csv").write_text("mine\n")

@@ -17,7 +17,7 @@ from imgclf import compare as compare_module
 from imgclf.cli.main import main
 from imgclf.compare import compare, plan_runs, resolve_backbones
 from imgclf.engine.loop import Interrupted
-from imgclf.errors import ConfigError
+from imgclf.errors import ConfigError, RunError
 
 OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs": 1}}
 RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-not_a_model"]
@@ -158,6 +158,26 @@ def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path,
     with pytest.raises(Interrupted):
         compare(str(data), ["scratch"], [], out, OVERRIDES)
     assert not (out / "scratch-small_cnn" / "error.txt").exists()
+
+
+def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_image_folder,
+                                                              capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32))
+    with pytest.raises(RunError, match="imgclf never writes into a dataset"):
+        compare(str(data), ["scratch"], [], data / "cmp", OVERRIDES)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    with pytest.raises(RunError, match="already holds other files"):
+        compare(str(data), ["scratch"], [], mine, OVERRIDES)
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        compare(str(data), "scratch", [], tmp_path / "cmp", {"train": {"epoch": 1}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine"]
+    assert sorted(p.name for p in data.iterdir()) == ["a", "b"]
+    argv = ["compare", str(data), "--methods", "transfer", "--backbones", "not_a_model",
+            "--out", str(tmp_path / "cmp"), "--no-audit", "-q"]
+    assert main(argv) == 2
+    assert "error: every run failed" in capsys.readouterr().err
 
 
 def test_unknown_sort_key_is_an_error(tmp_path):

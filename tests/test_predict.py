@@ -220,13 +220,14 @@ def test_predict_command_fails_when_nothing_could_be_read(trained, bad_image_fol
                                                           capsys):
     run, _ = trained
     out = tmp_path / "p.csv"
+    out.write_text("earlier predictions\n")
     assert main(["predict", str(run), str(bad_image_folder / "broken" / "corrupt.jpg"),
                  str(tmp_path / "missing.jpg"), "--out", str(out), "-q"]) == 2
-    assert "error: no image could be predicted: 2 file(s) could not be read." in \
-        capsys.readouterr().err
-    _, rows = read_csv(out)  # the reasons are still written
-    assert [r["error"] for r in rows] == ["no such file or folder",
-                                          "not a recognised image format"]
+    captured = capsys.readouterr()
+    assert "error: no image could be predicted: 2 file(s) could not be read." in captured.err
+    assert "missing.jpg: no such file or folder" in captured.out  # the reasons are shown
+    assert "corrupt.jpg: not a recognised image format" in captured.out
+    assert out.read_text() == "earlier predictions\n"  # and nothing is overwritten
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(run), str(tmp_path / "empty"), "--out", str(out), "-q"]) == 2
     assert "no image files in" in capsys.readouterr().err
@@ -299,6 +300,22 @@ def test_evaluate_without_test_or_val_says_it_uses_train(trained, tmp_path, capl
         metrics, _ = evaluate_folder(run, tmp_path / "data", out=tmp_path / "ev")
     assert metrics["split"] == "train"
     assert "no test or val split: evaluating on the training split" in caplog.text
+
+
+def test_evaluate_refuses_to_overwrite_or_write_into_the_data(trained, tmp_path):
+    run, data = trained
+    other = tmp_path / "other_run"
+    other.mkdir()
+    for name in ("model.pt", "metrics.json"):
+        (other / name).write_text("another run's\n")
+    with pytest.raises(RunError, match="already holds other files"):
+        evaluate_folder(run, data, out=other)
+    assert (other / "metrics.json").read_text() == "another run's\n"
+    with pytest.raises(RunError, match="imgclf never writes into a dataset"):
+        evaluate_folder(run, data, out=data / "results")
+    assert not (data / "results").exists()
+    with pytest.raises(ConfigError, match="split must be test, val or train, got 'validation'"):
+        evaluate_folder(run, data, split="validation")
 
 
 def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder):

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config
-from imgclf.errors import ConfigError
-from imgclf.paths import open_for_writing, write_text
+from imgclf.engine.loop import Interrupted
+from imgclf.errors import ConfigError, DataError
+from imgclf.paths import check_output_folder, open_for_writing, write_text
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,19 @@ def compare(
     if sort_by not in SORT_KEYS:
         raise ConfigError(f"cannot sort the leaderboard by {sort_by!r}; choose one of "
                           f"{', '.join(SORT_KEYS)}.")
+    methods = methods.split(",") if isinstance(methods, str) else methods
+    backbones = backbones.split(",") if isinstance(backbones, str) else backbones
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
     plans = plan_runs(methods, backbones)
+    for plan in plans:  # settings that cannot work stop the comparison before any run
+        _plan_config(plan, overrides, out)
+    if not Path(data).is_dir():
+        raise DataError(f"data folder {str(data)!r} does not exist or is not a folder.")
+    check_output_folder(out, (data,), lambda names: bool(names & {"leaderboard.csv",
+                                                                  "audit.json"}))
+    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     todo, resumable = [], set()
     for plan in plans:
@@ -178,7 +187,12 @@ def compare(
     if workers <= 1:
         for plan in todo:
             log.info("run %s", plan.name)
-            rows[plan.name] = _run_one(plan, overrides, out, None, plan.name in resumable)
+            try:
+                rows[plan.name] = _run_one(plan, overrides, out, None, plan.name in resumable)
+            except Interrupted:
+                raise Interrupted(f"comparison interrupted during run {plan.name}, whose "
+                                  "progress is saved: run the same imgclf compare command "
+                                  "again to go on from there.") from None
             write_leaderboard(list(rows.values()), out, sort_by)
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)

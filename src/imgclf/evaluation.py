@@ -23,10 +23,14 @@ from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
 from imgclf.history import best_epoch
 from imgclf.metrics import compute_metrics, roc_curves
-from imgclf.paths import open_for_writing, write_text
+from imgclf.paths import check_output_folder, open_for_writing, write_text
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
 
 log = logging.getLogger(__name__)
+
+EVALUATION_FILES = frozenset({"metrics.json", "predictions.csv", "learning_curves.png",
+                              "confusion_matrix.png", "roc_curves.png"})
+"""What ``write_evaluation`` writes: a folder of only these may be written again."""
 
 
 def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
@@ -122,9 +126,11 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     chose when it was trained)."""
     from imgclf.data.layout import Split, detect_layout, scan_split
     from imgclf.data.prepare import decode_split
-    from imgclf.errors import DataError
+    from imgclf.errors import ConfigError, DataError
     from imgclf.predict import Predictor
 
+    if split not in (None, "test", "val", "train"):
+        raise ConfigError(f"split must be test, val or train, got {split!r}.")
     predictor = Predictor(run, device=device)
     layout = detect_layout(Path(data))
     for note in layout.notes:
@@ -139,13 +145,14 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         if name == "train" and split is None:
             log.warning("%s has no test or val split: evaluating on the training split, "
                         "whose images the model has learnt from", data)
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/model.pt given
+    out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
+    check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
     labelled: Split = scan_split(name, root, predictor.classes)
     if not len(labelled):
         raise DataError(f"no readable images in {root}.")
     images, labels, _ = decode_split(labelled, predictor.prep.img_size,
                                      predictor.prep.interpolation)
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/model.pt given
-    out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
                                extra={"data": str(root), "skipped_files": len(labelled.skipped)},

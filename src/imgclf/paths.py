@@ -9,6 +9,8 @@ from pathlib import Path
 
 import platformdirs
 
+from imgclf.errors import RunError
+
 CACHE_ENV = "IMGCLF_CACHE_DIR"
 
 
@@ -45,3 +47,20 @@ def write_text(path: str | Path, text: str) -> None:
     """``Path.write_text`` through ``open_for_writing``."""
     with open_for_writing(path) as fh:
         fh.write(text)
+
+
+def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
+    """Refuse an output folder that is a file, lies inside one of ``datasets`` (imgclf never
+    writes into a dataset), or holds files that ``is_ours`` (given the set of entry names)
+    does not recognise as imgclf's own from an earlier run of the same command."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"--out {folder} is a file; give a folder for the results.")
+    for dataset in datasets:
+        if dataset is not None and folder.resolve().is_relative_to(Path(dataset).resolve()):
+            raise RunError(f"the output folder {folder} would be inside the dataset {dataset}; "
+                           "imgclf never writes into a dataset: choose --out elsewhere.")
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if names and not is_ours(names):
+        raise RunError(f"{folder} already holds other files; imgclf writes into a new or "
+                       "empty folder, or one it wrote before: choose another --out.")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import csv
 
 from imgclf.cli.common import add_verbosity, overrides_from
 from imgclf.cli.train import add_training_options
+from imgclf.errors import RunError
 
 
 def add_parser(subparsers) -> None:
@@ -46,4 +48,8 @@ def run(args: argparse.Namespace) -> int:
                   workers=args.workers, audit=not args.no_audit)
     print((out / "leaderboard.md").read_text())
     print(f"leaderboard: {out / 'leaderboard.csv'}")
+    with open(out / "leaderboard.csv", newline="", encoding="utf-8") as fh:
+        if not any(row["status"] == "ok" for row in csv.DictReader(fh)):
+            raise RunError(f"every run failed: the reasons are in the error column and in "
+                           f"each run's error.txt under {out}.")
     return 0

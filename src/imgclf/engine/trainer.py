@@ -48,7 +48,7 @@ from imgclf.models.factory import (
     set_trainable,
 )
 from imgclf.models.registry import check_model_name, get_spec
-from imgclf.paths import cache_dir, open_for_writing
+from imgclf.paths import cache_dir, check_output_folder, open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -307,30 +307,21 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     """The run folder, checked against ``resume``; created later, once the data and model
     are known to be usable, so that a failed start leaves no empty run folder behind."""
     run_dir = Path(config.out) if config.out else default_run_dir(config)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"--out {run_dir} is a file; give a folder for the run.")
-    d = config.data
-    for given in (d.data, d.train, d.val, d.test):
-        if given is not None and _inside(run_dir, Path(given)):
-            raise RunError(f"the run folder {run_dir} would be inside the dataset {given}; "
-                           "imgclf never writes into a dataset: choose --out elsewhere.")
     if resume:
         if not (run_dir / "last.pt").exists():
             raise RunError(f"cannot resume: {run_dir / 'last.pt'} does not exist. "
                            "Pass --out with the folder of the interrupted run.")
+        if (run_dir / "metrics.json").exists():
+            raise RunError(f"{run_dir} holds a finished run (metrics.json): there is nothing "
+                           "to resume.")
     elif (run_dir / "last.pt").exists():
         raise RunError(f"{run_dir} already holds a run; use --resume to continue it, or "
                        "choose another --out.")
-    elif (run_dir.is_dir() and not (run_dir / "config.yaml").exists()
-          and any(run_dir.iterdir())):
-        # config.yaml marks a run that failed before its first epoch: it may start again.
-        raise RunError(f"{run_dir} already holds other files; imgclf writes a run into a new "
-                       "or empty folder: choose another --out.")
+    d = config.data
+    # config.yaml marks a run folder, maybe of a run that failed before its first epoch.
+    check_output_folder(run_dir, (d.data, d.train, d.val, d.test),
+                        lambda names: "config.yaml" in names)
     return run_dir
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path.resolve().is_relative_to(folder.resolve())
 
 
 def write_skipped(data: PreparedData, path: Path) -> None:
