@@ -287,6 +287,22 @@ def test_resume_without_a_checkpoint_raises(split_data, tmp_path):
         train(config, resume=True)
 
 
+def test_resuming_a_finished_run_raises(split_data, tmp_path):
+    run = scratch(split_data, tmp_path / "run", epochs=1)
+    before = (run / "metrics.json").read_bytes()
+    with pytest.raises(RunError, match="holds a finished run .* nothing to resume"):
+        train(load_config(run / "config.yaml"), resume=True)
+    assert (run / "metrics.json").read_bytes() == before
+
+
+def test_data_section_as_a_mapping_from_python(split_data, tmp_path):
+    run = imgclf.train({"train": split_data / "train", "val": split_data / "test"},
+                       out=tmp_path / "run", model={"img_size": 32}, train={"epochs": 1})
+    config = load_config(run / "config.yaml")
+    assert (config.data.data, config.data.train, config.data.val) == (
+        None, str(split_data / "train"), str(split_data / "test"))
+
+
 def test_training_into_a_finished_run_without_resume_raises(split_data, tmp_path):
     run = scratch(split_data, tmp_path / "run", epochs=1)
     before = (run / "model.pt").stat().st_mtime_ns

@@ -10,6 +10,8 @@ Python API::
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "train", "load"]
@@ -18,15 +20,19 @@ __all__ = ["__version__", "train", "load"]
 def train(data=None, method: str = "scratch", config=None, resume: bool = False, **options):
     """Train on ``data`` by ``method``; returns the run folder.
 
+    ``data`` is the dataset folder, or the whole data section as a mapping
+    (``{"data": "DATA", "val_fraction": 0.3}``, ``{"train": "A", "test": "B"}``).
     ``options`` override config keys by section, e.g. ``train={"epochs": 5}``,
     ``model={"name": "mobilenetv2_100"}``, or top-level ``out="runs/x"``, ``seed=1``.
     """
     from imgclf.config import build_config
     from imgclf.engine.trainer import train as _train
 
-    options.setdefault("data", {})
-    if data is not None:
-        options["data"] = {**options["data"], "data": str(data)}
+    if isinstance(data, dict):
+        options["data"] = {k: str(v) if isinstance(v, os.PathLike) else v
+                           for k, v in data.items()}
+    elif data is not None:
+        options["data"] = {"data": str(data)}
     cfg = build_config(method, config, options)
     return _train(cfg, resume=resume)
 

@@ -43,18 +43,19 @@ def run(args: argparse.Namespace) -> int:
 
         predictor = Predictor(args.run, device=args.device)
     predictions = predictor.predict(args.paths, batch_size=args.batch_size, tta=args.tta)
-    out = predictor.write(predictions, args.out)
     errors = [p for p in predictions if p.error]
     counts = Counter(p.label for p in predictions if not p.error)
+    for p in errors[:10]:
+        print(f"  could not read {p.path}: {p.error}")
+    if not counts:  # nothing to write: an earlier file of that name stays as it was
+        raise DataError("no image could be predicted"
+                        + (f": {len(errors)} file(s) could not be read." if errors
+                           else f": no image files in {', '.join(args.paths)}."))
+    out = predictor.write(predictions, args.out)
     print(f"{len(predictions) - len(errors)} images predicted -> {out}")
     for label, n in sorted(counts.items()):
         print(f"  {label}: {n}")
     if errors:
-        print(f"{len(errors)} file(s) could not be read (see the error column):")
-        for p in errors[:10]:
-            print(f"  {p.path}: {p.error}")
-    if not counts:
-        raise DataError("no image could be predicted"
-                        + (f": {len(errors)} file(s) could not be read." if errors
-                           else f": no image files in {', '.join(args.paths)}."))
+        shown = "the first 10 above" if len(errors) > 10 else "above"
+        print(f"{len(errors)} file(s) could not be read (reasons {shown}, all in {out})")
     return 0
