@@ -180,6 +180,14 @@ def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_im
     assert "error: every run failed" in capsys.readouterr().err
 
 
+def test_leaderboard_keeps_runs_of_an_earlier_comparison(compared, tmp_path):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    compare(str(data), ["scratch"], [], out, OVERRIDES)
+    # Both finished runs; the failed one left no finished folder.
+    assert sorted(r["run"] for r in leaderboard(out)) == sorted(RUNS[:2])
+
+
 def test_unknown_sort_key_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot sort the leaderboard by 'bogus'; choose one "
                                           r"of accuracy, "):

@@ -35,6 +35,13 @@ def test_a_split_with_no_labelled_images_is_an_error(tmp_path, make_image_folder
         prepare_data(train=tmp_path / "train", test=tmp_path / "loose")
 
 
+def test_the_same_folder_for_two_splits_is_warned(tmp_path, make_image_folder, caplog):
+    make_image_folder(tmp_path / "train", {"cat": 10, "dog": 10})
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.prepare"):
+        prepare_data(train=tmp_path / "train", val=tmp_path / "train")
+    assert "the train and val splits are the same folder" in caplog.text
+
+
 def test_one_class_is_an_error(tmp_path, make_image_folder):
     make_image_folder(tmp_path, {"cat": 4})
     with pytest.raises(DataError, match=r"holds one class folder \('cat'\): a classifier "

@@ -203,9 +203,23 @@ def compare(
             for future in cf.as_completed(futures):
                 rows[futures[future].name] = future.result()
                 write_leaderboard(list(rows.values()), out, sort_by)
-    ordered = [rows[p.name] for p in plans]
+    ordered = [rows[p.name] for p in plans] + _earlier_runs(out, set(rows))
     write_leaderboard(ordered, out, sort_by)
     return out
+
+
+def _earlier_runs(out: Path, named: set[str]) -> list[dict]:
+    """Leaderboard rows of finished runs an earlier comparison left in ``out`` that this
+    one did not ask for: the leaderboard, like the report, shows every run in the folder."""
+    import yaml
+
+    rows = []
+    for run_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in named):
+        if (run_dir / "metrics.json").exists() and (run_dir / "config.yaml").exists():
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+            plan = RunPlan(run_dir.name, config["method"], config["model"]["name"])
+            rows.append(row_from_run(run_dir, plan))
+    return rows
 
 
 def _changed_settings(run_dir: Path, config) -> list[str]:

@@ -126,6 +126,14 @@ def prepare_data(
                     "unlabelled images use imgclf predict."
                 )
     warnings = [*layout.notes, *warn_small_classes(splits["train"], classes)]
+    roots = {name: Path(root).resolve() for name, root in layout.splits().items()}
+    for i, (a, root_a) in enumerate(roots.items()):
+        for b, root_b in list(roots.items())[i + 1:]:
+            if root_a == root_b:
+                text = (f"the {a} and {b} splits are the same folder ({root_a}): the {b} "
+                        f"figures will not tell how the model does on new images")
+                log.warning("%s", text)
+                warnings.append(text)
     found = _found_line(splits, classes, layout)
     if "val" in splits:
         val_source = "split"
