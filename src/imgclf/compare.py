@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config
+from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
-from imgclf.errors import ConfigError, DataError
+from imgclf.errors import ConfigError
 from imgclf.paths import check_output_folder, open_for_writing, write_text
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ def _run_one(plan: RunPlan, overrides: dict, out: Path, threads: int | None,
         import torch
 
         torch.set_num_threads(threads)
-    from imgclf.engine.loop import Interrupted
     from imgclf.engine.trainer import train
 
     run_dir = out / plan.name
@@ -100,7 +100,7 @@ def _run_one(plan: RunPlan, overrides: dict, out: Path, threads: int | None,
         raise
     except Exception as exc:  # a failed run is recorded and the comparison goes on
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        write_text(run_dir / "error.txt", traceback.format_exc())
         log.error("run %s failed: %s", plan.name, exc)
         return {"run": plan.name, "method": plan.method, "backbone": plan.model,
                 "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
@@ -150,10 +150,9 @@ def compare(
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
     plans = plan_runs(methods, backbones)
-    for plan in plans:  # settings that cannot work stop the comparison before any run
-        _plan_config(plan, overrides, out)
-    if not Path(data).is_dir():
-        raise DataError(f"data folder {str(data)!r} does not exist or is not a folder.")
+    # Settings that cannot work stop the comparison before any run.
+    configs = {plan.name: _plan_config(plan, overrides, out) for plan in plans}
+    require_folder("data", data)
     check_output_folder(out, (data,), lambda names: bool(names & {"leaderboard.csv",
                                                                   "audit.json"}))
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +161,7 @@ def compare(
     for plan in plans:
         run_dir = out / plan.name
         if (run_dir / "config.yaml").exists():
-            changed = _changed_settings(run_dir, _plan_config(plan, overrides, out))
+            changed = _changed_settings(run_dir, configs[plan.name])
             if changed:
                 raise ConfigError(
                     f"{run_dir} was trained with other settings ({', '.join(changed[:4])}); "

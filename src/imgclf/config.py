@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from imgclf.errors import ConfigError
+from imgclf.paths import write_text
 
 AUGMENT_PRESETS = ("none", "flip", "reference", "trivial", "randaugment")
 
@@ -98,7 +99,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -36,6 +36,7 @@ from torch import nn
 from imgclf import __version__
 from imgclf.errors import ConfigError, ImgclfError, RunError
 from imgclf.models.factory import Classifier, Preprocessing
+from imgclf.paths import write_text
 from imgclf.predict import BasePredictor, checkpoint_file, load_model
 
 log = logging.getLogger(__name__)
@@ -224,10 +225,7 @@ def _write_sidecar(out: Path, fmt: str, classes: list[str], prep: Preprocessing,
         "imgclf_version": __version__,
         "torch_version": torch.__version__,
     }
-    path = sidecar_path(out)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(sidecar_path(out), json.dumps(info, indent=2) + "\n")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

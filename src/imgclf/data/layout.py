@@ -114,6 +114,17 @@ def _follow_doubled(folder: Path) -> Path:
             return folder
 
 
+def require_folder(name: str, value) -> None:
+    """A DataError unless ``value`` (when given) is an existing folder."""
+    if value is not None and not Path(value).is_dir():
+        raise DataError(f"{name} folder {str(value)!r} does not exist or is not a folder.")
+
+
+def skipped_hint(skipped: list[Skipped]) -> str:
+    """' (3 file(s) skipped: truncated file, ...)' for a message about a folder left empty."""
+    return f" ({len(skipped)} file(s) skipped: {skipped[0].reason}, ...)" if skipped else ""
+
+
 def detect_layout(
     data: Path | None = None,
     train: Path | None = None,
@@ -122,8 +133,7 @@ def detect_layout(
 ) -> Layout:
     """Work out the layout of ``data`` (or use the explicit split paths)."""
     for name, value in (("data", data), ("train", train), ("val", val), ("test", test)):
-        if value is not None and not Path(value).is_dir():
-            raise DataError(f"{name} folder {str(value)!r} does not exist or is not a folder.")
+        require_folder(name, value)
     if train is not None:
         if data is not None:
             raise DataError(
@@ -261,10 +271,8 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True) -
         split.skipped.extend(skipped)
         if not images and name == "train" and strict:
             raise DataError(
-                f"Class folder {folder} holds no readable images"
-                + (f" ({len(skipped)} file(s) skipped: {skipped[0].reason}, ...)" if skipped
-                   else "")
-                + ". Add images or remove the folder."
+                f"Class folder {folder} holds no readable images{skipped_hint(skipped)}. "
+                "Add images or remove the folder."
             )
         split.paths.extend(images)
         split.labels.extend([index] * len(images))

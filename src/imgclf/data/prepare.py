@@ -20,6 +20,7 @@ from imgclf.data.layout import (
     find_classes,
     scan_folder,
     scan_split,
+    skipped_hint,
     summarize,
     warn_small_classes,
 )
@@ -117,13 +118,10 @@ def prepare_data(
         if root is not None:
             splits[name] = scan_split(name, root, classes)
             if not len(splits[name]):
-                skipped = splits[name].skipped
                 raise DataError(
                     f"the {name} split {root} holds no labelled images"
-                    + (f" ({len(skipped)} file(s) skipped: {skipped[0].reason}, ...)"
-                       if skipped else "")
-                    + ". Put its images in class folders as in the training split; for "
-                    "unlabelled images use imgclf predict."
+                    f"{skipped_hint(splits[name].skipped)}. Put its images in class folders "
+                    "as in the training split; for unlabelled images use imgclf predict."
                 )
     warnings = [*layout.notes, *warn_small_classes(splits["train"], classes)]
     roots = {name: Path(root).resolve() for name, root in layout.splits().items()}

@@ -30,6 +30,7 @@ from imgclf.engine import dist
 from imgclf.engine.callbacks import Monitor, load_checkpoint, save_atomic
 from imgclf.engine.runtime import Runtime
 from imgclf.errors import ImgclfError
+from imgclf.paths import open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def restore_rng_state(state: dict | None, loader) -> None:
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as fh:
+    with open_for_writing(path, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)

@@ -379,10 +379,9 @@ def _train(config: Config, resume: bool) -> Path:
         head=config.model.head, dropout=config.model.dropout)
     config.model.img_size = prep.img_size
     stages = config.train.finetune
-    if stages not in (None, "all") and int(stages) > len(backbone_groups(model)):
-        raise ConfigError(f"--finetune {stages}: {config.model.name} has "
-                          f"{len(backbone_groups(model))} stages to fine-tune; give at most "
-                          "that many, or 'all'.")
+    if stages not in (None, "all") and int(stages) > (groups := len(backbone_groups(model))):
+        raise ConfigError(f"--finetune {stages}: {config.model.name} has {groups} stages to "
+                          "fine-tune; give at most that many, or 'all'.")
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
