@@ -109,6 +109,23 @@ def test_python_dash_m_imgclf_help():
     assert "train" in result.stdout
 
 
+def test_ctrl_c_while_the_command_loads_exits_quietly(monkeypatch, capsys):
+    """The console script loads PyTorch for a few seconds before main(); Ctrl-C then
+    must end the command as it does later on, with 130 and no traceback."""
+    from imgclf.cli import run
+
+    class CtrlC:  # a meta path finder that is interrupted while importing the commands
+        def find_spec(self, name, path=None, target=None):
+            if name == "imgclf.cli.main":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "imgclf.cli.main")
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    assert run(["--version"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 # --- errors: status 2, one 'error:' line, no traceback ------------------------------------------
 
 

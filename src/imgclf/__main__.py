@@ -1,3 +1,3 @@
-from imgclf.cli.main import main
+from imgclf.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())
