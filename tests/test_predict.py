@@ -176,6 +176,10 @@ def test_output_errors(trained, mixed_folder, tmp_path):
         predictor.predict([mixed_folder], batch_size=-3)
     with pytest.raises(ConfigError, match="is a folder: give a file name"):
         predictor.write([], tmp_path)
+    for name in ("p.txt", "p", "p.xlsx"):
+        with pytest.raises(ConfigError, match=r"written as \.csv or \.json"):
+            predictor.write([], tmp_path / name)
+        assert not (tmp_path / name).exists()
 
 
 def test_load_refuses_a_folder_without_a_model(tmp_path):
@@ -231,6 +235,14 @@ def test_predict_command_fails_when_nothing_could_be_read(trained, bad_image_fol
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(run), str(tmp_path / "empty"), "--out", str(out), "-q"]) == 2
     assert "no image files in" in capsys.readouterr().err
+
+
+def test_predict_command_checks_the_output_name_first(tmp_path, capsys):
+    # before the run is even opened: a missing run folder would be the other error
+    assert main(["predict", str(tmp_path / "no-run"), str(tmp_path), "--out",
+                 str(tmp_path / "p.xlsx")]) == 2
+    assert "predictions are written as .csv or .json" in capsys.readouterr().err
+    assert not (tmp_path / "p.xlsx").exists()
 
 
 def test_predict_command_onnx_refuses_cuda(trained, tmp_path, capsys):

@@ -69,6 +69,19 @@ class Prediction:
     error: str | None = None
 
 
+def output_format(path: str | Path) -> str:
+    """"csv" or "json": the format a predictions file named ``path`` is written in."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--out {str(path)!r} is a folder: give a file name such as "
+                          f"{path / 'predictions.csv'}.")
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in ("csv", "json"):
+        raise ConfigError(f"--out {str(path)!r}: predictions are written as .csv or .json; "
+                          f"name the file accordingly.")
+    return kind
+
+
 class BasePredictor:
     """Classifying image files with some engine: decoding, batching and writing are shared.
 
@@ -132,15 +145,13 @@ class BasePredictor:
 
     def write(self, predictions: list[Prediction], path: str | Path) -> Path:
         """Write ``predictions`` to ``path``: JSON for a ``.json`` name (one record per
-        file, probabilities by class), else CSV (path, predicted, confidence, one
-        probability column per class, then error). Parent folders are created; the file
-        appears whole or not at all."""
+        file, probabilities by class), CSV for a ``.csv`` one (path, predicted, confidence,
+        one probability column per class, then error). Parent folders are created; the
+        file appears whole or not at all."""
         path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"--out {str(path)!r} is a folder: give a file name such as "
-                              f"{path / 'predictions.csv'}.")
+        kind = output_format(path)
         with open_for_writing(path, newline="") as fh:
-            if path.suffix.lower() == ".json":
+            if kind == "json":
                 json.dump([self._record(p) for p in predictions], fh, indent=1,
                           ensure_ascii=False)
                 fh.write("\n")

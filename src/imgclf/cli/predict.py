@@ -11,12 +11,11 @@ def add_parser(subparsers) -> None:
         "predict", help="predict the class of new, unlabelled images",
         description="Classify image files and folders (walked recursively) with a trained run; "
                     "writes path, predicted class, confidence and one probability per "
-                    "class, as CSV or (for a .json name) JSON.")
+                    "class, as CSV or JSON (by the name of --out).")
     parser.add_argument("run", help="run folder written by `imgclf train`")
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--out", default="predictions.csv", metavar="FILE",
-                        help="file to write: CSV, or JSON for a .json name "
-                             "(default predictions.csv)")
+                        help="file to write, a .csv or .json name (default predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
@@ -30,7 +29,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.errors import ConfigError, DataError
+    from imgclf.predict import output_format
 
+    output_format(args.out)  # before the model loads and runs: a wrong name fails at once
     if args.engine == "onnx":
         from imgclf.export import OnnxPredictor
 
