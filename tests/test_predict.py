@@ -291,6 +291,27 @@ def test_evaluate_command_default_folder(trained, capsys):
     assert f"results: {run / 'evaluate-test'}" in capsys.readouterr().out
 
 
+def test_evaluate_names_a_plain_folder_and_keeps_other_evaluations(trained, tmp_path, capsys):
+    trained_run, data = trained
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    shutil.copytree(data / "test", tmp_path / "scenes")  # a folder of classes, no splits
+    assert main(["evaluate", str(run), str(tmp_path / "scenes"), "--split", "val", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert f"results: {run / 'evaluate-scenes'}" in captured.out
+    assert "has no split folders: evaluating all of it, not a val split" in captured.err
+    saved = json.loads((run / "evaluate-scenes" / "metrics.json").read_text())
+    assert saved["split"] == "scenes" and saved["n_samples"] == 6
+    # Another dataset's test split goes to the same default folder: refused, not replaced.
+    assert main(["evaluate", str(run), str(data), "-q"]) == 0
+    before = (run / "evaluate-test" / "metrics.json").read_text()
+    other = shutil.copytree(data, tmp_path / "other")
+    assert main(["evaluate", str(run), str(other), "-q"]) == 2
+    assert f"holds the evaluation of {data / 'test'}; choose another --out" \
+        in capsys.readouterr().err
+    assert (run / "evaluate-test" / "metrics.json").read_text() == before
+    assert main(["evaluate", str(run), str(data), "-q"]) == 0  # the same images again: fine
+
+
 def test_evaluate_with_tta_gives_the_predictors_tta_probabilities(trained, tmp_path):
     run, data = trained
     out = tmp_path / "eval"
@@ -335,7 +356,7 @@ def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder
     folder = make_image_folder(tmp_path / "extra", {"red": 2, "green": 2}, size=(32, 32),
                                seed=11)
     metrics, out = evaluate_folder(run, folder, out=tmp_path / "ev")
-    assert metrics["split"] == "all" and metrics["n_samples"] == 4
+    assert metrics["split"] == "extra" and metrics["n_samples"] == 4
     assert (out / "metrics.json").exists()
 
 

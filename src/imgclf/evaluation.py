@@ -21,6 +21,7 @@ from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
 from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
+from imgclf.errors import RunError
 from imgclf.history import best_epoch
 from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.paths import check_output_folder, open_for_writing, write_text
@@ -118,6 +119,18 @@ def write_evaluation(
     return metrics
 
 
+def _check_same_data(out_dir: Path, root: Path) -> None:
+    """Refuse to overwrite an evaluation of other images: the default folder is named after
+    the split, so a second dataset's test split would otherwise replace the first's."""
+    try:
+        earlier = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier evaluation here, or not one that names its images
+    if Path(earlier).resolve() != root.resolve():
+        raise RunError(f"{out_dir} holds the evaluation of {earlier}; choose another --out "
+                       f"for {root}, or delete that folder.")
+
+
 def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                     out: str | Path | None = None, device: str = "auto",
                     tta: bool | None = None) -> tuple[dict, Path]:
@@ -135,8 +148,12 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     layout = detect_layout(Path(data))
     for note in layout.notes:
         log.warning("%s", note)
-    if layout.kind == "single":
-        name, root = "all", layout.train
+    if layout.kind == "single":  # a folder of classes: all of it, named after it
+        root = layout.train
+        name = root.absolute().name
+        if split is not None:
+            log.warning("%s has no split folders: evaluating all of it, not a %s split",
+                        data, split)
     else:
         name = split or next(n for n in ("test", "val", "train") if getattr(layout, n))
         root = getattr(layout, name)
@@ -148,6 +165,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/model.pt given
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
+    _check_same_data(out_dir, root)
     labelled: Split = scan_split(name, root, predictor.classes)
     if not len(labelled):
         raise DataError(f"no readable images in {root}.")
@@ -155,6 +173,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                                      predictor.prep.interpolation)
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
-                               extra={"data": str(root), "skipped_files": len(labelled.skipped)},
+                               extra={"data": str(root.absolute()),
+                                      "skipped_files": len(labelled.skipped)},
                                tta=predictor.resolve_tta(tta))
     return metrics, out_dir

@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--split", choices=("test", "val", "train"), default=None,
                         help="which split to evaluate (default: test if present)")
     parser.add_argument("--out", default=None,
-                        help="folder for the results (default RUN/evaluate-<split>)")
+                        help="folder for the results (default RUN/evaluate-<split>, or "
+                             "RUN/evaluate-<DATA's name> for a folder of classes)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     from imgclf.cli.common import add_tta, add_verbosity
 
