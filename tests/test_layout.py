@@ -329,6 +329,9 @@ def test_summary_names_the_role_of_a_folder_named_for_another(tmp_path, make_ima
     make_image_folder(tmp_path / "test")
     split = scan_split("val", tmp_path / "test", ["cat", "dog"])
     assert summarize(split, ["cat", "dog"]) == "val test/ (11 images, 2 classes)"
+    make_image_folder(tmp_path / "holdout")
+    split = scan_split("test", tmp_path / "holdout", ["cat", "dog"])
+    assert summarize(split, ["cat", "dog"]) == "test holdout/ (11 images, 2 classes)"
 
 
 def test_summary_names_the_current_folder(tmp_path, make_image_folder, monkeypatch):

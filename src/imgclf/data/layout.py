@@ -300,8 +300,11 @@ def summarize(split: Split, classes: list[str]) -> str:
         label = split.name
     else:
         folder = split.root.absolute().name
-        # --val some/test: say which role the folder plays
-        label = f"{folder}/" if _alias(folder) in (split.name, None) else f"{split.name} {folder}/"
+        # --test some/folder, --val other/test: say which role the folder plays (train
+        # comes first, so a folder of classes needs no "train" before its name)
+        role = _alias(folder)
+        plain = role == split.name or (role is None and split.name == "train")
+        label = f"{folder}/" if plain else f"{split.name} {folder}/"
     text = f"{label} ({len(split)} images, {n_cls} classes"
     if split.skipped:
         text += f", {len(split.skipped)} skipped"
