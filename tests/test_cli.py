@@ -192,11 +192,17 @@ def test_train_interrupt_and_resume(tmp_path, make_image_folder, monkeypatch, ca
     err = capsys.readouterr().err
     assert "training interrupted" in err and "--resume" in err and "Traceback" not in err
 
-    assert main(["train", "--resume", "--out", "run", "-q"]) == 0
-    assert "run folder: run" in capsys.readouterr().out
-    with open(tmp_path / "run" / "history.csv", newline="") as fh:
+    # The run folder moved, and resumed from another folder: it goes on where it is now.
+    (tmp_path / "run").rename(tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    moved = tmp_path / "moved"
+    assert main(["train", "--resume", "--out", str(moved), "-q"]) == 0
+    assert f"run folder: {moved}" in capsys.readouterr().out
+    with open(moved / "history.csv", newline="") as fh:
         assert [row["epoch"] for row in csv.DictReader(fh)] == ["1", "2"]
     assert calls == ["train 1/2", "train 2/2", "train 2/2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "elsewhere", "moved"]
 
 
 def test_resume_errors(tmp_path, make_image_folder, capsys):

@@ -7,6 +7,7 @@ a randomly initialised mobilenetv2_100 (no weights needed) at 32 px.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import re
@@ -201,15 +202,33 @@ def test_same_seed_gives_same_split_and_metrics(flat_data, tmp_path):
 # --- interruption and resume --------------------------------------------------------------------
 
 
-def interrupt_on_call(monkeypatch, n: int) -> list[str]:
-    """Make the loop's ``train_one_epoch`` raise KeyboardInterrupt on its ``n``-th call;
-    returns the list of phase names it was called for."""
+class InterruptAfter:
+    """A loader that raises KeyboardInterrupt after ``steps`` batches (Ctrl-C mid-epoch)."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps = loader, steps
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.steps:
+                raise KeyboardInterrupt
+            yield batch
+
+
+def interrupt_on_call(monkeypatch, n: int, steps: int = 0) -> list[str]:
+    """Make the loop's ``train_one_epoch`` raise KeyboardInterrupt on its ``n``-th call,
+    after training on ``steps`` batches of it; returns the list of phase names it was
+    called for."""
     calls: list[str] = []
 
     def fake(phase, rt, desc):
         calls.append(phase.name)
         if len(calls) == n:
-            raise KeyboardInterrupt
+            phase = dataclasses.replace(phase,
+                                        train_loader=InterruptAfter(phase.train_loader, steps))
         return REAL_TRAIN_ONE_EPOCH(phase, rt, desc)
 
     monkeypatch.setattr(loop, "train_one_epoch", fake)
@@ -222,7 +241,7 @@ def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
         "data": {"data": str(split_data)}, "out": str(out),
         "model": {"img_size": 32}, "train": {"epochs": 3}})
     calls = interrupt_on_call(monkeypatch, 2)
-    with pytest.raises(Interrupted, match=r"progress saved in .*last\.pt.*--resume"):
+    with pytest.raises(Interrupted, match=r"last whole epoch is saved in .*last\.pt.*--resume"):
         train(config)
     assert calls == ["train", "train"]
     last = load_ckpt(out / "last.pt")
@@ -239,26 +258,52 @@ def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
     assert metrics_of(run)["split"] == "test"
 
 
-def test_resumed_run_trains_as_an_uninterrupted_one(split_data, tmp_path, monkeypatch):
-    # Augmentation, dropout and shuffling all draw random numbers: a resumed run must draw
-    # the ones the uninterrupted run drew.
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(config for an output folder, the run trained without interruption) on data as
+    ``split_data``'s."""
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("resume")
+    write_image_folder(root / "data" / "train", {"a": 8, "b": 8, "c": 8}, size=(32, 32), seed=0)
+    write_image_folder(root / "data" / "test", {"a": 3, "b": 3, "c": 3}, size=(32, 32), seed=1)
+
     def config(out):
         return build_config("augment", None, {
-            "data": {"data": str(split_data)}, "out": str(out),
+            "data": {"data": str(root / "data")}, "out": str(out),
             "model": {"name": "small_cnn", "img_size": 32},
-            "train": {"epochs": 3, "patience": 0, "tta": "off", "amp": "off"}})
+            "train": {"epochs": 3, "patience": 0, "tta": "off", "amp": "off",
+                      "batch_size": 8}})
 
-    whole = train(config(tmp_path / "whole"))
-    interrupt_on_call(monkeypatch, 3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        whole = train(config(root / "whole"))
+        torch.set_num_threads(before)
+    return config, whole
+
+
+@pytest.mark.parametrize("epoch, steps", [(1, 0), (1, 2), (3, 2)],
+                         ids=["first epoch's start", "mid first epoch", "mid third epoch"])
+def test_resumed_run_trains_as_an_uninterrupted_one(uninterrupted, tmp_path, monkeypatch,
+                                                     epoch, steps):
+    # Augmentation, dropout and shuffling all draw random numbers: a resumed run must draw
+    # the ones the uninterrupted run drew, from the weights of the last whole epoch.
+    config, whole = uninterrupted
+    interrupt_on_call(monkeypatch, epoch, steps)
     with pytest.raises(Interrupted):
         train(config(tmp_path / "part"))
     monkeypatch.setattr(loop, "train_one_epoch", REAL_TRAIN_ONE_EPOCH)
     part = train(load_config(tmp_path / "part" / "config.yaml"), resume=True)
     columns = ("loss", "accuracy", "val_loss", "val_accuracy")
-    assert [[r[c] for c in columns] for r in read_csv(part / "history.csv")] == \
+    history = read_csv(part / "history.csv")
+    assert [[r[c] for c in columns] for r in history] == \
         [[r[c] for c in columns] for r in read_csv(whole / "history.csv")]
     a, b = load_ckpt(whole / "model.pt")["model"], load_ckpt(part / "model.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The training time counts the epochs trained before the interruption too.
+    assert metrics_of(part)["train_seconds"] >= sum(float(r["seconds"]) for r in history) - 0.01
 
 
 def test_resume_in_the_finetune_phase(split_data, tmp_path, monkeypatch):

@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             raise RunError("--resume continues a run with the settings it was started with "
                            f"({Path(out) / 'config.yaml'}); give only --out with it.")
         config = load_config(Path(out) / "config.yaml")
+        config.out = str(out)  # where the run is now, wherever it was started
     else:
         config = config_from_args(args)
         if config.data.data is None and config.data.train is None:

@@ -70,6 +70,13 @@ class FitState:
     epoch: int = 0
     done: bool = False
     """Whether ``phase`` ran to its end (all epochs, or stopped early)."""
+    seconds: float = 0.0
+    """Training time of earlier sessions, up to the checkpoint this one resumed from."""
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Training time so far, earlier sessions included."""
+        return self.seconds + time.perf_counter() - self.started
 
 
 def _progress(loader, desc: str):
@@ -207,8 +214,10 @@ def fit(
 
     ``phase.module`` is ``model`` or a part of it (its head, over cached features); every
     checkpoint holds the whole ``model``'s weights plus ``meta`` (classes, preprocessing,
-    model config), all plain data. On Ctrl-C the last state is saved and
-    ``Interrupted`` is raised. Returns the updated state (history and position).
+    model config), all plain data. ``last.pt`` is written as the phase starts and after
+    each epoch, so it always holds a whole epoch's state; Ctrl-C raises ``Interrupted``
+    and a resumed run trains on from there as an uninterrupted one would. Returns the
+    updated state (history and position).
     """
     start = state.epoch if state.phase == phase.name else 0
     state.done = False
@@ -229,10 +238,12 @@ def fit(
             scheduler=phase.scheduler.state_dict() if phase.scheduler is not None else None,
             monitor=monitor.state_dict(), history=state.history,
             phase=phase.name, epoch=epoch, phase_done=state.done, rng=rng,
+            seconds=state.elapsed(),
         )
         save_atomic(payload, run_dir / name)
 
-    epoch = start
+    if not start:
+        save("last.pt", 0)  # what an interruption during the first epoch resumes from
     try:
         for epoch in range(start, phase.epochs):
             sampler = getattr(phase.train_loader, "sampler", None)
@@ -274,9 +285,9 @@ def fit(
                          monitor.best_epoch)
                 break
     except KeyboardInterrupt:
-        save("last.pt", state.epoch if state.phase == phase.name else epoch)
+        # The weights are part-way through an epoch: last.pt keeps the last whole one.
         raise Interrupted(
-            f"training interrupted; progress saved in {run_dir / 'last.pt'}. "
+            f"training interrupted; its last whole epoch is saved in {run_dir / 'last.pt'}. "
             "Continue with --resume."
         ) from None
     state.done = True

@@ -372,6 +372,9 @@ def _train(config: Config, resume: bool) -> Path:
     d = config.data
     data = prepare_data(d.data, train=d.train, val=d.val, test=d.test,
                         val_fraction=d.val_fraction, seed=config.seed)
+    for key in ("data", "train", "val", "test"):  # config.yaml resumes from any folder
+        if getattr(d, key) is not None:
+            setattr(d, key, str(Path(getattr(d, key)).absolute()))
     log.info(data.summary())
     model, prep, source = create_model(
         config.model.name, len(data.classes), img_size=config.model.img_size,
@@ -402,14 +405,15 @@ def _train(config: Config, resume: bool) -> Path:
     state = FitState()
     if resume:
         last = load_checkpoint(run_dir / "last.pt")
-        state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"])
+        state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"],
+                         seconds=last.get("seconds", 0.0))
         best = run_dir / "best.pt"
         restore = state.done and config.train.restore_best and best.exists()
         model.load_state_dict(load_checkpoint(best if restore else run_dir / "last.pt")["model"])
     total, _ = count_parameters(model)
     log.info("model %s (%s), %s parameters, on %s", config.model.name, source, f"{total:,}",
              rt.describe())
-    tic = time.perf_counter()
+    state.started = time.perf_counter()
     logger = _tensorboard_logger(config, run_dir)
     plan = plan_phases(ctx)
     start = [name for name, _ in plan].index(state.phase) + state.done if state.phase else 0
@@ -428,7 +432,7 @@ def _train(config: Config, resume: bool) -> Path:
         log.info("phase %s: %s trainable parameters", phase.name, f"{trainable:,}")
         state = fit(phase, phase.runtime or rt, monitor, run_dir, model, meta, state,
                     restore_best=config.train.restore_best, epoch_logger=logger)
-    train_seconds = time.perf_counter() - tic
+    train_seconds = state.elapsed()  # earlier sessions of a resumed run included
     if logger is not None:
         logger.close()
     tta, tta_check = choose_tta(config.train.tta, model, *arrays["val"], rt)
