@@ -22,7 +22,6 @@ from imgclf.engine import dist
 from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
 from imgclf.errors import RunError
-from imgclf.history import best_epoch
 from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.paths import check_output_folder, open_for_writing, write_text
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
@@ -85,6 +84,7 @@ def write_evaluation(
     history: list[dict] | None = None,
     extra: dict | None = None,
     tta: bool = False,
+    best: int | None = None,
 ) -> dict:
     """Evaluate on one split and write metrics, predictions and plots to ``out_dir``."""
     probs, speed = predict_array(model, images, rt, tta=tta)
@@ -107,7 +107,7 @@ def write_evaluation(
             writer.writerow([str(Path(path).resolve()), classes[int(y)], classes[k], f"{p[k]:.6f}",
                              *(f"{v:.6f}" for v in p)])
     if history:
-        plot_history(history, out_dir / "learning_curves.png", best_epoch=best_epoch(history))
+        plot_history(history, out_dir / "learning_curves.png", best_epoch=best)
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes,
                           out_dir / "confusion_matrix.png", title=f"{split} split")
     curves = roc_curves(labels, probs, classes)

@@ -8,19 +8,64 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 
-def best_epoch(history: Sequence[Mapping[str, object]], monitor: str = "val_loss") -> int | None:
-    """The epoch whose ``monitor`` value was best: lowest for a loss, highest otherwise.
+@dataclass
+class Monitor:
+    """Tracks the best value of one metric (Keras' monitor / mode / min_delta / patience).
+    Early stopping, the best checkpoint and the best epoch marked on learning curves all
+    follow it."""
 
-    Rows without the monitor or an epoch, or whose monitor is NaN, are passed over; None
-    when no row is left. On a tie the earlier epoch wins for a loss, the later otherwise
-    (the order of ``(value, epoch)`` pairs).
-    """
-    values = [(row[monitor], row["epoch"]) for row in history
-              if row.get(monitor) is not None and row.get("epoch") is not None
-              and not math.isnan(row[monitor])]
-    if not values:
-        return None
-    pick = min if "loss" in monitor else max
-    return int(pick(values)[1])
+    monitor: str = "val_loss"
+    mode: str = "auto"
+    min_delta: float = 0.0
+    patience: int = 3
+    best: float | None = None
+    best_epoch: int = -1
+    wait: int = 0
+
+    def __post_init__(self):
+        if self.mode == "auto":
+            self.mode = "min" if "loss" in self.monitor else "max"
+
+    def is_better(self, value: float) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Record ``value`` for ``epoch``; True when it is the new best."""
+        if self.is_better(value):
+            self.best, self.best_epoch, self.wait = float(value), epoch, 0
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.wait > self.patience - 1 if self.patience > 0 else False
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def best_epoch(history: Sequence[Mapping[str, object]], monitor: str = "val_loss",
+               mode: str = "auto", min_delta: float = 0.0) -> int | None:
+    """The epoch whose weights training kept as best: a :class:`Monitor` replayed over the
+    last phase's epochs (each phase has its own, and the final weights are the last
+    phase's best), so a tie goes to the earlier epoch. None when no epoch has a value."""
+    last_phase = history[-1].get("phase") if history else None
+    tracker = Monitor(monitor, mode, min_delta)
+    for row in history:
+        if row.get("phase") == last_phase and row.get("epoch") is not None:
+            tracker.update(int(row["epoch"]), row.get(monitor))
+    return tracker.best_epoch if tracker.best is not None else None

@@ -27,9 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from imgclf.engine import dist
-from imgclf.engine.callbacks import Monitor, load_checkpoint, save_atomic
+from imgclf.engine.callbacks import load_checkpoint, save_atomic
 from imgclf.engine.runtime import Runtime
 from imgclf.errors import ImgclfError
+from imgclf.history import Monitor
 from imgclf.paths import open_for_writing
 
 log = logging.getLogger(__name__)

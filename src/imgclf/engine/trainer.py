@@ -33,11 +33,12 @@ from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.data.prepare import PreparedData, decode_split, prepare_data
 from imgclf.data.transforms import create_batch_mixer, create_transform
 from imgclf.engine import dist
-from imgclf.engine.callbacks import Monitor, load_checkpoint, save_atomic
+from imgclf.engine.callbacks import load_checkpoint, save_atomic
 from imgclf.engine.loop import FitState, Phase, fit, restore_rng_state, run_inference
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.evaluation import choose_tta, write_evaluation
+from imgclf.history import Monitor, best_epoch
 from imgclf.models.factory import (
     Classifier,
     Preprocessing,
@@ -444,6 +445,8 @@ def _train(config: Config, resume: bool) -> Path:
         save_atomic(dict(meta, model=model.state_dict(), tta=tta), run_dir / "model.pt")
     write_evaluation(model, images, labels, data.splits[eval_split].paths, data.classes, rt,
                      run_dir, split=eval_split, history=state.history, tta=tta,
+                     best=best_epoch(state.history, config.train.monitor, config.train.mode,
+                                     config.train.min_delta),
                      extra={"train_seconds": round(train_seconds, 2),
                             "tta_validation": tta_check,
                             "parameters": dict(zip(("total", "trainable"),

@@ -49,9 +49,10 @@ def learning_curves_figure(run: Run, tmp: Path) -> str:
     def draw(path: Path) -> Path:
         if not run.history:
             raise ValueError("history.csv is missing or empty")
-        monitor = str(mapping(run.config.get("train")).get("monitor") or "val_loss")
-        return plot_history(run.history, path, best_epoch=best_epoch(run.history, monitor),
-                            title=run.name)
+        train = mapping(run.config.get("train"))
+        best = best_epoch(run.history, str(train.get("monitor") or "val_loss"),
+                          str(train.get("mode") or "auto"), float(train.get("min_delta") or 0))
+        return plot_history(run.history, path, best_epoch=best, title=run.name)
 
     return _run_figure(run, "learning_curves.png", tmp, draw, "learning curves",
                        "history.csv")
