@@ -161,7 +161,7 @@ def test_train_with_an_unknown_model(tmp_path, make_image_folder, capsys):
 
 def test_resume_without_out(capsys):
     assert main(["train", "--resume"]) == 2
-    assert_clean_error(capsys, "--resume needs --out")
+    assert_clean_error(capsys, "resuming needs --out RUN_DIR")
 
 
 def test_bad_choice_is_an_argparse_error(capsys):
@@ -211,7 +211,7 @@ def test_resume_errors(tmp_path, make_image_folder, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("method: scratch\n")
     assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "9"]) == 2
-    assert_clean_error(capsys, "--resume continues a run with the settings it was started with")
+    assert_clean_error(capsys, "a resumed run goes on with the settings it was started with")
 
 
 def test_run_folder_errors(tmp_path, make_image_folder, monkeypatch, capsys):

@@ -249,8 +249,13 @@ def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
     assert [int(r["epoch"]) for r in read_csv(out / "history.csv")] == [1]
     assert not (out / "metrics.json").exists()
 
+    # From Python as from the command line: the run's own settings, nothing else.
+    with pytest.raises(RunError, match="goes on with the settings it was started with"):
+        imgclf.train(split_data, out=out, resume=True, train={"lr": 0.5})
+    with pytest.raises(RunError, match="resuming needs out= RUN_DIR"):
+        imgclf.train(resume=True)
     calls_during_resume = interrupt_on_call(monkeypatch, 0)  # counts, never interrupts
-    run = train(load_config(out / "config.yaml"), resume=True)
+    run = imgclf.train(out=out, resume=True)
     assert calls_during_resume == ["train", "train"]  # epochs 2 and 3 only
     history = read_csv(run / "history.csv")
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
@@ -338,6 +343,17 @@ def test_resuming_a_finished_run_raises(split_data, tmp_path):
     with pytest.raises(RunError, match="holds a finished run .* nothing to resume"):
         train(load_config(run / "config.yaml"), resume=True)
     assert (run / "metrics.json").read_bytes() == before
+
+
+def test_method_from_python_beats_the_config_file(split_data, tmp_path, monkeypatch):
+    (tmp_path / "settings.yaml").write_text("method: transfer\ntrain: {epochs: 1}\n")
+    seen = []
+    monkeypatch.setattr("imgclf.engine.trainer._train",
+                        lambda config, resume: seen.append(config.method) or tmp_path)
+    imgclf.train(split_data, method="scratch", config=tmp_path / "settings.yaml")
+    imgclf.train(split_data, config=tmp_path / "settings.yaml")
+    imgclf.train(split_data)
+    assert seen == ["scratch", "transfer", "scratch"]
 
 
 def test_data_section_as_a_mapping_from_python(split_data, tmp_path):

@@ -17,24 +17,34 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "train", "load"]
 
 
-def train(data=None, method: str = "scratch", config=None, resume: bool = False, **options):
-    """Train on ``data`` by ``method``; returns the run folder.
+def train(data=None, method: str | None = None, config=None, resume: bool = False,
+          **options):
+    """Train on ``data`` by ``method`` (default scratch, or the ``config`` file's); returns
+    the run folder.
 
     ``data`` is the dataset folder, or the whole data section as a mapping
     (``{"data": "DATA", "val_fraction": 0.3}``, ``{"train": "A", "test": "B"}``).
-    ``options`` override config keys by section, e.g. ``train={"epochs": 5}``,
-    ``model={"name": "mobilenetv2_100"}``, or top-level ``out="runs/x"``, ``seed=1``.
+    ``config`` is a YAML file; ``options`` override it and the method's preset by
+    section, e.g. ``train={"epochs": 5}``, ``model={"name": "mobilenetv2_100"}``, or
+    top-level ``out="runs/x"``, ``seed=1``. ``resume=True`` with ``out`` alone continues
+    the interrupted run in that folder with its own settings.
     """
-    from imgclf.config import build_config
+    from imgclf.config import build_config, resume_config
     from imgclf.engine.trainer import train as _train
 
+    if resume:
+        given = [k for k in options if k != "out"]
+        given += [k for k, v in (("data", data), ("method", method), ("config", config))
+                  if v is not None]
+        return _train(resume_config(options.get("out"), given, flag="out="), resume=True)
+    if method is not None:  # as --method, it beats a method named in the config file
+        options["method"] = method
     if isinstance(data, dict):
         options["data"] = {k: str(v) if isinstance(v, os.PathLike) else v
                            for k, v in data.items()}
     elif data is not None:
         options["data"] = {"data": str(data)}
-    cfg = build_config(method, config, options)
-    return _train(cfg, resume=resume)
+    return _train(build_config("scratch", config, options))
 
 
 def load(run_dir, device: str = "auto"):

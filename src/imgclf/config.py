@@ -217,6 +217,26 @@ def load_config(path: Path) -> Config:
     return config
 
 
+def resume_config(out: str | Path | None, given: list[str], flag: str = "--out") -> Config:
+    """The settings of the interrupted run in ``out``, to resume it there (wherever it was
+    started). ``given`` names any other settings passed along, which a resume refuses:
+    it goes on with the ones the run started with."""
+    from imgclf.errors import RunError
+
+    if out is None:
+        raise RunError(f"resuming needs {flag} RUN_DIR, the folder of the run to continue.")
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        raise RunError(f"cannot resume: {saved} does not exist. Pass {flag} with the folder "
+                       "of the interrupted run.")
+    if given:
+        raise RunError(f"a resumed run goes on with the settings it was started with "
+                       f"({saved}); give only {flag} with it.")
+    config = load_config(saved)
+    config.out = str(out)
+    return config
+
+
 def validate(config: Config) -> None:
     """Check values that would otherwise fail late, with the fix in the message."""
     t = config.train

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from imgclf.config import AUGMENT_PRESETS, DEFAULT_BACKBONE, METHODS, build_config, load_config
+from imgclf.config import AUGMENT_PRESETS, DEFAULT_BACKBONE, METHODS, build_config, resume_config
 from imgclf.errors import RunError
 
 
@@ -155,18 +154,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         from imgclf.cli.common import overrides_from
 
-        out = getattr(args, "out", None)
-        if out is None:
-            raise RunError("--resume needs --out RUN_DIR, the folder of the run to continue.")
-        if not (Path(out) / "config.yaml").is_file():
-            raise RunError(f"cannot resume: {Path(out) / 'config.yaml'} does not exist. Pass "
-                           "--out with the folder of the interrupted run.")
-        given = sorted(k for k in overrides_from(args) if k != "out")
-        if args.data is not None or args.config is not None or given:
-            raise RunError("--resume continues a run with the settings it was started with "
-                           f"({Path(out) / 'config.yaml'}); give only --out with it.")
-        config = load_config(Path(out) / "config.yaml")
-        config.out = str(out)  # where the run is now, wherever it was started
+        given = [k for k in overrides_from(args) if k != "out"]
+        given += [k for k in ("data", "config") if getattr(args, k) is not None]
+        config = resume_config(getattr(args, "out", None), given)
     else:
         config = config_from_args(args)
         if config.data.data is None and config.data.train is None:
