@@ -382,3 +382,11 @@ def test_subset_and_small_class_warning(tmp_path, make_image_folder, caplog):
         warnings = warn_small_classes(split, ["cat", "dog"])
     assert warnings == ["class 'cat' has only 3 training image(s)"]
     assert "results for it will be unreliable" in caplog.text
+
+
+def test_a_test_split_alone_counts_only_where_no_training_split_is_needed(tmp_path,
+                                                                          make_image_folder):
+    make_image_folder(tmp_path / "test")
+    assert detect_layout(tmp_path).kind == "single"  # for training: a class called "test"
+    layout = detect_layout(tmp_path, need_train=False)  # for evaluation: the test split
+    assert (layout.kind, layout.train, layout.test) == ("splits", None, tmp_path / "test")

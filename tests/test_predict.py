@@ -351,6 +351,38 @@ def test_evaluate_refuses_to_overwrite_or_write_into_the_data(trained, tmp_path)
         evaluate_folder(run, data, split="validation")
 
 
+def test_evaluate_a_dataset_with_only_a_test_split(trained, tmp_path):
+    run, data = trained
+    for layout in ("only/test", "kaggle/seg_test/seg_test"):
+        shutil.copytree(data / "test", tmp_path / layout)
+        root = tmp_path / layout.split("/")[0]
+        metrics, _ = evaluate_folder(run, root, out=tmp_path / f"ev-{root.name}")
+        assert metrics["split"] == "test" and metrics["n_samples"] == 6
+
+
+def test_evaluate_matches_class_names_in_either_unicode_form(trained, tmp_path):
+    import unicodedata
+
+    run, data = trained
+    folder = tmp_path / "nfd"
+    shutil.copytree(data / "test", folder)
+    classes = Predictor(run, device="cpu").classes
+    renamed = dict(zip(classes, ["caf\u00e9", "na\u00efve", "\u00e9t\u00e9"], strict=False))
+    decomposed = {k: unicodedata.normalize("NFD", v) for k, v in renamed.items()}
+    train_nfc = tmp_path / "train-nfc"
+    shutil.copytree(data, train_nfc)
+    for split in ("train", "test"):
+        for old, new in renamed.items():
+            (train_nfc / split / old).rename(train_nfc / split / new)
+    for old, new in decomposed.items():
+        (folder / old).rename(folder / new)
+    nfc_run = imgclf.train(train_nfc, out=tmp_path / "run", model={"img_size": 32},
+                           train={"epochs": 1, "amp": "off", "device": "cpu", "tta": "off"})
+    metrics, _ = evaluate_folder(nfc_run, folder, out=tmp_path / "ev")
+    assert metrics["n_samples"] == 6
+    assert set(metrics["per_class"]) == set(renamed.values())
+
+
 def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder):
     run, _ = trained
     folder = make_image_folder(tmp_path / "extra", {"red": 2, "green": 2}, size=(32, 32),
@@ -365,7 +397,7 @@ def test_evaluate_errors(trained, tmp_path, make_image_folder, capsys):
     with pytest.raises(DataError, match=r"has no val split"):
         evaluate_folder(run, data, split="val", out=tmp_path / "x")
     unknown = make_image_folder(tmp_path / "zoo", {"zebra": 2}, size=(32, 32), seed=12)
-    with pytest.raises(DataError, match=r"\['zebra'\] that the training split does not have"):
+    with pytest.raises(DataError, match=r"\['zebra'\] that the model does not have"):
         evaluate_folder(run, unknown, out=tmp_path / "y")
     assert main(["evaluate", str(tmp_path / "norun"), str(data)]) == 2
     assert "error:" in capsys.readouterr().err

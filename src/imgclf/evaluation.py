@@ -145,7 +145,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     if split not in (None, "test", "val", "train"):
         raise ConfigError(f"split must be test, val or train, got {split!r}.")
     predictor = Predictor(run, device=device)
-    layout = detect_layout(Path(data))
+    layout = detect_layout(Path(data), need_train=False)
     for note in layout.notes:
         log.warning("%s", note)
     if layout.kind == "single":  # a folder of classes: all of it, named after it
@@ -166,7 +166,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
     _check_same_data(out_dir, root)
-    labelled: Split = scan_split(name, root, predictor.classes)
+    labelled: Split = scan_split(name, root, predictor.classes, source="the model")
     if not len(labelled):
         raise DataError(f"no readable images in {root}.")
     images, labels, _ = decode_split(labelled, predictor.prep.img_size,

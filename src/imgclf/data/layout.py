@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,8 @@ class Split:
 class Layout:
     """Where each split of a dataset lives; ``val`` is None when imgclf must split train."""
 
-    train: Path
+    train: Path | None
+    """None only for a layout detected without ``need_train`` (evaluating a test split)."""
     val: Path | None = None
     test: Path | None = None
     unlabelled: Path | None = None
@@ -130,8 +132,11 @@ def detect_layout(
     train: Path | None = None,
     val: Path | None = None,
     test: Path | None = None,
+    need_train: bool = True,
 ) -> Layout:
-    """Work out the layout of ``data`` (or use the explicit split paths)."""
+    """Work out the layout of ``data`` (or use the explicit split paths). Without
+    ``need_train``, split folders without a training split count too (DATA/test/<class>,
+    for evaluation)."""
     for name, value in (("data", data), ("train", train), ("val", val), ("test", test)):
         require_folder(name, value)
     if train is not None:
@@ -145,7 +150,7 @@ def detect_layout(
     if data is None:
         raise DataError("No dataset given: pass a DATA folder, or --train (and --val/--test).")
     root = _follow_doubled(Path(data))
-    splits = _find_splits(root)
+    splits = _find_splits(root, need_train)
     if splits is not None:
         if val is not None:
             splits.val = _follow_doubled(Path(val))
@@ -162,9 +167,10 @@ def detect_layout(
     return Layout(root, val and Path(val), test and Path(test), kind="single")
 
 
-def _find_splits(root: Path) -> Layout | None:
+def _find_splits(root: Path, need_train: bool = True) -> Layout | None:
     """The split folders under ``root``, or None when it holds no training split with class
-    folders (then it is a folder of classes, one of which may well be called ``train``)."""
+    folders (then it is a folder of classes, one of which may well be called ``train``);
+    without ``need_train``, a labelled val or test split is enough."""
     labelled: dict[str, Path] = {}
     flat: list[Path] = []
     notes: list[str] = []
@@ -180,7 +186,7 @@ def _find_splits(root: Path) -> Layout | None:
                          "split")
         else:
             labelled[role] = inner
-    if "train" not in labelled:
+    if "train" not in labelled and (need_train or not labelled.keys() & {"val", "test"}):
         return None
     for folder in flat:  # a test/ of loose images, as competitions ship it
         if "pred" in labelled:
@@ -189,7 +195,7 @@ def _find_splits(root: Path) -> Layout | None:
             notes.append(f"{folder.name}/ holds no class folders: its images are taken as "
                          "unlabelled, for imgclf predict")
             labelled["pred"] = folder
-    return Layout(labelled["train"], labelled.get("val"), labelled.get("test"),
+    return Layout(labelled.get("train"), labelled.get("val"), labelled.get("test"),
                   labelled.get("pred"), kind="splits", notes=notes)
 
 
@@ -251,21 +257,30 @@ def scan_folder(folder: Path, label: int | None = None) -> tuple[list[Path], lis
     return images, skipped
 
 
-def scan_split(name: str, root: Path, classes: list[str], strict: bool = True) -> Split:
-    """Read one labelled split; classes not in ``classes`` are errors, and so are training
-    classes without a readable image unless ``strict`` is False (the audit lists them)."""
-    present = [p.name for p in _subdirs(root)]
-    unknown = sorted(set(present) - set(classes))
+def _same_name(name: str) -> str:
+    """A class name as compared across splits: the same letters in the same Unicode form
+    (macOS and some archives write 'é' as 'e' plus an accent, which looks identical)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
+               source: str = "the training split") -> Split:
+    """Read one labelled split; class folders not in ``classes`` (those of ``source``) are
+    errors, and so are training classes without a readable image unless ``strict`` is
+    False (the audit lists them)."""
+    folders = {_same_name(p.name): p for p in _subdirs(root)}
+    unknown = sorted(p.name for key, p in folders.items()
+                     if key not in {_same_name(c) for c in classes})
     if unknown:
         raise DataError(
-            f"{name} split {root} has class folder(s) {unknown} that the training split "
-            f"does not have (training classes: {classes}). Rename or remove them, "
-            "or add them to the training data."
+            f"{name} split {root} has class folder(s) {unknown} that {source} does not have "
+            f"(its classes: {classes}). Rename or remove them"
+            + (", or add them to the training data." if source == "the training split" else ".")
         )
     split = Split(name, root)
     for index, cls in enumerate(classes):
-        folder = root / cls
-        if not folder.is_dir():
+        folder = folders.get(_same_name(cls))
+        if folder is None:
             continue
         images, skipped = scan_folder(folder)
         split.skipped.extend(skipped)
