@@ -56,7 +56,28 @@ def test_validation_split_too_small_to_stratify_is_not_stratified(tmp_path, make
         data = prepare_data(tmp_path, val_fraction=0.2)
     assert "cannot hold every one of 3 classes on both sides" in caplog.text
     assert (len(data.splits["train"]), len(data.splits["val"])) == (7, 2)
+    assert set(data.splits["train"].labels) == {0, 1, 2}
     assert not set(data.splits["train"].paths) & set(data.splits["val"].paths)
+
+
+def test_a_class_with_one_image_keeps_it_for_training(tmp_path, make_image_folder, caplog):
+    make_image_folder(tmp_path, {"forest": 30, "sea": 2, "street": 1})
+    for seed in range(8):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            data = prepare_data(tmp_path, val_fraction=0.2, seed=seed)
+        train, val = data.splits["train"], data.splits["val"]
+        assert set(train.labels) == {0, 1, 2}  # every class is learnt
+        assert (len(train), len(val)) == (26, 7)
+        assert not set(train.paths) & set(val.paths)
+        assert "cannot be stratified (some class has a single image)" in caplog.text
+        assert "validation: 20% of train (random, one image of each class kept for " \
+               "training, seed" in data.summary()
+        # Small classes are counted as they will be trained on, after the hold-out.
+        sea = train.labels.count(1)
+        assert f"class 'sea' has only {sea} training image(s)" in caplog.text
+    with pytest.raises(DataError, match="has a single image: none is left for validation"):
+        prepare_data(make_image_folder(tmp_path / "single", {"a": 1, "b": 1}))
 
 
 def test_validation_fraction_that_leaves_no_training_image(tmp_path, make_image_folder):

@@ -59,30 +59,45 @@ def _found_line(splits: dict[str, Split], classes: list[str], layout: Layout) ->
     return text
 
 
-def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Seeded, stratified split of ``train`` (as scikit-learn's train_test_split)."""
-    indices = np.arange(len(train))
+def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split, str]:
+    """Seeded split of ``fraction`` of ``train`` for validation; returns (train, val, how
+    it was drawn). Stratified, as scikit-learn's train_test_split, when every class has
+    images enough for both sides; otherwise one image of each class stays in training, so
+    that no class goes unlearnt, and validation is drawn at random from the rest."""
     if len(train) < 2:
         raise DataError(f"training split has {len(train)} image(s); need at least 2 to split.")
+    indices = np.arange(len(train))
+    labels = np.asarray(train.labels)
     counts = Counter(train.labels)
     n_val = math.ceil(fraction * len(train))  # as train_test_split rounds
-    stratify = train.labels
-    if min(counts.values()) < 2:
-        log.warning("some class has a single training image: validation split is not stratified")
-        stratify = None
-    elif min(n_val, len(train) - n_val) < len(counts):
-        log.warning("a %.0f%% validation split of %d images cannot hold every one of %d "
-                    "classes on both sides: it is not stratified", 100 * fraction, len(train),
-                    len(counts))
-        stratify = None
     if not 0 < n_val < len(train):
         raise DataError(f"a validation fraction of {fraction:g} leaves no images on one side "
                         f"of {len(train)} training images; choose one between 0 and 1 that "
                         "does, or give a val/ folder.")
-    tr, va = train_test_split(indices, test_size=n_val, stratify=stratify, random_state=seed)
+    if min(counts.values()) >= 2 and min(n_val, len(train) - n_val) >= len(counts):
+        tr, va = train_test_split(indices, test_size=n_val, stratify=labels, random_state=seed)
+        how = "stratified"
+    else:
+        why = ("some class has a single image" if min(counts.values()) < 2 else
+               f"it cannot hold every one of {len(counts)} classes on both sides")
+        rng = np.random.default_rng(seed)
+        kept = np.array([rng.choice(np.flatnonzero(labels == c)) for c in sorted(counts)])
+        rest = np.setdiff1d(indices, kept)
+        if not len(rest):
+            raise DataError(f"every class of the {len(train)} training images has a single "
+                            "image: none is left for validation. Add images, or give a "
+                            "val/ folder.")
+        n_val = min(n_val, len(rest))
+        tr, va = (train_test_split(rest, test_size=n_val, random_state=seed)
+                  if n_val < len(rest) else ([], rest))
+        tr = np.concatenate([kept, tr]).astype(int)
+        how = "random, one image of each class kept for training"
+        log.warning("a %.0f%% validation split of %d images cannot be stratified (%s): "
+                    "%d validation images drawn at random, each class keeping one or more "
+                    "for training", 100 * fraction, len(train), why, n_val)
     new_train = train.subset(sorted(tr), "train")
     new_train.skipped = train.skipped
-    return new_train, train.subset(sorted(va), "val")
+    return new_train, train.subset(sorted(va), "val"), how
 
 
 def prepare_data(
@@ -123,7 +138,7 @@ def prepare_data(
                     f"{skipped_hint(splits[name].skipped)}. Put its images in class folders "
                     "as in the training split; for unlabelled images use imgclf predict."
                 )
-    warnings = [*layout.notes, *warn_small_classes(splits["train"], classes)]
+    warnings = list(layout.notes)
     roots = {name: Path(root).resolve() for name, root in layout.splits().items()}
     for i, (a, root_a) in enumerate(roots.items()):
         for b, root_b in list(roots.items())[i + 1:]:
@@ -136,8 +151,10 @@ def prepare_data(
     if "val" in splits:
         val_source = "split"
     else:
-        splits["train"], splits["val"] = split_validation(splits["train"], val_fraction, seed)
-        val_source = f"{val_fraction:.0%} of train (stratified, seed {seed})"
+        splits["train"], splits["val"], how = split_validation(splits["train"], val_fraction,
+                                                               seed)
+        val_source = f"{val_fraction:.0%} of train ({how}, seed {seed})"
+    warnings += warn_small_classes(splits["train"], classes)  # the images it will learn from
     for name, split in splits.items():
         if split.skipped:
             log.warning("%s: %d file(s) skipped (see skipped.csv in the run folder)",
