@@ -95,6 +95,7 @@ def write_evaluation(
         metrics["note"] = ("the data has no test split: these figures are on the validation "
                            "split, which also chose the best epoch")
     metrics["inference_images_per_second"] = round(speed, 1)
+    metrics["precision"] = str(rt.amp_dtype or torch.float32).removeprefix("torch.")
     metrics.update(extra or {})
     if not dist.is_main():
         return metrics
