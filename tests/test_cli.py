@@ -101,6 +101,20 @@ def test_help_shows_no_config_keys_as_values(command, capsys):
     assert not re.search(r"--[\w-]+ [A-Z_]+\.[A-Z_]+", usage), usage
 
 
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_help_defaults_are_the_method_presets(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "learning rate (default: by method, scratch 0.001, augment 0.001, transfer 0.0003)" \
+        in text
+    assert "optimiser (default: by method, scratch adam, augment adam, transfer adamw)" in text
+    assert "schedule (default: by method, scratch plateau, augment plateau, transfer none)" \
+        in text
+    assert "never stop early; default: by method, scratch 3, augment 5, transfer 3)" in text
+    assert "maximum epochs (default 30)" in text
+
+
 def test_python_dash_m_imgclf_help():
     result = subprocess.run([sys.executable, "-m", "imgclf", "--help"], capture_output=True,
                             text=True, timeout=120)

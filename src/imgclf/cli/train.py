@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from imgclf.config import AUGMENT_PRESETS, DEFAULT_BACKBONE, METHODS, build_config, resume_config
 from imgclf.errors import RunError
+
+
+@functools.cache
+def preset_default(key: str) -> str:
+    """The default of training setting ``key`` as help text, read from the method presets
+    so that the help cannot drift from them: "default 32", or, where the methods differ,
+    "default: by method, scratch 0.001, augment 0.001, transfer 0.0003"."""
+    values = {m: getattr(build_config(m).train, key) for m in METHODS}
+    shown = {m: f"{v:g}" if isinstance(v, float) else str(v) for m, v in values.items()}
+    if len(set(shown.values())) == 1:
+        return f"default {shown[METHODS[0]]}"
+    return "default: by method, " + ", ".join(f"{m} {v}" for m, v in shown.items())
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -39,17 +52,20 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(m, "--dropout", dest="model.dropout", type=float, help="dropout before the last layer")
 
     t = parser.add_argument_group("training")
-    option(t, "--epochs", dest="train.epochs", type=int, help="maximum epochs (default 30)")
-    option(t, "--batch-size", dest="train.batch_size", type=int, help="batch size (default 32)")
-    option(t, "--lr", dest="train.lr", type=float, help="learning rate (default 1e-3)")
+    option(t, "--epochs", dest="train.epochs", type=int,
+           help=f"maximum epochs ({preset_default('epochs')})")
+    option(t, "--batch-size", dest="train.batch_size", type=int,
+           help=f"batch size ({preset_default('batch_size')})")
+    option(t, "--lr", dest="train.lr", type=float, help=f"learning rate ({preset_default('lr')})")
     option(t, "--optimizer", dest="train.optimizer", choices=("adam", "adamw", "sgd"),
-           help="optimiser (default adam)")
-    option(t, "--weight-decay", dest="train.weight_decay", type=float, help="weight decay")
+           help=f"optimiser ({preset_default('optimizer')})")
+    option(t, "--weight-decay", dest="train.weight_decay", type=float,
+           help=f"weight decay ({preset_default('weight_decay')})")
     option(t, "--schedule", dest="train.schedule", choices=("none", "cosine", "onecycle",
                                                             "plateau"),
-           help="learning-rate schedule (default none)")
+           help=f"learning-rate schedule ({preset_default('schedule')})")
     option(t, "--label-smoothing", dest="train.label_smoothing", type=float,
-           help="label smoothing for the loss, e.g. 0.1")
+           help=f"label smoothing for the loss ({preset_default('label_smoothing')})")
     option(t, "--class-weight", dest="train.class_weight", choices=("auto", "none"),
            help="auto weights the loss by inverse class frequency (for imbalanced data)")
     option(t, "--monitor", dest="train.monitor",
@@ -60,7 +76,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(t, "--min-delta", dest="train.min_delta", type=float,
            help="smallest change that counts as an improvement")
     option(t, "--patience", dest="train.patience", type=int,
-           help="epochs without improvement before stopping (0: never stop early)")
+           help="epochs without improvement before stopping (0: never stop early; "
+                f"{preset_default('patience')})")
     option(t, "--no-restore-best", dest="train.restore_best", action="store_const", const=False,
            help="keep the last epoch's weights rather than the best epoch's")
     option(t, "--finetune", dest="train.finetune",
