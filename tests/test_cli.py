@@ -252,6 +252,27 @@ def test_file_system_errors_are_one_line(tmp_path, make_image_folder, capsys):
     assert_clean_error(capsys, f"is a folder, not a file name: {tmp_path / 'report.json'}")
 
 
+def test_quiet_keeps_the_results_and_drops_the_log(tmp_path, make_image_folder, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    assert main(["audit", str(data)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Dataset ") and "audit of 6 image files" in captured.err
+    assert main(["audit", str(data), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Dataset ") and captured.err == ""
+
+
+def test_quiet_hides_progress_bars(monkeypatch):
+    from imgclf.cli.common import setup_logging
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    batches = [1, 2]
+    setup_logging(0)
+    assert loop._progress(batches, "train 1/1") is not batches
+    setup_logging(-1)
+    assert loop._progress(batches, "train 1/1") is batches
+
+
 def test_models_command_lists_the_small_cnns(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

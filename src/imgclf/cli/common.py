@@ -20,7 +20,8 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more detail in the log (debug messages)")
     parser.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbose",
-                        help="only warnings and errors")
+                        help="no log lines or progress bars, only warnings and errors; "
+                             "the results still print on stdout")
 
 
 def add_tta(parser: argparse.ArgumentParser) -> None:

@@ -81,7 +81,8 @@ class FitState:
 
 
 def _progress(loader, desc: str):
-    if dist.is_main() and sys.stderr.isatty():
+    """A progress bar over ``loader`` on a terminal, unless the log is quiet (``-q``)."""
+    if dist.is_main() and sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
         return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     return loader
 
