@@ -19,6 +19,7 @@ import timm
 import torch
 from PIL import Image
 
+from imgclf.config import build_config
 from imgclf.errors import ModelError, WeightsUnavailableError
 from imgclf.models import weights
 from imgclf.models.factory import create_model
@@ -223,6 +224,11 @@ def test_no_offline_source_and_hub_offline_fails_fast_listing_offline_backbones(
     assert SMALL_MODEL in message and "\n" not in message
     for name in weights.offline_backbones():
         assert name in message
+    # Its advice works as given: imgclf.train takes these options (not pretrained=False).
+    assert "model={'weights': FILE} in imgclf.train" in message
+    assert "--no-pretrained, or model={'pretrained': False} in imgclf.train" in message
+    assert not build_config("transfer", overrides={"model": {"pretrained": False}}).model.pretrained
+    assert build_config("transfer", overrides={"model": {"weights": "w.pth"}}).model.weights
 
 
 def test_hub_weights_already_cached_load_offline(monkeypatch, isolated_caches):

