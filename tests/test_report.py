@@ -264,6 +264,8 @@ def test_run_report_is_self_contained_and_complete(run_dir):
     assert "<details><summary>scratch-small_cnn" in html  # the configuration, collapsed
     assert "method: scratch" in html
     assert "%" in html and "drawn again" not in html
+    # train_seconds includes extracting (or reading back cached) frozen features
+    assert "training epochs and, for a frozen backbone, computing its features" in html
 
 
 def test_gallery_shows_most_confident_mistakes_first(run_dir, trained):

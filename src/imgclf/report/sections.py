@@ -151,7 +151,9 @@ def leaderboard_section(report: Report) -> str:
     parts = [t.table(headers, rows, numeric=numeric, row_classes=styles, caption_html=(
         f"{what} ranked by accuracy on the evaluated split, best first. Rates are "
         "percentages; log loss is in nats (lower is better); train time covers the "
-        "training epochs only; hover a failed run for its error."))]
+        "training epochs and, for a frozen backbone, computing its features, or reading "
+        "them from the cache when an earlier run computed them (so compare such times "
+        "with care); hover a failed run for its error."))]
     parts += [t.note(t.text(note)) for note in _evaluation_notes(report)]
     parts.append(_all_metrics(report))
     parts += _failures(report)
