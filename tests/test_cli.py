@@ -109,10 +109,10 @@ def test_help_defaults_are_the_method_presets(command, capsys):
     assert "learning rate (default: by method, scratch 0.001, augment 0.001, transfer 0.0003)" \
         in text
     assert "optimiser (default: by method, scratch adam, augment adam, transfer adamw)" in text
-    assert "schedule (default: by method, scratch plateau, augment plateau, transfer none)" \
+    assert "schedule (default: by method, scratch plateau, augment plateau, transfer none;" \
         in text
     assert "never stop early; default: by method, scratch 3, augment 5, transfer 3)" in text
-    assert "maximum epochs (default 30)" in text
+    assert "maximum epochs (default 30;" in text
 
 
 def test_python_dash_m_imgclf_help():

@@ -53,7 +53,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
     t = parser.add_argument_group("training")
     option(t, "--epochs", dest="train.epochs", type=int,
-           help=f"maximum epochs ({preset_default('epochs')})")
+           help=f"maximum epochs ({preset_default('epochs')}; with --finetune, "
+                "--warmup-epochs and --finetune-epochs instead)")
     option(t, "--batch-size", dest="train.batch_size", type=int,
            help=f"batch size ({preset_default('batch_size')})")
     option(t, "--lr", dest="train.lr", type=float, help=f"learning rate ({preset_default('lr')})")
@@ -63,7 +64,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
            help=f"weight decay ({preset_default('weight_decay')})")
     option(t, "--schedule", dest="train.schedule", choices=("none", "cosine", "onecycle",
                                                             "plateau"),
-           help=f"learning-rate schedule ({preset_default('schedule')})")
+           help=f"learning-rate schedule ({preset_default('schedule')}; fine-tuning "
+                "always uses onecycle)")
     option(t, "--label-smoothing", dest="train.label_smoothing", type=float,
            help=f"label smoothing for the loss ({preset_default('label_smoothing')})")
     option(t, "--class-weight", dest="train.class_weight", choices=("auto", "none"),
