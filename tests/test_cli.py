@@ -185,6 +185,28 @@ def test_bad_choice_is_an_argparse_error(capsys):
     assert "invalid choice: 'adagrad'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_an_unknown_option_is_reported_with_the_commands_usage(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--no-such-option"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: imgclf {command} "), err
+    assert f"imgclf {command}: error: " in err
+
+
+def test_compare_does_not_take_split_folders(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "data", "--train", "x", "--out", "cmp"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: imgclf compare ")
+    assert "imgclf compare: error: unrecognized arguments: --train x" in err
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "compare takes no --train, --val or --test" in " ".join(capsys.readouterr().out.split())
+
+
 # --- a run through the command line -------------------------------------------------------------
 
 

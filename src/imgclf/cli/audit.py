@@ -14,9 +14,9 @@ def add_parser(subparsers) -> None:
                     "and formats, files whose extension lies about their format, unreadable "
                     "and skipped files, identical files within and across splits and classes, "
                     "and near-duplicates across splits.")
-    parser.add_argument("data", nargs="?", default=None,
-                        help="dataset folder: class subfolders, or train/ val/ test/ splits "
-                             "(Kaggle's seg_train/seg_train layout works too)")
+    from imgclf.cli.common import DATA_HELP, add_verbosity
+
+    parser.add_argument("data", nargs="?", default=None, help=DATA_HELP)
     parser.add_argument("--train", default=None,
                         help="training split folder (instead of DATA)")
     parser.add_argument("--val", default=None, help="validation split folder")
@@ -27,8 +27,6 @@ def add_parser(subparsers) -> None:
                         help="skip the perceptual-hash search for near-duplicates across splits")
     parser.add_argument("--workers", type=int, default=None,
                         help="threads that read the images (default: one per CPU core)")
-    from imgclf.cli.common import add_verbosity
-
     add_verbosity(parser)
     parser.set_defaults(func=run)
 

@@ -8,6 +8,9 @@ import sys
 
 from imgclf.engine import dist
 
+DATA_HELP = ("dataset folder: class subfolders, or train/ val/ test/ splits (Kaggle's "
+             "seg_train/seg_train layout works too)")
+
 
 def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO

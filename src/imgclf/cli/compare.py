@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 
-from imgclf.cli.common import add_verbosity, overrides_from
+from imgclf.cli.common import DATA_HELP, add_verbosity, overrides_from
 from imgclf.cli.train import add_training_options
 from imgclf.errors import RunError
 
@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
         description="Train every requested combination through the same loop, then write "
                     "leaderboard.csv and leaderboard.md in --out. Repeating the command "
                     "keeps finished runs and retries the rest.")
-    parser.add_argument("data", help="dataset folder (as for `imgclf train`)")
+    parser.add_argument("data", help=DATA_HELP + "; every run uses its splits (compare takes "
+                                               "no --train, --val or --test)")
     parser.add_argument("--methods", default="scratch,augment,transfer",
                         help="comma-separated methods (default scratch,augment,transfer)")
     parser.add_argument("--backbones", default=None,

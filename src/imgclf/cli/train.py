@@ -22,9 +22,9 @@ def preset_default(key: str) -> str:
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="?", default=None,
-                        help="dataset folder: class subfolders, or train/ val/ test/ splits "
-                             "(Kaggle's seg_train/seg_train layout works too)")
+    from imgclf.cli.common import DATA_HELP
+
+    parser.add_argument("data", nargs="?", default=None, help=DATA_HELP)
     parser.add_argument("--train", dest="data.train", default=argparse.SUPPRESS, metavar="FOLDER",
                         help="training split folder (instead of DATA)")
     parser.add_argument("--val", dest="data.val", default=argparse.SUPPRESS, metavar="FOLDER",
