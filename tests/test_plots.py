@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,16 @@ def test_class_names_that_are_not_utf8_are_drawn_escaped(tmp_path: Path) -> None
     curves = roc_curves(np.array([0, 0, 1, 1]), np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7],
                                                         [0.2, 0.8]]), [name, "b"])
     _assert_png(plot_roc_curves(curves, tmp_path / "roc.png"))
+
+
+def test_characters_the_font_cannot_draw_are_one_log_line_not_warnings(tmp_path, caplog):
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="imgclf.plots"):
+        warnings.simplefilter("error")  # a warning that reaches the user fails the test
+        out = plot_confusion_matrix(np.array([[2, 1], [0, 3]]), ["海", "山"], tmp_path / "cm.png")
+    assert out.is_file()
+    lines = [r.getMessage() for r in caplog.records if "empty boxes" in r.getMessage()]
+    assert lines == [] or lines == [f"{out}: 海 山 drawn as empty boxes (the plot font has "
+                                    "no glyph for them)"]
 
 
 def test_plot_confusion_matrix_many_classes_and_list_input(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import textwrap
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +29,9 @@ logger = logging.getLogger(__name__)
 DPI = 100
 # Above this many classes, per-cell numbers in a confusion matrix are unreadable.
 MAX_ANNOTATED_CLASSES = 30
+
+# matplotlib's warning for a character its font cannot draw (CJK class names in DejaVu Sans).
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
 
 _HISTORY_PANELS = (("accuracy", "val_accuracy", "Accuracy"), ("loss", "val_loss", "Loss"))
 
@@ -270,7 +275,20 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` as PNG to ``path``, creating parent folders."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=DPI)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(out, format="png", dpi=DPI)
+    # One log line per figure instead of matplotlib's warning per missing character; any
+    # other warning goes on as it came.
+    missing = []
+    for w in caught:
+        if match := _MISSING_GLYPH.match(str(w.message)):
+            missing.append(chr(int(match[1])))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        logger.info("%s: %s drawn as empty boxes (the plot font has no glyph for them)", out,
+                    " ".join(dict.fromkeys(missing)))
     logger.debug("wrote %s", out)
     return out
 
