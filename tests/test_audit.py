@@ -210,6 +210,14 @@ def test_split_counts_unlabelled_and_json(leaky):
     assert "across splits (leakage), 1 under a different class: 2 group(s)" in text
 
 
+def test_only_the_kinds_of_duplicate_found_are_listed(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "data", {"cat": 3, "dog": 3}, size=(24, 24))
+    shutil.copy(data / "cat" / "cat_000.jpg", data / "cat" / "again.jpg")
+    text = format_audit(audit_dataset(data, near_duplicates=False))
+    assert "Exact duplicates (identical files)\n  within a split: 1 group(s)\n" in text
+    assert "leakage" not in text and "label conflicts" not in text
+
+
 def test_kaggle_layout_paths_are_relative_to_root(tmp_path, make_image_folder):
     make_image_folder(tmp_path / "seg_train" / "seg_train", {"sea": 3, "street": 2}, seed=0)
     make_image_folder(tmp_path / "seg_test" / "seg_test", {"sea": 1, "street": 1}, seed=1)

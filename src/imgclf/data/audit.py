@@ -553,6 +553,8 @@ def _format_exact(dups: dict) -> list[str]:
         ("across classes (label conflicts)", conflicts),
         ("within a split", within),
     ):
+        if not groups:  # the kinds found are listed; the heading says when none is
+            continue
         lines.append(f"  {title}: {len(groups):,} group(s)")
         lines += ["    " + "  =  ".join(f"{f['split']}:{f['path']}" for f in g["files"])
                   for g in groups[:MAX_SHOWN]]
