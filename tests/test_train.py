@@ -558,7 +558,11 @@ def test_class_weight_auto_on_imbalanced_data(tmp_path, make_image_folder, caplo
     run = scratch(data, tmp_path / "run", epochs=1, train={"class_weight": "auto"})
     logged = [r.message for r in caplog.records if r.message.startswith("class weights")]
     assert len(logged) == 1
-    weights = json.loads(logged[0].split(":", 1)[1])  # classes sorted: few, many
+    # Each class by name, its weight to 3 significant digits: "class weights: few=2, many=0.667"
+    pairs = [item.split("=") for item in logged[0].split(": ", 1)[1].split(", ")]
+    assert [name for name, _ in pairs] == ["few", "many"]
+    assert all(len(value.replace(".", "").lstrip("0")) <= 3 for _, value in pairs)
+    weights = [float(value) for _, value in pairs]
     # Balanced weights: inversely proportional to each class's count in the training split.
     val = read_csv(run / "predictions.csv")
     n_few = 5 - sum(p["label"] == "few" for p in val)

@@ -88,15 +88,17 @@ def make_scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, mode
     return None, False
 
 
-def make_loss(config: Config, labels: np.ndarray, num_classes: int, device) -> nn.Module:
+def make_loss(config: Config, labels: np.ndarray, classes: list[str], device) -> nn.Module:
     weight = None
     if config.train.class_weight == "auto":
         present = np.unique(labels)
         w = compute_class_weight("balanced", classes=present, y=labels)
-        full = np.ones(num_classes, dtype=np.float32)
+        full = np.ones(len(classes), dtype=np.float32)
         full[present] = w
         weight = torch.tensor(full, device=device)
-        log.info("class weights: %s", np.round(full, 3).tolist())
+        log.info("class weights: %s",
+                 ", ".join(f"{name}={value:.3g}" for name, value in zip(classes, full,
+                                                                         strict=True)))
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.train.label_smoothing)
 
 
@@ -222,7 +224,7 @@ def _whole_model_phase(ctx: TrainingContext, name: str, frozen_body: bool) -> Ph
     module = _for_training(model, ctx.rt, cfg.train.sync_bn, cfg.train.compile)
     return Phase(
         name, module, train_loader, _image_loader(ctx, "val", False, "none"), optimizer,
-        epochs, make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes),
+        epochs, make_loss(cfg, ctx.arrays["train"][1], ctx.data.classes,
                                     ctx.rt.device),
         scheduler, per_step,
         mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
@@ -253,7 +255,7 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
     feature_rt = Runtime(ctx.rt.device, None, False)
     return Phase("head", _for_training(head, feature_rt), train_loader, val_loader, optimizer,
                  epochs,
-                 make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
+                 make_loss(cfg, ctx.arrays["train"][1], ctx.data.classes, ctx.rt.device),
                  scheduler, per_step, runtime=feature_rt)
 
 
@@ -279,7 +281,7 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
         "finetune", _for_training(model, ctx.rt, cfg.train.sync_bn, cfg.train.compile),
         train_loader,
         _image_loader(ctx, "val", False, "none"), optimizer, cfg.train.finetune_epochs,
-        make_loss(cfg, ctx.arrays["train"][1], len(ctx.data.classes), ctx.rt.device),
+        make_loss(cfg, ctx.arrays["train"][1], ctx.data.classes, ctx.rt.device),
         scheduler, per_step,
         mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
         before_epoch=lambda: freeze_norm_stats(model, trainable_too=keep_stats),
