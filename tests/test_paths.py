@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -47,3 +48,15 @@ def test_undecodable_file_names_are_escaped_and_json_reads_them_back(tmp_path):
 def test_a_folder_is_not_a_file_name(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder, not a file name"):
         write_text(tmp_path, "x")
+
+
+def test_a_failure_names_the_file_asked_for_not_the_temporary_one(tmp_path, monkeypatch):
+    def read_only(file, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(file))
+
+    monkeypatch.setattr("imgclf.paths.open", read_only, raising=False)
+    with pytest.raises(OSError, match="Read-only file system") as info:
+        write_text(tmp_path / "predictions.csv", "x")
+    assert info.value.filename == str(tmp_path / "predictions.csv")
+    assert info.value.errno == errno.EROFS
+    assert list(tmp_path.iterdir()) == []

@@ -39,6 +39,12 @@ def open_for_writing(path: str | Path, newline: str | None = None):
         with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline=newline) as fh:
             yield fh
         os.replace(tmp, path)
+    except OSError as exc:
+        # The temporary file is a detail: a failure to create, fill or rename it (read-only
+        # folder, full disk) is reported against the file that was asked for.
+        if exc.filename not in (None, str(tmp)):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
