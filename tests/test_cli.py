@@ -299,3 +299,18 @@ def test_models_command_lists_the_small_cnns(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "small_cnn " in out and "small_cnn_wide" in out
+
+
+def test_models_pattern_filters_every_list_and_prints_no_empty_section(capsys):
+    assert main(["models", "tf_efficientnet_lite*"]) == 0
+    out = capsys.readouterr().out
+    assert "imgclf networks" not in out  # none of its own networks matches
+    offline = out.split("backbones with ImageNet weights")[1].split("timm models matching")[0]
+    assert "tf_efficientnet_lite0" in offline and "mobilenetv2_100" not in offline
+    assert "timm models matching 'tf_efficientnet_lite*'" in out
+    assert main(["models", "small_cnn*"]) == 0
+    out = capsys.readouterr().out
+    assert "small_cnn_wide" in out
+    assert "backbones with ImageNet weights" not in out and "timm models matching" not in out
+    assert main(["models", "no_such_net*"]) == 0
+    assert capsys.readouterr().out.startswith("no model name matches 'no_such_net*'")
