@@ -116,6 +116,19 @@ def test_predict_takes_files_and_reports_missing_ones(trained, mixed_folder):
         [(p.path, p.label, p.error) for p in large_batch]
 
 
+def test_predict_lists_each_file_once_in_the_order_found(trained, mixed_folder):
+    run, _ = trained
+    predictor = imgclf.load(run, device="cpu")
+    predictions = predictor.predict([mixed_folder])
+    # Each folder's files by name, unreadable ones among them, then its subfolders.
+    top = sorted(p.name for p in mixed_folder.iterdir() if p.is_file() and p.name[0] != ".")
+    assert [p.path for p in predictions] == \
+        [mixed_folder / name for name in top] + [mixed_folder / "nested" / "deep.png"]
+    again = predictor.predict([mixed_folder, mixed_folder / "nested" / "deep.png",
+                               f"{mixed_folder}/", mixed_folder / "corrupt.jpg"])
+    assert [p.path for p in again] == [p.path for p in predictions]
+
+
 def test_tta_averages_the_image_and_its_mirror(trained, tmp_path):
     run, _ = trained
     rng = np.random.default_rng(9)

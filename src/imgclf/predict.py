@@ -120,12 +120,15 @@ class BasePredictor:
         return tta_average(self._probs, images, self.resolve_tta(tta))
 
     def predict(self, paths, batch_size: int = 64, tta: bool | None = None) -> list[Prediction]:
-        """Predict every image among ``paths`` (files or folders, walked recursively)."""
+        """Predict every image among ``paths`` (files or folders, walked recursively): one
+        ``Prediction`` per file, each file once, in the order found."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
-        files, skipped = find_unlabelled(paths if isinstance(paths, (list, tuple)) else [paths])
-        results = [Prediction(s.path, None, None, None, s.reason) for s in skipped
-                   if s.reason != "hidden or system file"]
+        found = [(path, reason) for path, reason in
+                 find_unlabelled(paths if isinstance(paths, (list, tuple)) else [paths])
+                 if reason != "hidden or system file"]
+        files = [path for path, reason in found if reason is None]
+        done: dict[Path, Prediction] = {}
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             for start in range(0, len(files), batch_size):
                 chunk = files[start:start + batch_size]
@@ -138,10 +141,11 @@ class BasePredictor:
                     if i in by_index:
                         p = by_index[i]
                         k = int(p.argmax())
-                        results.append(Prediction(path, self.classes[k], float(p[k]), p))
+                        done[path] = Prediction(path, self.classes[k], float(p[k]), p)
                     else:
-                        results.append(Prediction(path, None, None, None, decoded[i]))
-        return results
+                        done[path] = Prediction(path, None, None, None, decoded[i])
+        return [done[path] if reason is None else Prediction(path, None, None, None, reason)
+                for path, reason in found]
 
     def write(self, predictions: list[Prediction], path: str | Path) -> Path:
         """Write ``predictions`` to ``path``: JSON for a ``.json`` name (one record per

@@ -238,10 +238,9 @@ def iter_files(root: Path):
                 yield path, None
 
 
-def scan_folder(folder: Path, label: int | None = None) -> tuple[list[Path], list[Skipped]]:
-    """Image files under ``folder`` (recursively) by content, and the files skipped with why."""
-    images: list[Path] = []
-    skipped: list[Skipped] = []
+def scan_files(folder: Path):
+    """Yield the files under ``folder`` (recursively) in the order ``iter_files`` walks them:
+    (path, None) for an image, recognised by content, and (path, reason) for a file skipped."""
     for path, reason in iter_files(folder):
         if reason is None:
             try:
@@ -250,6 +249,14 @@ def scan_folder(folder: Path, label: int | None = None) -> tuple[list[Path], lis
                 reason = exc.reason
                 if path.suffix.lower() not in IMAGE_EXTENSIONS and reason.startswith("not a "):
                     reason = f"not an image ({reason})"
+        yield path, reason
+
+
+def scan_folder(folder: Path, label: int | None = None) -> tuple[list[Path], list[Skipped]]:
+    """Image files under ``folder`` (recursively) by content, and the files skipped with why."""
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+    for path, reason in scan_files(folder):
         if reason is None:
             images.append(path)
         else:

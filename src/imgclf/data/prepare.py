@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from imgclf.data.layout import (
     Split,
     detect_layout,
     find_classes,
-    scan_folder,
+    scan_files,
     scan_split,
     skipped_hint,
     summarize,
@@ -178,17 +179,19 @@ def decode_split(split: Split, size: int, interpolation: str, use_cache: bool = 
     return decoded.array, np.asarray(split.labels, dtype=np.int64), decoded.key
 
 
-def find_unlabelled(paths: list[str | Path]) -> tuple[list[Path], list[Skipped]]:
-    """Image files among ``paths`` (folders are walked, flat or nested) and skipped files."""
-    images: list[Path] = []
-    skipped: list[Skipped] = []
+def find_unlabelled(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
+    """Every file among ``paths`` once, in the order found (folders are walked, flat or
+    nested): (path, None) for an image file, (path, reason) for a file skipped."""
+    found: dict[Path, tuple[Path, str | None]] = {}
     for item in map(Path, paths):
         if item.is_dir():
-            found, skip = scan_folder(item)
-            images.extend(found)
-            skipped.extend(skip)
+            entries = scan_files(item)
         elif item.exists():
-            images.append(item)
+            entries = [(item, None)]
         else:
-            skipped.append(Skipped(item, "no such file or folder"))
-    return images, skipped
+            entries = [(item, "no such file or folder")]
+        for path, reason in entries:
+            # A file given twice, or inside two of the folders given, is listed once; like
+            # iter_files, a folder is known by its real path, a file by its name in it.
+            found.setdefault(Path(os.path.realpath(path.parent)) / path.name, (path, reason))
+    return list(found.values())
