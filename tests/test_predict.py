@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +202,43 @@ def test_load_refuses_a_folder_without_a_model(tmp_path):
         imgclf.load(tmp_path)
     with pytest.raises(RunError, match=r"does not exist"):
         imgclf.load(tmp_path / "missing")
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
+def test_load_refuses_a_file_that_is_not_a_checkpoint(trained, tmp_path):
+    run, _ = trained
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(300))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    weights = tmp_path / "weights.pt"  # PyTorch's, but not a checkpoint of imgclf's
+    torch.save({"weight": torch.zeros(2)}, weights)
+    scripted = tmp_path / "clf.pt"  # a TorchScript export under a name of the user's
+    torch.jit.save(torch.jit.script(torch.nn.ReLU()), str(scripted))
+    for path in (run / "config.yaml", garbage, empty, weights, scripted):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # and torch warns of nothing on the way
+            with pytest.raises(RunError, match=rf"^{re.escape(str(path))} is not an imgclf "
+                                               r"checkpoint .*give the run folder"):
+                imgclf.load(path, device="cpu")
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"\x08\x07")
+    with pytest.raises(RunError, match=r"model\.onnx is an ONNX export, not an imgclf "
+                                       r"checkpoint: predict with it by .*--engine onnx"):
+        imgclf.load(onnx_file)
+    with pytest.raises(RunError, match=r"model\.torchscript\.pt is a TorchScript export"):
+        imgclf.load(shutil.copy(scripted, tmp_path / "model.torchscript.pt"))
+
+
+def test_commands_name_a_file_that_is_not_a_checkpoint(trained, tmp_path, capsys):
+    run, data = trained
+    assert main(["evaluate", str(run / "config.yaml"), str(data), "-q"]) == 2
+    assert f"error: {run / 'config.yaml'} is not an imgclf checkpoint" in capsys.readouterr().err
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07")
+    assert main(["predict", str(tmp_path / "model.onnx"), str(data / "test"), "--out",
+                 str(tmp_path / "p.csv"), "-q"]) == 2
+    assert "is an ONNX export" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -34,7 +34,8 @@ MODEL_FILE = "model.pt"
 
 
 def checkpoint_file(run: str | Path) -> Path:
-    """The model file of a run folder (or the checkpoint file itself)."""
+    """The model file of a run folder (or the checkpoint file itself). An exported model
+    (``.onnx``, ``.torchscript.pt``) is refused with a hint on how to use it."""
     path = Path(run)
     if path.is_dir():
         for name in (MODEL_FILE, "best.pt", "last.pt"):
@@ -44,6 +45,15 @@ def checkpoint_file(run: str | Path) -> Path:
                        "folder? Train one with `imgclf train`.")
     if not path.exists():
         raise RunError(f"run folder or checkpoint {path} does not exist.")
+    name = path.name.lower()
+    if name.endswith(".onnx"):
+        raise RunError(f"{path} is an ONNX export, not an imgclf checkpoint: predict with it "
+                       f"by `imgclf predict {path} IMAGES --engine onnx`, or give the run "
+                       f"folder or its {MODEL_FILE}.")
+    if name.endswith((".torchscript.pt", ".torchscript", ".ts")):
+        raise RunError(f"{path} is a TorchScript export, not an imgclf checkpoint: load it "
+                       f"with torch.jit.load, or give imgclf the run folder or its "
+                       f"{MODEL_FILE}.")
     return path
 
 

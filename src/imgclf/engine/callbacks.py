@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
+
+from imgclf.errors import RunError
 
 
 def save_atomic(payload: dict, path: Path) -> None:
@@ -16,6 +20,26 @@ def save_atomic(payload: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+CHECKPOINT_KEYS = ("classes", "preprocessing", "model_config", "model")
+"""What every checkpoint imgclf writes holds (``model.pt``, ``best.pt``, ``last.pt``)."""
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by imgclf; plain data only, so ``weights_only`` holds."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a checkpoint written by imgclf; plain data only, so ``weights_only`` holds.
+
+    Raises RunError naming ``path`` when it is another kind of file, or a damaged one.
+    """
+    not_ours = (f"{path} is not an imgclf checkpoint (a run's model.pt, best.pt or last.pt)"
+                " or it is damaged; an export (ONNX, TorchScript) is not one either: give the "
+                "run folder written by `imgclf train`, or its model.pt.")
+    try:
+        with warnings.catch_warnings():
+            # torch warns that a TorchScript archive is one before refusing to read it;
+            # the RunError says it better.
+            warnings.filterwarnings("ignore", ".*looks like a TorchScript archive", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise RunError(not_ours) from exc
+    if not isinstance(ckpt, dict) or not all(key in ckpt for key in CHECKPOINT_KEYS):
+        raise RunError(not_ours)
+    return ckpt
