@@ -297,6 +297,29 @@ def test_predict_command_checks_the_output_name_first(tmp_path, capsys):
     assert not (tmp_path / "p.xlsx").exists()
 
 
+def test_predict_refuses_to_write_over_the_runs_own_files(trained, tmp_path, monkeypatch,
+                                                          capsys):
+    trained_run, data = trained
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    before = (run / "predictions.csv").read_bytes()
+    monkeypatch.chdir(run)  # --out predictions.csv, the default, is the run's own file here
+    assert main(["predict", ".", str(data / "test"), "-q"]) == 2
+    assert (f"--out 'predictions.csv' would replace the predictions.csv that training wrote "
+            f"into the run folder {run}; give the predictions another name, e.g. "
+            "new-predictions.csv.") in capsys.readouterr().err
+    for name in ("predictions.csv", "metrics.json"):
+        assert main(["predict", str(run), str(data / "test"), "--out", str(run / name),
+                     "-q"]) == 2
+    with pytest.raises(ConfigError, match="would replace the history.csv that training wrote"):
+        Predictor(run, device="cpu").write([], run / "history.csv")
+    assert (run / "predictions.csv").read_bytes() == before
+    # Another name in the run folder is fine, and so is predictions.csv elsewhere.
+    assert main(["predict", ".", str(data / "test"), "--out", "new.csv", "-q"]) == 0
+    assert main(["predict", ".", str(data / "test"), "--out", str(tmp_path / "predictions.csv"),
+                 "-q"]) == 0
+    assert (run / "predictions.csv").read_bytes() == before
+
+
 def test_predict_command_onnx_refuses_cuda(trained, tmp_path, capsys):
     run, _ = trained
     assert main(["predict", str(run), str(tmp_path), "--engine", "onnx", "--device", "cuda",

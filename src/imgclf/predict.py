@@ -31,6 +31,9 @@ from imgclf.paths import open_for_writing
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
+RUN_FILES = frozenset({"predictions.csv", "metrics.json", "history.csv", "skipped.csv"})
+"""Files that training writes into a run folder, under names a predictions file could have:
+written over, the run's report and comparisons could no longer read them."""
 
 
 def checkpoint_file(run: str | Path) -> Path:
@@ -80,7 +83,11 @@ class Prediction:
 
 
 def output_format(path: str | Path) -> str:
-    """"csv" or "json": the format a predictions file named ``path`` is written in."""
+    """"csv" or "json": the format a predictions file named ``path`` is written in.
+
+    ConfigError for a name that predictions are not written to: a folder, another suffix,
+    or one of the run's own files in a run folder (a folder holding config.yaml).
+    """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--out {str(path)!r} is a folder: give a file name such as "
@@ -89,6 +96,11 @@ def output_format(path: str | Path) -> str:
     if kind not in ("csv", "json"):
         raise ConfigError(f"--out {str(path)!r}: predictions are written as .csv or .json; "
                           f"name the file accordingly.")
+    folder = path.absolute().parent
+    if path.name in RUN_FILES and (folder / "config.yaml").is_file():
+        raise ConfigError(f"--out {str(path)!r} would replace the {path.name} that training "
+                          f"wrote into the run folder {folder}; give the predictions another "
+                          f"name, e.g. {path.with_name('new-' + path.name)}.")
     return kind
 
 
