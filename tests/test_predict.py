@@ -144,6 +144,28 @@ def test_tta_averages_the_image_and_its_mirror(trained, tmp_path):
     assert not np.allclose(plain["image.png"], plain["mirror.png"], atol=1e-4)
 
 
+def test_predict_arrays_checks_its_input(trained):
+    run, _ = trained
+    predictor = Predictor(run, device="cpu")
+    good = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    wrong = {
+        r"got an array of shape \(32, 32, 3\) \(one image: pass images\[None\]\)": good[0],
+        r"got 4 channel\(s\) on the last axis .*convert them to RGB": np.zeros((2, 32, 32, 4),
+                                                                              np.uint8),
+        r"this model takes 32x32 images, got 24x32 .*resize them to 32x32": good[:, :24],
+        r"got dtype float32; for floats in 0-1 pass": good.astype(np.float32) / 255,
+    }
+    for match, images in wrong.items():
+        with pytest.raises(ValueError, match=match):
+            predictor.predict_arrays(images)
+    read_only = np.asarray(Image.fromarray(good[0]))[None]  # as PIL gives it
+    assert not read_only.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probs = predictor.predict_arrays(read_only)
+    np.testing.assert_allclose(probs, predictor.predict_arrays(good[:1]), atol=1e-6)
+
+
 def test_csv_columns_and_error_rows(trained, mixed_folder, tmp_path):
     run, _ = trained
     predictor = imgclf.load(run, device="cpu")

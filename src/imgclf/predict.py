@@ -133,13 +133,39 @@ class BasePredictor:
             return exc.reason
 
     def _probs(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) for uint8 images (N, H, W, 3)."""
+        """Probabilities (N, classes) for uint8 images (N, H, W, 3), already checked."""
         raise NotImplementedError
 
     def predict_arrays(self, images: np.ndarray, tta: bool | None = None) -> np.ndarray:
-        """Probabilities (N, classes) for uint8 images (N, H, W, 3); ``tta`` averages a
-        mirrored view."""
-        return tta_average(self._probs, images, self.resolve_tta(tta))
+        """Probabilities (N, classes) for a batch of RGB images as ``predict`` decodes files:
+        uint8 pixel values 0-255, shape (N, img_size, img_size, 3) with the run's
+        ``prep.img_size``. Any other array raises ValueError saying what to change (floats
+        are refused rather than guessed at: 0-1 and 0-255 floats look alike). ``tta``
+        averages a mirrored view."""
+        return tta_average(self._probs, self._check_images(images), self.resolve_tta(tta))
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        size = self.prep.img_size
+        wanted = f"uint8 RGB images of shape (N, {size}, {size}, 3)"
+        if images.ndim != 4:
+            single = " (one image: pass images[None])" if images.ndim == 3 else ""
+            raise ValueError(f"images: expected {wanted}, got an array of shape "
+                             f"{images.shape}{single}.")
+        if images.shape[3] != 3:
+            raise ValueError(f"images: expected {wanted}, got {images.shape[3]} channel(s) "
+                             f"on the last axis (shape {images.shape}); convert them to RGB "
+                             "first, e.g. with PIL's image.convert('RGB').")
+        if images.shape[1:3] != (size, size):
+            raise ValueError(f"images: this model takes {size}x{size} images, got "
+                             f"{images.shape[1]}x{images.shape[2]} (height x width); resize "
+                             f"them to {size}x{size} with {self.prep.interpolation} "
+                             "interpolation, as predict() does for image files.")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images: expected {wanted} with values 0-255, got dtype "
+                             f"{images.dtype}; for floats in 0-1 pass "
+                             "(images * 255).round().astype(np.uint8).")
+        return images
 
     def predict(self, paths, batch_size: int = 64, tta: bool | None = None) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively): one
@@ -215,7 +241,9 @@ class Predictor(BasePredictor):
 
     @torch.inference_mode()
     def _probs(self, images: np.ndarray) -> np.ndarray:
-        x = self.rt.to_input(torch.from_numpy(images).permute(0, 3, 1, 2))
+        # torch warns about read-only arrays (np.asarray of a PIL image is one): copy those.
+        pixels = torch.from_numpy(np.require(images, requirements="W"))
+        x = self.rt.to_input(pixels.permute(0, 3, 1, 2))
         with self.rt.autocast():
             return torch.softmax(self.model(x).float(), 1).cpu().numpy()
 
