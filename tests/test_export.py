@@ -178,6 +178,17 @@ def test_failed_check_writes_nothing(trained, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_unfinished_run_is_not_exported(trained, tmp_path):
+    # As an interrupted run leaves its folder: best.pt and last.pt, no model.pt (nor exports).
+    run = shutil.copytree(trained[0], tmp_path / "run", ignore=shutil.ignore_patterns("model.*"))
+    with pytest.raises(RunError, match=r"best\.pt is a checkpoint saved during training, not "
+                                       r"the final model\.pt .*imgclf train --resume --out"):
+        export_model(run, "onnx")
+    with pytest.raises(RunError, match=r"last\.pt is a checkpoint saved during training"):
+        export_model(run / "last.pt", "torchscript", out=tmp_path / "m.pt")
+    assert not (run / "model.onnx").exists() and not (tmp_path / "m.pt").exists()
+
+
 def test_unknown_format(trained):
     with pytest.raises(ConfigError, match=r"'tflite' is not known; choose one of onnx, "
                                           r"torchscript"):

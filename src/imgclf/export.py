@@ -37,7 +37,13 @@ from imgclf import __version__
 from imgclf.errors import ConfigError, ImgclfError, RunError
 from imgclf.models.factory import Classifier, Preprocessing
 from imgclf.paths import write_text
-from imgclf.predict import BasePredictor, checkpoint_file, load_model
+from imgclf.predict import (
+    MODEL_FILE,
+    TRAINING_CHECKPOINTS,
+    BasePredictor,
+    checkpoint_file,
+    load_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +179,8 @@ def check_export(model: Classifier, path: Path, fmt: str, img_size: int) -> floa
 
 def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = None,
                  check: bool = True) -> Path:
-    """Export a run's final model to ``fmt`` ('onnx' or 'torchscript'); returns the file.
+    """Export a finished run's final model to ``fmt`` ('onnx' or 'torchscript'); returns
+    the file. A run without its model.pt (interrupted, or still training) is refused.
 
     Writes ``out`` (default ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``) and its JSON
     sidecar (see ``sidecar_path``). With ``check`` the export is compared with PyTorch on
@@ -183,6 +190,13 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
         raise ConfigError(f"export format {fmt!r} is not known; choose one of "
                           f"{', '.join(FORMATS)}.")
     ckpt = checkpoint_file(run)
+    if ckpt.name in TRAINING_CHECKPOINTS:
+        # RUN/model.onnx is what `predict --engine onnx RUN` uses: made from a checkpoint of
+        # a run still training, it would silently outlive the run's final model.
+        raise RunError(f"{ckpt} is a checkpoint saved during training, not the final "
+                       f"{MODEL_FILE} of a finished run, and an export of it would go stale "
+                       f"as the run goes on. Finish the run first (`imgclf train --resume "
+                       f"--out {ckpt.parent}` for an interrupted one), then export it.")
     model, prep, classes, meta = load_model(ckpt)
     model = model.cpu().eval()
     out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]

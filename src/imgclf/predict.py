@@ -31,6 +31,8 @@ from imgclf.paths import open_for_writing
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
+TRAINING_CHECKPOINTS = ("best.pt", "last.pt")
+"""Saved after every epoch while a run trains; ``MODEL_FILE`` appears when it finishes."""
 RUN_FILES = frozenset({"predictions.csv", "metrics.json", "history.csv", "skipped.csv"})
 """Files that training writes into a run folder, under names a predictions file could have:
 written over, the run's report and comparisons could no longer read them."""
@@ -41,7 +43,7 @@ def checkpoint_file(run: str | Path) -> Path:
     (``.onnx``, ``.torchscript.pt``) is refused with a hint on how to use it."""
     path = Path(run)
     if path.is_dir():
-        for name in (MODEL_FILE, "best.pt", "last.pt"):
+        for name in (MODEL_FILE, *TRAINING_CHECKPOINTS):
             if (path / name).exists():
                 return path / name
         raise RunError(f"{path} holds no model.pt, best.pt or last.pt: is it an imgclf run "

@@ -9,10 +9,11 @@ from pathlib import Path
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "export", help="export a trained run to ONNX or TorchScript",
-        description="Write a run's final model as ONNX (RUN/model.onnx, for ONNX Runtime and "
-                    "`imgclf predict --engine onnx`) or TorchScript (RUN/model.torchscript.pt), "
-                    "plus a JSON sidecar with the class names and preprocessing. The model "
-                    "takes float32 RGB images in the 0-255 range, NCHW, and returns logits.")
+        description="Write a finished run's final model (model.pt) as ONNX (RUN/model.onnx, "
+                    "for ONNX Runtime and `imgclf predict --engine onnx`) or TorchScript "
+                    "(RUN/model.torchscript.pt), plus a JSON sidecar with the class names "
+                    "and preprocessing. The model takes float32 RGB images in the 0-255 "
+                    "range, NCHW, and returns logits.")
     parser.add_argument("run", help="run folder written by `imgclf train`")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                         help="export format (default onnx)")
