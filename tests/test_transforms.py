@@ -203,3 +203,40 @@ def test_reference_zoom_scales_each_axis_within_its_range():
     scales = a[:, [0, 1], [0, 1]]
     assert scales.min() >= 0.8 and scales.max() <= 1.2
     assert not np.allclose(scales[:, 0], scales[:, 1])  # each axis draws its own zoom
+
+
+def test_reference_warp_reuses_its_buffers_without_sharing_results():
+    # Batches of changing size, as an epoch's last batch is: each result is the one a new
+    # warp gives for the same draw, and no result is overwritten by the next batch.
+    rng = np.random.default_rng(0)
+    batches = [torch.from_numpy(rng.integers(0, 256, (n, 20, 24, 3), dtype=np.uint8))
+               .permute(0, 3, 1, 2) for n in (4, 4, 3, 4)]
+    warp = KerasAffine()
+    results = []
+    for i, batch in enumerate(batches):
+        torch.manual_seed(i)
+        results.append(warp(batch))
+    for i, (batch, result) in enumerate(zip(batches, results, strict=True)):
+        torch.manual_seed(i)
+        assert torch.equal(result, KerasAffine()(batch))
+    assert len({r.data_ptr() for r in results}) == len(results)
+
+
+@pytest.mark.parametrize("writeable", [True, False], ids=["in memory", "read-only cache"])
+def test_batches_of_a_batch_wise_warp_are_gathered_once_and_kept_apart(writeable):
+    from imgclf.data.datasets import ArrayDataset
+
+    rng = np.random.default_rng(1)
+    array = rng.integers(0, 256, (10, 12, 14, 3), dtype=np.uint8)
+    array.flags.writeable = writeable
+    dataset = ArrayDataset(array, np.arange(10) % 2, KerasAffine())
+    order = [[3, 1, 4, 1], [5, 9, 2, 6], [5, 3]]
+    batches = []
+    for i, indices in enumerate(order):
+        torch.manual_seed(i)
+        batches.append(dataset.__getitems__(indices))
+    for i, (indices, (x, y)) in enumerate(zip(order, batches, strict=True)):
+        torch.manual_seed(i)
+        expected = KerasAffine()(torch.from_numpy(array[indices]).permute(0, 3, 1, 2))
+        assert torch.equal(x, expected)
+        assert y.tolist() == [k % 2 for k in indices]

@@ -1,8 +1,8 @@
 """Torch datasets over cached arrays, and the loaders built on them.
 
-Batches are fetched whole (``__getitems__``): one fancy-index into the uint8 array per
-batch rather than one Python call per image, which keeps the warm pipeline far ahead of
-the model. Images stay uint8 until they reach the model, whose first step normalises, or a
+Batches are fetched whole (``__getitems__``): one gather from the uint8 array per batch
+rather than one Python call per image, which keeps the warm pipeline far ahead of the
+model. Images stay uint8 until they reach the model, whose first step normalises, or a
 batch-wise warp, which samples in float and hands the model its float result.
 """
 
@@ -29,6 +29,12 @@ class ArrayDataset(Dataset):
             raise ValueError(
                 f"labels has {len(self.labels)} entries but array has {len(self.array)} rows"
             )
+        # A batch-wise warp reads each batch once and keeps none of it: its rows are gathered
+        # into one reused buffer (cache-warm, two threads), from a torch view of the array.
+        # A read-only array (a memory-mapped cache) is gathered by numpy instead.
+        self._rows = (torch.from_numpy(array) if images and array.flags.writeable
+                      and getattr(transform, "batched", False) else None)
+        self._gathered: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -37,9 +43,17 @@ class ArrayDataset(Dataset):
         x, y = self.__getitems__([index])
         return x[0], y[0]
 
+    def _gather(self, idx: np.ndarray) -> torch.Tensor:
+        if self._rows is None:
+            return torch.from_numpy(np.ascontiguousarray(self.array[idx]))
+        shape = (len(idx), *self._rows.shape[1:])
+        if self._gathered is None or self._gathered.shape != shape:
+            self._gathered = torch.empty(shape, dtype=self._rows.dtype)
+        return torch.index_select(self._rows, 0, torch.from_numpy(idx), out=self._gathered)
+
     def __getitems__(self, indices):
-        idx = np.asarray(indices)
-        x = torch.from_numpy(np.ascontiguousarray(self.array[idx]))
+        idx = np.asarray(indices, dtype=np.int64)
+        x = self._gather(idx)
         if self.images:
             x = x.permute(0, 3, 1, 2)
             if getattr(self.transform, "batched", False):
