@@ -159,6 +159,8 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"train": {"finetune": 2}}, r"train\.finetune applies to --method transfer"),
     ({"model": {"img_size": 0}}, r"model\.img_size must be >= 1 \(or left out"),
     ({"augment": {"preset": "bogus"}}, r"augment\.preset must be one of none, flip, "),
+    ({"model": {"weights": "w.pth", "pretrained": False}},
+     r"model\.weights \(w\.pth\) loads pretrained weights, and model\.pretrained is false"),
     ({"method": "distill"}, r"method 'distill' is not known; choose one of scratch, augment, "
                             r"transfer"),
 ])

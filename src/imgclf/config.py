@@ -275,6 +275,9 @@ def validate(config: Config) -> None:
         (config.augment.preset in AUGMENT_PRESETS,
          f"augment.preset must be one of {', '.join(AUGMENT_PRESETS)}, got "
          f"{config.augment.preset!r}"),
+        (config.model.pretrained or config.model.weights is None,
+         f"model.weights ({config.model.weights}) loads pretrained weights, and "
+         "model.pretrained is false (--no-pretrained): give one of the two"),
     ]
     if t.finetune is not None:
         ok = str(t.finetune) == "all" or str(t.finetune).isdigit()
