@@ -273,10 +273,12 @@ def uninterrupted(tmp_path_factory):
     write_image_folder(root / "data" / "train", {"a": 8, "b": 8, "c": 8}, size=(32, 32), seed=0)
     write_image_folder(root / "data" / "test", {"a": 3, "b": 3, "c": 3}, size=(32, 32), seed=1)
 
-    def config(out):
+    def config(out, preset="reference"):
+        # reference: a batch-wise warp in the training process; trivial: per-image
+        # augmentation in a loader process
         return build_config("augment", None, {
             "data": {"data": str(root / "data")}, "out": str(out),
-            "model": {"name": "small_cnn", "img_size": 32},
+            "model": {"name": "small_cnn", "img_size": 32}, "augment": {"preset": preset},
             "train": {"epochs": 3, "patience": 0, "tta": "off", "amp": "off",
                       "batch_size": 8}})
 
@@ -284,18 +286,21 @@ def uninterrupted(tmp_path_factory):
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
         before = torch.get_num_threads()
         torch.set_num_threads(1)
-        whole = train(config(root / "whole"))
+        whole = {preset: train(config(root / preset, preset))
+                 for preset in ("reference", "trivial")}
         torch.set_num_threads(before)
     return config, whole
 
 
-@pytest.mark.parametrize("epoch, steps", [(1, 0), (1, 2), (3, 2)],
-                         ids=["first epoch's start", "mid first epoch", "mid third epoch"])
+@pytest.mark.parametrize("preset, epoch, steps", [
+    ("reference", 1, 0), ("reference", 1, 2), ("reference", 3, 2), ("trivial", 2, 1)],
+    ids=["first epoch's start", "mid first epoch", "mid third epoch", "loader process"])
 def test_resumed_run_trains_as_an_uninterrupted_one(uninterrupted, tmp_path, monkeypatch,
-                                                     epoch, steps):
+                                                     preset, epoch, steps):
     # Augmentation, dropout and shuffling all draw random numbers: a resumed run must draw
     # the ones the uninterrupted run drew, from the weights of the last whole epoch.
-    config, whole = uninterrupted
+    make_config, runs = uninterrupted
+    config, whole = (lambda out: make_config(out, preset)), runs[preset]
     interrupt_on_call(monkeypatch, epoch, steps)
     with pytest.raises(Interrupted):
         train(config(tmp_path / "part"))

@@ -112,7 +112,11 @@ def make_loader(
     workers: int | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A loader that shards over ranks when running distributed, seeded for repeatability."""
+    """A loader that shards over ranks when running distributed, seeded for repeatability.
+
+    Loader processes start afresh each epoch, seeded from the loader's generator: a
+    checkpoint holds that generator's state, so a resumed run augments as an uninterrupted
+    one would (persistent processes would carry random states no checkpoint holds)."""
     workers = default_workers(dataset.transform) if workers is None else workers
     sampler = None
     generator = torch.Generator().manual_seed(seed)
@@ -128,7 +132,6 @@ def make_loader(
         collate_fn=_whole_batch,
         generator=generator,
         drop_last=drop_last,
-        persistent_workers=workers > 0,
         worker_init_fn=_seed_worker if workers > 0 else None,
     )
 
