@@ -143,8 +143,10 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"train": {"lr": 0}}, r"train\.lr must be > 0"),
     ({"train": {"optimizer": "adagrad"}}, r"train\.optimizer must be adam, adamw or sgd, got "
                                           r"'adagrad'"),
-    ({"train": {"finetune": "x"}}, r"train\.finetune must be a number of stages or 'all', got "
-                                   r"'x'"),
+    ({"train": {"finetune": "x"}}, r"train\.finetune must be a number of stages \(1 or more\) "
+                                   r"or 'all', got 'x'"),
+    ({"method": "transfer", "train": {"finetune": 0}}, r"train\.finetune must be a number of "
+                                                        r"stages \(1 or more\) or 'all', got '0'"),
     ({"train": {"schedule": "step"}}, r"train\.schedule must be"),
     ({"train": {"monitor": "f1"}}, r"train\.monitor must be"),
     ({"train": {"class_weight": "balanced"}}, r"train\.class_weight must be auto or none"),

@@ -483,6 +483,17 @@ def test_scratch_with_an_imagenet_backbone_is_a_config_error(split_data, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("model", [{"dropout": 0.9}, {"head": "linear"}, {"weights": "w.pth"}])
+def test_head_and_weights_options_are_refused_for_imgclfs_own_networks(split_data, tmp_path,
+                                                                       model):
+    (key, value), = model.items()
+    with pytest.raises(ConfigError, match=rf"model\.{key} \(--{key}\) applies to timm "
+                                          r"backbones.*'small_cnn' is one of imgclf's own"):
+        imgclf.train(split_data, method="scratch", out=tmp_path / "run",
+                     model={"img_size": 32, key: value}, train={"epochs": 1})
+    assert not (tmp_path / "run").exists()
+
+
 def test_too_many_finetune_stages_stop_before_training(split_data, tmp_path):
     with pytest.raises(ConfigError, match=r"--finetune 99: mobilenetv2_100 has \d+ stages"):
         imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,

@@ -280,9 +280,9 @@ def validate(config: Config) -> None:
          "model.pretrained is false (--no-pretrained): give one of the two"),
     ]
     if t.finetune is not None:
-        ok = str(t.finetune) == "all" or str(t.finetune).isdigit()
-        checks.append((ok, f"train.finetune must be a number of stages or 'all', got "
-                           f"{t.finetune!r}"))
+        ok = str(t.finetune) == "all" or (str(t.finetune).isdigit() and int(t.finetune) >= 1)
+        checks.append((ok, f"train.finetune must be a number of stages (1 or more) or 'all', "
+                           f"got {t.finetune!r}"))
         checks.append((config.method == "transfer",
                        f"train.finetune applies to --method transfer (the model here trains "
                        f"whole under {config.method}); leave --finetune out"))

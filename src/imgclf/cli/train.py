@@ -84,7 +84,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
            help="keep the last epoch's weights rather than the best epoch's")
     option(t, "--finetune", dest="train.finetune",
            help="transfer: after warming up the head, unfreeze the backbone's last N "
-                "stages (or 'all') and train on")
+                "stages (N of 1 or more, or 'all') and train them with the head for "
+                "--finetune-epochs")
     option(t, "--warmup-epochs", dest="train.warmup_epochs", type=int,
            help="with --finetune: epochs of the head alone before the backbone unfreezes "
                 "(default 1, as fastai's fine_tune; without --finetune the head trains "

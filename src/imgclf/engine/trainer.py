@@ -28,7 +28,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from imgclf.config import Config
+from imgclf.config import Config, ModelSection
 from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.data.prepare import PreparedData, decode_split, prepare_data
 from imgclf.data.transforms import create_batch_mixer, create_transform
@@ -364,6 +364,15 @@ def _check_method_model(config: Config) -> None:
             f"method transfer needs a timm backbone, but model {config.model.name!r} is one of "
             "imgclf's own networks, which train from scratch. Use --method scratch or "
             "augment for it, or choose a backbone with --backbone (e.g. mobilenetv2_100)."
+        )
+    defaults = ModelSection()
+    given = [f"model.{key} (--{key})" for key in ("head", "dropout", "weights")
+             if getattr(config.model, key) != getattr(defaults, key)]
+    if own and given:
+        raise ConfigError(
+            f"{', '.join(given)} applies to timm backbones (their new head, their weights), "
+            f"but {config.model.name!r} is one of imgclf's own networks, whose layers and "
+            "dropout are fixed (see README): leave it out."
         )
 
 
