@@ -335,6 +335,19 @@ def test_resume_in_the_finetune_phase(split_data, tmp_path, monkeypatch):
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
 
 
+def test_the_restored_epoch_is_named_as_the_log_numbered_it(split_data, tmp_path, caplog):
+    config = build_config("transfer", None, {
+        "data": {"data": str(split_data)}, "out": str(tmp_path / "run"), "model": BACKBONE,
+        "train": {"warmup_epochs": 1, "finetune": "1", "finetune_epochs": 2, "patience": 0}})
+    with caplog.at_level(logging.INFO, logger="imgclf"):
+        train(config)
+    starred = [re.match(r"epoch (\d+)/2 .*\*$", r.message) for r in caplog.records
+               if r.message.startswith("epoch ")][1:]  # the fine-tuning epochs
+    best = max(int(m[1]) for m in starred if m)
+    assert f"restored best weights (finetune epoch {best}, epoch {best + 1} of the run" \
+        in caplog.text
+
+
 def test_resume_without_a_checkpoint_raises(split_data, tmp_path):
     config = build_config("scratch", None, {"data": {"data": str(split_data)},
                                             "out": str(tmp_path / "nothing")})

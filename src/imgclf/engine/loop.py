@@ -227,6 +227,13 @@ def fit(
         log.info("resuming phase %s at epoch %d", phase.name, start + 1)
     offset = sum(1 for row in state.history if row.get("phase") != phase.name)
 
+    def numbered(run_epoch: int) -> str:
+        """An epoch as the per-epoch log lines count it, within its phase (history.csv and
+        the learning curves count across the run)."""
+        if not offset:
+            return f"epoch {run_epoch}"
+        return f"{phase.name} epoch {run_epoch - offset}, epoch {run_epoch} of the run"
+
     # The random state as the last whole epoch left it (or as the phase began): a resumed
     # run starts the next epoch from it, so that it trains as an uninterrupted one would.
     rng = rng_state(phase.train_loader)
@@ -283,8 +290,8 @@ def fit(
             )
             if dist.broadcast_flag(monitor.should_stop):
                 log.info("early stopping: %s did not improve for %d epochs (best %.4f at "
-                         "epoch %d)", monitor.monitor, monitor.patience, monitor.best,
-                         monitor.best_epoch)
+                         "%s)", monitor.monitor, monitor.patience, monitor.best,
+                         numbered(monitor.best_epoch))
                 break
     except KeyboardInterrupt:
         # The weights are part-way through an epoch: last.pt keeps the last whole one.
@@ -299,6 +306,6 @@ def fit(
         best = load_checkpoint(run_dir / "best.pt")
         if best.get("phase") == phase.name:
             model.load_state_dict(best["model"])
-            log.info("restored best weights (epoch %d, %s %.4f)", monitor.best_epoch,
+            log.info("restored best weights (%s, %s %.4f)", numbered(monitor.best_epoch),
                      monitor.monitor, monitor.best)
     return state
