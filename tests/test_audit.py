@@ -273,6 +273,9 @@ def test_what_training_stops_on_is_listed(tmp_path, make_image_folder):
         format_audit(report)
     with pytest.raises(DataError, match="holds no readable images"):
         prepare_data(tmp_path)
+    from imgclf.cli.main import main
+
+    assert main(["audit", str(tmp_path), "-q"]) == 1  # so `audit && train` stops there
     one = make_image_folder(tmp_path / "one", {"cat": 2})
     assert audit_dataset(one)["problems"] == [
         "one class only ('cat'): a classifier needs at least two"]

@@ -13,7 +13,9 @@ def add_parser(subparsers) -> None:
         description="Report images per split and class, class imbalance, image sizes, modes "
                     "and formats, files whose extension lies about their format, unreadable "
                     "and skipped files, identical files within and across splits and classes, "
-                    "and near-duplicates across splits.")
+                    "and near-duplicates across splits. Exits with 1 when it finds a problem "
+                    "that stops training (a class without a readable image, a single class, "
+                    "an empty split), else 0.")
     from imgclf.cli.common import DATA_HELP, add_verbosity
 
     parser.add_argument("data", nargs="?", default=None, help=DATA_HELP)
@@ -44,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.json)
         write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         print(f"\nfull report written to {out}")
-    return 0
+    return 1 if report["problems"] else 0  # `imgclf audit DATA && imgclf train DATA`
