@@ -451,8 +451,13 @@ def audit_dataset(
         _near_duplicates(entries, results, rel) if near_duplicates else {"checked": False}
     )
     report["seconds"] = round(time.perf_counter() - start, 2)
-    log.info("audit of %d image files took %.1f s", len(entries), report["seconds"])
+    log.info("audit of %d image files took %.1f s", _audited(report), report["seconds"])
     return report
+
+
+def _audited(report: dict) -> int:
+    """Image files in the labelled splits: readable ones and those that could not be read."""
+    return sum(s["images"] + s["unreadable"] for s in report["splits"].values())
 
 
 # --- terminal rendering -------------------------------------------------------------------
@@ -577,11 +582,10 @@ def _format_near(near: dict) -> list[str]:
 
 def format_audit(report: dict) -> str:
     """The audit report as readable terminal tables and lists (the first few of each)."""
-    n_files = sum(s["images"] + s["unreadable"] for s in report["splits"].values())
     lines = [
         f"Dataset {report['root']}",
         f"  layout: {report['layout']}; {len(report['classes'])} classes; "
-        f"{n_files:,} image files audited in {report['seconds']:g} s",
+        f"{_audited(report):,} image files audited in {report['seconds']:g} s",
         *(f"  note: {note}" for note in report["layout_notes"]),
         *(f"  problem (training stops on it): {problem}" for problem in report["problems"]),
         "",
