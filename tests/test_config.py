@@ -198,6 +198,17 @@ def test_wrong_type_is_a_config_error(section, key, value):
         build_config("scratch", None, overrides)
 
 
+def test_yaml_on_and_off_are_the_settings_on_and_off(tmp_path):
+    # YAML 1.1 reads bare on/off as booleans
+    (tmp_path / "c.yaml").write_text("train:\n  tta: off\n  amp: off\n")
+    config = build_config("scratch", tmp_path / "c.yaml")
+    assert (config.train.tta, config.train.amp) == ("off", "off")
+    (tmp_path / "c.yaml").write_text("train:\n  tta: on\n")
+    assert build_config("scratch", tmp_path / "c.yaml").train.tta == "on"
+    with pytest.raises(ConfigError, match=r"train\.restore_best must be .*'no'"):
+        build_config("scratch", None, {"train": {"restore_best": "no"}})  # strings stay
+
+
 # --- the saved config.yaml ----------------------------------------------------------------------
 
 

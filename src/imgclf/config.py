@@ -142,7 +142,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     """``value`` as field type ``hint`` wants it, or a ConfigError naming the key.
 
     Numbers are accepted for floats, and so are numeric strings: PyYAML reads ``1e-3``
-    (no dot) as a string. Paths and integers are accepted for strings (``finetune: 2``).
+    (no dot) as a string. Paths and integers are accepted for strings (``finetune: 2``),
+    and so are booleans as "on" and "off": PyYAML reads ``tta: off`` as false.
     """
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
@@ -161,6 +162,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 pass
         if str in allowed and isinstance(value, (str, int, os.PathLike)):
             return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    elif str in allowed:
+        return "on" if value else "off"
     expected = " or ".join(_TYPE_NAMES.get(t, "null") for t in allowed)
     raise ConfigError(f"{name} must be {expected}, got {value!r}.")
 
