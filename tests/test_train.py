@@ -348,6 +348,31 @@ def test_the_restored_epoch_is_named_as_the_log_numbered_it(split_data, tmp_path
         in caplog.text
 
 
+def test_interrupted_while_writing_its_results_the_run_resumes_to_them(split_data, tmp_path,
+                                                                         monkeypatch):
+    def run(out):
+        return imgclf.train(split_data, method="transfer", out=out, model=BACKBONE,
+                            train={"epochs": 2, "tta": "off"})
+
+    whole = run(tmp_path / "whole")
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("imgclf.evaluation.plot_confusion_matrix", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "part")
+    part = tmp_path / "part"
+    assert not (part / "metrics.json").exists()  # not finished: it resumes, and compare too
+    imgclf.train(out=part, resume=True)
+    expected = {"metrics.json", "predictions.csv", "learning_curves.png", "confusion_matrix.png"}
+    assert expected <= {p.name for p in part.iterdir()}
+    # The head alone trained: so say the results, though no phase was set up again.
+    assert metrics_of(part)["parameters"] == metrics_of(whole)["parameters"]
+    assert without_timings(metrics_of(part)) == without_timings(metrics_of(whole))
+
+
 def test_resume_without_a_checkpoint_raises(split_data, tmp_path):
     config = build_config("scratch", None, {"data": {"data": str(split_data)},
                                             "out": str(tmp_path / "nothing")})

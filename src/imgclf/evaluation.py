@@ -99,7 +99,6 @@ def write_evaluation(
     metrics.update(extra or {})
     if not dist.is_main():
         return metrics
-    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     with open_for_writing(out_dir / "predictions.csv", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "predicted", "confidence", *classes])
@@ -114,6 +113,9 @@ def write_evaluation(
     curves = roc_curves(labels, probs, classes)
     if curves:
         plot_roc_curves(curves, out_dir / "roc_curves.png")
+    # Last: a run (or evaluation) folder with metrics.json holds all its files, so an
+    # interruption before this point leaves the run unfinished, to be resumed.
+    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     log.info("%s accuracy %.4f, balanced %.4f, macro F1 %.4f (%d images%s)", split,
              metrics["accuracy"], metrics["balanced_accuracy"], metrics["f1_macro"],
              metrics["n_samples"], ", each averaged with its mirror image" if tta else "")

@@ -73,6 +73,8 @@ class FitState:
     """Whether ``phase`` ran to its end (all epochs, or stopped early)."""
     seconds: float = 0.0
     """Training time of earlier sessions, up to the checkpoint this one resumed from."""
+    trainable: int | None = None
+    """Parameters that ``phase`` trains (a resumed run may not set the phase up again)."""
     started: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -247,7 +249,7 @@ def fit(
             scheduler=phase.scheduler.state_dict() if phase.scheduler is not None else None,
             monitor=monitor.state_dict(), history=state.history,
             phase=phase.name, epoch=epoch, phase_done=state.done, rng=rng,
-            seconds=state.elapsed(),
+            seconds=state.elapsed(), trainable=state.trainable,
         )
         save_atomic(payload, run_dir / name)
 

@@ -418,7 +418,7 @@ def _train(config: Config, resume: bool) -> Path:
     if resume:
         last = load_checkpoint(run_dir / "last.pt")
         state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"],
-                         seconds=last.get("seconds", 0.0))
+                         seconds=last.get("seconds", 0.0), trainable=last.get("trainable"))
         best = run_dir / "best.pt"
         restore = state.done and config.train.restore_best and best.exists()
         model.load_state_dict(load_checkpoint(best if restore else run_dir / "last.pt")["model"])
@@ -440,8 +440,8 @@ def _train(config: Config, resume: bool) -> Path:
                 phase.scheduler.load_state_dict(last["scheduler"])
             monitor.load_state_dict(last["monitor"])
             restore_rng_state(last.get("rng"), phase.train_loader)
-        _, trainable = count_parameters(model)
-        log.info("phase %s: %s trainable parameters", phase.name, f"{trainable:,}")
+        _, state.trainable = count_parameters(model)
+        log.info("phase %s: %s trainable parameters", phase.name, f"{state.trainable:,}")
         state = fit(phase, phase.runtime or rt, monitor, run_dir, model, meta, state,
                     restore_best=config.train.restore_best, epoch_logger=logger)
     train_seconds = state.elapsed()  # earlier sessions of a resumed run included
@@ -460,8 +460,7 @@ def _train(config: Config, resume: bool) -> Path:
                                      config.train.min_delta),
                      extra={"train_seconds": round(train_seconds, 2),
                             "tta_validation": tta_check,
-                            "parameters": dict(zip(("total", "trainable"),
-                                                   count_parameters(model), strict=False)),
+                            "parameters": {"total": total, "trainable": state.trainable},
                             "skipped_files": len(data.skipped),
                             "data_summary": data.summary()})
     return run_dir
