@@ -39,6 +39,7 @@ from imgclf.data.layout import (
     is_hidden_or_system,
     scan_folder,
     scan_split,
+    unknown_classes,
 )
 from imgclf.errors import ConfigError
 
@@ -351,6 +352,10 @@ def _problems(report: dict) -> list[str]:
         if not count:
             problems.append(f"class {cls!r} has no readable training image")
     for name in ("val", "test"):
+        unknown = report["splits"].get(name, {}).get("unknown_classes")
+        if unknown:
+            problems.append(f"the {name} split has class folder(s) {unknown} that the "
+                            "training split does not have")
         if name in report["splits"] and not report["splits"][name]["images"]:
             problems.append(f"the {name} split holds no labelled image")
     return problems
@@ -424,6 +429,7 @@ def audit_dataset(
             split.root, classes, [entries[k] for k in picked],
             [results[k] for k in picked], split.skipped, rel,
         )
+        report["splits"][name]["unknown_classes"] = unknown_classes(split.root, classes)
         for skip in split.skipped:
             if _is_unreadable_image(skip, split.root):
                 report["unreadable"].append({"split": name, "class": _class_of(skip.path,

@@ -270,15 +270,20 @@ def _same_name(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def unknown_classes(root: Path, classes: list[str]) -> list[str]:
+    """The class folders of ``root`` that are not among ``classes``."""
+    known = {_same_name(c) for c in classes}
+    return sorted(p.name for p in _subdirs(root) if _same_name(p.name) not in known)
+
+
 def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                source: str = "the training split") -> Split:
-    """Read one labelled split; class folders not in ``classes`` (those of ``source``) are
-    errors, and so are training classes without a readable image unless ``strict`` is
-    False (the audit lists them)."""
+    """Read one labelled split; class folders not in ``classes`` (those of ``source``) and
+    training classes without a readable image are errors, unless ``strict`` is False
+    (the audit lists them, and leaves the unknown folders out)."""
     folders = {_same_name(p.name): p for p in _subdirs(root)}
-    unknown = sorted(p.name for key, p in folders.items()
-                     if key not in {_same_name(c) for c in classes})
-    if unknown:
+    unknown = unknown_classes(root, classes)
+    if unknown and strict:
         raise DataError(
             f"{name} split {root} has class folder(s) {unknown} that {source} does not have "
             f"(its classes: {classes}). Rename or remove them"
