@@ -281,6 +281,10 @@ def test_what_training_stops_on_is_listed(tmp_path, make_image_folder):
     assert "the test split has class folder(s) ['alien'] that the training split does not " \
            "have" in report["problems"]
     assert report["splits"]["test"]["images"] == 1  # the known class is still audited
+    assert report["warnings"] == ["class 'cat' has only 2 training image(s)",
+                                  "class 'dog' has only 2 training image(s)",
+                                  "class 'empty' has only 0 training image(s)"]
+    assert "  warning: class 'cat' has only 2 training image(s)" in format_audit(report)
     one = make_image_folder(tmp_path / "one", {"cat": 2})
     assert audit_dataset(one)["problems"] == [
         "one class only ('cat'): a classifier needs at least two"]

@@ -39,6 +39,7 @@ from imgclf.data.layout import (
     is_hidden_or_system,
     scan_folder,
     scan_split,
+    small_classes,
     unknown_classes,
 )
 from imgclf.errors import ConfigError
@@ -440,6 +441,7 @@ def audit_dataset(
                                           "reason": skip.reason})
     report["imbalance_ratio"] = report["splits"]["train"]["imbalance_ratio"]
     report["problems"] = _problems(report)
+    report["warnings"] = small_classes(splits["train"], classes)
     for entry, result in zip(entries, results, strict=True):
         if result.error is not None:
             report["unreadable"].append({**_file_record(entry, rel), "reason": result.error})
@@ -594,6 +596,8 @@ def format_audit(report: dict) -> str:
         f"{_audited(report):,} image files audited in {report['seconds']:g} s",
         *(f"  note: {note}" for note in report["layout_notes"]),
         *(f"  problem (training stops on it): {problem}" for problem in report["problems"]),
+        *(f"  warning: {text}; results for it will be unreliable"
+          for text in report["warnings"]),
         "",
         *_format_counts(report),
         "",

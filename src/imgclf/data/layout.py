@@ -308,13 +308,16 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
     return split
 
 
+def small_classes(split: Split, classes: list[str]) -> list[str]:
+    """A line for every class with very few training images (under ``FEW_IMAGES``)."""
+    counts = Counter(split.labels)
+    return [f"class {classes[i]!r} has only {counts.get(i, 0)} training image(s)"
+            for i in range(len(classes)) if counts.get(i, 0) < FEW_IMAGES]
+
+
 def warn_small_classes(split: Split, classes: list[str]) -> list[str]:
     """Log (and return) a warning for every class with very few training images."""
-    counts = Counter(split.labels)
-    warnings = [
-        f"class {classes[i]!r} has only {counts.get(i, 0)} training image(s)"
-        for i in range(len(classes)) if counts.get(i, 0) < FEW_IMAGES
-    ]
+    warnings = small_classes(split, classes)
     for text in warnings:
         log.warning("%s; results for it will be unreliable", text)
     return warnings
