@@ -100,8 +100,9 @@ def _audit_problems(audit: dict) -> str:
         parts.append(t.paragraph("Near-duplicates across splits were not checked.", "muted"))
     if not parts:
         checked = "exact and near-duplicates" if near.get("checked") else "exact duplicates"
-        parts.append(t.paragraph(f"None: no unreadable or mislabelled files, and no "
-                                 f"{checked} within or across splits."))
+        parts.append(t.paragraph(f"None: no unreadable files, no file whose extension "
+                                 f"misnames its format, and no {checked} within or across "
+                                 "splits."))
     return "\n".join(parts)
 
 

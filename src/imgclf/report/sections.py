@@ -250,7 +250,8 @@ def mistakes_section(report: Report) -> str:
     intro = t.paragraph(
         f"Evaluated images whose prediction was wrong, the most confident first (at most "
         f"{figures.GALLERY_SIZE} per run), shown at {figures.THUMBNAIL}\u00d7"
-        f"{figures.THUMBNAIL} as the model saw them: resized to a square. Confident mistakes "
+        f"{figures.THUMBNAIL}, resized to a square as the model saw them at its own input "
+        "size. Confident mistakes "
         "are where to look for mislabelled images, ambiguous classes, or a shortcut the model "
         "learned.", "muted")
     return intro + _per_run(report, figures.mistakes_gallery)
