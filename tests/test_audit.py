@@ -280,7 +280,8 @@ def test_what_training_stops_on_is_listed(tmp_path, make_image_folder):
     report = audit_dataset(tmp_path, near_duplicates=False)
     assert "the test split has class folder(s) ['alien'] that the training split does not " \
            "have" in report["problems"]
-    assert report["splits"]["test"]["images"] == 1  # the known class is still audited
+    assert report["splits"]["test"]["classes"] == {"cat": 1, "dog": 0, "empty": 0, "alien": 1}
+    assert report["splits"]["test"]["images"] == 2  # the unknown class is audited too
     assert report["warnings"] == ["class 'cat' has only 2 training image(s)",
                                   "class 'dog' has only 2 training image(s)",
                                   "class 'empty' has only 0 training image(s)"]

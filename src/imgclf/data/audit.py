@@ -403,10 +403,14 @@ def audit_dataset(
     classes = find_classes(layout.train)
     rel = _Relative(_report_root(data, layout))
 
-    splits = {name: scan_split(name, root, classes, strict=False)
+    # A val/test class that training lacks is a problem to list, but its files are
+    # audited too (a leak or a broken file hides there as well as anywhere).
+    names = {name: classes + unknown_classes(root, classes)
+             for name, root in layout.splits().items()}
+    splits = {name: scan_split(name, root, names[name], strict=False)
               for name, root in layout.splits().items()}
     entries = [
-        _Entry(name, classes[label], path)
+        _Entry(name, names[name][label], path)
         for name, split in splits.items()
         for path, label in zip(split.paths, split.labels, strict=True)
     ]
@@ -427,10 +431,10 @@ def audit_dataset(
     for name, split in splits.items():
         picked = [k for k, e in enumerate(entries) if e.split == name]
         report["splits"][name] = _split_summary(
-            split.root, classes, [entries[k] for k in picked],
+            split.root, names[name], [entries[k] for k in picked],
             [results[k] for k in picked], split.skipped, rel,
         )
-        report["splits"][name]["unknown_classes"] = unknown_classes(split.root, classes)
+        report["splits"][name]["unknown_classes"] = names[name][len(classes):]
         for skip in split.skipped:
             if _is_unreadable_image(skip, split.root):
                 report["unreadable"].append({"split": name, "class": _class_of(skip.path,
@@ -507,7 +511,9 @@ def _more(total: int) -> list[str]:
 def _format_counts(report: dict) -> list[str]:
     names = list(report["splits"])
     columns = [report["splits"][n] for n in names]
-    rows = [[cls, *(c["classes"][cls] for c in columns)] for cls in report["classes"]]
+    unknown = [cls for c in columns for cls in c.get("unknown_classes", [])]
+    rows = [[cls, *(c["classes"].get(cls, "-") for c in columns)]
+            for cls in [*report["classes"], *dict.fromkeys(unknown)]]
     rows.append(["total", *(c["images"] for c in columns)])
     rows.append(["unreadable", *(c["unreadable"] for c in columns)])
     rows.append(["skipped", *(c["skipped"] for c in columns)])
