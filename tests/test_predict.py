@@ -66,7 +66,7 @@ def mixed_folder(tmp_path, trained, bad_image_folder):
 
 GOOD = 4
 ERRORS = {"corrupt.jpg": "not a recognised image format", "empty.jpg": "empty file (0 bytes)",
-          "truncated.jpg": "truncated", "notes.txt": "not an image"}
+          "truncated.jpg": "truncated"}
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict]]:
@@ -82,8 +82,9 @@ def test_predict_gives_one_row_per_file_and_error_rows(trained, mixed_folder):
     run, _ = trained
     predictions = imgclf.load(run, device="cpu").predict([mixed_folder])
     by_name = {p.path.name: p for p in predictions}
-    assert len(predictions) == GOOD + len(ERRORS)  # the hidden file is not a row
+    assert len(predictions) == GOOD + len(ERRORS)  # the hidden file is not a row,
     assert ".hidden.jpg" not in by_name
+    assert "notes.txt" not in by_name  # nor a file that is not an image by name or content
     assert "deep.png" in by_name  # folders are walked recursively
     for name, reason in ERRORS.items():
         p = by_name[name]
@@ -97,6 +98,18 @@ def test_predict_gives_one_row_per_file_and_error_rows(trained, mixed_folder):
         assert p.probs.sum() == pytest.approx(1.0, abs=1e-5)
         assert p.confidence == pytest.approx(float(p.probs.max()))
         assert p.label == CLASSES[int(p.probs.argmax())]
+
+
+def test_predict_takes_paths_and_points_arrays_to_predict_arrays(trained, mixed_folder):
+    run, _ = trained
+    predictor = imgclf.load(run, device="cpu")
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(TypeError, match="got ndarray; for images already in memory use "
+                                        "predict_arrays"):
+        predictor.predict([image])
+    # a non-image named on its own is an error row, not left out
+    [notes] = predictor.predict([mixed_folder / "notes.txt"])
+    assert notes.error == "not a recognised image format"
 
 
 def test_predict_takes_files_and_reports_missing_ones(trained, mixed_folder):
@@ -123,7 +136,8 @@ def test_predict_lists_each_file_once_in_the_order_found(trained, mixed_folder):
     predictor = imgclf.load(run, device="cpu")
     predictions = predictor.predict([mixed_folder])
     # Each folder's files by name, unreadable ones among them, then its subfolders.
-    top = sorted(p.name for p in mixed_folder.iterdir() if p.is_file() and p.name[0] != ".")
+    top = sorted(p.name for p in mixed_folder.iterdir()
+                 if p.is_file() and p.name[0] != "." and p.suffix != ".txt")
     assert [p.path for p in predictions] == \
         [mixed_folder / name for name in top] + [mixed_folder / "nested" / "deep.png"]
     again = predictor.predict([mixed_folder, mixed_folder / "nested" / "deep.png",

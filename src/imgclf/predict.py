@@ -174,9 +174,22 @@ class BasePredictor:
         ``Prediction`` per file, each file once, in the order found."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
-        found = [(path, reason) for path, reason in
-                 find_unlabelled(paths if isinstance(paths, (list, tuple)) else [paths])
-                 if reason != "hidden or system file"]
+        paths = paths if isinstance(paths, (list, tuple)) else [paths]
+        for item in paths:
+            if not isinstance(item, (str, os.PathLike)):
+                raise TypeError(f"predict takes image files and folders (str or Path), got "
+                                f"{type(item).__name__}; for images already in memory use "
+                                "predict_arrays (uint8 arrays of shape (N, size, size, 3)).")
+        # Files found in folders that are not images by name or content (notes, CSVs) are
+        # left out, as the training data's are; a damaged image is listed with its error.
+        found, others = [], 0
+        for path, reason in find_unlabelled(paths):
+            if reason is None or not reason.startswith(("hidden or system", "not an image")):
+                found.append((path, reason))
+            else:
+                others += reason.startswith("not an image")
+        if others:
+            log.info("%d file(s) that are not images left out", others)
         files = [path for path, reason in found if reason is None]
         done: dict[Path, Prediction] = {}
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
