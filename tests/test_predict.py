@@ -447,6 +447,21 @@ def test_evaluate_without_test_or_val_says_it_uses_train(trained, tmp_path, capl
     assert "no test or val split: evaluating on the training split" in caplog.text
 
 
+def test_evaluate_on_the_runs_own_training_folder_warns(trained, tmp_path, caplog):
+    run, data = trained
+    for folder in (data / "train", data):  # named directly, or as the split it holds
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="imgclf.evaluation"):
+            evaluate_folder(run, folder, split="train" if folder == data else None,
+                            out=tmp_path / f"ev-{folder.name}")
+        assert f"is the folder {run} was trained on: these figures are on images the " \
+               "model has learnt from" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="imgclf.evaluation"):
+        evaluate_folder(run, data, out=tmp_path / "ev-test")  # its test split: no warning
+    assert "trained on" not in caplog.text
+
+
 def test_evaluate_refuses_to_overwrite_or_write_into_the_data(trained, tmp_path):
     run, data = trained
     other = tmp_path / "other_run"

@@ -122,6 +122,21 @@ def write_evaluation(
     return metrics
 
 
+def _training_folder(run_dir: Path) -> Path | None:
+    """The folder the run in ``run_dir`` trained on (None when that cannot be told: no
+    config.yaml, or its dataset has moved)."""
+    from imgclf.config import load_config
+    from imgclf.data.layout import detect_layout
+    from imgclf.errors import ImgclfError
+
+    try:
+        d = load_config(run_dir / "config.yaml").data
+        as_path = lambda v: Path(v) if v is not None else None  # noqa: E731
+        return detect_layout(as_path(d.data), as_path(d.train)).train
+    except (ImgclfError, OSError, ValueError):
+        return None
+
+
 def _check_same_data(out_dir: Path, root: Path) -> None:
     """Refuse to overwrite an evaluation of other images: the default folder is named after
     the split, so a second dataset's test split would otherwise replace the first's."""
@@ -162,10 +177,14 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         root = getattr(layout, name)
         if root is None:
             raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
-        if name == "train" and split is None:
-            log.warning("%s has no test or val split: evaluating on the training split, "
-                        "whose images the model has learnt from", data)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/model.pt given
+    trained_on = _training_folder(run_dir)
+    if trained_on is not None and trained_on.resolve() == root.resolve():
+        log.warning("%s is the folder %s was trained on: these figures are on images the "
+                    "model has learnt from, not on new ones", root, run_dir)
+    elif name == "train" and split is None:
+        log.warning("%s has no test or val split: evaluating on the training split, "
+                    "whose images the model has learnt from", data)
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
     _check_same_data(out_dir, root)
