@@ -112,6 +112,14 @@ def test_plot_confusion_matrix_many_classes_and_list_input(tmp_path: Path) -> No
     _assert_png(plot_confusion_matrix(cm, [f"class_{i}" for i in range(n)], tmp_path / "big.png"))
 
 
+def test_plot_confusion_matrix_with_very_long_class_names(tmp_path: Path) -> None:
+    # Whole, 200-character names squeeze the matrices to nothing and matplotlib warns.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_png(plot_confusion_matrix(np.array([[2, 1], [0, 3]]), ["a" * 200, "b" * 200],
+                                          tmp_path / "cm.png"))
+
+
 def test_plot_confusion_matrix_rejects_shape_mismatch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"one row and column per class name.*\(2, 2\)"):
         plot_confusion_matrix(np.zeros((3, 3)), ["a", "b"], tmp_path / "x.png")

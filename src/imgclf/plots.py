@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 DPI = 100
 # Above this many classes, per-cell numbers in a confusion matrix are unreadable.
 MAX_ANNOTATED_CLASSES = 30
+# Class names longer than this are cut on a confusion matrix's axes.
+TICK_LABEL_WIDTH = 28
 
 # matplotlib's warning for a character its font cannot draw (CJK class names in DejaVu Sans).
 _MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
@@ -147,7 +149,10 @@ def plot_confusion_matrix(
 
     side = max(4.5, 0.45 * n + 2.5)
     fig = _new_figure(figsize=(2 * side + 1, side))
+    # Long names are cut: whole, they would squeeze the matrices away.
     names = [_plain(str(name)) for name in class_names]
+    names = [n if len(n) <= TICK_LABEL_WIDTH else n[:TICK_LABEL_WIDTH - 1] + "\u2026"
+             for n in names]
     panels = (
         (counts, "Counts", max(float(counts.max()), 1.0), _count_format(counts)),
         (normalised, "Normalised by true class", 1.0, "{:.2f}"),
