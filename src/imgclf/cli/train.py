@@ -10,11 +10,16 @@ from imgclf.errors import RunError
 
 
 @functools.cache
+def _preset_training() -> dict:
+    """Each method's resolved training section, built once for all the help texts."""
+    return {m: build_config(m).train for m in METHODS}
+
+
 def preset_default(key: str) -> str:
     """The default of training setting ``key`` as help text, read from the method presets
     so that the help cannot drift from them: "default 32", or, where the methods differ,
     "default: by method, scratch 0.001, augment 0.001, transfer 0.0003"."""
-    values = {m: getattr(build_config(m).train, key) for m in METHODS}
+    values = {m: getattr(train, key) for m, train in _preset_training().items()}
     shown = {m: f"{v:g}" if isinstance(v, float) else str(v) for m, v in values.items()}
     if len(set(shown.values())) == 1:
         return f"default {shown[METHODS[0]]}"
