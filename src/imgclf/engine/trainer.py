@@ -415,13 +415,13 @@ def _train(config: Config, resume: bool) -> Path:
     meta = checkpoint_meta(config, data.classes, prep, source)
     ctx = TrainingContext(config, data, model, prep, rt, run_dir, arrays, image_keys, meta)
     state = FitState()
-    if resume:
-        last = load_checkpoint(run_dir / "last.pt")
+    last = load_checkpoint(run_dir / "last.pt") if resume else None
+    if last is not None:
         state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"],
                          seconds=last.get("seconds", 0.0), trainable=last.get("trainable"))
         best = run_dir / "best.pt"
         restore = state.done and config.train.restore_best and best.exists()
-        model.load_state_dict(load_checkpoint(best if restore else run_dir / "last.pt")["model"])
+        model.load_state_dict((load_checkpoint(best) if restore else last)["model"])
     total, _ = count_parameters(model)
     log.info("model %s (%s), %s parameters, on %s", config.model.name, source, f"{total:,}",
              rt.describe())
@@ -433,8 +433,7 @@ def _train(config: Config, resume: bool) -> Path:
         phase = factory()
         monitor = Monitor(config.train.monitor, config.train.mode, config.train.min_delta,
                           config.train.patience)
-        if resume and state.phase == phase.name:
-            last = load_checkpoint(run_dir / "last.pt")
+        if last is not None and state.phase == phase.name:
             phase.optimizer.load_state_dict(last["optimizer"])
             if phase.scheduler is not None and last.get("scheduler"):
                 phase.scheduler.load_state_dict(last["scheduler"])
