@@ -105,9 +105,9 @@ def test_second_call_keeps_finished_runs_and_retries_failed_ones(compared, tmp_p
     real = compare_module._run_one
     retried = []
 
-    def spy(plan, overrides, folder, threads, resume=False):
+    def spy(plan, config, threads, resume=False):
         retried.append(plan.name)
-        return real(plan, overrides, folder, threads, resume)
+        return real(plan, config, threads, resume)
 
     monkeypatch.setattr(compare_module, "_run_one", spy)
     compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "not_a_model"], out,
@@ -141,9 +141,9 @@ def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path,
     calls = []
     real = compare_module._run_one
 
-    def spy(plan, overrides, folder, threads, resume=False):
+    def spy(plan, config, threads, resume=False):
         calls.append((plan.name, resume))
-        return real(plan, overrides, folder, threads, resume)
+        return real(plan, config, threads, resume)
 
     monkeypatch.setattr(compare_module, "_run_one", spy)
     compare(str(data), ["scratch"], [], out, OVERRIDES)

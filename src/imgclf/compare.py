@@ -83,19 +83,19 @@ def _plan_config(plan: RunPlan, overrides: dict, out: Path):
     return build_config(plan.method, opts.pop("config_file", None), opts)
 
 
-def _run_one(plan: RunPlan, overrides: dict, out: Path, threads: int | None,
-             resume: bool = False) -> dict:
-    """Train one run (in this process or a worker); returns its leaderboard row. An
-    interrupted run stops the comparison (its last.pt lets the next one resume it)."""
+def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -> dict:
+    """Train one run by ``config`` (``_plan_config``'s, in this process or a worker);
+    returns its leaderboard row. An interrupted run stops the comparison (its last.pt lets
+    the next one resume it)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     from imgclf.engine.trainer import train
 
-    run_dir = out / plan.name
+    run_dir = Path(config.out)
     try:
-        train(_plan_config(plan, overrides, out), resume=resume)
+        train(config, resume=resume)
     except Interrupted:
         raise
     except Exception as exc:  # a failed run is recorded and the comparison goes on
@@ -187,7 +187,8 @@ def compare(
         for plan in todo:
             log.info("run %s", plan.name)
             try:
-                rows[plan.name] = _run_one(plan, overrides, out, None, plan.name in resumable)
+                rows[plan.name] = _run_one(plan, configs[plan.name], None,
+                                           plan.name in resumable)
             except Interrupted:
                 raise Interrupted(f"comparison interrupted during run {plan.name}, whose "
                                   "progress is saved: run the same imgclf compare command "
@@ -197,7 +198,7 @@ def compare(
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_one, p, overrides, out, threads,
+            futures = {pool.submit(_run_one, p, configs[p.name], threads,
                                    p.name in resumable): p for p in todo}
             for future in cf.as_completed(futures):
                 rows[futures[future].name] = future.result()
