@@ -21,7 +21,7 @@ from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
 from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
-from imgclf.errors import RunError
+from imgclf.errors import ImgclfError, RunError
 from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.paths import check_output_folder, open_for_writing, write_text
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
@@ -127,7 +127,6 @@ def _training_folder(run_dir: Path) -> Path | None:
     config.yaml, or its dataset has moved)."""
     from imgclf.config import load_config
     from imgclf.data.layout import detect_layout
-    from imgclf.errors import ImgclfError
 
     try:
         d = load_config(run_dir / "config.yaml").data

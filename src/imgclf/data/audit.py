@@ -387,9 +387,9 @@ def audit_dataset(
     folders as ``train`` (and ``val``, ``test``). ``workers`` threads read the files (default:
     one per CPU). ``near_duplicates=False`` skips the perceptual-hash comparison across
     splits. Raises DataError where there is nothing to audit (a missing folder, no class
-    folders, a class only the test split has); what else training would stop on (one class,
-    a training class without a readable image, a val/test split without labelled images) is
-    listed under ``problems``.
+    folders); what else training would stop on (one class, a training class without a
+    readable image, a val/test class or split that training lacks or that holds no labelled
+    image) is listed under ``problems``.
 
     Returns a JSON-serialisable dict (see the module docstring); ``format_audit`` prints it.
     """

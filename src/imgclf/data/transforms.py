@@ -100,6 +100,7 @@ class KerasAffine(nn.Module):
         super().__init__()
         self.rotation, self.shift, self.shear, self.zoom, self.flip = (
             rotation, shift, shear, zoom, flip)
+        self._key = None  # the batch shape, layout and device _scratch's buffers fit
 
     def matrices(self, batch: int, height: int, width: int) -> np.ndarray:
         """(B, 2, 3) output-to-input maps in affine_grid's normalised coordinates."""
@@ -141,7 +142,7 @@ class KerasAffine(nn.Module):
         block. Neither leaves the warp, whose result is always a new tensor."""
         b, _, h, w = batch.shape
         key = (batch.shape, batch.stride(), batch.device)
-        if getattr(self, "_key", None) != key:
+        if self._key != key:
             self._key = key
             self._pixels = torch.empty_like(batch, dtype=torch.float32)  # same layout
             self._planes = torch.empty(b, 2, h, w)
