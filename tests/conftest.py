@@ -16,6 +16,7 @@ import colorsys
 import io
 import shutil
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,22 @@ RED = (255, 0, 0)
 BLUE = (0, 0, 255)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on busy shared cores run faster and repeatably."""
+@contextmanager
+def single_thread():
+    """One intra-op thread: tiny models on busy shared cores run faster and repeatably.
+    For fixtures wider than a test, which ``one_thread`` does not reach."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(autouse=True)

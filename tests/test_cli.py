@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import imgclf
 from imgclf.cli.main import build_parser, main
@@ -22,10 +21,6 @@ CORE_COMMANDS = {"audit", "train", "evaluate", "predict", "compare", "models", "
 def in_tmp(tmp_path, monkeypatch):
     """Run in an empty folder: a default run folder (runs/...) must not land in the repo."""
     monkeypatch.chdir(tmp_path)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -11,7 +11,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from imgclf import compare as compare_module
 from imgclf.cli.main import main
@@ -28,13 +27,12 @@ RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-not_a_model"]
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     """(compare folder, dataset folder) after one comparison of three runs."""
-    from conftest import write_image_folder
+    from conftest import single_thread, write_image_folder
 
     root = tmp_path_factory.mktemp("compare")
     data = write_image_folder(root / "data", {"a": 8, "b": 8}, size=(32, 32), seed=0)
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, single_thread():
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
-        torch.set_num_threads(1)
         out = compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "not_a_model"],
                       root / "cmp", OVERRIDES)
     return out, data

@@ -33,16 +33,15 @@ CLASSES = ["blue", "green", "red"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(run folder, dataset folder with train/ and test/) of a tiny scratch run."""
-    from conftest import write_image_folder
+    from conftest import single_thread, write_image_folder
 
     root = tmp_path_factory.mktemp("predict")
     counts = {name: 8 for name in CLASSES}
     write_image_folder(root / "data" / "train", counts, size=(32, 32), seed=0)
     write_image_folder(root / "data" / "test", {name: 2 for name in CLASSES}, size=(32, 32),
                        seed=1)
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, single_thread():
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
-        torch.set_num_threads(1)
         run = imgclf.train(root / "data", out=root / "run", model={"img_size": 32},
                            train={"epochs": 2, "amp": "off", "device": "cpu", "tta": "off"})
     return run, root / "data"
@@ -585,11 +584,12 @@ def test_tta_on_and_off_are_taken_as_said(setting):
 @pytest.fixture(scope="module")
 def trained_with_tta(trained, tmp_path_factory):
     """The tiny run again, trained with ``train.tta: on``."""
+    from conftest import single_thread
+
     _, data = trained
     root = tmp_path_factory.mktemp("predict-tta")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, single_thread():
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
-        torch.set_num_threads(1)
         run = imgclf.train(data, out=root / "run", model={"img_size": 32},
                            train={"epochs": 1, "amp": "off", "device": "cpu", "tta": "on"})
     return run, data

@@ -19,7 +19,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 import imgclf
@@ -149,24 +148,19 @@ def expected_gallery(rows: list[dict], limit: int = 12) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(run A, run B, data folder): two tiny scratch runs on the same data, trained once."""
-    from conftest import write_image_folder
+    from conftest import single_thread, write_image_folder
 
     root = tmp_path_factory.mktemp("report")
     data = root / "data"
     write_image_folder(data / "train", CLASSES, size=(32, 32), seed=0)
     write_image_folder(data / "test", {name: 4 for name in CLASSES}, size=(32, 32), seed=1)
     runs = []
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, single_thread():
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
-        torch.set_num_threads(1)
-        try:
-            for name, seed in (("a", 0), ("b", 1)):
-                runs.append(imgclf.train(
-                    str(data), method="scratch", out=str(root / f"run-{name}"), seed=seed,
-                    model={"img_size": 32}, train={"epochs": 2, "device": "cpu"}))
-        finally:
-            torch.set_num_threads(threads)
+        for name, seed in (("a", 0), ("b", 1)):
+            runs.append(imgclf.train(
+                str(data), method="scratch", out=str(root / f"run-{name}"), seed=seed,
+                model={"img_size": 32}, train={"epochs": 2, "device": "cpu"}))
     return Path(runs[0]), Path(runs[1]), data
 
 

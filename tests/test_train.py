@@ -267,7 +267,7 @@ def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
 def uninterrupted(tmp_path_factory):
     """(config for an output folder, the run trained without interruption) on data as
     ``split_data``'s."""
-    from conftest import write_image_folder
+    from conftest import single_thread, write_image_folder
 
     root = tmp_path_factory.mktemp("resume")
     write_image_folder(root / "data" / "train", {"a": 8, "b": 8, "c": 8}, size=(32, 32), seed=0)
@@ -280,15 +280,12 @@ def uninterrupted(tmp_path_factory):
             "data": {"data": str(root / "data")}, "out": str(out),
             "model": {"name": "small_cnn", "img_size": 32}, "augment": {"preset": preset},
             "train": {"epochs": 3, "patience": 0, "tta": "off", "amp": "off",
-                      "batch_size": 8}})
+                      "batch_size": 8, "device": "cpu"}})
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, single_thread():
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
         whole = {preset: train(config(root / preset, preset))
                  for preset in ("reference", "trivial")}
-        torch.set_num_threads(before)
     return config, whole
 
 
