@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -229,7 +230,15 @@ def test_train_interrupt_and_resume(tmp_path, make_image_folder, monkeypatch, ca
     monkeypatch.chdir(tmp_path / "elsewhere")
     moved = tmp_path / "moved"
     assert main(["train", "--resume", "--out", str(moved), "-q"]) == 0
-    assert f"run folder: {moved}" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    # -q drops the log, not the results: the test metrics and the run folder
+    results, folder = captured.out.rsplit("run folder: ", 1)
+    assert folder == f"{moved}\n" and "accuracy" not in captured.err
+    assert json.loads(results) == {
+        k: v for k, v in json.loads((moved / "metrics.json").read_text()).items()
+        if k in ("split", "n_samples", "accuracy", "balanced_accuracy", "f1_macro",
+                 "cohen_kappa", "mcc", "roc_auc")}
+    assert json.loads(results)["split"] == "test"
     with open(moved / "history.csv", newline="") as fh:
         assert [row["epoch"] for row in csv.DictReader(fh)] == ["1", "2"]
     assert calls == ["train 1/2", "train 2/2", "train 2/2"]

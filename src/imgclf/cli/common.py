@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -10,6 +11,15 @@ from imgclf.engine import dist
 
 DATA_HELP = ("dataset folder: class subfolders, or train/ val/ test/ splits (Kaggle's "
              "seg_train/seg_train layout works too)")
+
+
+HEADLINE = ("split", "n_samples", "accuracy", "balanced_accuracy", "f1_macro", "cohen_kappa",
+            "mcc", "roc_auc")
+"""The figures ``train`` and ``evaluate`` print on stdout (all of them are in metrics.json)."""
+
+
+def print_headline(metrics: dict) -> None:
+    print(json.dumps({k: metrics[k] for k in HEADLINE if k in metrics}, indent=2))
 
 
 def setup_logging(verbosity: int = 0) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -28,11 +27,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgclf.cli.common import print_headline
     from imgclf.evaluation import evaluate_folder
 
     metrics, out = evaluate_folder(args.run, args.data, split=args.split, out=args.out,
                                    device=args.device, tta=args.tta)
-    keys = ("accuracy", "balanced_accuracy", "f1_macro", "cohen_kappa", "mcc", "roc_auc")
-    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+    print_headline(metrics)
     print(f"results: {Path(out)}")
     return 0

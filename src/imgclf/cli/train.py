@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 
 from imgclf.config import AUGMENT_PRESETS, DEFAULT_BACKBONE, METHODS, build_config, resume_config
 from imgclf.errors import RunError
@@ -173,6 +174,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgclf.cli.common import print_headline
     from imgclf.engine.dist import env_rank
     from imgclf.engine.trainer import train
 
@@ -188,5 +190,6 @@ def run(args: argparse.Namespace) -> int:
             raise RunError("no dataset given: imgclf train DATA (or --train FOLDER).")
     run_dir = train(config, resume=args.resume)
     if env_rank() == 0:
+        print_headline(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
         print(f"run folder: {run_dir}")
     return 0
