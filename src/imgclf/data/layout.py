@@ -315,11 +315,13 @@ def small_classes(split: Split, classes: list[str]) -> list[str]:
             for i in range(len(classes)) if counts.get(i, 0) < FEW_IMAGES]
 
 
-def warn_small_classes(split: Split, classes: list[str]) -> list[str]:
-    """Log (and return) a warning for every class with very few training images."""
+def warn_small_classes(split: Split, classes: list[str], logged=()) -> list[str]:
+    """Log (and return) a warning for every class with very few training images, except
+    the lines among ``logged``."""
     warnings = small_classes(split, classes)
     for text in warnings:
-        log.warning("%s; results for it will be unreliable", text)
+        if text not in logged:
+            log.warning("%s; results for it will be unreliable", text)
     return warnings
 
 

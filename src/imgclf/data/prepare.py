@@ -38,19 +38,37 @@ class PreparedData:
     layout: Layout
     splits: dict[str, Split]
     val_source: str
-    found: str = ""
-    """The one-line layout report, made before validation is split off."""
     warnings: list[str] = field(default_factory=list)
+    """What the layout left out, and splits that are one folder."""
+    few: list[str] = field(default_factory=list)
+    """A line for each class with few training images (``small_classes``)."""
 
     @property
     def skipped(self) -> list[tuple[str, Skipped]]:
         return [(name, s) for name, split in self.splits.items() for s in split.skipped]
 
+    @property
+    def found(self) -> str:
+        """'found train/ (8741 images, 6 classes), test/ (...)': each folder's images as
+        they stand now, a validation set split off training counted with its folder."""
+        splits = dict(self.splits)
+        if self.val_source != "split":
+            train, val = splits["train"], splits.pop("val")
+            splits["train"] = Split("train", train.root, train.paths + val.paths,
+                                    train.labels + val.labels, train.skipped + val.skipped)
+        return _found_line(splits, self.classes, self.layout)
+
     def summary(self) -> str:
-        """The one-line report: 'found train/ (8741 images, 6 classes), test/ (...); ...'."""
+        """The one-line report: the found line, then how validation was drawn."""
         if self.val_source != "split":
             return f"{self.found}; validation: {self.val_source}"
         return self.found
+
+    def recount(self) -> None:
+        """After decoding dropped files: the report and the small-class warnings again,
+        counting only the images that decoded."""
+        log.info("after decoding, %s", self.summary())
+        self.few = warn_small_classes(self.splits["train"], self.classes, logged=self.few)
 
 
 def _found_line(splits: dict[str, Split], classes: list[str], layout: Layout) -> str:
@@ -148,19 +166,18 @@ def prepare_data(
                         f"figures will not tell how the model does on new images")
                 log.warning("%s", text)
                 warnings.append(text)
-    found = _found_line(splits, classes, layout)
     if "val" in splits:
         val_source = "split"
     else:
         splits["train"], splits["val"], how = split_validation(splits["train"], val_fraction,
                                                                seed)
         val_source = f"{val_fraction:.0%} of train ({how}, seed {seed})"
-    warnings += warn_small_classes(splits["train"], classes)  # the images it will learn from
+    few = warn_small_classes(splits["train"], classes)  # the images it will learn from
     for name, split in splits.items():
         if split.skipped:
             log.warning("%s: %d file(s) skipped (see skipped.csv in the run folder)",
                         name, len(split.skipped))
-    return PreparedData(classes, layout, splits, val_source, found, warnings)
+    return PreparedData(classes, layout, splits, val_source, warnings, few)
 
 
 def decode_split(split: Split, size: int, interpolation: str, use_cache: bool = True):

@@ -403,9 +403,12 @@ def _train(config: Config, resume: bool) -> Path:
     arrays, image_keys = {}, {}
     if not dist.is_main():
         dist.barrier()  # rank 0 decodes into the cache first; the others then read it
+    skipped = len(data.skipped)
     for name, split in data.splits.items():
         images, labels, key = decode_split(split, prep.img_size, prep.interpolation, d.cache)
         arrays[name], image_keys[name] = (images, labels), key
+    if len(data.skipped) > skipped:
+        data.recount()
     if dist.is_main():
         dist.barrier()
         run_dir.mkdir(parents=True, exist_ok=True)
