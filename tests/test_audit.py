@@ -180,6 +180,12 @@ def test_exact_duplicates_within_across_and_between_classes(leaky):
         ("train", ["cat", "dog"], ["train:train/cat/conflict.jpg", "train:train/dog/dog_000.jpg"]),
         ("train", ["dog"], ["train:train/dog/again.png", "train:train/dog/dog_001.png"]),
     ]
+    # The text lists each group once: the conflict within train is not repeated below.
+    text = format_audit(report)
+    assert text.count("train:train/cat/conflict.jpg") == 1
+    assert text.count("train:train/dog/dog_001.png") == 1
+    assert "  within a split: 2 group(s), 1 of them listed above\n" in text
+    assert "  across classes (label conflicts): 2 group(s), 1 of them listed above\n" in text
 
 
 def test_near_duplicates_across_splits_exclude_exact_copies(leaky):

@@ -567,6 +567,7 @@ def _format_exact(dups: dict) -> list[str]:
         return ["Exact duplicates (identical files): none"]
     leaked_other = sum(not g["same_class"] for g in across)
     lines = ["Exact duplicates (identical files)"]
+    shown: list[set] = []  # the files of each group listed so far
     for title, groups in (
         (f"across splits (leakage), {leaked_other:,} under a different class", across),
         ("across classes (label conflicts)", conflicts),
@@ -574,10 +575,21 @@ def _format_exact(dups: dict) -> list[str]:
     ):
         if not groups:  # the kinds found are listed; the heading says when none is
             continue
-        lines.append(f"  {title}: {len(groups):,} group(s)")
+        # A group is listed once, under its first heading: a label conflict within a split
+        # is also a duplicate within that split, and leakage may be a label conflict too.
+        fresh = []
+        for group in groups:
+            files = {(f["split"], f["path"]) for f in group["files"]}
+            if not any(files <= earlier for earlier in shown):
+                fresh.append(group)
+                shown.append(files)
+        heading = f"  {title}: {len(groups):,} group(s)"
+        if len(fresh) < len(groups):
+            heading += f", {len(groups) - len(fresh):,} of them listed above"
+        lines.append(heading)
         lines += ["    " + "  =  ".join(f"{f['split']}:{f['path']}" for f in g["files"])
-                  for g in groups[:MAX_SHOWN]]
-        lines += ["  " + line for line in _more(len(groups))]
+                  for g in fresh[:MAX_SHOWN]]
+        lines += ["  " + line for line in _more(len(fresh))]
     return lines
 
 
