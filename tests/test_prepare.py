@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from imgclf.data.prepare import prepare_data
+from imgclf.data.cache import load_images
+from imgclf.data.decode import file_digest
+from imgclf.data.prepare import copies_of_training_images, decode_split, prepare_data
 from imgclf.errors import DataError
+from imgclf.paths import cache_dir
 
 
 def test_notes_about_the_layout_are_warned(tmp_path, make_image_folder, caplog):
@@ -95,3 +100,30 @@ def test_stratified_split_is_scikit_learns(tmp_path, make_image_folder):
     _, val = train_test_split(np.arange(21), test_size=0.2, stratify=labels, random_state=3)
     everything = sorted(data.splits["train"].paths + data.splits["val"].paths)
     assert data.splits["val"].paths == [everything[i] for i in sorted(val)]
+
+
+def test_copies_of_training_images_are_counted_per_split(tmp_path, make_image_folder):
+    root = tmp_path / "data"
+    make_image_folder(root / "train", {"a": 4, "b": 4}, size=(24, 24), seed=0)
+    make_image_folder(root / "val", {"a": 2, "b": 2}, size=(24, 24), seed=1)
+    make_image_folder(root / "test", {"a": 2, "b": 2}, size=(24, 24), seed=2)
+    first = sorted((root / "train" / "a").iterdir())[0]
+    shutil.copy(first, root / "test" / "b" / "copy.jpg")  # under another class, too
+    shutil.copy(first, root / "test" / "a" / "copy.jpg")
+    data = prepare_data(root)
+    for split in data.splits.values():
+        decode_split(split, 24, "bilinear")
+    assert copies_of_training_images(data.splits) == {"val": 0, "test": 2}
+
+
+def test_an_older_image_cache_gains_the_digests(tmp_path, make_image_folder):
+    folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
+    paths = sorted((folder / "a").iterdir())
+    fresh = load_images(paths, (24, 24))
+    meta_file = cache_dir("images") / f"{fresh.key}.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["digests"] == [file_digest(p) for p in paths] == fresh.digests
+    del meta["digests"]  # as an older imgclf wrote it
+    meta_file.write_text(json.dumps(meta))
+    assert load_images(paths, (24, 24)).digests == fresh.digests
+    assert json.loads(meta_file.read_text())["digests"] == fresh.digests

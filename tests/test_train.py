@@ -584,11 +584,21 @@ def test_bad_images_are_listed_in_skipped_csv_and_training_completes(
         assert row["split"] in ("train", "val")
     metrics = metrics_of(run)
     assert metrics["skipped_files"] == len(expected)
+    assert metrics["copies_of_training_images"] == {"val": 0}
     # The truncated files fail only when decoded: the report counts them all the same.
     assert metrics["data_summary"].startswith("found data/ (16 images, 2 classes, 5 skipped)")
     assert len(read_csv(run / "history.csv")) == 1
     # Every evaluated image is a good one.
     assert not {Path(p["path"]) for p in read_csv(run / "predictions.csv")} & set(expected)
+
+
+def test_test_images_copied_from_training_are_warned_and_counted(split_data, tmp_path, caplog):
+    shutil.copy(sorted((split_data / "train" / "a").iterdir())[0], split_data / "test" / "c")
+    with caplog.at_level(logging.WARNING):
+        run = scratch(split_data, tmp_path / "run", epochs=1)
+    assert "test: 1 of 10 images are exact copies of training images" in caplog.text
+    assert "val: " not in caplog.text
+    assert metrics_of(run)["copies_of_training_images"] == {"val": 0, "test": 1}
 
 
 def test_test_class_missing_from_train_raises(split_data, tmp_path, make_image_folder):

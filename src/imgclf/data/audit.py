@@ -17,7 +17,6 @@ relative to the dataset root; ``format_audit`` renders it as terminal tables.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import statistics
@@ -30,7 +29,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgclf.data.decode import IMAGE_EXTENSIONS, DecodeError, ImageInfo, decode_image, probe
+from imgclf.data.decode import (
+    IMAGE_EXTENSIONS,
+    DecodeError,
+    ImageInfo,
+    decode_image,
+    file_digest,
+    probe,
+)
 from imgclf.data.layout import (
     Layout,
     Skipped,
@@ -152,7 +158,7 @@ class _Inspected:
 def _inspect(path: Path) -> _Inspected:
     result = _Inspected()
     try:
-        result.digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        result.digest = file_digest(path)
         result.info = probe(path)
         result.phash = perceptual_hash(decode_image(path, size=(THUMBNAIL, THUMBNAIL)))
     except DecodeError as exc:

@@ -10,6 +10,7 @@ to decode are reported with their reason and their rows are left out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.decode import DecodeError, decode_image
+from imgclf.data.decode import DecodeError, decode_image, file_digest
 from imgclf.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class DecodedImages:
     kept: list[int]
     failures: dict[Path, str]
     key: str
+    digests: list[str | None]
+    """``file_digest`` of each of ``paths`` (None where the file could not be read again)."""
 
 
 def file_identity(path: Path) -> tuple[str, int, int]:
@@ -77,6 +80,27 @@ def _decode_all(paths, size, interpolation, out: np.ndarray) -> dict[int, str]:
     return failures
 
 
+def _digests(paths: list[Path], failures: dict[int, str]) -> list[str | None]:
+    """The files' digests (reading them again is cheap: the system still caches them)."""
+
+    def digest(i: int) -> str | None:
+        if i in failures:
+            return None
+        try:
+            return file_digest(paths[i])
+        except DecodeError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(digest, range(len(paths)), chunksize=64))
+
+
+def _write_meta(meta_file: Path, meta: dict) -> None:
+    tmp = meta_file.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, meta_file)
+
+
 def load_images(
     paths: list[Path],
     size: tuple[int, int],
@@ -94,6 +118,11 @@ def load_images(
         array = np.load(data_file, mmap_mode="r")
         failures = {int(k): v for k, v in meta["failures"].items()}
         log.debug("image cache hit %s (%d images)", key, len(paths))
+        if "digests" not in meta:  # written by an older imgclf
+            meta["digests"] = _digests(paths, failures)
+            with contextlib.suppress(OSError):  # a read-only cache still serves
+                _write_meta(meta_file, meta)
+        digests = meta["digests"]
     else:
         if use_cache:
             tmp = data_file.with_suffix(f".tmp{os.getpid()}.npy")
@@ -102,13 +131,12 @@ def load_images(
             array = np.empty(shape, dtype=np.uint8)
         log.info("decoding %d images at %dx%d (cached for later runs)", len(paths), *size)
         failures = _decode_all(paths, size, interpolation, array)
+        digests = _digests(paths, failures)
         if use_cache:
             array.flush()
             del array
             os.replace(tmp, data_file)
-            tmp_meta = meta_file.with_suffix(f".tmp{os.getpid()}")
-            tmp_meta.write_text(json.dumps({"failures": failures, "shape": shape}))
-            os.replace(tmp_meta, meta_file)
+            _write_meta(meta_file, {"failures": failures, "shape": shape, "digests": digests})
             array = np.load(data_file, mmap_mode="r")
     kept = [i for i in range(len(paths)) if i not in failures]
     if array.nbytes <= IN_MEMORY_FRACTION * _physical_memory() or failures:
@@ -119,4 +147,5 @@ def load_images(
         kept=kept,
         failures={paths[i]: reason for i, reason in failures.items()},
         key=key,
+        digests=[digests[i] for i in kept],
     )

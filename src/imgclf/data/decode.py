@@ -12,6 +12,7 @@ costs about as much as a small one.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import warnings
 from contextlib import contextmanager
@@ -89,6 +90,14 @@ def _open(path: Path):
         if "truncated" in text.lower():
             raise DecodeError(path, "truncated file (image data ends early)") from None
         raise DecodeError(path, f"corrupt image: {text or type(exc).__name__}") from None
+
+
+def file_digest(path: Path) -> str:
+    """A digest of the file's bytes: files with the same digest are identical copies."""
+    try:
+        return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+    except OSError as exc:
+        raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
 
 
 def probe(path: Path) -> ImageInfo:

@@ -52,6 +52,8 @@ class Split:
     paths: list[Path] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    digests: list[str | None] = field(default_factory=list)
+    """Each image's ``file_digest``, once decoded (``decode_split``)."""
 
     def __len__(self) -> int:
         return len(self.paths)

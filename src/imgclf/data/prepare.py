@@ -180,6 +180,15 @@ def prepare_data(
     return PreparedData(classes, layout, splits, val_source, warnings, few)
 
 
+def copies_of_training_images(splits: dict[str, Split]) -> dict[str, int]:
+    """For validation and test: how many of their decoded images are byte-for-byte copies
+    of a training image (``imgclf audit`` names them). Such copies flatter the figures:
+    the model has seen them."""
+    seen = {d for d in splits["train"].digests if d is not None}
+    return {name: sum(d in seen for d in splits[name].digests)
+            for name in ("val", "test") if name in splits}
+
+
 def decode_split(split: Split, size: int, interpolation: str, use_cache: bool = True):
     """Decode a split at ``size``; files that fail are moved to ``split.skipped``.
 
@@ -193,6 +202,7 @@ def decode_split(split: Split, size: int, interpolation: str, use_cache: bool = 
         split.paths, split.labels = decoded.paths, labels
         for path, reason in decoded.failures.items():
             log.warning("skipped %s: %s", path, reason)
+    split.digests = decoded.digests
     return decoded.array, np.asarray(split.labels, dtype=np.int64), decoded.key
 
 

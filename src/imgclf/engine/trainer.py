@@ -30,7 +30,12 @@ from torch import nn
 
 from imgclf.config import Config, ModelSection
 from imgclf.data.datasets import ArrayDataset, make_loader
-from imgclf.data.prepare import PreparedData, decode_split, prepare_data
+from imgclf.data.prepare import (
+    PreparedData,
+    copies_of_training_images,
+    decode_split,
+    prepare_data,
+)
 from imgclf.data.transforms import create_batch_mixer, create_transform
 from imgclf.engine import dist
 from imgclf.engine.callbacks import load_checkpoint, save_atomic
@@ -409,6 +414,12 @@ def _train(config: Config, resume: bool) -> Path:
         arrays[name], image_keys[name] = (images, labels), key
     if len(data.skipped) > skipped:
         data.recount()
+    copies = copies_of_training_images(data.splits)
+    for name, n in copies.items():
+        if n:
+            log.warning("%s: %d of %d images are exact copies of training images, so its "
+                        "figures flatter the model (`imgclf audit` lists them)",
+                        name, n, len(data.splits[name]))
     if dist.is_main():
         dist.barrier()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -464,6 +475,7 @@ def _train(config: Config, resume: bool) -> Path:
                             "tta_validation": tta_check,
                             "parameters": {"total": total, "trainable": state.trainable},
                             "skipped_files": len(data.skipped),
+                            "copies_of_training_images": copies,
                             "data_summary": data.summary()})
     return run_dir
 
