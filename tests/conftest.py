@@ -5,6 +5,9 @@
   has its own dominant hue, so even a tiny model can learn the classes. Files alternate
   between JPEG and PNG. The same seed gives the same pixels (and, for a PNG, the same
   bytes): give each split its own seed unless duplicates across splits are the point.
+- ``make_run_folder(folder, marker="history.csv")`` writes what an imgclf run folder
+  looks like from outside: ``config.yaml``, the ``marker`` file, PNG plots and an
+  ``evaluate-test/`` folder of plots, and returns the PNG paths. No model is trained.
 - ``bad_image_folder``: a single-folder dataset (classes ``odd`` and ``broken``) holding
   every awkward case imgclf must survive; ``bad_image_cases`` says what each file is.
 - Every test gets its own ``IMGCLF_CACHE_DIR``, so no test touches the user's cache.
@@ -90,6 +93,29 @@ def write_image_folder(
 def make_image_folder():
     """Factory: ``make_image_folder(root, classes=..., size=(h, w), seed=0) -> root``."""
     return write_image_folder
+
+
+RUN_PLOTS = ("learning_curves.png", "confusion_matrix.png", "evaluate-test/roc_curves.png")
+
+
+def write_run_folder(folder: str | Path, marker: str = "history.csv") -> list[Path]:
+    """A stand-in for a run folder imgclf wrote (``config.yaml``, ``marker``, PNG plots, an
+    evaluation folder); returns the plots, which are real PNG images."""
+    folder = Path(folder)
+    (folder / "evaluate-test").mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text("model:\n  name: simple_cnn\n")
+    (folder / marker).write_bytes(b"epoch,loss\n1,0.5\n")
+    (folder / "evaluate-test" / "metrics.json").write_text("{}\n")
+    plots = [folder / name for name in RUN_PLOTS]
+    for i, path in enumerate(plots):
+        Image.new("RGB", (24, 24), (250, 250 - 60 * i, 250)).save(path)
+    return plots
+
+
+@pytest.fixture
+def make_run_folder():
+    """Factory: ``make_run_folder(folder, marker="history.csv") -> [plot paths]``."""
+    return write_run_folder
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Tests for imgclf.paths: the cache folder and writing files whole."""
+"""Tests for imgclf.paths: the cache folder, writing files whole, telling run folders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imgclf.paths import cache_dir, open_for_writing, write_text
+from imgclf.paths import RUN_MARKERS, cache_dir, is_run_folder, open_for_writing, write_text
 
 UNDECODABLE = b"cls\xff".decode("utf-8", "surrogateescape")  # as os.listdir gives it
 
@@ -60,3 +60,22 @@ def test_a_failure_names_the_file_asked_for_not_the_temporary_one(tmp_path, monk
     assert info.value.filename == str(tmp_path / "predictions.csv")
     assert info.value.errno == errno.EROFS
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("marker", RUN_MARKERS)
+def test_a_run_folder_is_config_yaml_with_a_model_or_history(tmp_path, make_run_folder, marker):
+    make_run_folder(tmp_path / "run", marker)
+    assert is_run_folder(tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").unlink()  # plots and a marker alone: maybe data
+    assert not is_run_folder(tmp_path / "run")
+
+
+def test_what_is_not_a_run_folder(tmp_path, make_run_folder):
+    make_run_folder(tmp_path / "run")
+    (tmp_path / "run" / "history.csv").unlink()  # a run that failed before training
+    assert not is_run_folder(tmp_path / "run")
+    assert not is_run_folder(tmp_path / "run" / "evaluate-test")  # metrics.json, plots
+    (tmp_path / "photos" / "config.yaml").mkdir(parents=True)  # folders, not files
+    (tmp_path / "photos" / "model.pt").mkdir()
+    assert not is_run_folder(tmp_path / "photos")
+    assert not is_run_folder(tmp_path / "nowhere")

@@ -36,14 +36,8 @@ from torch import nn
 from imgclf import __version__
 from imgclf.errors import ConfigError, ImgclfError, RunError
 from imgclf.models.factory import Classifier, Preprocessing
-from imgclf.paths import write_text
-from imgclf.predict import (
-    MODEL_FILE,
-    TRAINING_CHECKPOINTS,
-    BasePredictor,
-    checkpoint_file,
-    load_model,
-)
+from imgclf.paths import MODEL_FILE, TRAINING_CHECKPOINTS, write_text
+from imgclf.predict import BasePredictor, checkpoint_file, load_model
 
 log = logging.getLogger(__name__)
 

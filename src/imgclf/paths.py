@@ -1,4 +1,5 @@
-"""Where imgclf keeps its caches (never inside a user's dataset), and how it writes files."""
+"""Where imgclf keeps its caches (never inside a user's dataset), how it writes files, and
+how a run folder is told from a folder of data."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ import platformdirs
 from imgclf.errors import RunError
 
 CACHE_ENV = "IMGCLF_CACHE_DIR"
+
+CONFIG_FILE = "config.yaml"
+"""The resolved settings: the first file training writes into a run folder."""
+MODEL_FILE = "model.pt"
+TRAINING_CHECKPOINTS = ("best.pt", "last.pt")
+"""Saved after every epoch while a run trains; ``MODEL_FILE`` appears when it finishes."""
+RUN_MARKERS = (MODEL_FILE, *TRAINING_CHECKPOINTS, "history.csv", "metrics.json")
+"""Files of a run that has trained; with ``CONFIG_FILE`` beside one, a folder is a run."""
 
 
 def cache_dir(subdir: str | None = None) -> Path:
@@ -53,6 +62,15 @@ def write_text(path: str | Path, text: str) -> None:
     """``Path.write_text`` through ``open_for_writing``."""
     with open_for_writing(path) as fh:
         fh.write(text)
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """True for a folder that imgclf training wrote: ``config.yaml`` and at least one of
+    ``RUN_MARKERS``. Its plots are images, but never data: dataset layouts and folder walks
+    leave such a folder out (with its evaluation folders inside it)."""
+    folder = Path(folder)
+    return (folder / CONFIG_FILE).is_file() and any(
+        (folder / name).is_file() for name in RUN_MARKERS)
 
 
 def check_output_folder(folder: str | Path, datasets, is_ours) -> None:

@@ -26,13 +26,10 @@ from imgclf.engine.callbacks import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.models.factory import Classifier, Preprocessing, create_model
-from imgclf.paths import open_for_writing
+from imgclf.paths import CONFIG_FILE, MODEL_FILE, TRAINING_CHECKPOINTS, open_for_writing
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
-TRAINING_CHECKPOINTS = ("best.pt", "last.pt")
-"""Saved after every epoch while a run trains; ``MODEL_FILE`` appears when it finishes."""
 RUN_FILES = frozenset({"predictions.csv", "metrics.json", "history.csv", "skipped.csv"})
 """Files that training writes into a run folder, under names a predictions file could have:
 written over, the run's report and comparisons could no longer read them."""
@@ -99,7 +96,7 @@ def output_format(path: str | Path) -> str:
         raise ConfigError(f"--out {str(path)!r}: predictions are written as .csv or .json; "
                           f"name the file accordingly.")
     folder = path.absolute().parent
-    if path.name in RUN_FILES and (folder / "config.yaml").is_file():
+    if path.name in RUN_FILES and (folder / CONFIG_FILE).is_file():
         raise ConfigError(f"--out {str(path)!r} would replace the {path.name} that training "
                           f"wrote into the run folder {folder}; give the predictions another "
                           f"name, e.g. {path.with_name('new-' + path.name)}.")

@@ -54,7 +54,13 @@ from imgclf.models.factory import (
     set_trainable,
 )
 from imgclf.models.registry import check_model_name, get_spec
-from imgclf.paths import cache_dir, check_output_folder, open_for_writing
+from imgclf.paths import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    cache_dir,
+    check_output_folder,
+    open_for_writing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +334,7 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     d = config.data
     # config.yaml marks a run folder, maybe of a run that failed before its first epoch.
     check_output_folder(run_dir, (d.data, d.train, d.val, d.test),
-                        lambda names: "config.yaml" in names)
+                        lambda names: CONFIG_FILE in names)
     return run_dir
 
 
@@ -423,7 +429,7 @@ def _train(config: Config, resume: bool) -> Path:
     if dist.is_main():
         dist.barrier()
         run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.yaml")
+        config.save(run_dir / CONFIG_FILE)
         write_skipped(data, run_dir / "skipped.csv")
     dist.barrier()
     meta = checkpoint_meta(config, data.classes, prep, source)
@@ -466,7 +472,7 @@ def _train(config: Config, resume: bool) -> Path:
     if dist.is_main():
         # The final weights (the best epoch's, when restoring best) without training state:
         # what evaluate, predict and export load.
-        save_atomic(dict(meta, model=model.state_dict(), tta=tta), run_dir / "model.pt")
+        save_atomic(dict(meta, model=model.state_dict(), tta=tta), run_dir / MODEL_FILE)
     write_evaluation(model, images, labels, data.splits[eval_split].paths, data.classes, rt,
                      run_dir, split=eval_split, history=state.history, tta=tta,
                      best=best_epoch(state.history, config.train.monitor, config.train.mode,
