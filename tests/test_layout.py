@@ -366,6 +366,18 @@ def test_linked_folders_are_followed_once_and_loops_are_skipped(tmp_path, make_i
     }
 
 
+def test_a_run_folder_inside_a_class_is_skipped_and_named(tmp_path, make_image_folder,
+                                                          make_run_folder, caplog):
+    make_image_folder(tmp_path, {"cat": 2, "dog": 2})
+    make_run_folder(tmp_path / "cat" / "old" / "run-x")
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.layout"):
+        split = scan_split("train", tmp_path, ["cat", "dog"])
+    assert sorted(split.labels) == [0, 0, 1, 1]  # no plot is a cat
+    run = tmp_path / "cat" / "old" / "run-x"
+    assert split.skipped == [Skipped(run, "imgclf run folder, not data")]
+    assert f"{run} is an imgclf run folder, not data: left out" in caplog.text
+
+
 def test_missing_class_in_test_split_is_fine(tmp_path, make_image_folder):
     make_image_folder(tmp_path, {"dog": 2})
     split = scan_split("test", tmp_path, ["cat", "dog"])

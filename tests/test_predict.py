@@ -279,6 +279,38 @@ def test_commands_name_a_file_that_is_not_a_checkpoint(trained, tmp_path, capsys
 # --- the command line ---------------------------------------------------------------------------
 
 
+def test_folder_walks_leave_run_folders_out(trained, mixed_folder, make_run_folder, caplog):
+    run, _ = trained
+    old = shutil.copytree(run, mixed_folder / "old-run")  # a real run: model, plots and all
+    plots = make_run_folder(mixed_folder / "nested" / "run-x", "best.pt")
+    predictor = imgclf.load(run, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="imgclf"):
+        predictions = predictor.predict([mixed_folder])
+    assert len(predictions) == GOOD + len(ERRORS)  # the same rows as without the runs
+    assert not [p.path for p in predictions if p.path.is_relative_to(old)
+                or p.path.is_relative_to(mixed_folder / "nested" / "run-x")]
+    for folder in (old, mixed_folder / "nested" / "run-x"):
+        assert f"{folder} is an imgclf run folder, not data: left out" in caplog.text
+    # A run's plot named on its own is predicted, as any image file is.
+    named = [old / "learning_curves.png", plots[-1]]
+    predictions = predictor.predict([mixed_folder, *named])
+    assert [p.path for p in predictions[-2:]] == named
+    assert all(p.error is None and p.label in CLASSES for p in predictions[-2:])
+
+
+def test_predict_command_on_a_folder_of_runs(trained, make_run_folder, tmp_path, capsys):
+    run, _ = trained
+    runs = tmp_path / "runs"
+    shutil.copytree(run, runs / "first")
+    make_run_folder(runs / "second", "model.pt")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(runs), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert f"{runs / 'first'} is an imgclf run folder, not data: left out" in captured.err
+    assert f"{runs / 'second'} is an imgclf run folder" in captured.err
+    assert "no image files in" in captured.err and not out.exists()
+
+
 def test_predict_command_writes_the_csv(trained, mixed_folder, tmp_path, capsys):
     run, _ = trained
     out = tmp_path / "out.csv"

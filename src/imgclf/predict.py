@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from imgclf.data.decode import DecodeError, decode_image
+from imgclf.data.layout import RUN_FOLDER
 from imgclf.data.prepare import find_unlabelled
 from imgclf.data.transforms import tta_average
 from imgclf.engine.callbacks import load_checkpoint
@@ -178,10 +179,12 @@ class BasePredictor:
                                 f"{type(item).__name__}; for images already in memory use "
                                 "predict_arrays (uint8 arrays of shape (N, size, size, 3)).")
         # Files found in folders that are not images by name or content (notes, CSVs) are
-        # left out, as the training data's are; a damaged image is listed with its error.
+        # left out, as the training data's are, and so are run folders (walking them warned);
+        # a damaged image is listed with its error.
         found, others = [], 0
+        left_out = ("hidden or system", "not an image", RUN_FOLDER)
         for path, reason in find_unlabelled(paths):
-            if reason is None or not reason.startswith(("hidden or system", "not an image")):
+            if reason is None or not reason.startswith(left_out):
                 found.append((path, reason))
             else:
                 others += reason.startswith("not an image")

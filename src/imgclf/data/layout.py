@@ -21,6 +21,7 @@ from pathlib import Path
 
 from imgclf.data.decode import IMAGE_EXTENSIONS, SYSTEM_FILES, DecodeError, probe
 from imgclf.errors import DataError
+from imgclf.paths import is_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ SPLIT_ALIASES = {
 }
 FEW_IMAGES = 10
 """A class with fewer training images than this gets a warning."""
+RUN_FOLDER = "imgclf run folder, not data"
+"""Why a run folder met while walking a folder is left out."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,8 @@ def iter_files(root: Path):
     """Yield (path, None) for candidate files and (path, reason) for skipped ones, sorted.
 
     Linked folders are followed, but each real folder is walked once: a link back to a
-    folder above (a loop) or to a folder walked already is skipped with its reason.
+    folder above (a loop) or to a folder walked already is skipped with its reason, and so
+    is a run folder below ``root`` (its plots are images, but not data), with a warning.
     """
     walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -228,6 +232,9 @@ def iter_files(root: Path):
                 yield Path(dirpath) / name, "linked folder that loops back to a folder above it"
             elif target in walked:
                 yield Path(dirpath) / name, "folder reached twice through links (read once)"
+            elif is_run_folder(target):
+                log.warning("%s is an %s: left out", Path(dirpath) / name, RUN_FOLDER)
+                yield Path(dirpath) / name, RUN_FOLDER
             else:
                 walked.add(target)
                 keep.append(name)
