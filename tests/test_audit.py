@@ -245,6 +245,21 @@ def test_layout_notes_are_reported(tmp_path, make_image_folder):
     assert "  note: backup/ is not a split folder" in format_audit(report)
 
 
+def test_run_folders_are_noted_and_skipped(tmp_path, make_image_folder, make_run_folder):
+    make_image_folder(tmp_path, {"cat": 2, "dog": 2})
+    make_run_folder(tmp_path / "run-x")
+    make_run_folder(tmp_path / "dog" / "run-y", "model.pt")
+    report = audit_dataset(tmp_path, near_duplicates=False)
+    assert report["classes"] == ["cat", "dog"]
+    assert report["layout_notes"] == ["run-x/ is an imgclf run folder, not data: ignored"]
+    assert report["skipped"] == [{"split": "train", "path": "dog/run-y",
+                                  "reason": "imgclf run folder, not data"}]
+    assert report["splits"]["train"]["images"] == 4
+    text = format_audit(report)
+    assert "  note: run-x/ is an imgclf run folder, not data: ignored" in text
+    assert "  dog/run-y: imgclf run folder, not data" in text
+
+
 def test_explicit_split_paths(tmp_path, make_image_folder):
     train = make_image_folder(tmp_path / "a" / "train_set", seed=0)
     test = make_image_folder(tmp_path / "b" / "holdout", {"cat": 2}, seed=1)

@@ -366,6 +366,39 @@ def test_linked_folders_are_followed_once_and_loops_are_skipped(tmp_path, make_i
     }
 
 
+def test_run_folders_are_neither_classes_nor_splits(tmp_path, make_image_folder,
+                                                   make_run_folder):
+    make_image_folder(tmp_path / "flat", {"a": 2, "b": 2})
+    make_run_folder(tmp_path / "flat" / "run-x")
+    layout = detect_layout(tmp_path / "flat")
+    assert (layout.kind, find_classes(layout.train)) == ("single", ["a", "b"])
+    assert layout.notes == ["run-x/ is an imgclf run folder, not data: ignored"]
+
+    data = tmp_path / "data"
+    make_image_folder(data / "train", {"a": 2, "b": 2}, seed=0)
+    make_image_folder(data / "test", {"a": 1, "b": 1}, seed=1)
+    make_run_folder(data / "run-y", "metrics.json")
+    make_run_folder(data / "train" / "run-1", "model.pt")
+    make_run_folder(data / "test" / "run-2", "last.pt")
+    layout = detect_layout(data)
+    assert (layout.kind, find_classes(layout.train)) == ("splits", ["a", "b"])
+    assert layout.notes == [f"{name}/ is an imgclf run folder, not data: ignored"
+                            for name in ("run-y", "train/run-1", "test/run-2")]
+    split = scan_split("test", layout.test, ["a", "b"])  # not an unknown class either
+    assert (sorted(split.labels), split.skipped) == ([0, 1], [])
+    # Explicit split folders name their run folders in full.
+    layout = detect_layout(train=data / "train")
+    assert layout.notes == [f"{data / 'train' / 'run-1'}/ is an imgclf run folder, not data: "
+                            "ignored"]
+
+
+def test_a_folder_of_runs_alone_holds_no_classes(tmp_path, make_run_folder):
+    make_run_folder(tmp_path / "run-x")
+    with pytest.raises(DataError, match=r"holds no class folders \(only imgclf run folders, "
+                                        r"which are not data: \['run-x'\]\)"):
+        detect_layout(tmp_path)
+
+
 def test_a_run_folder_inside_a_class_is_skipped_and_named(tmp_path, make_image_folder,
                                                           make_run_folder, caplog):
     make_image_folder(tmp_path, {"cat": 2, "dog": 2})

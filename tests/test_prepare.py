@@ -31,6 +31,17 @@ def test_notes_about_the_layout_are_warned(tmp_path, make_image_folder, caplog):
     assert data.found == "found train/ (20 images, 2 classes), test/ (unlabelled, for predict)"
 
 
+def test_a_run_folder_in_the_data_is_warned_and_not_learnt(tmp_path, make_image_folder,
+                                                          make_run_folder, caplog):
+    make_image_folder(tmp_path, {"cat": 10, "dog": 10})
+    make_run_folder(tmp_path / "run-x")  # left there by an older imgclf
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.prepare"):
+        data = prepare_data(tmp_path)
+    assert data.classes == ["cat", "dog"]
+    note = "run-x/ is an imgclf run folder, not data: ignored"
+    assert note in caplog.text and note in data.warnings
+
+
 def test_a_split_with_no_labelled_images_is_an_error(tmp_path, make_image_folder):
     make_image_folder(tmp_path / "train")
     (tmp_path / "loose").mkdir()

@@ -7,7 +7,8 @@ Supported layouts, detected in this order:
   (``seg_train/seg_train/<class>``) is followed;
 - a single folder of class subfolders, which imgclf splits itself.
 Files are recognised by content: anything that is not hidden or a known system file
-is probed, and what is not an image is skipped and counted.
+is probed, and what is not an image is skipped and counted. A run folder that imgclf
+wrote (``imgclf.paths.is_run_folder``) is never a class, a split or a folder to walk.
 """
 
 from __future__ import annotations
@@ -105,9 +106,26 @@ def _alias(name: str) -> str | None:
     return None
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def _visible_subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    """The subfolders that may be classes or splits: neither hidden nor imgclf runs."""
+    return [p for p in _visible_subdirs(folder) if not is_run_folder(p)]
+
+
+def _run_folder_notes(layout: Layout, root: Path | None) -> list[str]:
+    """A note for each run folder that sits among the splits or classes of ``layout``
+    (``_subdirs`` leaves them out), named from ``root`` where it lies inside it."""
+    notes = []
+    folders = (root, layout.train, layout.val, layout.test)
+    for folder in dict.fromkeys(f for f in folders if f is not None):
+        for run in filter(is_run_folder, _visible_subdirs(folder)):
+            shown = run.relative_to(root) if root and run.is_relative_to(root) else run
+            notes.append(f"{shown}/ is an {RUN_FOLDER}: ignored")
+    return notes
 
 
 def _follow_doubled(folder: Path) -> Path:
@@ -141,35 +159,41 @@ def detect_layout(
 ) -> Layout:
     """Work out the layout of ``data`` (or use the explicit split paths). Without
     ``need_train``, split folders without a training split count too (DATA/test/<class>,
-    for evaluation)."""
+    for evaluation). Run folders among the splits or classes are left out, with a note."""
     for name, value in (("data", data), ("train", train), ("val", val), ("test", test)):
         require_folder(name, value)
+    root = None
     if train is not None:
         if data is not None:
             raise DataError(
                 f"Both a DATA folder ({str(data)!r}) and --train ({str(train)!r}) were given: "
                 "pass DATA alone, or --train (with --val/--test) alone."
             )
-        return Layout(_follow_doubled(Path(train)), val and _follow_doubled(Path(val)),
-                      test and _follow_doubled(Path(test)), kind="explicit")
-    if data is None:
+        layout = Layout(_follow_doubled(Path(train)), val and _follow_doubled(Path(val)),
+                        test and _follow_doubled(Path(test)), kind="explicit")
+    elif data is None:
         raise DataError("No dataset given: pass a DATA folder, or --train (and --val/--test).")
-    root = _follow_doubled(Path(data))
-    splits = _find_splits(root, need_train)
-    if splits is not None:
-        if val is not None:
-            splits.val = _follow_doubled(Path(val))
-        if test is not None:
-            splits.test = _follow_doubled(Path(test))
-        return splits
-    if (val is not None or test is not None) and not _subdirs(root):
-        raise DataError(f"{root} holds no class folders.")
-    if not _subdirs(root):
-        raise DataError(
-            f"{root} holds no class folders. imgclf expects one folder per class "
-            "(DATA/<class>/*.jpg) or split folders (DATA/train/<class>/*.jpg)."
-        )
-    return Layout(root, val and Path(val), test and Path(test), kind="single")
+    else:
+        root = _follow_doubled(Path(data))
+        layout = _find_splits(root, need_train)
+        if layout is not None:
+            if val is not None:
+                layout.val = _follow_doubled(Path(val))
+            if test is not None:
+                layout.test = _follow_doubled(Path(test))
+        elif not _subdirs(root):
+            runs = [p.name for p in _visible_subdirs(root) if is_run_folder(p)]
+            also = f" (only imgclf run folders, which are not data: {runs})" if runs else ""
+            if val is not None or test is not None:
+                raise DataError(f"{root} holds no class folders{also}.")
+            raise DataError(
+                f"{root} holds no class folders{also}. imgclf expects one folder per class "
+                "(DATA/<class>/*.jpg) or split folders (DATA/train/<class>/*.jpg)."
+            )
+        else:
+            layout = Layout(root, val and Path(val), test and Path(test), kind="single")
+    layout.notes += _run_folder_notes(layout, root)
+    return layout
 
 
 def _find_splits(root: Path, need_train: bool = True) -> Layout | None:
