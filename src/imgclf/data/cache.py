@@ -5,7 +5,9 @@ array, stored as a ``.npy`` file in the user cache folder under a key made of ev
 file's identity (absolute path, byte size, modification time) and the target size and
 resampling. Later epochs and later runs read that file instead of decoding again; it is
 read into memory when it fits comfortably, and memory-mapped otherwise. Files that fail
-to decode are reported with their reason and their rows are left out.
+to decode are reported with their reason and their rows are left out. Each file's digest
+is kept beside the array, so that copies across splits are found without reading the
+files again.
 """
 
 from __future__ import annotations
