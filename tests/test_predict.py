@@ -518,6 +518,17 @@ def test_evaluate_a_dataset_with_only_a_test_split(trained, tmp_path):
         assert metrics["split"] == "test" and metrics["n_samples"] == 6
 
 
+def test_evaluate_a_split_that_decodes_to_nothing_is_an_error(trained, tmp_path,
+                                                             bad_image_folder):
+    run, _ = trained
+    (tmp_path / "data" / "test" / "red").mkdir(parents=True)
+    shutil.copy(bad_image_folder / "broken" / "truncated.jpg",
+                tmp_path / "data" / "test" / "red" / "cut.jpg")
+    with pytest.raises(DataError, match=r"none of the images of the test split .* could be "
+                                        r"decoded"):
+        evaluate_folder(run, tmp_path / "data", out=tmp_path / "ev")
+
+
 def test_evaluate_matches_class_names_in_either_unicode_form(trained, tmp_path):
     import unicodedata
 

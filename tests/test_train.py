@@ -601,6 +601,30 @@ def test_test_images_copied_from_training_are_warned_and_counted(split_data, tmp
     assert metrics_of(run)["copies_of_training_images"] == {"val": 0, "test": 1}
 
 
+def _undecodable(folder: Path, broken: Path, n: int) -> None:
+    """``n`` copies of a JPEG whose header reads but whose data ends early, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        shutil.copy(broken / "truncated.jpg", folder / f"cut_{i}.jpg")
+
+
+def test_a_class_or_split_that_decoding_empties_is_an_error(split_data, tmp_path,
+                                                          bad_image_folder):
+    broken = bad_image_folder / "broken"
+    shutil.rmtree(split_data / "train" / "c")
+    _undecodable(split_data / "train" / "c", broken, 8)
+    with pytest.raises(DataError, match=r"no training image of class 'c' could be decoded; "
+                                        r"`imgclf audit` lists the files that fail"):
+        scratch(split_data, tmp_path / "run", epochs=1)
+    shutil.rmtree(split_data / "train" / "c")
+    shutil.rmtree(split_data / "test")
+    _undecodable(split_data / "test" / "a", broken, 2)
+    with pytest.raises(DataError, match=r"none of the images of the test split .* could be "
+                                        r"decoded \(2 file\(s\) skipped: truncated file"):
+        scratch(split_data, tmp_path / "run", epochs=1)
+    assert not (tmp_path / "run").exists()
+
+
 def test_test_class_missing_from_train_raises(split_data, tmp_path, make_image_folder):
     make_image_folder(split_data / "test", {"zebra": 2}, size=(32, 32), seed=4)
     with pytest.raises(DataError, match=r"test split .* class folder\(s\) \['zebra'\] that the "

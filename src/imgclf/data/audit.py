@@ -451,7 +451,9 @@ def audit_dataset(
                                           "reason": skip.reason})
     report["imbalance_ratio"] = report["splits"]["train"]["imbalance_ratio"]
     report["problems"] = _problems(report)
-    report["warnings"] = small_classes(splits["train"], classes)
+    # The training split's entries come first; its warnings count the files that decode.
+    readable = [k for k in range(len(splits["train"])) if results[k].error is None]
+    report["warnings"] = small_classes(splits["train"].subset(readable, "train"), classes)
     for entry, result in zip(entries, results, strict=True):
         if result.error is not None:
             report["unreadable"].append({**_file_record(entry, rel), "reason": result.error})

@@ -342,10 +342,11 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
 
 
 def small_classes(split: Split, classes: list[str]) -> list[str]:
-    """A line for every class with very few training images (under ``FEW_IMAGES``)."""
+    """A line for every class with very few training images (under ``FEW_IMAGES``; a class
+    with none is an error, or in the audit a problem)."""
     counts = Counter(split.labels)
     return [f"class {classes[i]!r} has only {counts.get(i, 0)} training image(s)"
-            for i in range(len(classes)) if counts.get(i, 0) < FEW_IMAGES]
+            for i in range(len(classes)) if 0 < counts.get(i, 0) < FEW_IMAGES]
 
 
 def warn_small_classes(split: Split, classes: list[str], logged=()) -> list[str]:

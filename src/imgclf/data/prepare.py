@@ -66,7 +66,13 @@ class PreparedData:
 
     def recount(self) -> None:
         """After decoding dropped files: the report and the small-class warnings again,
-        counting only the images that decoded."""
+        counting only the images that decoded. DataError for a class left without any."""
+        counts = Counter(self.splits["train"].labels)
+        for index, name in enumerate(self.classes):
+            if not counts[index]:
+                raise DataError(f"no training image of class {name!r} could be decoded; "
+                                "`imgclf audit` lists the files that fail, with their "
+                                "reasons. Replace them, or remove the class folder.")
         log.info("after decoding, %s", self.summary())
         self.few = warn_small_classes(self.splits["train"], self.classes, logged=self.few)
 
@@ -197,11 +203,15 @@ def decode_split(split: Split, size: int, interpolation: str, use_cache: bool = 
     """
     decoded = load_images(split.paths, (size, size), interpolation, use_cache=use_cache)
     if decoded.failures:
-        labels = [split.labels[i] for i in decoded.kept]
-        split.skipped.extend(Skipped(p, r) for p, r in decoded.failures.items())
-        split.paths, split.labels = decoded.paths, labels
-        for path, reason in decoded.failures.items():
-            log.warning("skipped %s: %s", path, reason)
+        failed = [Skipped(p, r) for p, r in decoded.failures.items()]
+        if not decoded.paths:
+            raise DataError(f"none of the images of the {split.name} split {split.root} could "
+                            f"be decoded{skipped_hint(failed)}; `imgclf audit` lists them "
+                            "with their reasons.")
+        split.skipped.extend(failed)
+        split.paths, split.labels = decoded.paths, [split.labels[i] for i in decoded.kept]
+        for skip in failed:
+            log.warning("skipped %s: %s", skip.path, skip.reason)
     split.digests = decoded.digests
     return decoded.array, np.asarray(split.labels, dtype=np.int64), decoded.key
 
