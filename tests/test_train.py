@@ -601,6 +601,18 @@ def test_test_images_copied_from_training_are_warned_and_counted(split_data, tmp
     assert metrics_of(run)["copies_of_training_images"] == {"val": 0, "test": 1}
 
 
+def test_a_cache_folder_that_cannot_be_written_warns_and_training_goes_on(
+        split_data, tmp_path, monkeypatch, caplog):
+    (tmp_path / "a file").write_text("not a folder\n")
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "a file" / "cache"))
+    with caplog.at_level(logging.WARNING):
+        run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                           train={"epochs": 1, "tta": "off"})  # decoded images and features
+    assert "cannot be written to: imgclf goes on without keeping its results" in caplog.text
+    assert caplog.text.count("cannot be written to") == 2  # once per folder: images, features
+    assert metrics_of(run)["n_samples"] == 9
+
+
 def _undecodable(folder: Path, broken: Path, n: int) -> None:
     """``n`` copies of a JPEG whose header reads but whose data ends early, in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@ how a run folder is told from a folder of data."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +13,8 @@ from pathlib import Path
 import platformdirs
 
 from imgclf.errors import RunError
+
+log = logging.getLogger(__name__)
 
 CACHE_ENV = "IMGCLF_CACHE_DIR"
 
@@ -24,11 +28,29 @@ RUN_MARKERS = (MODEL_FILE, *TRAINING_CHECKPOINTS, "history.csv", "metrics.json")
 
 
 def cache_dir(subdir: str | None = None) -> Path:
-    """The user cache folder (``$IMGCLF_CACHE_DIR`` or the platform's), created on demand."""
+    """The user cache folder (``$IMGCLF_CACHE_DIR`` or the platform's), created on demand
+    where it can be (``cache_writable`` tells whether it was)."""
     root = Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("imgclf"))
     path = root / subdir if subdir else root
-    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # a read-only cache still serves what it holds
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+_UNWRITABLE: set[Path] = set()
+
+
+def cache_writable(folder: Path) -> bool:
+    """Whether imgclf can add files to the cache folder ``folder``. If not, a warning says
+    so (once per folder) and the caller goes on without keeping its results."""
+    if os.access(folder, os.W_OK):
+        return True
+    if folder not in _UNWRITABLE:
+        _UNWRITABLE.add(folder)
+        log.warning("the cache folder %s cannot be written to: imgclf goes on without keeping "
+                    "its results there (point %s at a writable folder to keep decoded images "
+                    "and features for later runs)", folder, CACHE_ENV)
+    return False
 
 
 @contextmanager

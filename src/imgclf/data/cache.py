@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.decode import DecodeError, decode_image, file_digest
-from imgclf.paths import cache_dir
+from imgclf.paths import cache_dir, cache_writable
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def load_images(
                 _write_meta(meta_file, meta)
         digests = meta["digests"]
     else:
+        use_cache = use_cache and cache_writable(folder)
         if use_cache:
             tmp = data_file.with_suffix(f".tmp{os.getpid()}.npy")
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)

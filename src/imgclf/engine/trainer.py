@@ -58,6 +58,7 @@ from imgclf.paths import (
     CONFIG_FILE,
     MODEL_FILE,
     cache_dir,
+    cache_writable,
     check_output_folder,
     open_for_writing,
 )
@@ -136,7 +137,7 @@ def cached_features(model: Classifier, images: np.ndarray, labels: np.ndarray, k
     features, _ = run_inference(FeatureExtractor(model), loader, rt)
     log.info("frozen-backbone features for %d images in %.1fs (%.0f images/s)", len(images),
              time.perf_counter() - tic, len(images) / max(time.perf_counter() - tic, 1e-9))
-    if use_cache and dist.is_main():
+    if use_cache and dist.is_main() and cache_writable(path.parent):
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, features)
         tmp.replace(path)

@@ -42,7 +42,7 @@ from timm.models import PretrainedCfg
 from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE
 
 from imgclf.errors import ModelError, WeightsUnavailableError
-from imgclf.paths import cache_dir
+from imgclf.paths import cache_dir, cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -438,7 +438,8 @@ def _offline_state_dict(model_name: str, source: OfflineSource, path: Path) -> S
         return state
     logger.info("Converting %s onto timm %s (once; cached in %s)", path.name, model_name, folder)
     state = source.converter(path, model_name)
-    _write_cache(state, weights_file, meta_file, stamp)
+    if cache_writable(folder):
+        _write_cache(state, weights_file, meta_file, stamp)
     return state
 
 
