@@ -262,6 +262,16 @@ def test_run_report_is_self_contained_and_complete(run_dir):
     assert "training epochs and, for a frozen backbone, computing its features" in html
 
 
+def test_run_report_notes_copies_of_training_images(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["copies_of_training_images"] == {"val": 0, "test": 0}
+    assert "Exact copies of training images" not in write_report(run_dir).read_text()
+    metrics["copies_of_training_images"] = {"val": 0, "test": 2}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert ("Exact copies of training images among the images it was checked on: 2 test."
+            in write_report(run_dir).read_text())
+
+
 def test_gallery_shows_most_confident_mistakes_first(run_dir, trained):
     """Made-up predictions with 14 mistakes: the 12 most confident are shown, in order."""
     test_images = sorted((trained[2] / "test").rglob("*.*")) * 2

@@ -142,6 +142,13 @@ def training_data_html(runs: list[Run]) -> str:
     summaries = list(dict.fromkeys(str(run.metrics["data_summary"]) for run in runs
                                    if run.metrics and run.metrics.get("data_summary")))
     parts += [t.paragraph("Training " + t.text(s)) for s in summaries]
+    copies = mapping((source.metrics or {}).get("copies_of_training_images"))
+    flattered = [f"{t.integer(n)} {t.text(name)}" for name, n in copies.items() if n]
+    if flattered:
+        parts.append(t.note(
+            "Exact copies of training images among the images it was checked on: "
+            f"{', '.join(flattered)}. Their figures flatter the model, which has seen them; "
+            "<code>imgclf audit</code> names the files."))
     per_class = mapping((source.metrics or {}).get("per_class"))
     if per_class:
         split = (source.metrics or {}).get("split", "evaluated")
