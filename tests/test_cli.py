@@ -275,7 +275,23 @@ def test_file_system_errors_are_one_line(tmp_path, make_image_folder, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
     (tmp_path / "report.json").mkdir()
     assert main(["audit", str(data), "--json", str(tmp_path / "report.json"), "-q"]) == 2
-    assert_clean_error(capsys, f"is a folder, not a file name: {tmp_path / 'report.json'}")
+    assert_clean_error(capsys, f"{tmp_path / 'report.json'} is a folder: give a file name "
+                               f"such as {tmp_path / 'report.json' / 'audit.json'}.")
+    (tmp_path / "file").write_text("not a folder\n")
+    assert main(["audit", str(data), "--json", str(tmp_path / "file" / "a.json"), "-q"]) == 2
+    assert_clean_error(capsys, str(tmp_path / "file"))
+
+
+def test_audit_json_is_never_written_into_the_dataset(tmp_path, make_image_folder, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    image = next((data / "a").iterdir())
+    before = image.read_bytes()
+    for out, message in ((data / "audit.json", "would be inside the dataset"),
+                         (image, "this file is written as .json")):
+        assert main(["audit", str(data), "--json", str(out), "-q"]) == 2
+        assert_clean_error(capsys, message)
+    assert image.read_bytes() == before and not (data / "audit.json").exists()
+    assert main(["audit", str(data), "--json", str(tmp_path / "audit.json"), "-q"]) == 0
 
 
 def test_quiet_keeps_the_results_and_drops_the_log(tmp_path, make_image_folder, capsys):

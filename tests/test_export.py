@@ -225,3 +225,16 @@ def test_tf_same_padding_is_exported_fixed(tmp_path):
     # the model in the run keeps its shape-driven padding, for inputs of any size
     model, _, _, _ = load_model(run / "model.pt")
     assert model(pixels(1, 80)).shape == (1, 3)
+
+
+def test_export_refuses_the_runs_own_files_and_the_dataset(trained, tmp_path):
+    run, test_images = trained
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for out, message in ((run / "model.pt", "would replace the model.pt that imgclf wrote"),
+                         (run / "metrics", "would replace the metrics.json that imgclf wrote"),
+                         (test_images / "m.onnx", "would be inside the dataset"),
+                         (tmp_path, "is a folder: give a file name such as")):
+        with pytest.raises(ConfigError, match=message):
+            export_model(run, "torchscript", out)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert not (test_images / "m.onnx").exists()

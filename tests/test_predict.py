@@ -227,7 +227,7 @@ def test_output_errors(trained, mixed_folder, tmp_path):
     with pytest.raises(ConfigError, match="is a folder: give a file name"):
         predictor.write([], tmp_path)
     for name in ("p.txt", "p", "p.xlsx"):
-        with pytest.raises(ConfigError, match=r"written as \.csv or \.json"):
+        with pytest.raises(ConfigError, match=r"written as \.csv or \.json; name it accordingly"):
             predictor.write([], tmp_path / name)
         assert not (tmp_path / name).exists()
 
@@ -360,7 +360,7 @@ def test_predict_command_checks_the_output_name_first(tmp_path, capsys):
     # before the run is even opened: a missing run folder would be the other error
     assert main(["predict", str(tmp_path / "no-run"), str(tmp_path), "--out",
                  str(tmp_path / "p.xlsx")]) == 2
-    assert "predictions are written as .csv or .json" in capsys.readouterr().err
+    assert "p.xlsx: this file is written as .csv or .json" in capsys.readouterr().err
     assert not (tmp_path / "p.xlsx").exists()
 
 
@@ -371,13 +371,12 @@ def test_predict_refuses_to_write_over_the_runs_own_files(trained, tmp_path, mon
     before = (run / "predictions.csv").read_bytes()
     monkeypatch.chdir(run)  # --out predictions.csv, the default, is the run's own file here
     assert main(["predict", ".", str(data / "test"), "-q"]) == 2
-    assert (f"--out 'predictions.csv' would replace the predictions.csv that training wrote "
-            f"into the run folder {run}; give the predictions another name, e.g. "
-            "new-predictions.csv.") in capsys.readouterr().err
+    assert (f"predictions.csv would replace the predictions.csv that imgclf wrote into {run}; "
+            "give this file another name, e.g. new-predictions.csv.") in capsys.readouterr().err
     for name in ("predictions.csv", "metrics.json"):
         assert main(["predict", str(run), str(data / "test"), "--out", str(run / name),
                      "-q"]) == 2
-    with pytest.raises(ConfigError, match="would replace the history.csv that training wrote"):
+    with pytest.raises(ConfigError, match="would replace the history.csv that imgclf wrote"):
         Predictor(run, device="cpu").write([], run / "history.csv")
     assert (run / "predictions.csv").read_bytes() == before
     # Another name in the run folder is fine, and so is predictions.csv elsewhere.

@@ -23,7 +23,7 @@ from PIL import Image
 
 import imgclf
 from imgclf.cli import report as report_cli
-from imgclf.errors import RunError
+from imgclf.errors import ConfigError, RunError
 from imgclf.report import write_report
 
 CLASSES = {"red": 8, "green": 8, "blue": 8}
@@ -472,3 +472,15 @@ def test_run_report_says_whether_the_mirror_image_was_averaged_in(run_dir, tta):
     metrics_file.write_text(json.dumps(dict(metrics, tta=tta)))
     html = write_report(run_dir).read_text(encoding="utf-8")
     assert ("(12 images, each averaged with its mirror image)" in html) is tta
+
+
+def test_report_output_is_checked_before_the_page_is_drawn(run_dir, trained, tmp_path):
+    metrics = (run_dir / "metrics.json").read_bytes()
+    for out, error in ((run_dir / "metrics.json", "is written as .html or .htm"),
+                       (tmp_path / "report", "is written as .html or .htm"),
+                       (trained[2] / "report.html", "would be inside the dataset")):
+        with pytest.raises(ConfigError, match=error):
+            write_report(run_dir, out)
+    assert (run_dir / "metrics.json").read_bytes() == metrics
+    assert not (trained[2] / "report.html").exists()
+    assert write_report(run_dir, tmp_path / "r.HTML").is_file()

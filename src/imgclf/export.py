@@ -36,7 +36,13 @@ from torch import nn
 from imgclf import __version__
 from imgclf.errors import ConfigError, ImgclfError, RunError
 from imgclf.models.factory import Classifier, Preprocessing
-from imgclf.paths import MODEL_FILE, TRAINING_CHECKPOINTS, write_text
+from imgclf.paths import (
+    MODEL_FILE,
+    TRAINING_CHECKPOINTS,
+    check_output_file,
+    run_datasets,
+    write_text,
+)
 from imgclf.predict import BasePredictor, checkpoint_file, load_model
 
 log = logging.getLogger(__name__)
@@ -191,12 +197,12 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
                        f"{MODEL_FILE} of a finished run, and an export of it would go stale "
                        f"as the run goes on. Finish the run first (`imgclf train --resume "
                        f"--out {ckpt.parent}` for an interrupted one), then export it.")
+    out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
+    datasets = run_datasets(ckpt.parent)
+    for path in (out, sidecar_path(out)):
+        check_output_file(path, (), datasets, example=DEFAULT_FILES[fmt])
     model, prep, classes, meta = load_model(ckpt)
     model = model.cpu().eval()
-    out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
-    if out.is_dir():
-        raise ConfigError(f"export output {out} is a folder; give a file name, e.g. "
-                          f"{out / DEFAULT_FILES[fmt]}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     writer = _write_onnx if fmt == "onnx" else _write_torchscript

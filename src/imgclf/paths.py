@@ -12,7 +12,7 @@ from pathlib import Path
 
 import platformdirs
 
-from imgclf.errors import RunError
+from imgclf.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,13 @@ TRAINING_CHECKPOINTS = ("best.pt", "last.pt")
 """Saved after every epoch while a run trains; ``MODEL_FILE`` appears when it finishes."""
 RUN_MARKERS = (MODEL_FILE, *TRAINING_CHECKPOINTS, "history.csv", "metrics.json")
 """Files of a run that has trained; with ``CONFIG_FILE`` beside one, a folder is a run."""
+LEADERBOARD_FILE = "leaderboard.csv"
+"""What marks a compare folder."""
+RUN_FILES = frozenset({CONFIG_FILE, *RUN_MARKERS, LEADERBOARD_FILE, "predictions.csv",
+                       "skipped.csv", "audit.json"})
+"""Files that training, evaluation and comparison write into their folders under names an
+output file could have: written over, reports, comparisons and resuming could no longer
+read them."""
 
 
 def cache_dir(subdir: str | None = None) -> Path:
@@ -95,6 +102,54 @@ def is_run_folder(folder: str | Path) -> bool:
         (folder / name).is_file() for name in RUN_MARKERS)
 
 
+def run_datasets(folder: str | Path) -> list[Path]:
+    """The dataset folders that the run ``folder`` (or each run of a compare folder) was
+    trained on, as its config.yaml names them; none where there is no readable config."""
+    import yaml
+
+    folder = Path(folder)
+    found = []
+    for config in [folder / CONFIG_FILE, *sorted(folder.glob(f"*/{CONFIG_FILE}"))]:
+        try:
+            data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            continue
+        found += [Path(data[k]) for k in ("data", "train", "val", "test")
+                  if isinstance(data.get(k), str)]
+    return found
+
+
+def _dataset_holding(path: Path, datasets):
+    """The first of ``datasets`` (folders, or None) that ``path`` lies inside, or None."""
+    return next((d for d in datasets
+                 if d is not None and path.resolve().is_relative_to(Path(d).resolve())), None)
+
+
+def check_output_file(path: str | Path, suffixes, datasets=(), example: str = "") -> Path:
+    """Refuse an output file before any work is done: a folder, a name without one of
+    ``suffixes`` (when given), one of ``RUN_FILES`` in a run or compare folder, or a place
+    inside one of ``datasets`` (imgclf never writes into a dataset). ``example`` is a good
+    file name, for the messages. Returns ``path`` as a ``Path``."""
+    path = Path(path)
+    example = example or (f"output{suffixes[0]}" if suffixes else "output")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: give a file name such as {path / example}.")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{path}: this file is written as {' or '.join(suffixes)}; name it "
+                          f"accordingly, e.g. {path.with_name(example)}.")
+    folder = path.absolute().parent
+    if path.name in RUN_FILES and any((folder / marker).is_file()
+                                      for marker in (CONFIG_FILE, LEADERBOARD_FILE)):
+        raise ConfigError(f"{path} would replace the {path.name} that imgclf wrote into "
+                          f"{folder}; give this file another name, e.g. "
+                          f"{path.with_name('new-' + path.name)}.")
+    dataset = _dataset_holding(path, datasets)
+    if dataset is not None:
+        raise ConfigError(f"{path} would be inside the dataset {dataset}; imgclf never "
+                          "writes into a dataset: choose a place outside it.")
+    return path
+
+
 def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
     """Refuse an output folder that is a file, lies inside one of ``datasets`` (imgclf never
     writes into a dataset), or holds files that ``is_ours`` (given the set of entry names)
@@ -102,10 +157,10 @@ def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunError(f"--out {folder} is a file; give a folder for the results.")
-    for dataset in datasets:
-        if dataset is not None and folder.resolve().is_relative_to(Path(dataset).resolve()):
-            raise RunError(f"the output folder {folder} would be inside the dataset {dataset}; "
-                           "imgclf never writes into a dataset: choose --out elsewhere.")
+    dataset = _dataset_holding(folder, datasets)
+    if dataset is not None:
+        raise RunError(f"the output folder {folder} would be inside the dataset {dataset}; "
+                       "imgclf never writes into a dataset: choose --out elsewhere.")
     names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     if names and not is_ours(names):
         raise RunError(f"{folder} already holds other files; imgclf writes into a new or "

@@ -27,14 +27,9 @@ from imgclf.engine.callbacks import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.models.factory import Classifier, Preprocessing, create_model
-from imgclf.paths import CONFIG_FILE, MODEL_FILE, TRAINING_CHECKPOINTS, open_for_writing
+from imgclf.paths import MODEL_FILE, TRAINING_CHECKPOINTS, check_output_file, open_for_writing
 
 log = logging.getLogger(__name__)
-
-RUN_FILES = frozenset({"predictions.csv", "metrics.json", "history.csv", "skipped.csv"})
-"""Files that training writes into a run folder, under names a predictions file could have:
-written over, the run's report and comparisons could no longer read them."""
-
 
 def checkpoint_file(run: str | Path) -> Path:
     """The model file of a run folder (or the checkpoint file itself). An exported model
@@ -86,22 +81,10 @@ def output_format(path: str | Path) -> str:
     """"csv" or "json": the format a predictions file named ``path`` is written in.
 
     ConfigError for a name that predictions are not written to: a folder, another suffix,
-    or one of the run's own files in a run folder (a folder holding config.yaml).
+    or a file that imgclf wrote into a run or compare folder (``check_output_file``).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--out {str(path)!r} is a folder: give a file name such as "
-                          f"{path / 'predictions.csv'}.")
-    kind = path.suffix.lower().lstrip(".")
-    if kind not in ("csv", "json"):
-        raise ConfigError(f"--out {str(path)!r}: predictions are written as .csv or .json; "
-                          f"name the file accordingly.")
-    folder = path.absolute().parent
-    if path.name in RUN_FILES and (folder / CONFIG_FILE).is_file():
-        raise ConfigError(f"--out {str(path)!r} would replace the {path.name} that training "
-                          f"wrote into the run folder {folder}; give the predictions another "
-                          f"name, e.g. {path.with_name('new-' + path.name)}.")
-    return kind
+    path = check_output_file(path, (".csv", ".json"), example="predictions.csv")
+    return path.suffix.lower().lstrip(".")
 
 
 class BasePredictor:

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
                         help="run folder (has metrics.json) or compare folder (has "
                              "leaderboard.csv)")
     parser.add_argument("--out", metavar="FILE", default=None,
-                        help="where to write the HTML file (default DIR/report.html)")
+                        help="where to write the HTML file, an .html name (default "
+                             "DIR/report.html); never inside a dataset the runs used")
     from imgclf.cli.common import add_verbosity
 
     add_verbosity(parser)

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from imgclf import __version__
-from imgclf.paths import write_text
+from imgclf.paths import check_output_file, run_datasets, write_text
 from imgclf.report import sections as s
 from imgclf.report import template as t
 from imgclf.report.folders import Report, load_folder
@@ -36,13 +36,16 @@ def write_report(folder: str | os.PathLike[str], out: str | os.PathLike[str] | N
     ``report.html`` when ``out`` is not given: figures drawn again go to a temporary folder.
 
     Raises:
+        ConfigError: ``out`` is not an .html name, would replace one of the files imgclf
+            wrote into a run or compare folder, or lies inside a dataset the runs used.
         RunError: ``folder`` is missing, is neither a run folder (metrics.json or
             config.yaml) nor a compare folder (leaderboard.csv), or its essential files
             cannot be read.
     """
     folder = Path(folder)
     report = load_folder(folder)
-    out_path = Path(out) if out is not None else folder / "report.html"
+    out_path = check_output_file(out if out is not None else folder / "report.html",
+                                 (".html", ".htm"), run_datasets(folder), "report.html")
     with tempfile.TemporaryDirectory(prefix="imgclf-report-") as tmp:
         page = render(report, Path(tmp))
     write_text(out_path, page)
