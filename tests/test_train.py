@@ -560,7 +560,7 @@ def test_mixup_and_cutmix_train(split_data, tmp_path, augment):
 
 
 def test_bad_images_are_listed_in_skipped_csv_and_training_completes(
-        tmp_path, make_image_folder, bad_image_folder):
+        tmp_path, make_image_folder, bad_image_folder, caplog):
     data = make_image_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(32, 32), seed=0)
     broken = bad_image_folder / "broken"
     shutil.copy(broken / "truncated.jpg", data / "a" / "truncated.jpg")
@@ -575,7 +575,9 @@ def test_bad_images_are_listed_in_skipped_csv_and_training_completes(
         data / "a" / "empty.jpg": r"empty file \(0 bytes\)",
         data / "b" / "notes.txt": r"not an image",
     }
-    run = scratch(data, tmp_path / "run", epochs=1)
+    with caplog.at_level(logging.INFO, logger="imgclf"):
+        run = scratch(data, tmp_path / "run", epochs=1)
+    assert f"5 skipped file(s) listed with their reasons in {run / 'skipped.csv'}" in caplog.text
     rows = read_csv(run / "skipped.csv")
     assert list(rows[0]) == ["split", "path", "reason"]
     assert {Path(r["path"]) for r in rows} == set(expected)
@@ -621,13 +623,17 @@ def _undecodable(folder: Path, broken: Path, n: int) -> None:
 
 
 def test_a_class_or_split_that_decoding_empties_is_an_error(split_data, tmp_path,
-                                                          bad_image_folder):
+                                                          bad_image_folder, caplog):
     broken = bad_image_folder / "broken"
     shutil.rmtree(split_data / "train" / "c")
     _undecodable(split_data / "train" / "c", broken, 8)
-    with pytest.raises(DataError, match=r"no training image of class 'c' could be decoded; "
-                                        r"`imgclf audit` lists the files that fail"):
+    shutil.copy(broken / "notes.txt", split_data / "train" / "a")  # skipped as it is found
+    with (caplog.at_level(logging.INFO, logger="imgclf"),
+          pytest.raises(DataError, match=r"no training image of class 'c' could be decoded; "
+                                         r"`imgclf audit` lists the files that fail")):
         scratch(split_data, tmp_path / "run", epochs=1)
+    assert "train: 1 file(s) skipped" in caplog.text
+    assert "skipped.csv" not in caplog.text  # no run folder holds one
     shutil.rmtree(split_data / "train" / "c")
     shutil.rmtree(split_data / "test")
     _undecodable(split_data / "test" / "a", broken, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from imgclf.data.layout import (
     warn_small_classes,
 )
 from imgclf.errors import DataError
+from imgclf.paths import open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +183,19 @@ def prepare_data(
     few = warn_small_classes(splits["train"], classes)  # the images it will learn from
     for name, split in splits.items():
         if split.skipped:
-            log.warning("%s: %d file(s) skipped (see skipped.csv in the run folder)",
-                        name, len(split.skipped))
+            log.warning("%s: %d file(s) skipped", name, len(split.skipped))
     return PreparedData(classes, layout, splits, val_source, warnings, few)
+
+
+def write_skipped(skipped: list[tuple[str, Skipped]], path: Path) -> None:
+    """``skipped.csv``: split, path and reason of each file left out (a header alone when
+    none was)."""
+    with open_for_writing(path, newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["split", "path", "reason"])
+        writer.writerows((split, str(s.path), s.reason) for split, s in skipped)
+    if skipped:
+        log.info("%d skipped file(s) listed with their reasons in %s", len(skipped), path)
 
 
 def copies_of_training_images(splits: dict[str, Split]) -> dict[str, int]:

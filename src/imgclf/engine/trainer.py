@@ -14,7 +14,6 @@ Methods plug into the same loop:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -35,6 +34,7 @@ from imgclf.data.prepare import (
     copies_of_training_images,
     decode_split,
     prepare_data,
+    write_skipped,
 )
 from imgclf.data.transforms import create_batch_mixer, create_transform
 from imgclf.engine import dist
@@ -60,7 +60,6 @@ from imgclf.paths import (
     cache_dir,
     cache_writable,
     check_output_folder,
-    open_for_writing,
 )
 
 log = logging.getLogger(__name__)
@@ -339,13 +338,6 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     return run_dir
 
 
-def write_skipped(data: PreparedData, path: Path) -> None:
-    with open_for_writing(path, newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["split", "path", "reason"])
-        writer.writerows((split, str(s.path), s.reason) for split, s in data.skipped)
-
-
 def train(config: Config, resume: bool = False) -> Path:
     """Train as ``config`` says; returns the run folder with checkpoints, history, metrics.
 
@@ -431,7 +423,7 @@ def _train(config: Config, resume: bool) -> Path:
         dist.barrier()
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
-        write_skipped(data, run_dir / "skipped.csv")
+        write_skipped(data.skipped, run_dir / "skipped.csv")
     dist.barrier()
     meta = checkpoint_meta(config, data.classes, prep, source)
     ctx = TrainingContext(config, data, model, prep, rt, run_dir, arrays, image_keys, meta)
