@@ -560,10 +560,41 @@ def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder
     assert (out / "metrics.json").exists()
 
 
+def test_evaluate_val_draws_the_runs_own_validation_images_again(trained, tmp_path, caplog):
+    run, data = trained  # trained on train/ with 20% of it held out for validation
+    with caplog.at_level(logging.INFO, logger="imgclf"):
+        metrics, out = evaluate_folder(run, data, split="val", out=tmp_path / "ev")
+    assert "has no val split: evaluating the run's validation images, 20% of train" in caplog.text
+    assert "the folder" not in caplog.text  # they are not the images it learnt from
+    assert metrics["split"] == "val" and metrics["n_samples"] == 5  # ceil(0.2 * 24)
+    with open(run / "history.csv", newline="") as fh:
+        history = list(csv.DictReader(fh))
+    kept = min(history, key=lambda row: float(row["val_loss"]))  # restore_best keeps it
+    assert metrics["accuracy"] == pytest.approx(float(kept["val_accuracy"]))
+    with open(out / "predictions.csv", newline="") as fh:
+        paths = [Path(row["path"]) for row in csv.DictReader(fh)]
+    assert all(path.is_relative_to(data / "train") for path in paths)
+    # The same images elsewhere are not the run's dataset: there is no val split to draw.
+    copy = shutil.copytree(data, tmp_path / "copy")
+    with pytest.raises(DataError, match=r"has no val split"):
+        evaluate_folder(run, copy, split="val", out=tmp_path / "x")
+
+
+def test_evaluate_lists_the_files_it_skipped(trained, tmp_path):
+    run, data = trained
+    folder = shutil.copytree(data / "test", tmp_path / "test")
+    broken = folder / "red" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    metrics, out = evaluate_folder(run, folder, out=tmp_path / "ev")
+    assert metrics["skipped_files"] == 1
+    with open(out / "skipped.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(row["split"], Path(row["path"])) for row in rows] == [("test", broken)]
+    assert rows[0]["reason"]
+
+
 def test_evaluate_errors(trained, tmp_path, make_image_folder, capsys):
     run, data = trained
-    with pytest.raises(DataError, match=r"has no val split"):
-        evaluate_folder(run, data, split="val", out=tmp_path / "x")
     unknown = make_image_folder(tmp_path / "zoo", {"zebra": 2}, size=(32, 32), seed=12)
     with pytest.raises(DataError, match=r"\['zebra'\] that the model does not have"):
         evaluate_folder(run, unknown, out=tmp_path / "y")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from imgclf.data.datasets import ArrayDataset, make_loader
+from imgclf.data.layout import Split, detect_layout, scan_split
 from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
 from imgclf.engine.loop import run_inference
@@ -29,7 +30,7 @@ from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
 log = logging.getLogger(__name__)
 
 EVALUATION_FILES = frozenset({"metrics.json", "predictions.csv", "learning_curves.png",
-                              "confusion_matrix.png", "roc_curves.png"})
+                              "confusion_matrix.png", "roc_curves.png", "skipped.csv"})
 """What ``write_evaluation`` writes: a folder of only these may be written again."""
 
 
@@ -126,7 +127,6 @@ def _training_folder(run_dir: Path) -> Path | None:
     """The folder the run in ``run_dir`` trained on (None when that cannot be told: no
     config.yaml, or its dataset has moved)."""
     from imgclf.config import load_config
-    from imgclf.data.layout import detect_layout
 
     try:
         d = load_config(run_dir / "config.yaml").data
@@ -154,17 +154,19 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     """Evaluate a trained run on a labelled folder; returns (metrics, output folder).
     ``tta`` averages each image's probabilities with its mirror image's (None: as the run
     chose when it was trained)."""
-    from imgclf.data.layout import Split, detect_layout, scan_split
-    from imgclf.data.prepare import decode_split
+    from imgclf.data.prepare import decode_split, write_skipped
     from imgclf.errors import ConfigError, DataError
     from imgclf.predict import Predictor
 
     if split not in (None, "test", "val", "train"):
         raise ConfigError(f"split must be test, val or train, got {split!r}.")
     predictor = Predictor(run, device=device)
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/model.pt given
+    trained_on = _training_folder(run_dir)
     layout = detect_layout(Path(data), need_train=False)
     for note in layout.notes:
         log.warning("%s", note)
+    held_out: Split | None = None
     if layout.kind == "single":  # a folder of classes: all of it, named after it
         root = layout.train
         name = root.absolute().name
@@ -174,11 +176,14 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     else:
         name = split or next(n for n in ("test", "val", "train") if getattr(layout, n))
         root = getattr(layout, name)
-        if root is None:
+        if root is None and name == "val" and _same(layout.train, trained_on):
+            held_out, how = _held_out_validation(run_dir, predictor.classes)
+            root = layout.train
+            log.info("%s has no val split: evaluating the run's validation images, %s",
+                     data, how)
+        elif root is None:
             raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/model.pt given
-    trained_on = _training_folder(run_dir)
-    if trained_on is not None and trained_on.resolve() == root.resolve():
+    if held_out is None and _same(root, trained_on):
         log.warning("%s is the folder %s was trained on: these figures are on images the "
                     "model has learnt from, not on new ones", root, run_dir)
     elif name == "train" and split is None:
@@ -187,7 +192,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
     _check_same_data(out_dir, root)
-    labelled: Split = scan_split(name, root, predictor.classes, source="the model")
+    labelled = held_out or scan_split(name, root, predictor.classes, source="the model")
     if not len(labelled):
         raise DataError(f"no readable images in {root}.")
     images, labels, _ = decode_split(labelled, predictor.prep.img_size,
@@ -197,4 +202,22 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                                extra={"data": str(root.absolute()),
                                       "skipped_files": len(labelled.skipped)},
                                tta=predictor.resolve_tta(tta))
+    write_skipped([(name, s) for s in labelled.skipped], out_dir / "skipped.csv")
     return metrics, out_dir
+
+
+def _same(folder: Path | None, other: Path | None) -> bool:
+    return folder is not None and other is not None and folder.resolve() == other.resolve()
+
+
+def _held_out_validation(run_dir: Path, classes: list[str]) -> tuple[Split, str]:
+    """The validation images that the run in ``run_dir`` split off its training folder, drawn
+    again as training drew them (same files, fraction and seed), and how they were drawn."""
+    from imgclf.config import load_config
+    from imgclf.data.prepare import prepare_data
+
+    config = load_config(run_dir / "config.yaml")
+    d = config.data
+    data = prepare_data(d.data, train=d.train, val=d.val, test=d.test,
+                        val_fraction=d.val_fraction, seed=config.seed, classes=classes)
+    return data.splits["val"], data.val_source

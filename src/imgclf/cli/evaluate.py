@@ -14,7 +14,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("run", help="run folder written by `imgclf train`")
     parser.add_argument("data", help="labelled dataset folder")
     parser.add_argument("--split", choices=("test", "val", "train"), default=None,
-                        help="which split to evaluate (default: test if present)")
+                        help="which split to evaluate (default: test if present); val on the "
+                             "run's own dataset without a val/ folder is the validation set "
+                             "the run split off its training images")
     parser.add_argument("--out", default=None,
                         help="folder for the results (default RUN/evaluate-<split>, or "
                              "RUN/evaluate-<DATA's name> for a folder of classes)")
