@@ -12,7 +12,7 @@ import torch
 
 from imgclf.data.datasets import ShardSampler
 from imgclf.engine import dist
-from imgclf.errors import ConfigError
+from imgclf.errors import ConfigError, RunError
 from imgclf.evaluation import evaluate_folder
 
 
@@ -106,3 +106,13 @@ def test_cuda_asked_for_without_a_gpu_is_refused_before_joining(torchrun_env, mo
     assert torchrun_env == []
     assert dist.init_from_env("auto")  # auto falls back to the CPU, as training does
     assert torchrun_env == ["gloo"]
+
+
+def test_a_rank_left_waiting_by_a_failed_rank_0_stops_with_one_line(monkeypatch):
+    def closed():
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(dist, "barrier", closed)
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    with pytest.raises(RunError, match="rank 1 stopped: rank 0 stopped before training began"):
+        dist.wait_for_main()

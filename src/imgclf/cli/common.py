@@ -24,8 +24,8 @@ def print_headline(metrics: dict) -> None:
 
 def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-    if dist.env_rank() != 0 and verbosity <= 0:
-        level = logging.WARNING
+    if dist.env_rank() != 0 and verbosity <= 0:  # rank 0 logs for all: warnings once
+        level = logging.ERROR
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as td
 
 from imgclf.engine.runtime import resolve_device
-from imgclf.errors import ConfigError
+from imgclf.errors import ConfigError, RunError
 
 
 def is_distributed() -> bool:
@@ -63,6 +63,17 @@ def broadcast_flag(flag: bool) -> bool:
 def barrier() -> None:
     if is_distributed():
         td.barrier()
+
+
+def wait_for_main() -> None:
+    """On a rank other than 0: wait while rank 0 works alone (decoding into the cache). Should
+    rank 0 stop there with an error of its own, the connection closes under this barrier,
+    and this rank stops with one line that points to that error, not with a traceback."""
+    try:
+        barrier()
+    except RuntimeError as exc:  # gloo and NCCL: the peer closed its connection
+        raise RunError(f"rank {rank()} stopped: rank 0 stopped before training began, "
+                       "and its own error line says why.") from exc
 
 
 def init_from_env(device: str = "auto") -> bool:

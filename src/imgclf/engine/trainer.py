@@ -406,7 +406,7 @@ def _train(config: Config, resume: bool) -> Path:
         model = model.to(memory_format=torch.channels_last)
     arrays, image_keys = {}, {}
     if not dist.is_main():
-        dist.barrier()  # rank 0 decodes into the cache first; the others then read it
+        dist.wait_for_main()  # rank 0 decodes into the cache first; the others read it
     skipped = len(data.skipped)
     for name, split in data.splits.items():
         images, labels, key = decode_split(split, prep.img_size, prep.interpolation, d.cache)
