@@ -192,17 +192,18 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
     _check_same_data(out_dir, root)
-    labelled = held_out or scan_split(name, root, predictor.classes, source="the model")
+    labelled = (held_out if held_out is not None
+                else scan_split(name, root, predictor.classes, source="the model"))
     if not len(labelled):
         raise DataError(f"no readable images in {root}.")
     images, labels, _ = decode_split(labelled, predictor.prep.img_size,
                                      predictor.prep.interpolation)
+    write_skipped([(name, s) for s in labelled.skipped], out_dir / "skipped.csv")
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
                                extra={"data": str(root.absolute()),
                                       "skipped_files": len(labelled.skipped)},
                                tta=predictor.resolve_tta(tta))
-    write_skipped([(name, s) for s in labelled.skipped], out_dir / "skipped.csv")
     return metrics, out_dir
 
 
