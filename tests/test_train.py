@@ -313,6 +313,32 @@ def test_resumed_run_trains_as_an_uninterrupted_one(uninterrupted, tmp_path, mon
     assert metrics_of(part)["train_seconds"] >= sum(float(r["seconds"]) for r in history) - 0.01
 
 
+def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_path,
+                                                             monkeypatch, make_image_folder):
+    out = tmp_path / "run"
+    config = build_config("scratch", None, {
+        "data": {"data": str(split_data)}, "out": str(out),
+        "model": {"img_size": 32}, "train": {"epochs": 2}})
+    interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        train(config)
+    monkeypatch.undo()
+    before = (out / "last.pt").read_bytes()
+    image = next((split_data / "train" / "a").iterdir())
+    moved = shutil.move(image, tmp_path / image.name)
+    with pytest.raises(RunError, match=r"cannot resume: the data's files changed since the run "
+                                       r"began \(33 files then, 32 now\)"):
+        imgclf.train(out=out, resume=True)
+    make_image_folder(split_data / "train", {"d": 2}, size=(32, 32), seed=5)
+    with pytest.raises(RunError, match=r"the run began with the classes a, b, c; the data "
+                                       r"now has a, b, c, d"):
+        imgclf.train(out=out, resume=True)
+    assert (out / "last.pt").read_bytes() == before  # nothing lost: restored, it resumes
+    shutil.rmtree(split_data / "train" / "d")
+    shutil.move(moved, image)
+    assert (imgclf.train(out=out, resume=True) / "metrics.json").exists()
+
+
 def test_resume_in_the_finetune_phase(split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = build_config("transfer", None, {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from imgclf.data.layout import (
     summarize,
     warn_small_classes,
 )
-from imgclf.errors import DataError
+from imgclf.errors import DataError, RunError
 from imgclf.paths import open_for_writing
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,36 @@ class PreparedData:
         if self.val_source != "split":
             return f"{self.found}; validation: {self.val_source}"
         return self.found
+
+    def contents(self) -> dict:
+        """What a resumed run checks it still trains on: the classes, the number of files,
+        and a digest of each split's files (by their path within the split's folder, so a
+        dataset named by another path still matches) with their classes."""
+        digest = hashlib.sha256()
+        for name, split in sorted(self.splits.items()):
+            for path, label in zip(split.paths, split.labels, strict=True):
+                relative = os.path.relpath(path, split.root) if split.root else str(path)
+                digest.update(f"{name}\0{label}\0{relative}\n".encode(errors="surrogateescape"))
+        return {"classes": list(self.classes),
+                "files": sum(len(split) for split in self.splits.values()),
+                "digest": digest.hexdigest()}
+
+    def check_resumable(self, began: dict | None) -> None:
+        """RunError unless the data holds the files that a run began with (``began``, from
+        ``contents`` as its checkpoint saved it; None for a checkpoint without the record)."""
+        if began is None:
+            return
+        now = self.contents()
+        if began["classes"] != now["classes"]:
+            raise RunError(f"cannot resume: the run began with the classes "
+                           f"{', '.join(began['classes'])}; the data now has "
+                           f"{', '.join(now['classes'])}. Restore the dataset as it was, or "
+                           "start a new run (another --out).")
+        if began["digest"] != now["digest"]:
+            raise RunError(f"cannot resume: the data's files changed since the run began "
+                           f"({began['files']} files then, {now['files']} now), so it would go "
+                           "on training and validating on other images. Restore the dataset "
+                           "as it was, or start a new run (another --out).")
 
     def recount(self) -> None:
         """After decoding dropped files: the report and the small-class warnings again,

@@ -176,7 +176,10 @@ class TrainingContext:
     meta: dict
 
 
-def checkpoint_meta(config: Config, classes: list[str], prep: Preprocessing, source: str) -> dict:
+def checkpoint_meta(config: Config, classes: list[str], prep: Preprocessing, source: str,
+                    data: dict | None = None) -> dict:
+    """What every checkpoint and model.pt carry besides weights; ``data`` is the training
+    data's ``PreparedData.contents()``, which a resumed run checks."""
     return {
         "format": CHECKPOINT_FORMAT,
         "classes": list(classes),
@@ -185,6 +188,7 @@ def checkpoint_meta(config: Config, classes: list[str], prep: Preprocessing, sou
                          "dropout": config.model.dropout, "num_classes": len(classes)},
         "method": config.method,
         "weights_source": source,
+        "data": data,
     }
 
 
@@ -388,6 +392,10 @@ def _train(config: Config, resume: bool) -> Path:
     d = config.data
     data = prepare_data(d.data, train=d.train, val=d.val, test=d.test,
                         val_fraction=d.val_fraction, seed=config.seed)
+    contents = data.contents()  # the files as found, before any fails to decode
+    last = load_checkpoint(run_dir / "last.pt") if resume else None
+    if last is not None:
+        data.check_resumable(last.get("data"))
     for key in ("data", "train", "val", "test"):  # config.yaml resumes from any folder
         if getattr(d, key) is not None:
             setattr(d, key, str(Path(getattr(d, key)).absolute()))
@@ -425,10 +433,9 @@ def _train(config: Config, resume: bool) -> Path:
         config.save(run_dir / CONFIG_FILE)
         write_skipped(data.skipped, run_dir / "skipped.csv")
     dist.barrier()
-    meta = checkpoint_meta(config, data.classes, prep, source)
+    meta = checkpoint_meta(config, data.classes, prep, source, contents)
     ctx = TrainingContext(config, data, model, prep, rt, run_dir, arrays, image_keys, meta)
     state = FitState()
-    last = load_checkpoint(run_dir / "last.pt") if resume else None
     if last is not None:
         state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"],
                          seconds=last.get("seconds", 0.0), trainable=last.get("trainable"))
