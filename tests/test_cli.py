@@ -271,6 +271,20 @@ def test_run_folder_errors(tmp_path, make_image_folder, monkeypatch, capsys):
     assert sorted(p.name for p in data.iterdir()) == ["a", "b"]
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+    "to allocate 2559180865536 bytes")])
+def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error):
+    def allocate(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("imgclf.data.audit.audit_dataset", allocate)
+    assert main(["audit", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory") and "Traceback" not in err
+    assert "try a smaller --img-size or --batch-size, or fewer images" in err
+
+
 def test_file_system_errors_are_one_line(tmp_path, make_image_folder, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
     (tmp_path / "report.json").mkdir()

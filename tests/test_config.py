@@ -131,6 +131,10 @@ def test_unreadable_or_non_mapping_file(tmp_path):
         build_config("scratch", listing)
     with pytest.raises(ConfigError, match=r"cannot read config file"):
         build_config("scratch", tmp_path / "missing.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ConfigError, match=r"binary.yaml: it is not UTF-8 text"):
+        build_config("scratch", binary)
 
 
 # --- invalid values -----------------------------------------------------------------------------
@@ -138,6 +142,9 @@ def test_unreadable_or_non_mapping_file(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"train": {"epochs": 0}}, r"train\.epochs must be >= 1, got 0"),
+    ({"train": {"finetune_epochs": 0}}, r"train\.finetune_epochs must be >= 1, got 0"),
+    ({"data": {"workers": -3}}, r"data\.workers must be >= 0 \(0: load in the training "
+                                r"process\), got -3"),
     ({"train": {"warmup_epochs": 0}}, r"train\.warmup_epochs must be >= 1, got 0"),
     ({"train": {"batch_size": 0}}, r"train\.batch_size must be >= 1, got 0"),
     ({"train": {"lr": 0}}, r"train\.lr must be > 0"),

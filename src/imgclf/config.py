@@ -194,7 +194,10 @@ def build_config(
     file_values: dict = {}
     if file is not None:
         try:
-            file_values = yaml.safe_load(Path(file).read_text()) or {}
+            file_values = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read config file {file}: it is not UTF-8 text (a "
+                              "YAML file is expected).") from None
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config file {file}: {exc}") from None
         if not isinstance(file_values, dict):
@@ -246,6 +249,11 @@ def validate(config: Config) -> None:
     checks = [
         (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
         (t.warmup_epochs >= 1, f"train.warmup_epochs must be >= 1, got {t.warmup_epochs}"),
+        (t.finetune_epochs >= 1,
+         f"train.finetune_epochs must be >= 1, got {t.finetune_epochs}"),
+        (config.data.workers is None or config.data.workers >= 0,
+         f"data.workers must be >= 0 (0: load in the training process), got "
+         f"{config.data.workers}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (t.optimizer in ("adam", "adamw", "sgd"),

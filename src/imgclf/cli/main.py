@@ -60,6 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: out of memory: try a smaller --img-size or --batch-size, or fewer "
+              "images", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc):  # PyTorch's allocator, out of memory
+            raise
+        logging.getLogger("imgclf").debug("out of memory", exc_info=True)
+        print("error: out of memory (PyTorch could not allocate a tensor): try a smaller "
+              "--img-size or --batch-size, or fewer images", file=sys.stderr)
+        return 2
     except Exception:
         logging.getLogger("imgclf").debug("unexpected error", exc_info=True)
         raise
