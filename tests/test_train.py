@@ -633,10 +633,11 @@ def test_a_cache_folder_that_cannot_be_written_warns_and_training_goes_on(
         split_data, tmp_path, monkeypatch, caplog):
     (tmp_path / "a file").write_text("not a folder\n")
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "a file" / "cache"))
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO, logger="imgclf"):
         run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
                            train={"epochs": 1, "tta": "off"})  # decoded images and features
     assert "cannot be written to: imgclf goes on without keeping its results" in caplog.text
+    assert "decoding 19 images at" in caplog.text and "cached for later runs" not in caplog.text
     assert caplog.text.count("cannot be written to") == 2  # once per folder: images, features
     assert metrics_of(run)["n_samples"] == 9
 

@@ -132,7 +132,8 @@ def load_images(
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         else:
             array = np.empty(shape, dtype=np.uint8)
-        log.info("decoding %d images at %dx%d (cached for later runs)", len(paths), *size)
+        log.info("decoding %d images at %dx%d%s", len(paths), *size,
+                 " (cached for later runs)" if use_cache else "")
         failures = _decode_all(paths, size, interpolation, array)
         digests = _digests(paths, failures)
         if use_cache:
