@@ -299,7 +299,9 @@ def test_resumed_run_trains_as_an_uninterrupted_one(uninterrupted, tmp_path, mon
     make_config, runs = uninterrupted
     config, whole = (lambda out: make_config(out, preset)), runs[preset]
     interrupt_on_call(monkeypatch, epoch, steps)
-    with pytest.raises(Interrupted):
+    saved = "its last whole epoch is saved" if epoch > 1 else \
+        "no epoch had finished; its starting point is saved"
+    with pytest.raises(Interrupted, match=f"training interrupted; {saved} in "):
         train(config(tmp_path / "part"))
     monkeypatch.setattr(loop, "train_one_epoch", REAL_TRAIN_ONE_EPOCH)
     part = train(load_config(tmp_path / "part" / "config.yaml"), resume=True)

@@ -297,9 +297,10 @@ def fit(
                 break
     except KeyboardInterrupt:
         # The weights are part-way through an epoch: last.pt keeps the last whole one.
+        saved = ("its last whole epoch is saved" if state.history else
+                 "no epoch had finished; its starting point is saved")
         raise Interrupted(
-            f"training interrupted; its last whole epoch is saved in {run_dir / 'last.pt'}. "
-            "Continue with --resume."
+            f"training interrupted; {saved} in {run_dir / 'last.pt'}. Continue with --resume."
         ) from None
     state.done = True
     save("last.pt", state.epoch)
