@@ -18,6 +18,7 @@ from imgclf.data.layout import (
     find_classes,
     scan_folder,
     scan_split,
+    skipped_hint,
     summarize,
     warn_small_classes,
 )
@@ -193,6 +194,14 @@ def test_explicit_paths(tmp_path, make_image_folder):
     layout = detect_layout(train=train, test=test)
     assert layout.kind == "explicit"
     assert (layout.train, layout.val, layout.test) == (train, None, test)
+    assert not layout.notes
+    whole = make_image_folder(tmp_path / "kaggle" / "seg_train" / "seg_train", seed=2)
+    layout = detect_layout(train=tmp_path / "kaggle")
+    assert layout.train == tmp_path / "kaggle" and whole.is_dir()
+    assert layout.notes == [
+        f"the training folder {tmp_path / 'kaggle'} looks like a whole dataset (split folders "
+        "such as train/ or seg_train/), yet each of its folders is taken as a class: pass it "
+        "as DATA, not as --train, to use its splits"]
 
 
 def test_missing_folder_is_an_error(tmp_path):
@@ -435,3 +444,11 @@ def test_a_test_split_alone_counts_only_where_no_training_split_is_needed(tmp_pa
     assert detect_layout(tmp_path).kind == "single"  # for training: a class called "test"
     layout = detect_layout(tmp_path, need_train=False)  # for evaluation: the test split
     assert (layout.kind, layout.train, layout.test) == ("splits", None, tmp_path / "test")
+
+
+def test_skipped_hint_marks_other_reasons_only_when_there_are_some():
+    cut = Skipped(Path("a.jpg"), "truncated file")
+    assert skipped_hint([]) == ""
+    assert skipped_hint([cut, cut]) == " (2 file(s) skipped: truncated file)"
+    assert skipped_hint([cut, Skipped(Path("b.txt"), "not an image")]) == \
+        " (2 file(s) skipped: truncated file, ...)"

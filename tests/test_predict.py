@@ -320,7 +320,7 @@ def test_predict_command_writes_the_csv(trained, mixed_folder, tmp_path, capsys)
     assert columns == ["path", "predicted", "confidence", *CLASSES, "error"]
     assert len(rows) == GOOD + len(ERRORS)
     printed = capsys.readouterr().out
-    assert f"{GOOD} images predicted" in printed
+    assert f"{GOOD} image(s) predicted" in printed
     assert f"{len(ERRORS)} file(s) could not be read" in printed
 
 

@@ -424,9 +424,13 @@ def test_method_from_python_beats_the_config_file(split_data, tmp_path, monkeypa
     assert seen == ["scratch", "transfer", "scratch"]
 
 
-def test_data_section_as_a_mapping_from_python(split_data, tmp_path):
-    run = imgclf.train({"train": split_data / "train", "val": split_data / "test"},
-                       out=tmp_path / "run", model={"img_size": 32}, train={"epochs": 1})
+def test_data_section_as_a_mapping_from_python(split_data, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        run = imgclf.train({"train": split_data / "train", "val": split_data / "test",
+                            "val_fraction": 0.5},
+                           out=tmp_path / "run", model={"img_size": 32}, train={"epochs": 1})
+    assert (f"data.val_fraction 0.5 is not used: the data has its own validation split "
+            f"({split_data / 'test'})") in caplog.text
     config = load_config(run / "config.yaml")
     assert (config.data.data, config.data.train, config.data.val) == (
         None, str(split_data / "train"), str(split_data / "test"))

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                         + (f": {len(errors)} file(s) could not be read." if errors
                            else f": no image files in {', '.join(args.paths)}."))
     out = predictor.write(predictions, args.out)
-    print(f"{len(predictions) - len(errors)} images predicted -> {out}")
+    print(f"{len(predictions) - len(errors)} image(s) predicted -> {out}")
     for label, n in sorted(counts.items()):
         print(f"  {label}: {n}")
     if errors:

@@ -530,7 +530,7 @@ def _format_counts(report: dict) -> list[str]:
     lines += _table(["class", *names], rows)
     if report["unlabelled"] is not None:
         u = report["unlabelled"]
-        lines.append(f"  unlabelled {u['path']}/: {u['images']:,} images"
+        lines.append(f"  unlabelled {u['path']}/: {u['images']:,} image(s)"
                      + (f", {u['skipped']:,} skipped" if u["skipped"] else ""))
     return lines
 

@@ -147,7 +147,10 @@ def require_folder(name: str, value) -> None:
 
 def skipped_hint(skipped: list[Skipped]) -> str:
     """' (3 file(s) skipped: truncated file, ...)' for a message about a folder left empty."""
-    return f" ({len(skipped)} file(s) skipped: {skipped[0].reason}, ...)" if skipped else ""
+    if not skipped:
+        return ""
+    more = ", ..." if len({s.reason for s in skipped}) > 1 else ""
+    return f" ({len(skipped)} file(s) skipped: {skipped[0].reason}{more})"
 
 
 def detect_layout(
@@ -171,6 +174,11 @@ def detect_layout(
             )
         layout = Layout(_follow_doubled(Path(train)), val and _follow_doubled(Path(val)),
                         test and _follow_doubled(Path(test)), kind="explicit")
+        if _find_splits(layout.train) is not None:
+            layout.notes.append(
+                f"the training folder {train} looks like a whole dataset (split folders such "
+                f"as train/ or seg_train/), yet each of its folders is taken as a class: "
+                f"pass it as DATA, not as --train, to use its splits")
     elif data is None:
         raise DataError("No dataset given: pass a DATA folder, or --train (and --val/--test).")
     else:

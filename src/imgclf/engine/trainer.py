@@ -27,7 +27,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from imgclf.config import Config, ModelSection
+from imgclf.config import Config, DataSection, ModelSection
 from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.data.prepare import (
     PreparedData,
@@ -392,6 +392,9 @@ def _train(config: Config, resume: bool) -> Path:
     d = config.data
     data = prepare_data(d.data, train=d.train, val=d.val, test=d.test,
                         val_fraction=d.val_fraction, seed=config.seed)
+    if data.val_source == "split" and d.val_fraction != DataSection.val_fraction:
+        log.warning("data.val_fraction %g is not used: the data has its own validation "
+                    "split (%s)", d.val_fraction, data.layout.val)
     contents = data.contents()  # the files as found, before any fails to decode
     last = load_checkpoint(run_dir / "last.pt") if resume else None
     if last is not None:
