@@ -212,7 +212,7 @@ def test_split_counts_unlabelled_and_json(leaky):
     assert json.loads(json.dumps(report)) == report
     text = format_audit(report)
     assert "Near-duplicates across splits: not checked" in text
-    assert "unlabelled pred/: 2 images, 1 skipped" in text
+    assert "unlabelled pred/: 2 image(s), 1 skipped" in text
     assert "across splits (leakage), 1 under a different class: 2 group(s)" in text
 
 

@@ -168,6 +168,11 @@ def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_im
     (mine / "notes.txt").write_text("mine\n")
     with pytest.raises(RunError, match="already holds other files"):
         compare(str(data), ["scratch"], [], mine, OVERRIDES)
+    (mine / "notes.txt").unlink()
+    (mine / "leaderboard.csv").write_text("a,b\n")  # the user's, under compare's name
+    with pytest.raises(RunError, match="holds leaderboard.csv, which imgclf did not write"):
+        compare(str(data), ["scratch"], [], mine, OVERRIDES)
+    assert (mine / "leaderboard.csv").read_text() == "a,b\n"
     with pytest.raises(ConfigError, match="unknown key 'epoch'"):
         compare(str(data), "scratch", [], tmp_path / "cmp", {"train": {"epoch": 1}})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine"]

@@ -230,11 +230,17 @@ def test_tf_same_padding_is_exported_fixed(tmp_path):
 def test_export_refuses_the_runs_own_files_and_the_dataset(trained, tmp_path):
     run, test_images = trained
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    for out, message in ((run / "model.pt", "would replace the model.pt that imgclf wrote"),
-                         (run / "metrics", "would replace the metrics.json that imgclf wrote"),
-                         (test_images / "m.onnx", "would be inside the dataset"),
-                         (tmp_path, "is a folder: give a file name such as")):
+    other = shutil.copytree(run, tmp_path / "other")
+    others = sorted((p.name, p.read_bytes()) for p in other.iterdir() if p.is_file())
+    for fmt, out, message in (
+            ("torchscript", run / "model.pt", "would replace the model.pt that imgclf wrote"),
+            ("onnx", run / "metrics.json", r"is written as \.onnx"),
+            ("torchscript", tmp_path / "m.onnx", r"is written as \.pt or \.pth or \.ts"),
+            ("onnx", other / "model.onnx", f"would be inside {other}, the folder of another run"),
+            ("onnx", test_images / "m.onnx", "would be inside the dataset"),
+            ("onnx", tmp_path, "is a folder: give a file name such as")):
         with pytest.raises(ConfigError, match=message):
-            export_model(run, "torchscript", out)
+            export_model(run, fmt, out)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert sorted((p.name, p.read_bytes()) for p in other.iterdir() if p.is_file()) == others
     assert not (test_images / "m.onnx").exists()

@@ -7,7 +7,16 @@ import json
 
 import pytest
 
-from imgclf.paths import RUN_MARKERS, cache_dir, is_run_folder, open_for_writing, write_text
+from imgclf.errors import ConfigError, RunError
+from imgclf.paths import (
+    RUN_MARKERS,
+    cache_dir,
+    check_output_file,
+    check_output_folder,
+    is_run_folder,
+    open_for_writing,
+    write_text,
+)
 
 UNDECODABLE = b"cls\xff".decode("utf-8", "surrogateescape")  # as os.listdir gives it
 
@@ -79,3 +88,15 @@ def test_what_is_not_a_run_folder(tmp_path, make_run_folder):
     (tmp_path / "photos" / "model.pt").mkdir()
     assert not is_run_folder(tmp_path / "photos")
     assert not is_run_folder(tmp_path / "nowhere")
+
+
+def test_a_linked_class_folder_is_part_of_the_dataset(tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "forest"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "data" / "train" / "sea").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "forest").symlink_to(elsewhere)
+    with pytest.raises(RunError, match="would be inside the dataset"):
+        check_output_folder(elsewhere / "run", [tmp_path / "data"], lambda names: True)
+    with pytest.raises(ConfigError, match="would be inside the dataset"):
+        check_output_file(elsewhere / "p.csv", (".csv",), [tmp_path / "data"])
+    check_output_folder(tmp_path / "elsewhere" / "run", [tmp_path / "data"], lambda names: True)

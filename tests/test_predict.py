@@ -343,14 +343,14 @@ def test_predict_command_fails_when_nothing_could_be_read(trained, bad_image_fol
                                                           capsys):
     run, _ = trained
     out = tmp_path / "p.csv"
-    out.write_text("earlier predictions\n")
+    out.write_text("path,predicted,confidence,earlier predictions\n")
     assert main(["predict", str(run), str(bad_image_folder / "broken" / "corrupt.jpg"),
                  str(tmp_path / "missing.jpg"), "--out", str(out), "-q"]) == 2
     captured = capsys.readouterr()
     assert "error: no image could be predicted: 2 file(s) could not be read." in captured.err
     assert "missing.jpg: no such file or folder" in captured.out  # the reasons are shown
     assert "corrupt.jpg: not a recognised image format" in captured.out
-    assert out.read_text() == "earlier predictions\n"  # and nothing is overwritten
+    assert out.read_text() == "path,predicted,confidence,earlier predictions\n"  # kept
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(run), str(tmp_path / "empty"), "--out", str(out), "-q"]) == 2
     assert "no image files in" in capsys.readouterr().err
@@ -384,6 +384,36 @@ def test_predict_refuses_to_write_over_the_runs_own_files(trained, tmp_path, mon
     assert main(["predict", ".", str(data / "test"), "--out", str(tmp_path / "predictions.csv"),
                  "-q"]) == 0
     assert (run / "predictions.csv").read_bytes() == before
+
+
+def test_predict_keeps_other_files_and_the_runs_dataset(trained, tmp_path, capsys):
+    run, data = trained
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my,own,table\n")
+    evaluation = tmp_path / "ev"
+    evaluate_folder(run, data, out=evaluation)
+    kept = {p: p.read_bytes() for p in (mine, *evaluation.iterdir())}
+    for out, message in (
+            (mine, "exists and is not a predictions file that imgclf wrote"),
+            (evaluation / "predictions.csv", "would replace the predictions.csv that imgclf"),
+            (evaluation / "metrics.json", "would replace the metrics.json that imgclf"),
+            (data / "p.csv", f"would be inside the dataset {data}")):
+        assert main(["predict", str(run), str(data / "test"), "--out", str(out), "-q"]) == 2
+        assert message in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in kept} == kept and not (data / "p.csv").exists()
+    # Earlier predictions are written over, as CSV and as JSON.
+    for name in ("p.csv", "p.json"):
+        for _ in range(2):
+            assert main(["predict", str(run), str(data / "test"), "--out",
+                         str(tmp_path / name), "-q"]) == 0
+
+
+def test_a_run_folder_given_to_predict_is_left_out(trained, tmp_path, capsys):
+    run, _ = trained
+    assert main(["predict", str(run), str(run), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} is an imgclf run folder, not data: left out" in err
+    assert "no image could be predicted" in err
 
 
 def test_predict_command_onnx_refuses_cuda(trained, tmp_path, capsys):
@@ -498,9 +528,21 @@ def test_evaluate_refuses_to_overwrite_or_write_into_the_data(trained, tmp_path)
     other.mkdir()
     for name in ("model.pt", "metrics.json"):
         (other / name).write_text("another run's\n")
-    with pytest.raises(RunError, match="already holds other files"):
+    with pytest.raises(RunError, match="holds metrics.json, which imgclf did not write"):
         evaluate_folder(run, data, out=other)
     assert (other / "metrics.json").read_text() == "another run's\n"
+    (other / "metrics.json").unlink()
+    with pytest.raises(RunError, match="already holds other files"):
+        evaluate_folder(run, data, out=other)
+    # A user's files under evaluate's own names, and another command's predictions.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "predictions.csv").write_text("my,data\n")
+    with pytest.raises(RunError, match="holds predictions.csv, which imgclf did not write"):
+        evaluate_folder(run, data, out=mine)
+    assert (mine / "predictions.csv").read_text() == "my,data\n"
+    evaluate_folder(run, data, out=tmp_path / "again")
+    evaluate_folder(run, data, out=tmp_path / "again")  # its own results are written again
     with pytest.raises(RunError, match="imgclf never writes into a dataset"):
         evaluate_folder(run, data, out=data / "results")
     assert not (data / "results").exists()
@@ -591,6 +633,21 @@ def test_evaluate_lists_the_files_it_skipped(trained, tmp_path):
         rows = list(csv.DictReader(fh))
     assert [(row["split"], Path(row["path"])) for row in rows] == [("test", broken)]
     assert rows[0]["reason"]
+
+
+def test_evaluate_warns_of_an_empty_class_and_names_unknown_classes_first(
+        trained, tmp_path, make_image_folder, caplog):
+    run, _ = trained
+    folder = make_image_folder(tmp_path / "extra", {"red": 2, "green": 2}, size=(32, 32))
+    (folder / "blue").mkdir()
+    with caplog.at_level(logging.WARNING, logger="imgclf"):
+        metrics, out = evaluate_folder(run, folder, out=tmp_path / "ev")
+    assert f"class folder {folder / 'blue'} holds no readable images: the extra split has no " \
+           "image of class 'blue'" in caplog.text
+    assert metrics["n_samples"] == 4
+    zoo = make_image_folder(tmp_path / "zoo", {"zebra": 2}, size=(32, 32))
+    with pytest.raises(DataError, match=r"\['zebra'\] that the model does not have"):
+        evaluate_folder(run, zoo, out=out)  # not: 'holds the evaluation of' extra
 
 
 def test_evaluate_errors(trained, tmp_path, make_image_folder, capsys):

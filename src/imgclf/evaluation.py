@@ -156,12 +156,12 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     chose when it was trained)."""
     from imgclf.data.prepare import decode_split, write_skipped
     from imgclf.errors import ConfigError, DataError
-    from imgclf.predict import Predictor
+    from imgclf.predict import Predictor, run_folder
 
     if split not in (None, "test", "val", "train"):
         raise ConfigError(f"split must be test, val or train, got {split!r}.")
     predictor = Predictor(run, device=device)
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent  # RUN/model.pt given
+    run_dir = run_folder(run)  # RUN/model.pt may be given
     trained_on = _training_folder(run_dir)
     layout = detect_layout(Path(data), need_train=False)
     for note in layout.notes:
@@ -191,9 +191,9 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                     "whose images the model has learnt from", data)
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
-    _check_same_data(out_dir, root)
     labelled = (held_out if held_out is not None
                 else scan_split(name, root, predictor.classes, source="the model"))
+    _check_same_data(out_dir, root)  # after the scan: classes the model lacks come first
     if not len(labelled):
         raise DataError(f"no readable images in {root}.")
     images, labels, _ = decode_split(labelled, predictor.prep.img_size,

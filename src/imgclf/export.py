@@ -40,6 +40,7 @@ from imgclf.paths import (
     MODEL_FILE,
     TRAINING_CHECKPOINTS,
     check_output_file,
+    is_run_folder,
     run_datasets,
     write_text,
 )
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts")}
+"""The names each format's export may have (``torch.jit.load`` takes any; .pt is usual)."""
 # Opset 17 is read by every ONNX Runtime since 1.14 and by most other runtimes.
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -199,8 +202,13 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
                        f"--out {ckpt.parent}` for an interrupted one), then export it.")
     out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
     datasets = run_datasets(ckpt.parent)
-    for path in (out, sidecar_path(out)):
-        check_output_file(path, (), datasets, example=DEFAULT_FILES[fmt])
+    check_output_file(out, SUFFIXES[fmt], datasets, example=DEFAULT_FILES[fmt])
+    check_output_file(sidecar_path(out), (), datasets, example=DEFAULT_FILES[fmt])
+    folder = out.absolute().parent
+    if is_run_folder(folder) and folder.resolve() != ckpt.parent.resolve():
+        # `predict --engine onnx` that run would answer with this run's model and classes.
+        raise ConfigError(f"{out} would be inside {folder}, the folder of another run; "
+                          "export into this run's folder or outside any run folder.")
     model, prep, classes, meta = load_model(ckpt)
     model = model.cpu().eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +276,7 @@ class OnnxPredictor(BasePredictor):
         if not model_file.exists():
             raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
                            f"`imgclf export {path} --format onnx`.")
+        self.datasets = run_datasets(model_file.parent)
         info_file = sidecar_path(model_file)
         if not info_file.exists():
             raise RunError(f"{info_file} (classes and preprocessing of {model_file.name}) is "

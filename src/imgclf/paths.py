@@ -32,6 +32,38 @@ RUN_FILES = frozenset({CONFIG_FILE, *RUN_MARKERS, LEADERBOARD_FILE, "predictions
 """Files that training, evaluation and comparison write into their folders under names an
 output file could have: written over, reports, comparisons and resuming could no longer
 read them."""
+SIGNATURES = {
+    "metrics.json": '{\n  "n_samples": ',
+    "predictions.csv": "path,label,predicted,confidence,",
+    LEADERBOARD_FILE: "run,method,backbone,",
+    "leaderboard.md": "| run | method | backbone |",
+    "audit.json": '{\n  "root": ',
+}
+"""How each of imgclf's result files begins: how imgclf tells its own files from a user's
+files of the same name before it writes over them."""
+
+
+def begins_with(path: Path, *signatures: str) -> bool:
+    """Whether the file ``path`` begins with one of ``signatures`` (False when unreadable)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            start = fh.read(max(map(len, signatures), default=0))
+    except OSError:
+        return False
+    return any(start.startswith(signature) for signature in signatures)
+
+
+def written_by_imgclf(path: Path) -> bool:
+    """Whether the file ``path`` begins as imgclf writes a file of its name (``SIGNATURES``);
+    False for a file that cannot be read, and for names without a signature."""
+    return path.name in SIGNATURES and begins_with(path, SIGNATURES[path.name])
+
+
+def results_folder(folder: Path) -> bool:
+    """A folder of imgclf's results: a run (``config.yaml``), or one holding a metrics file
+    or a leaderboard that imgclf wrote (an evaluation, a comparison)."""
+    return (folder / CONFIG_FILE).is_file() or any(
+        written_by_imgclf(folder / name) for name in ("metrics.json", LEADERBOARD_FILE))
 
 
 def cache_dir(subdir: str | None = None) -> Path:
@@ -121,8 +153,26 @@ def run_datasets(folder: str | Path) -> list[Path]:
 
 def _dataset_holding(path: Path, datasets):
     """The first of ``datasets`` (folders, or None) that ``path`` lies inside, or None."""
-    return next((d for d in datasets
-                 if d is not None and path.resolve().is_relative_to(Path(d).resolve())), None)
+    real = path.resolve()
+    return next((d for d in datasets if d is not None
+                 and any(real.is_relative_to(place) for place in _dataset_places(d))), None)
+
+
+def _dataset_places(dataset) -> list[Path]:
+    """The real folders a dataset spans: itself, and where its linked folders lead, three
+    levels down (split, Kaggle's doubled split, class), as imgclf follows them."""
+    places, level = [Path(dataset).resolve()], [Path(dataset)]
+    for _ in range(3):
+        below = []
+        for folder in level:
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(folder):
+                    if entry.is_dir():
+                        below.append(Path(entry.path))
+                        if entry.is_symlink():
+                            places.append(Path(entry.path).resolve())
+        level = below
+    return places
 
 
 def check_output_file(path: str | Path, suffixes, datasets=(), example: str = "") -> Path:
@@ -138,8 +188,7 @@ def check_output_file(path: str | Path, suffixes, datasets=(), example: str = ""
         raise ConfigError(f"{path}: this file is written as {' or '.join(suffixes)}; name it "
                           f"accordingly, e.g. {path.with_name(example)}.")
     folder = path.absolute().parent
-    if path.name in RUN_FILES and any((folder / marker).is_file()
-                                      for marker in (CONFIG_FILE, LEADERBOARD_FILE)):
+    if path.name in RUN_FILES and results_folder(folder):
         raise ConfigError(f"{path} would replace the {path.name} that imgclf wrote into "
                           f"{folder}; give this file another name, e.g. "
                           f"{path.with_name('new-' + path.name)}.")
@@ -152,7 +201,8 @@ def check_output_file(path: str | Path, suffixes, datasets=(), example: str = ""
 
 def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
     """Refuse an output folder that is a file, lies inside one of ``datasets`` (imgclf never
-    writes into a dataset), or holds files that ``is_ours`` (given the set of entry names)
+    writes into a dataset), holds a file under one of imgclf's names that imgclf did not
+    write (``SIGNATURES``), or holds files that ``is_ours`` (given the set of entry names)
     does not recognise as imgclf's own from an earlier run of the same command."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -162,6 +212,11 @@ def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
         raise RunError(f"the output folder {folder} would be inside the dataset {dataset}; "
                        "imgclf never writes into a dataset: choose --out elsewhere.")
     names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    theirs = [name for name in names & SIGNATURES.keys()
+              if not written_by_imgclf(folder / name)]
+    if theirs:
+        raise RunError(f"{folder} holds {', '.join(sorted(theirs))}, which imgclf did not "
+                       "write, and would write over: choose another --out.")
     if names and not is_ours(names):
         raise RunError(f"{folder} already holds other files; imgclf writes into a new or "
                        "empty folder, or one it wrote before: choose another --out.")

@@ -27,7 +27,14 @@ from imgclf.engine.callbacks import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.models.factory import Classifier, Preprocessing, create_model
-from imgclf.paths import MODEL_FILE, TRAINING_CHECKPOINTS, check_output_file, open_for_writing
+from imgclf.paths import (
+    MODEL_FILE,
+    TRAINING_CHECKPOINTS,
+    begins_with,
+    check_output_file,
+    open_for_writing,
+    run_datasets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +84,27 @@ class Prediction:
     error: str | None = None
 
 
-def output_format(path: str | Path) -> str:
+PREDICTIONS_START = ("path,predicted,confidence,", '[\n {\n  "path": ')
+"""How a predictions file begins, as CSV and as JSON: such a file may be written again."""
+
+
+def run_folder(run: str | Path) -> Path:
+    """The run folder of ``run``: the folder itself, or the folder of a file in it."""
+    return Path(run) if Path(run).is_dir() else Path(run).parent
+
+
+def output_format(path: str | Path, datasets=()) -> str:
     """"csv" or "json": the format a predictions file named ``path`` is written in.
 
     ConfigError for a name that predictions are not written to: a folder, another suffix,
-    or a file that imgclf wrote into a run or compare folder (``check_output_file``).
+    a file that imgclf wrote into a run or compare folder, a place inside one of
+    ``datasets`` (``check_output_file``), or an existing file that is not earlier
+    predictions.
     """
-    path = check_output_file(path, (".csv", ".json"), example="predictions.csv")
+    path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv")
+    if path.is_file() and not begins_with(path, *PREDICTIONS_START):
+        raise ConfigError(f"{path} exists and is not a predictions file that imgclf wrote; "
+                          "give --out another name, or move that file away.")
     return path.suffix.lower().lstrip(".")
 
 
@@ -98,6 +119,8 @@ class BasePredictor:
     classes: list[str]
     prep: Preprocessing
     meta: dict
+    datasets: list[Path]
+    """The run's training data, where predictions are never written."""
 
     @property
     def tta(self) -> bool:
@@ -199,7 +222,7 @@ class BasePredictor:
         one probability column per class, then error). Parent folders are created; the
         file appears whole or not at all."""
         path = Path(path)
-        kind = output_format(path)
+        kind = output_format(path, self.datasets)
         with open_for_writing(path, newline="") as fh:
             if kind == "json":
                 json.dump([self._record(p) for p in predictions], fh, indent=1,
@@ -232,6 +255,7 @@ class Predictor(BasePredictor):
 
     def __init__(self, run: str | Path, device: str = "auto", amp: str = "off"):
         self.model, self.prep, self.classes, self.meta = load_model(run)
+        self.datasets = run_datasets(run_folder(run))
         self.rt: Runtime = resolve_runtime(device, amp, channels_last=True)
         self.model.to(self.rt.device)
         if self.rt.channels_last:

@@ -30,9 +30,11 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.errors import ConfigError, DataError
-    from imgclf.predict import output_format
+    from imgclf.paths import run_datasets
+    from imgclf.predict import output_format, run_folder
 
-    output_format(args.out)  # before the model loads and runs: a wrong name fails at once
+    # Before the model loads and runs: a wrong name fails at once.
+    output_format(args.out, run_datasets(run_folder(args.run)))
     if args.engine == "onnx":
         from imgclf.export import OnnxPredictor
 

@@ -251,8 +251,12 @@ def iter_files(root: Path):
 
     Linked folders are followed, but each real folder is walked once: a link back to a
     folder above (a loop) or to a folder walked already is skipped with its reason, and so
-    is a run folder below ``root`` (its plots are images, but not data), with a warning.
+    is a run folder (its plots are images, but not data), ``root`` included, with a warning.
     """
+    if is_run_folder(root):  # given as the folder to walk: left out all the same
+        log.warning("%s is an %s: left out", root, RUN_FOLDER)
+        yield Path(root), RUN_FOLDER
+        return
     walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = os.path.realpath(dirpath)
@@ -342,6 +346,9 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                 f"Class folder {folder} holds no readable images{skipped_hint(skipped)}. "
                 "Add images or remove the folder."
             )
+        if not images and strict:
+            log.warning("class folder %s holds no readable images%s: the %s split has no "
+                        "image of class %r", folder, skipped_hint(skipped), name, cls)
         split.paths.extend(images)
         split.labels.extend([index] * len(images))
     loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
