@@ -20,6 +20,7 @@ from PIL import Image
 
 import imgclf
 from imgclf.cli.main import main
+from imgclf.data.decode import decode_image
 from imgclf.engine.runtime import resolve_runtime
 from imgclf.errors import ConfigError, DataError, RunError
 from imgclf.evaluation import choose_tta, evaluate_folder
@@ -177,6 +178,12 @@ def test_predict_arrays_checks_its_input(trained):
         warnings.simplefilter("error")
         probs = predictor.predict_arrays(read_only)
     np.testing.assert_allclose(probs, predictor.predict_arrays(good[:1]), atol=1e-6)
+    # The error's advice for image files gives what predict() sees.
+    _, data = trained
+    path = next((data / "test" / "red").iterdir())
+    from_file = predictor.predict([path])[0].probs
+    advised = decode_image(path, (32, 32), predictor.prep.interpolation)[None]
+    np.testing.assert_allclose(predictor.predict_arrays(advised)[0], from_file, atol=1e-6)
 
 
 def test_csv_columns_and_error_rows(trained, mixed_folder, tmp_path):

@@ -166,7 +166,10 @@ class BasePredictor:
             raise ValueError(f"images: this model takes {size}x{size} images, got "
                              f"{images.shape[1]}x{images.shape[2]} (height x width); resize "
                              f"them to {size}x{size} with {self.prep.interpolation} "
-                             "interpolation, as predict() does for image files.")
+                             "interpolation (for image files, imgclf.data.decode."
+                             f"decode_image(path, ({size}, {size}), "
+                             f"{self.prep.interpolation!r}) gives exactly what predict() "
+                             "sees).")
         if images.dtype != np.uint8:
             raise ValueError(f"images: expected {wanted} with values 0-255, got dtype "
                              f"{images.dtype}; for floats in 0-1 pass "
