@@ -604,7 +604,7 @@ def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder
     run, _ = trained
     folder = make_image_folder(tmp_path / "extra", {"red": 2, "green": 2}, size=(32, 32),
                                seed=11)
-    metrics, out = evaluate_folder(run, folder, out=tmp_path / "ev")
+    metrics, out = imgclf.evaluate(run, folder, out=tmp_path / "ev", device="cpu")
     assert metrics["split"] == "extra" and metrics["n_samples"] == 4
     assert (out / "metrics.json").exists()
 

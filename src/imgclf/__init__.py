@@ -6,6 +6,7 @@ Python API::
     run_dir = imgclf.train("data/", method="transfer")
     predictor = imgclf.load(run_dir)
     predictions = predictor.predict(["new_images/"])
+    metrics, results = imgclf.evaluate(run_dir, "data/")
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "train", "load"]
+__all__ = ["__version__", "train", "load", "evaluate"]
 
 
 def train(data=None, method: str | None = None, config=None, resume: bool = False,
@@ -52,3 +53,12 @@ def load(run_dir, device: str = "auto"):
     from imgclf.predict import load as _load
 
     return _load(run_dir, device=device)
+
+
+def evaluate(run_dir, data, split: str | None = None, out=None, device: str = "auto",
+             tta: bool | None = None):
+    """Evaluate a trained run on labelled ``data``, as ``imgclf evaluate`` does; returns
+    (metrics, results folder)."""
+    from imgclf.evaluation import evaluate_folder
+
+    return evaluate_folder(run_dir, data, split=split, out=out, device=device, tta=tta)
