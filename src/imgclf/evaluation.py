@@ -185,7 +185,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
             raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
     if held_out is None and _same(root, trained_on):
         log.warning("%s is the folder %s was trained on: these figures are on images the "
-                    "model has learnt from, not on new ones", root, run_dir)
+                    "model has learnt from (with any validation images it held out of that "
+                    "folder), not on new ones", root, run_dir)
     elif name == "train" and split is None:
         log.warning("%s has no test or val split: evaluating on the training split, "
                     "whose images the model has learnt from", data)
