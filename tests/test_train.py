@@ -14,12 +14,14 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import imgclf
+from imgclf import export
 from imgclf.config import build_config, load_config
-from imgclf.engine import loop
+from imgclf.engine import loop, trainer
 from imgclf.engine.loop import Interrupted
 from imgclf.engine.trainer import train
 from imgclf.errors import ConfigError, DataError, RunError
@@ -533,6 +535,90 @@ def test_transfer_without_feature_cache_runs_the_backbone(split_data, tmp_path, 
     assert not any("frozen-backbone features" in r.message for r in caplog.records)
     assert [r["phase"] for r in read_csv(run / "history.csv")] == ["head"]
     assert not list(cache_dir("features").glob("*.npy"))
+
+
+def _feature_messages(caplog) -> list[str]:
+    return [r.message for r in caplog.records if "frozen-backbone features" in r.message]
+
+
+def test_onnx_runtime_and_pytorch_compute_the_same_features(split_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="imgclf")
+    features = {}
+    for engine in ("torch", "onnx"):
+        before = set(cache_dir("features").glob("*.npy"))
+        imgclf.train(split_data, method="transfer", out=tmp_path / engine, model=BACKBONE,
+                     train={"epochs": 1, "feature_engine": engine})
+        added = set(cache_dir("features").glob("*.npy")) - before
+        assert len(added) == 2  # train and val: each engine keeps its own features
+        # keyed by image count: the two splits differ in size
+        features[engine] = {len(a): a for a in map(np.load, added)}
+    assert features["torch"].keys() == features["onnx"].keys()
+    for count, expected in features["torch"].items():
+        np.testing.assert_allclose(features["onnx"][count], expected, rtol=1e-3, atol=1e-4)
+    messages = _feature_messages(caplog)
+    assert [m.split(", ")[-1] for m in messages] == ["PyTorch)"] * 2 + ["ONNX Runtime)"] * 2
+
+
+def test_features_default_to_onnx_runtime_on_a_cpu_where_it_is_installed(
+        split_data, tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="imgclf")
+    imgclf.train(split_data, method="transfer", out=tmp_path / "auto", model=BACKBONE,
+                 train={"epochs": 1})
+    assert all(m.endswith("ONNX Runtime)") for m in _feature_messages(caplog))
+    caplog.clear()
+    monkeypatch.setattr(trainer, "onnxruntime_available", lambda: False)
+    imgclf.train(split_data, method="transfer", out=tmp_path / "no-ort", model=BACKBONE,
+                 train={"epochs": 1})
+    messages = _feature_messages(caplog)
+    assert len(messages) == 2 and all(m.endswith("PyTorch)") for m in messages)
+
+
+def test_a_backbone_onnx_runtime_cannot_run_falls_back_to_pytorch_unless_asked_for(
+        split_data, tmp_path, caplog, monkeypatch):
+    def fail(*args, **kwargs):
+        raise torch.onnx.errors.UnsupportedOperatorError("aten::odd", 17, "not supported")
+
+    monkeypatch.setattr(export, "_write_onnx", fail)
+    caplog.set_level(logging.INFO, logger="imgclf")
+    run = imgclf.train(split_data, method="transfer", out=tmp_path / "auto", model=BACKBONE,
+                       train={"epochs": 1})
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING
+                and "ONNX Runtime cannot compute" in r.message]
+    assert len(warnings) == 1 and "UnsupportedOperatorError" in warnings[0]
+    assert all(m.endswith("PyTorch)") for m in _feature_messages(caplog))
+    assert (run / "model.pt").exists()
+    # PyTorch's features are kept, so the next run does not try the export again ...
+    caplog.clear()
+    imgclf.train(split_data, method="transfer", out=tmp_path / "again", model=BACKBONE,
+                 train={"epochs": 1})
+    assert [m.split(" (")[0] for m in _feature_messages(caplog)] == \
+        ["frozen-backbone features: cache hit"] * 2
+    assert not any("ONNX Runtime cannot" in r.message for r in caplog.records)
+    # ... unless ONNX Runtime is what the run asks for
+    with pytest.raises(RunError, match=r"ONNX Runtime cannot compute this backbone's features "
+                                       r"\(UnsupportedOperatorError.*--feature-engine torch"):
+        imgclf.train(split_data, method="transfer", out=tmp_path / "onnx", model=BACKBONE,
+                     train={"epochs": 1, "feature_engine": "onnx"})
+
+
+def test_features_from_onnx_runtime_that_differ_from_pytorchs_are_not_used(
+        split_data, tmp_path, caplog, monkeypatch):
+    # An export whose outputs drift from PyTorch's is caught before any image is run.
+    monkeypatch.setattr(export.OnnxModule, "forward",
+                        lambda self, x: torch.ones(len(x), 1280))
+    caplog.set_level(logging.INFO, logger="imgclf")
+    imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                 train={"epochs": 1})
+    assert any("RunError: ONNX Runtime's outputs differ from PyTorch's" in r.message
+               for r in caplog.records if r.levelno == logging.WARNING)
+    assert all(m.endswith("PyTorch)") for m in _feature_messages(caplog))
+
+
+def test_an_unknown_feature_engine_is_a_config_error(split_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"train.feature_engine must be auto, torch or onnx, "
+                                          r"got 'tensorrt'"):
+        imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                     train={"epochs": 1, "feature_engine": "tensorrt"})
 
 
 def test_transfer_with_a_small_cnn_is_a_config_error(split_data, tmp_path):

@@ -54,6 +54,11 @@ class ModelSection:
     dropout: float = 0.2
 
 
+# What computes a frozen backbone's cached features: ONNX Runtime on a CPU where it is
+# installed ("auto"), or always PyTorch, or always ONNX Runtime.
+FEATURE_ENGINES = ("auto", "torch", "onnx")
+
+
 @dataclass
 class TrainSection:
     epochs: int = 30
@@ -76,6 +81,7 @@ class TrainSection:
     finetune_lr: float = 1e-4
     finetune_norm_stats: bool = False
     feature_cache: bool = True
+    feature_engine: str = "auto"
     tta: str = "off"
     device: str = "auto"
     amp: str = "auto"
@@ -266,6 +272,8 @@ def validate(config: Config) -> None:
         (t.class_weight in (None, "auto", "none"),
          f"train.class_weight must be auto or none, got {t.class_weight!r}"),
         (t.tta in ("off", "on", "auto"), f"train.tta must be off, on or auto, got {t.tta!r}"),
+        (t.feature_engine in FEATURE_ENGINES,
+         f"train.feature_engine must be auto, torch or onnx, got {t.feature_engine!r}"),
         (t.amp in ("auto", "bf16", "off"),
          f"train.amp must be auto, bf16 or off, got {t.amp!r}"),
         (0 < config.data.val_fraction < 1,

@@ -6,7 +6,14 @@ import argparse
 import functools
 import json
 
-from imgclf.config import AUGMENT_PRESETS, DEFAULT_BACKBONE, METHODS, build_config, resume_config
+from imgclf.config import (
+    AUGMENT_PRESETS,
+    DEFAULT_BACKBONE,
+    FEATURE_ENGINES,
+    METHODS,
+    build_config,
+    resume_config,
+)
 from imgclf.errors import RunError
 
 
@@ -106,6 +113,10 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(t, "--no-feature-cache", dest="train.feature_cache", action="store_const",
            const=False, help="transfer: run the frozen backbone every epoch instead of "
                              "caching its features")
+    option(t, "--feature-engine", dest="train.feature_engine", choices=FEATURE_ENGINES,
+           help="transfer: what computes the frozen backbone's cached features: ONNX "
+                "Runtime (onnx; about twice PyTorch's speed on a CPU), PyTorch (torch), or "
+                "auto (the default: onnx on a CPU when onnxruntime is installed)")
     option(t, "--tta", dest="train.tta", choices=("off", "on", "auto"),
            help="test-time augmentation: average each image's probabilities with its mirror "
                 "image's when evaluating and predicting; auto keeps it if it raises validation "

@@ -14,11 +14,13 @@ Methods plug into the same loop:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from imgclf.engine.loop import FitState, Phase, fit, restore_rng_state, run_infe
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.evaluation import choose_tta, write_evaluation
+from imgclf.export import OnnxModule, onnxruntime_available
 from imgclf.history import Monitor, best_epoch
 from imgclf.models.factory import (
     Classifier,
@@ -124,19 +127,66 @@ class FeatureExtractor(nn.Module):
         return self.model.features(x)
 
 
-def cached_features(model: Classifier, images: np.ndarray, labels: np.ndarray, key: str,
-                    rt: Runtime, batch_size: int, use_cache: bool) -> np.ndarray:
-    """The frozen body's features for ``images``, computed once per (model, data) and kept."""
-    path = cache_dir("features") / f"{key}.npy"
-    if use_cache and path.exists():
-        log.info("frozen-backbone features: cache hit (%s)", path.name)
-        return np.load(path)
+def feature_engine(config: Config, rt: Runtime) -> str:
+    """What computes the frozen body's features: 'onnx' (ONNX Runtime) or 'torch'."""
+    choice = config.train.feature_engine
+    if choice == "onnx" and rt.device.type != "cpu":
+        raise ConfigError(f"train.feature_engine onnx runs ONNX Runtime on the CPU, and this "
+                          f"run trains on {rt.device.type}; use --feature-engine torch or auto.")
+    if choice == "auto":
+        return "onnx" if rt.device.type == "cpu" and onnxruntime_available() else "torch"
+    return choice
+
+
+def _feature_module(model: Classifier, img_size: int, engine: str, required: bool) -> nn.Module:
+    """The frozen body as the inference loop runs it. An ONNX export that fails, or whose
+    outputs are not PyTorch's, is an error when ``required`` and otherwise falls back to
+    PyTorch with a warning."""
+    body = FeatureExtractor(model)
+    if engine == "torch":
+        return body
+    try:
+        return OnnxModule(body, img_size, threads=torch.get_num_threads())
+    except Exception as exc:  # the exporter's errors have no common type
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if required:
+            raise RunError(f"ONNX Runtime cannot compute this backbone's features ({reason}); "
+                           "use --feature-engine torch.") from None
+        log.warning("ONNX Runtime cannot compute this backbone's features (%s); PyTorch "
+                    "computes them.", reason)
+        return body
+
+
+def cached_features(body: Callable[[], nn.Module], images: np.ndarray, labels: np.ndarray,
+                    key_of: Callable[[str], str], engine: str, required: bool, rt: Runtime,
+                    batch_size: int, use_cache: bool) -> np.ndarray:
+    """The frozen body's features for ``images``, computed once per (model, data, engine)
+    and kept under ``key_of(engine)``.
+
+    ``body()`` gives the module that computes them (``_feature_module``), only on a cache
+    miss; it may be PyTorch's even for ``engine`` 'onnx', and the features are kept under
+    the engine that computed them. Unless ``required``, 'onnx' also takes PyTorch's kept
+    features, so a backbone ONNX Runtime cannot run is still computed once.
+    """
+    folder = cache_dir("features")
+    engines = (engine,) if required or engine == "torch" else (engine, "torch")
+    for path in (folder / f"{key_of(name)}.npy" for name in engines):
+        if use_cache and path.exists():
+            log.info("frozen-backbone features: cache hit (%s)", path.name)
+            return np.load(path)
     tic = time.perf_counter()
+    module = body()
+    if isinstance(module, OnnxModule):
+        rt, used, engine_name = Runtime(rt.device, None, False), "onnx", "ONNX Runtime"
+    else:
+        used, engine_name = "torch", "PyTorch"
     loader = make_loader(ArrayDataset(images, labels), batch_size, shuffle=False, workers=0)
-    features, _ = run_inference(FeatureExtractor(model), loader, rt)
-    log.info("frozen-backbone features for %d images in %.1fs (%.0f images/s)", len(images),
-             time.perf_counter() - tic, len(images) / max(time.perf_counter() - tic, 1e-9))
-    if use_cache and dist.is_main() and cache_writable(path.parent):
+    features, _ = run_inference(module, loader, rt)
+    seconds = max(time.perf_counter() - tic, 1e-9)
+    log.info("frozen-backbone features for %d images in %.1fs (%.0f images/s, %s)",
+             len(images), seconds, len(images) / seconds, engine_name)
+    path = folder / f"{key_of(used)}.npy"
+    if use_cache and dist.is_main() and cache_writable(folder):
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, features)
         tmp.replace(path)
@@ -144,11 +194,14 @@ def cached_features(model: Classifier, images: np.ndarray, labels: np.ndarray, k
 
 
 def feature_key(image_key: str, config: Config, prep: Preprocessing, source: str,
-                rt: Runtime) -> str:
+                rt: Runtime, engine: str) -> str:
+    """The features' cache key: the images, the backbone and its weights, the
+    preprocessing, and what computed them (PyTorch at the run's precision, or ONNX Runtime)."""
     # A randomly initialised backbone is only the same backbone under the same seed.
     init = config.seed if source == "random init" else None
+    precision = "onnx float32" if engine == "onnx" else str(rt.amp_dtype)
     ident = json.dumps([image_key, config.model.name, source, init, prep.to_dict(),
-                        str(rt.amp_dtype)], sort_keys=True)
+                        precision], sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
@@ -252,12 +305,16 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
     cfg = ctx.config
     set_trainable(ctx.model, 0)
     feats = {}
+    engine, required = feature_engine(cfg, ctx.rt), cfg.train.feature_engine == "onnx"
+    body = functools.cache(lambda: _feature_module(ctx.model, ctx.prep.img_size, engine,
+                                                   required))
     for split in ("train", "val"):
         images, labels = ctx.arrays[split]
-        key = feature_key(ctx.image_keys[split], cfg, ctx.prep, ctx.meta["weights_source"],
-                          ctx.rt)
+        key_of = functools.partial(feature_key, ctx.image_keys[split], cfg, ctx.prep,
+                                   ctx.meta["weights_source"], ctx.rt)
         feats[split] = ArrayDataset(
-            cached_features(ctx.model, images, labels, key, ctx.rt, 64, cfg.data.cache),
+            cached_features(body, images, labels, key_of, engine, required, ctx.rt, 64,
+                            cfg.data.cache),
             labels, images=False)
     train_loader = make_loader(feats["train"], cfg.train.batch_size, True, cfg.seed, workers=0)
     val_loader = make_loader(feats["val"], 256, False, cfg.seed, workers=0)
