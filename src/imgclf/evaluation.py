@@ -216,10 +216,7 @@ def _held_out_validation(run_dir: Path, classes: list[str]) -> tuple[Split, str]
     """The validation images that the run in ``run_dir`` split off its training folder, drawn
     again as training drew them (same files, fraction and seed), and how they were drawn."""
     from imgclf.config import load_config
-    from imgclf.data.prepare import prepare_data
+    from imgclf.data.prepare import prepare_run_data
 
-    config = load_config(run_dir / "config.yaml")
-    d = config.data
-    data = prepare_data(d.data, train=d.train, val=d.val, test=d.test,
-                        val_fraction=d.val_fraction, seed=config.seed, classes=classes)
+    data = prepare_run_data(load_config(run_dir / "config.yaml"), classes=classes)
     return data.splits["val"], data.val_source

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from imgclf.config import Config
 from imgclf.data.cache import load_images
 from imgclf.data.layout import (
     Layout,
@@ -216,6 +217,15 @@ def prepare_data(
         if split.skipped:
             log.warning("%s: %d file(s) skipped", name, len(split.skipped))
     return PreparedData(classes, layout, splits, val_source, warnings, few)
+
+
+def prepare_run_data(config: Config, classes: list[str] | None = None) -> PreparedData:
+    """``prepare_data`` as a run's configuration says (its data section and seed). Training
+    and ``evaluate --split val``, which draws a run's held-out validation images again, both
+    go through here, so that they draw the same images."""
+    d = config.data
+    return prepare_data(d.data, train=d.train, val=d.val, test=d.test,
+                        val_fraction=d.val_fraction, seed=config.seed, classes=classes)
 
 
 def write_skipped(skipped: list[tuple[str, Skipped]], path: Path) -> None:

@@ -35,7 +35,7 @@ from imgclf.data.prepare import (
     PreparedData,
     copies_of_training_images,
     decode_split,
-    prepare_data,
+    prepare_run_data,
     write_skipped,
 )
 from imgclf.data.transforms import create_batch_mixer, create_transform
@@ -447,8 +447,7 @@ def _train(config: Config, resume: bool) -> Path:
     rt = resolve_runtime(config.train.device, config.train.amp, config.train.channels_last)
     run_dir = _prepare_run_dir(config, resume)
     d = config.data
-    data = prepare_data(d.data, train=d.train, val=d.val, test=d.test,
-                        val_fraction=d.val_fraction, seed=config.seed)
+    data = prepare_run_data(config)
     if data.val_source == "split" and d.val_fraction != DataSection.val_fraction:
         log.warning("data.val_fraction %g is not used: the data has its own validation "
                     "split (%s)", d.val_fraction, data.layout.val)
