@@ -25,6 +25,7 @@ from imgclf.engine import loop, trainer
 from imgclf.engine.loop import Interrupted
 from imgclf.engine.trainer import train
 from imgclf.errors import ConfigError, DataError, RunError
+from imgclf.models.factory import Classifier
 from imgclf.paths import cache_dir
 from imgclf.predict import Predictor
 
@@ -612,6 +613,42 @@ def test_features_from_onnx_runtime_that_differ_from_pytorchs_are_not_used(
     assert any("RunError: ONNX Runtime's outputs differ from PyTorch's" in r.message
                for r in caplog.records if r.levelno == logging.WARNING)
     assert all(m.endswith("PyTorch)") for m in _feature_messages(caplog))
+
+
+def _evaluated_models(monkeypatch) -> list[torch.nn.Module]:
+    """The modules that training's final evaluation runs, as it runs them."""
+    seen = []
+    real = trainer.write_evaluation
+    monkeypatch.setattr(trainer, "write_evaluation",
+                        lambda model, *args, **kw: seen.append(model) or real(model, *args, **kw))
+    return seen
+
+
+def test_a_head_on_onnx_runtime_features_is_evaluated_over_onnx_runtime(
+        split_data, tmp_path, monkeypatch):
+    seen = _evaluated_models(monkeypatch)
+    run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                       train={"epochs": 1, "tta": "on"})
+    assert isinstance(seen[0], trainer.HeadOverFeatures)
+    assert isinstance(seen[0].features, export.OnnxModule)
+    assert metrics_of(run)["evaluated_by"] == "ONNX Runtime (frozen backbone), PyTorch (head)"
+    # The saved PyTorch model gives the same probabilities, mirror images included.
+    imgclf.evaluate(run, split_data, out=tmp_path / "torch")
+    ours, torchs = (read_csv(folder / "predictions.csv") for folder in (run, tmp_path / "torch"))
+    assert [r["path"] for r in ours] == [r["path"] for r in torchs]
+    probs = [[float(v) for k, v in r.items() if k in ("a", "b", "c")] for r in ours]
+    expected = [[float(v) for k, v in r.items() if k in ("a", "b", "c")] for r in torchs]
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("train", [{"feature_engine": "torch"},
+                                   {"finetune": "1", "finetune_epochs": 1}])
+def test_pytorch_evaluates_other_transfer_runs(split_data, tmp_path, monkeypatch, train):
+    seen = _evaluated_models(monkeypatch)
+    run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                       train={"epochs": 1, **train})
+    assert isinstance(seen[0], Classifier)
+    assert metrics_of(run)["evaluated_by"] == "PyTorch"
 
 
 def test_an_unknown_feature_engine_is_a_config_error(split_data, tmp_path):

@@ -184,7 +184,7 @@ class OnnxModule(nn.Module):
                            f"(allowed {FEATURE_TOLERANCE * scale:.3g}).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        images = np.ascontiguousarray(x.float().numpy())
+        images = x.to(torch.float32, memory_format=torch.contiguous_format).numpy()
         return torch.from_numpy(self.session.run([FEATURES_NAME], {INPUT_NAME: images})[0])
 
 

@@ -75,6 +75,9 @@ class FitState:
     """Training time of earlier sessions, up to the checkpoint this one resumed from."""
     trainable: int | None = None
     """Parameters that ``phase`` trains (a resumed run may not set the phase up again)."""
+    features_by: str | None = None
+    """What computed the frozen features a head trained on, if it did: 'onnx' (ONNX
+    Runtime, which then evaluates that head's run too) or 'torch'."""
     started: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -250,6 +253,7 @@ def fit(
             monitor=monitor.state_dict(), history=state.history,
             phase=phase.name, epoch=epoch, phase_done=state.done, rng=rng,
             seconds=state.elapsed(), trainable=state.trainable,
+            features_by=state.features_by,
         )
         save_atomic(payload, run_dir / name)
 
