@@ -244,6 +244,10 @@ def test_load_refuses_a_folder_without_a_model(tmp_path):
         imgclf.load(tmp_path)
     with pytest.raises(RunError, match=r"does not exist"):
         imgclf.load(tmp_path / "missing")
+    with pytest.raises(RunError, match=r"as a str or Path; got int 123"):
+        imgclf.load(123)
+    with pytest.raises(RunError, match=r"as a str or Path; got NoneType None"):
+        imgclf.evaluate(None, tmp_path)
 
 
 @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")

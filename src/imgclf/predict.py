@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 def checkpoint_file(run: str | Path) -> Path:
     """The model file of a run folder (or the checkpoint file itself). An exported model
     (``.onnx``, ``.torchscript.pt``) is refused with a hint on how to use it."""
+    if not isinstance(run, str | os.PathLike):
+        raise RunError(f"a run is given by its folder or model file, as a str or Path; got "
+                       f"{type(run).__name__} {run!r}.")
     path = Path(run)
     if path.is_dir():
         for name in (MODEL_FILE, *TRAINING_CHECKPOINTS):
