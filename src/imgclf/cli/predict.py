@@ -10,8 +10,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict", help="predict the class of new, unlabelled images",
         description="Classify image files and folders (walked recursively) with a trained run; "
-                    "writes path, predicted class, confidence and one probability per "
-                    "class, as CSV or JSON (by the name of --out).")
+                    "writes path (as the command line named it), predicted class, confidence "
+                    "and one probability per class, as CSV or JSON (by the name of --out).")
     parser.add_argument("run", help="run folder written by `imgclf train`")
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--out", default="predictions.csv", metavar="FILE",
