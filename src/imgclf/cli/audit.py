@@ -15,7 +15,8 @@ def add_parser(subparsers) -> None:
                     "and skipped files, identical files within and across splits and classes, "
                     "and near-duplicates across splits. Exits with 1 when it finds a problem "
                     "that stops training (a class without a readable image, a single class, "
-                    "an empty split), with 2 when DATA is not a dataset at all, else 0.")
+                    "an empty split), with 2 when it cannot run (DATA is not a dataset, --json "
+                    "names a file it may not write), else 0.")
     from imgclf.cli.common import DATA_HELP, add_verbosity
 
     parser.add_argument("data", nargs="?", default=None, help=DATA_HELP)
