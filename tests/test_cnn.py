@@ -71,7 +71,7 @@ def test_compiled_dropout_is_the_standard_one():
 def test_fused_blocks_train_exactly_as_the_plain_modules(name, amp, monkeypatch):
     """Fused or not, the same seed gives the same losses and weights to the last bit."""
     supports = fused.supports
-
+    monkeypatch.setattr(fused, "supports_conv", lambda x, conv: False)  # the next test
     def train(fuse: bool):
         monkeypatch.setattr(fused, "supports", supports if fuse else lambda x: False)
         torch.manual_seed(0)
@@ -103,3 +103,37 @@ def test_fused_blocks_train_exactly_as_the_plain_modules(name, amp, monkeypatch)
     assert plain_weights.keys() == fused_weights.keys()
     assert all(torch.equal(plain_weights[k], fused_weights[k]) for k in plain_weights)
     assert torch.equal(fused_eval, plain_eval)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "small_cnn_wide"])
+def test_fused_first_conv_trains_as_the_plain_modules(name, monkeypatch):
+    """In float32 the first convolution joins its block: the same training, up to rounding."""
+    supports_conv = fused.supports_conv
+    calls = []
+
+    def train(fuse: bool):
+        monkeypatch.setattr(fused, "supports_conv", lambda x, conv: fuse and (
+            supports_conv(x, conv) and not calls.append(1)))
+        torch.manual_seed(0)
+        model, _, _ = create_model(name, 3, img_size=38, pretrained=False)
+        model = model.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        x = torch.rand(6, 3, 38, 38).contiguous(memory_format=torch.channels_last)
+        y = torch.tensor([0, 1, 2, 0, 1, 2])
+        losses = []
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses, model.state_dict()
+
+    plain_losses, plain_weights = train(fuse=False)
+    assert not calls
+    fused_losses, fused_weights = train(fuse=True)
+    assert len(calls) == 3  # the first convolution, once a step
+    assert fused_losses[0] == plain_losses[0]  # the forward pass is the same
+    assert fused_losses == pytest.approx(plain_losses, rel=1e-5)
+    for k in plain_weights:
+        torch.testing.assert_close(fused_weights[k], plain_weights[k], rtol=1e-4, atol=1e-5)

@@ -76,3 +76,46 @@ def test_kernel_leaves_pytorchs_thread_count_alone():
                             timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1"]
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 22, 22), (2, 4, 13, 11)])  # even; odd conv output
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_fused_first_conv_equals_conv_then_pool_relu_dropout(shape, p):
+    torch.manual_seed(0)
+    n, c, h, w = shape
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(c, 8, 3).to(memory_format=torch.channels_last)
+    noise = torch.randint(0, 256, (n * 8 * ((h - 2) // 2) * ((w - 2) // 2),), dtype=torch.uint8)
+    drop = Dropout(p)
+    assert fused.supports_conv(x, conv)
+    expected = _plain(conv(x), noise, p)
+    grad = torch.randn(expected.shape)
+    expected.backward(grad)
+    want = conv.weight.grad.clone(), conv.bias.grad.clone()
+    conv.zero_grad()
+    got = (fused.conv_pool_relu_dropout(x, conv, noise, drop.threshold, drop.scale) if p
+           else fused.conv_pool_relu_dropout(x, conv))
+    got.backward(grad)
+    assert torch.equal(got, expected)
+    assert (want[0] != 0).all()
+    torch.testing.assert_close(conv.weight.grad, want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.bias.grad, want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_first_conv_is_fused_only_in_float32_training_of_a_plain_3x3_conv():
+    x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    assert fused.supports_conv(x, conv)
+    assert not fused.supports_conv(x, nn.ReLU())
+    assert not fused.supports_conv(x.requires_grad_(True), conv)  # its input's gradient is needed
+    x = x.detach()
+    with torch.no_grad():
+        assert not fused.supports_conv(x, conv)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.supports_conv(x, conv)
+    assert not fused.supports_conv(x.bfloat16(), conv.bfloat16())
+    for other in (nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(3, 4, 3, padding=1),
+                  nn.Conv2d(3, 4, 5), nn.Conv2d(3, 4, 3, dilation=2)):
+        assert not fused.supports_conv(x, other.to(memory_format=torch.channels_last))
+    conv.weight.requires_grad_(False)
+    assert not fused.supports_conv(x, conv)

@@ -69,31 +69,43 @@ class SmallCNN(nn.Sequential):
 
     Fused where ``fused.supports`` the input (eager, on a CPU), with the same result and
     the same random numbers drawn; the modules, and so the weights' names, are those of
-    the plain sequence, which runs everywhere else (CUDA, export, ``torch.compile``).
+    the plain sequence, which runs everywhere else (CUDA, export, ``torch.compile``). In
+    float32 training the first convolution joins its block's kernel too
+    (``fused.supports_conv``): its weight gradients come from the pooled gradient.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         modules, i = list(self), 0
         while i < len(modules):
-            taken = _fusable(modules, i)
-            if taken and fused.supports(x):
-                drop = modules[i + 2] if taken == 3 else None
-                if drop is not None and drop.active:
-                    n, c, h, w = x.shape
-                    noise = drop.noise(n * c * (h // 2) * (w // 2), x.device)
-                    x = fused.pool_relu_dropout(x, noise, drop.threshold, drop.scale)
-                else:
-                    x = fused.pool_relu_dropout(x)
-                i += taken
+            conv = modules[i] if fused.supports_conv(x, modules[i]) else None
+            first = i if conv is None else i + 1
+            taken = _fusable(modules, first)
+            if taken and (conv is not None or fused.supports(x)):
+                x = _run_fused(x, conv, modules[first + 2] if taken == 3 else None)
+                i = first + taken
             else:
                 x = modules[i](x)
                 i += 1
         return x
 
 
+def _run_fused(x: torch.Tensor, conv: nn.Conv2d | None, drop: Dropout | None) -> torch.Tensor:
+    """``[conv,] MaxPool2d(2), ReLU[, drop]`` on x as one fused kernel (``imgclf.models.fused``)."""
+    n, c, h, w = x.shape
+    if conv is not None:
+        c, h, w = conv.out_channels, h - 2, w - 2
+    dropout = ()
+    if drop is not None and drop.active:
+        noise = drop.noise(n * c * (h // 2) * (w // 2), x.device)
+        dropout = (noise, drop.threshold, drop.scale)
+    if conv is not None:
+        return fused.conv_pool_relu_dropout(x, conv, *dropout)
+    return fused.pool_relu_dropout(x, *dropout)
+
+
 def _fusable(modules: list[nn.Module], i: int) -> int:
     """How many modules from i make ``MaxPool2d(2), ReLU[, Dropout]``: 3, 2, or 0."""
-    pool = modules[i]
+    pool = modules[i] if i < len(modules) else None
     if not (isinstance(pool, nn.MaxPool2d) and i + 1 < len(modules)
             and isinstance(modules[i + 1], nn.ReLU)
             and (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)

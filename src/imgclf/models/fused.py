@@ -80,23 +80,88 @@ def _backward(grad, idx, grad_in):  # pragma: no cover (compiled)
             grad_in[n, r] = 0
 
 
+@njit(parallel=True, cache=True, boundscheck=False, fastmath=True)
+def _conv_weight_grad(x, grad, idx, scale, acc, acc_bias):  # pragma: no cover (compiled)
+    """Sums a 3x3 convolution's weight and bias gradients from its pooled output's gradient.
+
+    x (N, H, W*C) is the convolution's input; grad and idx (N, H'//2, W'//2, O) are the
+    pooled output's gradient (before dropout's ``scale``) and the winners' positions from
+    ``_forward``. Only a window's winner has a gradient, so each output value with one adds
+    its gradient times the 3x3xC input patch under its winner to its channel's weights:
+    acc (T, O, 9*C) and acc_bias (T, O) take T partial sums, one per thread, in float64.
+
+    For each window, the channels with a gradient are listed without a branch and the four
+    candidate patches copied out, padded to whole vectors, so that the inner loop runs on
+    vectors; a row's sums are kept in float32, then added to acc.
+    """
+    chunks, o_, c9 = acc.shape
+    n_, h_out, w_out, _ = grad.shape
+    c3, width = c9 // 3, (c9 + 7) // 8 * 8
+    rows = n_ * h_out
+    for t in prange(chunks):
+        a = np.zeros((o_, width), np.float32)
+        bias = np.zeros(o_, np.float32)
+        patch = np.zeros((4, width), np.float32)
+        active = np.empty(o_, np.int64)
+        for row in range(t, rows, chunks):
+            n, i = row // h_out, row % h_out
+            a[:] = 0
+            bias[:] = 0
+            for j in range(w_out):
+                g, k = grad[n, i, j], idx[n, i, j]
+                count = 0
+                for o in range(o_):
+                    active[count] = o
+                    count += k[o] != NO_GRADIENT
+                if count == 0:
+                    continue
+                for s in range(4):
+                    top, left = 2 * i + (s >> 1), (2 * j + (s & 1)) * (c3 // 3)
+                    for r in range(3):
+                        src = x[n, top + r]
+                        for q in range(c3):
+                            patch[s, r * c3 + q] = src[left + q]
+                for m in range(count):
+                    o = active[m]
+                    gv, p, ao = g[o], patch[k[o]], a[o]
+                    bias[o] += gv
+                    for q in range(width):
+                        ao[q] += gv * p[q]
+            for o in range(o_):
+                acc_bias[t, o] += scale * bias[o]
+                for q in range(c9):
+                    acc[t, o, q] += scale * a[o, q]
+
+
 def _nhwc_bits(t: torch.Tensor) -> np.ndarray:
     """A channels_last tensor as an (N, H, W, C) array of its bit patterns (no copy)."""
     return t.permute(0, 2, 3, 1).view(BITS[t.dtype]).numpy()
 
 
+def _pool(x: torch.Tensor, noise: torch.Tensor | None, threshold: int,
+          scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled, rectified, dropped-out maps and the winners' positions (uint8, NHWC)."""
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, memory_format=torch.channels_last)
+    idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8)
+    keep = (noise.view(n, h // 2, w // 2, c).numpy() if threshold
+            else np.zeros((1, 1, 1, 1), np.uint8))
+    _forward(_nhwc_bits(x), keep, threshold, _nhwc_bits(out), idx.numpy())
+    if scale != 1:
+        out.mul_(scale)  # in PyTorch, for its rounding
+    return out, idx
+
+
+def _scaled(grad: torch.Tensor, scale: float) -> torch.Tensor:
+    """The pooled output's gradient, channels_last, times dropout's scale."""
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    return grad * scale if scale != 1 else grad
+
+
 class _PoolReLUDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, threshold, scale):
-        n, c, h, w = x.shape
-        out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype,
-                          memory_format=torch.channels_last)
-        idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8)
-        keep = (noise.view(n, h // 2, w // 2, c).numpy() if threshold
-                else np.zeros((1, 1, 1, 1), np.uint8))
-        _forward(_nhwc_bits(x), keep, threshold, _nhwc_bits(out), idx.numpy())
-        if scale != 1:
-            out.mul_(scale)  # in PyTorch, for its rounding
+        out, idx = _pool(x, noise, threshold, scale)
         ctx.save_for_backward(idx)
         ctx.scale, ctx.shape = scale, x.shape
         return out
@@ -104,12 +169,47 @@ class _PoolReLUDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (idx,) = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        if ctx.scale != 1:
-            grad = grad * ctx.scale
+        grad = _scaled(grad, ctx.scale)
         grad_in = torch.empty(ctx.shape, dtype=grad.dtype, memory_format=torch.channels_last)
         _backward(_nhwc_bits(grad), idx.numpy(), _nhwc_bits(grad_in))
         return grad_in, None, None, None
+
+
+class _ConvPoolReLUDropout(torch.autograd.Function):
+    """A first convolution (its input needs no gradient) and the block's pool, ReLU, dropout.
+
+    Forward, the convolution is PyTorch's and the rest is ``_pool``; the convolution's
+    output is not kept. Backward needs only the weight and bias gradients, and a window's
+    gradient reaches only its winner, so ``_conv_weight_grad`` sums them straight from the
+    pooled gradient and the input: the full-size gradient of the convolution's output is
+    never written, and the dense weight-gradient convolution, the costliest part of a
+    float32 step on an AVX2 CPU, never runs.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, noise, threshold, scale):
+        y = torch.nn.functional.conv2d(x, weight, bias)
+        out, idx = _pool(y.contiguous(memory_format=torch.channels_last), noise, threshold, scale)
+        ctx.save_for_backward(x, weight, idx)
+        ctx.scale, ctx.has_bias = scale, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, idx = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        o = weight.shape[0]
+        threads = numba.get_num_threads()
+        acc = np.zeros((threads, o, 9 * c))
+        acc_bias = np.zeros((threads, o))
+        rows = x.permute(0, 2, 3, 1).reshape(n, h, w * c).numpy()
+        _conv_weight_grad(rows, grad.permute(0, 2, 3, 1).numpy(), idx.numpy(), ctx.scale,
+                          acc, acc_bias)
+        grad_weight = (torch.from_numpy(acc.sum(0)).view(o, 3, 3, c).permute(0, 3, 1, 2)
+                       .to(weight.dtype).contiguous(memory_format=torch.channels_last))
+        grad_bias = torch.from_numpy(acc_bias.sum(0)).to(weight.dtype) if ctx.has_bias else None
+        return None, grad_weight, grad_bias, None, None, None
 
 
 def supports(x: torch.Tensor) -> bool:
@@ -120,6 +220,20 @@ def supports(x: torch.Tensor) -> bool:
                      or torch.compiler.is_compiling()))
 
 
+def supports_conv(x: torch.Tensor, conv: torch.nn.Module) -> bool:
+    """Whether ``conv_pool_relu_dropout`` runs for ``conv`` on x, in training.
+
+    As ``supports``, in float32 without autocast, for a plain 3x3 'valid' convolution
+    whose weights train and whose input needs no gradient: the network's first layer.
+    """
+    return (isinstance(conv, torch.nn.Conv2d) and supports(x) and x.dtype == torch.float32
+            and torch.is_grad_enabled() and conv.weight.requires_grad and not x.requires_grad
+            and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
 def pool_relu_dropout(x: torch.Tensor, noise: torch.Tensor | None = None,
                       threshold: int = 0, scale: float = 1.0) -> torch.Tensor:
     """``dropout(relu(max_pool2d(x, 2)))`` for x that ``supports`` accepts.
@@ -128,11 +242,26 @@ def pool_relu_dropout(x: torch.Tensor, noise: torch.Tensor | None = None,
     in the output's channels_last order) is at least ``threshold``, and multiplies it by
     ``scale``; ``threshold`` 0 means no dropout.
     """
-    # As many threads as PyTorch's own ops use (fewer under torchrun, for instance).
+    _match_threads()
+    return _PoolReLUDropout.apply(x, noise, threshold, scale)
+
+
+def conv_pool_relu_dropout(x: torch.Tensor, conv: torch.nn.Conv2d,
+                           noise: torch.Tensor | None = None, threshold: int = 0,
+                           scale: float = 1.0) -> torch.Tensor:
+    """``pool_relu_dropout(conv(x), ...)`` for a ``conv`` and x that ``supports_conv`` accepts.
+
+    The same output; the weight and bias gradients are the same sums, in another order.
+    """
+    _match_threads()
+    return _ConvPoolReLUDropout.apply(x, conv.weight, conv.bias, noise, threshold, scale)
+
+
+def _match_threads() -> None:
+    """Has numba's kernels use as many threads as PyTorch's own ops (fewer under torchrun)."""
     threads = torch.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     if torch.get_num_threads() != threads:
         # Starting its OpenMP pool, numba sets the calling thread's OpenMP thread count to
         # every core, in the OpenMP runtime PyTorch shares: put PyTorch's back.
         torch.set_num_threads(threads)
-    return _PoolReLUDropout.apply(x, noise, threshold, scale)
