@@ -12,6 +12,11 @@ dropout noise: the same first maximum in each window, the dropout scale applied 
 ``Dropout`` applies it. Values are compared as integers: for the maxima of a ReLU only positive
 values matter, and positive floats order as their bit patterns do.
 
+In float32 training the network's first convolution can join its block
+(``conv_pool_relu_dropout``): its input needs no gradient, so its weight and bias gradients
+are summed from the pooled gradient and the input alone; those sums are the same up to
+their order, not bit for bit.
+
 ``IMGCLF_FUSED_KERNELS=0`` in the environment turns the fusion off (to compare speeds).
 """
 
