@@ -71,7 +71,9 @@ def test_compiled_dropout_is_the_standard_one():
 def test_fused_blocks_train_exactly_as_the_plain_modules(name, amp, monkeypatch):
     """Fused or not, the same seed gives the same losses and weights to the last bit."""
     supports = fused.supports
-    monkeypatch.setattr(fused, "supports_conv", lambda x, conv: False)  # the next test
+    # The first convolution's fusion sums in another order: the next test covers it.
+    monkeypatch.setattr(fused, "supports_conv", lambda x, conv: False)
+
     def train(fuse: bool):
         monkeypatch.setattr(fused, "supports", supports if fuse else lambda x: False)
         torch.manual_seed(0)

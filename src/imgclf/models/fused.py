@@ -102,6 +102,7 @@ def _conv_weight_grad(x, grad, idx, scale, acc, acc_bias):  # pragma: no cover (
     chunks, o_, c9 = acc.shape
     n_, h_out, w_out, _ = grad.shape
     c3, width = c9 // 3, (c9 + 7) // 8 * 8
+    c_ = c3 // 3
     rows = n_ * h_out
     for t in prange(chunks):
         a = np.zeros((o_, width), np.float32)
@@ -121,7 +122,7 @@ def _conv_weight_grad(x, grad, idx, scale, acc, acc_bias):  # pragma: no cover (
                 if count == 0:
                     continue
                 for s in range(4):
-                    top, left = 2 * i + (s >> 1), (2 * j + (s & 1)) * (c3 // 3)
+                    top, left = 2 * i + (s >> 1), (2 * j + (s & 1)) * c_
                     for r in range(3):
                         src = x[n, top + r]
                         for q in range(c3):
@@ -157,12 +158,6 @@ def _pool(x: torch.Tensor, noise: torch.Tensor | None, threshold: int,
     return out, idx
 
 
-def _scaled(grad: torch.Tensor, scale: float) -> torch.Tensor:
-    """The pooled output's gradient, channels_last, times dropout's scale."""
-    grad = grad.contiguous(memory_format=torch.channels_last)
-    return grad * scale if scale != 1 else grad
-
-
 class _PoolReLUDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, threshold, scale):
@@ -174,7 +169,9 @@ class _PoolReLUDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (idx,) = ctx.saved_tensors
-        grad = _scaled(grad, ctx.scale)
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        if ctx.scale != 1:
+            grad = grad * ctx.scale
         grad_in = torch.empty(ctx.shape, dtype=grad.dtype, memory_format=torch.channels_last)
         _backward(_nhwc_bits(grad), idx.numpy(), _nhwc_bits(grad_in))
         return grad_in, None, None, None
