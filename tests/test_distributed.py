@@ -65,6 +65,39 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path, make_i
     assert gathered["log_loss"] == pytest.approx(single["log_loss"], rel=1e-5)
 
 
+def test_torchrun_reports_an_input_error_once(tmp_path):
+    missing = tmp_path / "no-such-data"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "imgclf", "train", str(missing), "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    line = f"error: data folder '{missing}' does not exist or is not a folder."
+    assert done.stderr.count(line) == 1, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("local_rank", "shown"), [("0", True), ("1", False)])
+def test_an_input_error_is_printed_by_the_first_process_of_a_machine(
+        local_rank, shown, tmp_path, monkeypatch, capsys):
+    from imgclf.cli.main import main
+
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert main(["train", str(tmp_path / "missing")]) == 2
+    assert ("does not exist" in capsys.readouterr().err) == shown
+
+
+def test_a_rank_error_is_printed_by_every_process(monkeypatch, capsys):
+    from imgclf.cli import main as cli_main
+
+    def stopped(args):
+        raise RunError("rank 1 stopped: rank 0 stopped before training began")
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(cli_main.train, "run", stopped)
+    assert cli_main.main(["train", "somewhere"]) == 2
+    assert "error: rank 1 stopped" in capsys.readouterr().err
+
+
 @pytest.fixture
 def torchrun_env(monkeypatch):
     """The environment torchrun gives rank 0 of 2 processes on one machine, with one GPU,

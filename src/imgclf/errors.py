@@ -27,3 +27,8 @@ class WeightsUnavailableError(ImgclfError):
 
 class RunError(ImgclfError):
     """A run folder is missing, incomplete, or does not match the request."""
+
+
+INPUT_ERRORS = (DataError, ConfigError, ModelError, WeightsUnavailableError)
+"""Errors in what the user gave. Every process that torchrun starts on a machine finds the
+same one, so the command line lets the machine's first process alone report it."""

@@ -9,9 +9,10 @@ import sys
 from imgclf import __version__
 from imgclf.cli import audit, compare, evaluate, export, models, predict, report, train
 from imgclf.cli.common import setup_logging
+from imgclf.engine import dist
 from imgclf.engine.loop import Interrupted
 from imgclf.engine.runtime import flush_denormals
-from imgclf.errors import ImgclfError
+from imgclf.errors import INPUT_ERRORS, ImgclfError
 
 SUBCOMMANDS = (audit, train, evaluate, predict, compare, report, models, export)
 
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 130
     except ImgclfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not isinstance(exc, INPUT_ERRORS) or dist.env_local_rank() == 0:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

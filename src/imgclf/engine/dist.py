@@ -85,7 +85,7 @@ def init_from_env(device: str = "auto") -> bool:
     """
     if not launched_by_torchrun() or is_distributed():
         return False
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = env_local_rank()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
     if resolve_device(device).type == "cuda":
         gpus = torch.cuda.device_count()
@@ -112,3 +112,8 @@ def shutdown() -> None:
 def env_rank() -> int:
     """The rank torchrun assigned, readable before the process group exists."""
     return int(os.environ.get("RANK", 0))
+
+
+def env_local_rank() -> int:
+    """The process's rank among those torchrun started on this machine (0 when alone)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
