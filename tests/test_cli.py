@@ -293,7 +293,10 @@ def test_file_system_errors_are_one_line(tmp_path, make_image_folder, capsys):
                                f"such as {tmp_path / 'report.json' / 'audit.json'}.")
     (tmp_path / "file").write_text("not a folder\n")
     assert main(["audit", str(data), "--json", str(tmp_path / "file" / "a.json"), "-q"]) == 2
-    assert_clean_error(capsys, str(tmp_path / "file"))
+    assert capsys.readouterr().out == ""  # refused before the images were read
+    assert main(["audit", str(data), "--json", str(tmp_path / "file" / "a.json"), "-q"]) == 2
+    assert_clean_error(capsys, f"{tmp_path / 'file' / 'a.json'} cannot be written "
+                               f"({tmp_path / 'file'}: is a file, not a folder)")
 
 
 def test_audit_json_is_never_written_into_the_dataset(tmp_path, make_image_folder, capsys):

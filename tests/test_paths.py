@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,18 @@ def test_a_linked_class_folder_is_part_of_the_dataset(tmp_path):
     with pytest.raises(ConfigError, match="would be inside the dataset"):
         check_output_file(elsewhere / "p.csv", (".csv",), [tmp_path / "data"])
     check_output_folder(tmp_path / "elsewhere" / "run", [tmp_path / "data"], lambda names: True)
+
+
+def test_an_output_file_that_cannot_be_created_is_refused_before_any_work(tmp_path):
+    # A read-only folder: the superuser may write into one, not into /sys.
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:
+        read_only = Path("/sys")
+    with pytest.raises(ConfigError, match=rf"cannot be written \({read_only}: Permission denied"):
+        check_output_file(read_only / "new" / "p.csv", (".csv",))
+    assert not (read_only / "new").exists()
+    # Folders still missing under a writable one are fine, and stay uncreated until written.
+    check_output_file(tmp_path / "a" / "b" / "p.csv", (".csv",))
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob("**/tmp*"))

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -196,7 +197,26 @@ def check_output_file(path: str | Path, suffixes, datasets=(), example: str = ""
     if dataset is not None:
         raise ConfigError(f"{path} would be inside the dataset {dataset}; imgclf never "
                           "writes into a dataset: choose a place outside it.")
+    _check_writable(path)
     return path
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a file that cannot be created where it is asked for (a read-only folder or file
+    system, a file where a folder should be), by creating and removing a temporary file in
+    the nearest folder that exists: ``os.access`` cannot tell for the superuser or on a
+    read-only mount. Folders still missing are left for the writer to create."""
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder")
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be written ({folder}: {exc.strerror or exc}); "
+                          "choose another place.") from None
 
 
 def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
