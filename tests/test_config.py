@@ -148,6 +148,12 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"train": {"warmup_epochs": 0}}, r"train\.warmup_epochs must be >= 1, got 0"),
     ({"train": {"batch_size": 0}}, r"train\.batch_size must be >= 1, got 0"),
     ({"train": {"lr": 0}}, r"train\.lr must be > 0"),
+    ({"train": {"lr": float("inf")}}, r"train\.lr must be > 0 and finite, got inf"),
+    ({"train": {"finetune_lr": -1}}, r"train\.finetune_lr must be > 0 and finite, got -1"),
+    ({"train": {"weight_decay": -1}}, r"train\.weight_decay must be >= 0 and finite, got -1"),
+    ({"train": {"weight_decay": float("nan")}}, r"train\.weight_decay must be >= 0"),
+    ({"seed": -1}, r"seed must be in 0\.\.4294967295, got -1"),
+    ({"seed": 2**32}, r"seed must be in 0\.\.4294967295, got 4294967296"),
     ({"train": {"optimizer": "adagrad"}}, r"train\.optimizer must be adam, adamw or sgd, got "
                                           r"'adagrad'"),
     ({"train": {"finetune": "x"}}, r"train\.finetune must be a number of stages \(1 or more\) "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -261,7 +262,12 @@ def validate(config: Config) -> None:
          f"data.workers must be >= 0 (0: load in the training process), got "
          f"{config.data.workers}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
-        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (0 < t.lr < math.inf, f"train.lr must be > 0 and finite, got {t.lr}"),
+        (0 < t.finetune_lr < math.inf,
+         f"train.finetune_lr must be > 0 and finite, got {t.finetune_lr}"),
+        (0 <= t.weight_decay < math.inf,
+         f"train.weight_decay must be >= 0 and finite, got {t.weight_decay}"),
+        (0 <= config.seed < 2**32, f"seed must be in 0..{2**32 - 1}, got {config.seed}"),
         (t.optimizer in ("adam", "adamw", "sgd"),
          f"train.optimizer must be adam, adamw or sgd, got {t.optimizer!r}"),
         (t.schedule in ("none", "cosine", "onecycle", "plateau"),
