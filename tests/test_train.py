@@ -238,6 +238,34 @@ def interrupt_on_call(monkeypatch, n: int, steps: int = 0) -> list[str]:
     return calls
 
 
+def test_a_run_that_diverges_at_once_stops_with_the_fix(split_data, tmp_path):
+    with pytest.raises(loop.Diverged, match=r"training diverged in epoch \d: the .* became "
+                                            r"(nan|inf|finite).*Lower the learning rate "
+                                            r"\(--lr; this phase's was 1e\+30\)"):
+        scratch(split_data, tmp_path / "run", train={"lr": 1e30, "amp": "off"})
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_run_that_diverges_later_keeps_its_best_epoch(split_data, tmp_path, monkeypatch,
+                                                         caplog):
+    calls = []
+
+    def poisoned(phase, rt, desc):  # the second epoch leaves a weight that is not a number
+        calls.append(desc)
+        row = REAL_TRAIN_ONE_EPOCH(phase, rt, desc)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(phase.module.parameters()).fill_(float("nan"))
+        return row
+
+    monkeypatch.setattr(loop, "train_one_epoch", poisoned)
+    run = scratch(split_data, tmp_path / "run", epochs=3, train={"tta": "off"})
+    assert len(calls) == 2
+    assert "training diverged in epoch 2: the weights stopped being finite numbers" in caplog.text
+    assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1]
+    assert 0 <= json.loads((run / "metrics.json").read_text())["accuracy"] <= 1
+
+
 def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = build_config("scratch", None, {

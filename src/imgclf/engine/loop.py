@@ -43,6 +43,10 @@ class Interrupted(ImgclfError):
     """Training was stopped with Ctrl-C after the last checkpoint was saved."""
 
 
+class Diverged(ImgclfError):
+    """The training loss or the weights stopped being finite numbers."""
+
+
 @dataclass
 class Phase:
     """One stretch of training: what trains, on which data, with which optimiser."""
@@ -124,9 +128,7 @@ def _train_step(phase: Phase, rt: Runtime, x, y, totals: torch.Tensor) -> None:
         logits = module(x)
     loss = phase.loss_fn(logits.float(), target)
     if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"training loss became {loss.item()}; lower the learning rate (--lr)."
-        )
+        raise Diverged(f"the training loss became {loss.item()}")
     phase.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     phase.optimizer.step()
@@ -267,6 +269,8 @@ def fit(
             tic = time.perf_counter()
             desc = f"{phase.name} {epoch + 1}/{phase.epochs}"
             row = {"epoch": offset + epoch + 1, **train_one_epoch(phase, rt, desc)}
+            if not all(torch.isfinite(p).all() for p in phase.module.parameters()):
+                raise Diverged("the weights stopped being finite numbers")
             if phase.val_loader is not None:
                 row.update(evaluate(phase.module, phase.val_loader, rt))
             row["lr"] = phase.optimizer.param_groups[-1]["lr"]
@@ -299,6 +303,17 @@ def fit(
                          "%s)", monitor.monitor, monitor.patience, monitor.best,
                          numbered(monitor.best_epoch))
                 break
+    except Diverged as exc:
+        where = numbered(offset + (state.epoch if state.phase == phase.name else 0) + 1)
+        best = run_dir / "best.pt"
+        kept = restore_best and best.exists() and load_checkpoint(best)["phase"] == phase.name
+        if not kept:
+            raise Diverged(f"training diverged in {where}: {exc}. Lower the learning rate "
+                           f"(--lr; this phase's was {phase.optimizer.defaults['lr']:g}) "
+                           "and train again.") from None
+        log.warning("training diverged in %s: %s. Training stops there; the best epoch's "
+                    "weights are kept (a lower learning rate, --lr, may train further).",
+                    where, exc)
     except KeyboardInterrupt:
         # The weights are part-way through an epoch: last.pt keeps the last whole one.
         saved = ("its last whole epoch is saved" if state.history else
