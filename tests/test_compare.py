@@ -222,6 +222,9 @@ def test_plan_runs():
     assert [p.model for p in plan_runs(["transfer"], [])] == ["tf_efficientnet_lite0"]
     with pytest.raises(ConfigError, match=r"unknown method\(s\) \['distill'\]"):
         plan_runs(["scratch", "distill"], [])
+    assert [p.name for p in plan_runs(["scratch", "scratch"], [])] == ["scratch-small_cnn"]
+    with pytest.raises(ConfigError, match=r"no methods given; choose from scratch, augment, "):
+        plan_runs([], [])
 
 
 def test_resolve_backbones(monkeypatch):

@@ -44,12 +44,15 @@ class RunPlan:
 
 
 def plan_runs(methods: list[str], backbones: list[str]) -> list[RunPlan]:
-    """One run per method, and one per backbone for ``transfer``."""
+    """One run per method (a method named twice runs once), and one per backbone for
+    ``transfer``."""
+    if not methods:
+        raise ConfigError(f"no methods given; choose from {', '.join(METHODS)}.")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
     plans = []
-    for method in methods:
+    for method in dict.fromkeys(methods):
         if method == "transfer":
             for backbone in backbones or [DEFAULT_BACKBONE]:
                 plans.append(RunPlan(f"transfer-{backbone}", method, backbone))
