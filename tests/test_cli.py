@@ -351,3 +351,16 @@ def test_models_pattern_filters_every_list_and_prints_no_empty_section(capsys):
     assert "backbones with ImageNet weights" not in out and "timm models matching" not in out
     assert main(["models", "no_such_net*"]) == 0
     assert capsys.readouterr().out.startswith("no model name matches 'no_such_net*'")
+
+
+def test_a_cache_folder_inside_the_dataset_is_refused(tmp_path, make_image_folder, capsys,
+                                                      monkeypatch):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    before = sorted(data.rglob("*"))
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(data / "cache"))
+    for command in (["train", str(data), "--epochs", "1", "--out", str(tmp_path / "run")],
+                    ["compare", str(data), "--methods", "scratch", "--out", str(tmp_path / "c")]):
+        assert main(command) == 2
+        assert_clean_error(capsys, f"the cache folder {data / 'cache'} is inside the dataset "
+                                   f"{data}; imgclf never writes into a dataset")
+    assert sorted(data.rglob("*")) == before

@@ -67,10 +67,15 @@ def results_folder(folder: Path) -> bool:
         written_by_imgclf(folder / name) for name in ("metrics.json", LEADERBOARD_FILE))
 
 
+def cache_root() -> Path:
+    """The user cache folder, as ``cache_dir`` finds it, without creating it."""
+    return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("imgclf"))
+
+
 def cache_dir(subdir: str | None = None) -> Path:
     """The user cache folder (``$IMGCLF_CACHE_DIR`` or the platform's), created on demand
     where it can be (``cache_writable`` tells whether it was)."""
-    root = Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("imgclf"))
+    root = cache_root()
     path = root / subdir if subdir else root
     with contextlib.suppress(OSError):  # a read-only cache still serves what it holds
         path.mkdir(parents=True, exist_ok=True)
@@ -223,7 +228,9 @@ def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
     """Refuse an output folder that is a file, lies inside one of ``datasets`` (imgclf never
     writes into a dataset), holds a file under one of imgclf's names that imgclf did not
     write (``SIGNATURES``), or holds files that ``is_ours`` (given the set of entry names)
-    does not recognise as imgclf's own from an earlier run of the same command."""
+    does not recognise as imgclf's own from an earlier run of the same command. The cache
+    folder, which the same commands write decoded images into, may not lie inside one of
+    ``datasets`` either."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunError(f"--out {folder} is a file; give a folder for the results.")
@@ -231,6 +238,10 @@ def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
     if dataset is not None:
         raise RunError(f"the output folder {folder} would be inside the dataset {dataset}; "
                        "imgclf never writes into a dataset: choose --out elsewhere.")
+    dataset = _dataset_holding(cache_root(), datasets)
+    if dataset is not None:
+        raise ConfigError(f"the cache folder {cache_root()} is inside the dataset {dataset}; "
+                          f"imgclf never writes into a dataset: point {CACHE_ENV} elsewhere.")
     names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     theirs = [name for name in names & SIGNATURES.keys()
               if not written_by_imgclf(folder / name)]
