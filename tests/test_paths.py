@@ -17,6 +17,7 @@ from imgclf.paths import (
     check_output_folder,
     is_run_folder,
     open_for_writing,
+    unescaped,
     write_text,
 )
 
@@ -117,3 +118,13 @@ def test_an_output_file_that_cannot_be_created_is_refused_before_any_work(tmp_pa
     # Folders still missing under a writable one are fine, and stay uncreated until written.
     check_output_file(tmp_path / "a" / "b" / "p.csv", (".csv",))
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob("**/tmp*"))
+
+
+def test_a_file_name_that_is_not_utf8_reads_back_from_what_was_written(tmp_path):
+    image = Path(os.fsdecode(os.fsencode(tmp_path) + b"/se\xe9.jpg"))
+    image.write_bytes(b"x")
+    write_text(tmp_path / "paths.csv", f"path\n{image}\n")
+    written = (tmp_path / "paths.csv").read_text(encoding="utf-8").splitlines()[1]
+    assert written.endswith("se\\udce9.jpg") and not Path(written).exists()
+    assert Path(unescaped(written)) == image and Path(unescaped(written)).exists()
+    assert unescaped("plain\\u00e9 name") == "plain\\u00e9 name"

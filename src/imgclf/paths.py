@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,6 +124,12 @@ def open_for_writing(path: str | Path, newline: str | None = None):
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def unescaped(text: str) -> str:
+    """A file name as ``open_for_writing`` wrote it, with its ``\\udcXX`` escapes turned back
+    into the bytes that are not UTF-8 they stand for (as Python's surrogates)."""
+    return re.sub(r"\\udc([89a-f][0-9a-f])", lambda m: chr(0xDC00 + int(m[1], 16)), text)
 
 
 def write_text(path: str | Path, text: str) -> None:

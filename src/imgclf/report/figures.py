@@ -20,6 +20,7 @@ from PIL import Image
 from imgclf.data.decode import DecodeError, decode_image
 from imgclf.history import best_epoch
 from imgclf.metrics import roc_curves
+from imgclf.paths import unescaped
 from imgclf.plots import plot_confusion_matrix, plot_histories, plot_history, plot_roc_curves
 from imgclf.report import template as t
 from imgclf.report.folders import Predictions, Run, mapping
@@ -165,7 +166,7 @@ def _locate(path_text: str, run_folder: Path) -> Path:
     directory ``imgclf train`` ran in: usually the current one or an ancestor of the run
     folder. The first of those where the file exists wins.
     """
-    path = Path(path_text)
+    path = Path(unescaped(path_text))
     if path.is_absolute() or path.exists():
         return path
     for base in run_folder.resolve().parents:
