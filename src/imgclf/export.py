@@ -259,10 +259,12 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
         example = _random_images(_TRACE_BATCH, prep.img_size, seed=0)
         writer(fixed_same_padding(model, example), example, tmp)
         diff = check_export(model, tmp, fmt, prep.img_size) if check else None
+        # The sidecar first: an export stopped in between leaves no model without the
+        # sidecar that tells its classes and preprocessing, and that it is imgclf's.
+        _write_sidecar(out, fmt, classes, prep, meta, diff)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    _write_sidecar(out, fmt, classes, prep, meta, diff)
     log.debug("exported %s to %s (classes and preprocessing in %s)",
               meta["model_config"]["name"], out, sidecar_path(out).name)
     return out
