@@ -311,6 +311,22 @@ def test_audit_json_is_never_written_into_the_dataset(tmp_path, make_image_folde
     assert main(["audit", str(data), "--json", str(tmp_path / "audit.json"), "-q"]) == 0
 
 
+def test_audit_json_never_writes_over_a_users_file(tmp_path, make_image_folder, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    mine = tmp_path / "aud.json"
+    mine.write_text('{"user":1}\n')
+    assert main(["audit", str(data), "--json", str(mine), "-q"]) == 2
+    assert capsys.readouterr().out == ""  # refused before the images were read
+    assert main(["audit", str(data), "--json", str(mine), "-q"]) == 2
+    assert_clean_error(capsys, f"{mine} exists and is not an audit report that imgclf wrote; "
+                               "give the output another name, or move that file away.")
+    assert mine.read_text() == '{"user":1}\n'
+    ours = tmp_path / "audit.json"
+    for _ in range(2):  # imgclf's own report is written again
+        assert main(["audit", str(data), "--json", str(ours), "-q"]) == 0
+    assert json.loads(ours.read_text())["classes"] == ["a", "b"]
+
+
 def test_quiet_keeps_the_results_and_drops_the_log(tmp_path, make_image_folder, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
     assert main(["audit", str(data)]) == 0

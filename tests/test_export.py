@@ -244,3 +244,39 @@ def test_export_refuses_the_runs_own_files_and_the_dataset(trained, tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert sorted((p.name, p.read_bytes()) for p in other.iterdir() if p.is_file()) == others
     assert not (test_images / "m.onnx").exists()
+
+
+def test_export_never_writes_over_a_users_files(trained, tmp_path):
+    run, _ = trained
+    mine, sidecar = tmp_path / "my.onnx", tmp_path / "my.onnx.json"
+    mine.write_text("user\n")
+    sidecar.write_text("user sidecar\n")
+    # A run whose model.onnx is the user's, and a sidecar of the user's without its model.
+    bare = shutil.copytree(run, tmp_path / "e", ignore=shutil.ignore_patterns("model.onnx*"))
+    (bare / "model.onnx").write_text("user\n")
+    lone = tmp_path / "lone.pt.json"
+    lone.write_text("{}\n")
+    # imgclf's sidecar beside a model that is not an export (the format tells it).
+    swapped = tmp_path / "swapped.onnx"
+    export_model(run, "onnx", swapped, check=False)
+    swapped.write_text("user\n")
+    kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for source, fmt, out, refused in (
+            (run, "onnx", mine, mine), (bare, "onnx", None, bare / "model.onnx"),
+            (run, "torchscript", tmp_path / "lone.pt", lone), (run, "onnx", swapped, swapped)):
+        with pytest.raises(ConfigError, match=f"{refused} exists and is not an (exported model|"
+                                              "export's sidecar) that imgclf wrote"):
+            export_model(source, fmt, out, check=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
+    assert not (tmp_path / "lone.pt").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_writes_over_its_own_files(trained, tmp_path, fmt):
+    run = shutil.copytree(trained[0], tmp_path / "run",
+                          ignore=shutil.ignore_patterns("model.onnx*", "model.torchscript*"))
+    for _ in range(2):
+        path = export_model(run, fmt, check=False)
+        assert run_cli(export_cli, ["export", str(run), "--format", fmt, "--out",
+                                    str(tmp_path / f"m{path.suffix}"), "--no-check"]) == 0
+    assert json.loads(sidecar_path(path).read_text())["file"] == path.name

@@ -128,3 +128,19 @@ def test_a_file_name_that_is_not_utf8_reads_back_from_what_was_written(tmp_path)
     assert written.endswith("se\\udce9.jpg") and not Path(written).exists()
     assert Path(unescaped(written)) == image and Path(unescaped(written)).exists()
     assert unescaped("plain\\u00e9 name") == "plain\\u00e9 name"
+
+
+def test_an_existing_file_is_written_over_only_when_imgclf_wrote_it(tmp_path):
+    mine = tmp_path / "notes.html"
+    mine.write_text("<p>my notes</p>\n")
+    page = ("<!DOCTYPE html>\n<html",)
+    with pytest.raises(ConfigError, match=f"^{mine} exists and is not a report that imgclf "
+                                          r"wrote; give the output another name, or move that "
+                                          r"file away\.$"):
+        check_output_file(mine, (".html",), starts=page, what="a report")
+    with pytest.raises(ConfigError, match="exists and is not a file that imgclf wrote"):
+        check_output_file(mine, (".html",))  # without starts, no existing file is written over
+    assert mine.read_text() == "<p>my notes</p>\n"
+    mine.write_text("<!DOCTYPE html>\n<html lang='en'>\n")
+    assert check_output_file(mine, (".html",), starts=page, what="a report") == mine
+    assert check_output_file(tmp_path / "new.html", (".html",)) == tmp_path / "new.html"

@@ -23,6 +23,7 @@ from PIL import Image
 
 import imgclf
 from imgclf.cli import report as report_cli
+from imgclf.cli.main import main
 from imgclf.errors import ConfigError, RunError
 from imgclf.report import write_report
 
@@ -484,3 +485,20 @@ def test_report_output_is_checked_before_the_page_is_drawn(run_dir, trained, tmp
     assert (run_dir / "metrics.json").read_bytes() == metrics
     assert not (trained[2] / "report.html").exists()
     assert write_report(run_dir, tmp_path / "r.HTML").is_file()
+
+
+def test_report_never_writes_over_a_users_file(run_dir, tmp_path, capsys):
+    notes, mine = run_dir / "report.html", tmp_path / "my.html"
+    notes.write_text("<p>my notes</p>\n")
+    mine.write_text("<p>mine</p>\n")
+    for argv, out in (([str(run_dir)], notes), ([str(run_dir), "--out", str(mine)], mine)):
+        assert main(["report", *argv, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert (f"error: {out} exists and is not a report that imgclf wrote; give the output "
+                "another name, or move that file away.") in err
+    assert notes.read_text() == "<p>my notes</p>\n" and mine.read_text() == "<p>mine</p>\n"
+    # imgclf's own report is written again, wherever it is.
+    for out in (notes, mine):
+        out.unlink()
+        for _ in range(2):
+            assert write_report(run_dir, out) == out

@@ -41,6 +41,7 @@ from imgclf.models.factory import Classifier, Preprocessing
 from imgclf.paths import (
     MODEL_FILE,
     TRAINING_CHECKPOINTS,
+    begins_with,
     check_output_file,
     is_run_folder,
     run_datasets,
@@ -54,6 +55,9 @@ FORMATS = ("onnx", "torchscript")
 DEFAULT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts")}
 """The names each format's export may have (``torch.jit.load`` takes any; .pt is usual)."""
+MAGIC = {"onnx": "\x08", "torchscript": "PK\x03\x04"}
+"""How each format's file begins: an ONNX model's first field (``ir_version``), and the zip
+archive that ``torch.jit.save`` writes."""
 # Opset 17 is read by every ONNX Runtime since 1.14 and by most other runtimes.
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -71,6 +75,24 @@ def sidecar_path(model_file: str | Path) -> Path:
     """The JSON file that travels with an exported model: ``model.onnx`` -> ``model.onnx.json``."""
     model_file = Path(model_file)
     return model_file.with_name(model_file.name + ".json")
+
+
+def sidecar_start(fmt: str) -> str:
+    """How the sidecar that imgclf writes beside a ``fmt`` export begins (``_write_sidecar``)."""
+    return f'{{\n  "format": "{fmt}",\n  "file": '
+
+
+def _check_export_files(out: Path, fmt: str, datasets) -> None:
+    """Refuse ``out`` and its sidecar as ``check_output_file`` refuses an output file. An
+    existing export is imgclf's own, to be written over, when it begins as its format does
+    and has the sidecar that imgclf writes beside it: the format alone does not tell it from
+    a user's model."""
+    sidecar = sidecar_path(out)
+    ours = begins_with(sidecar, sidecar_start(fmt))
+    check_output_file(out, SUFFIXES[fmt], datasets, DEFAULT_FILES[fmt],
+                      starts=(MAGIC[fmt],) if ours else (), what="an exported model")
+    check_output_file(sidecar, (), datasets, DEFAULT_FILES[fmt], starts=(sidecar_start(fmt),),
+                      what="an export's sidecar")
 
 
 def available_cores() -> int:
@@ -243,8 +265,7 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
                        f"--out {ckpt.parent}` for an interrupted one), then export it.")
     out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
     datasets = run_datasets(ckpt.parent)
-    check_output_file(out, SUFFIXES[fmt], datasets, example=DEFAULT_FILES[fmt])
-    check_output_file(sidecar_path(out), (), datasets, example=DEFAULT_FILES[fmt])
+    _check_export_files(out, fmt, datasets)
     folder = out.absolute().parent
     if is_run_folder(folder) and folder.resolve() != ckpt.parent.resolve():
         # `predict --engine onnx` that run would answer with this run's model and classes.
@@ -273,7 +294,7 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
 def _write_sidecar(out: Path, fmt: str, classes: list[str], prep: Preprocessing, meta: dict,
                    diff: float | None) -> None:
     size = prep.img_size
-    info = {
+    info = {  # beginning with format and file, as ``sidecar_start`` expects
         "format": fmt,
         "file": out.name,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32",

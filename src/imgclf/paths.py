@@ -188,11 +188,15 @@ def _dataset_places(dataset) -> list[Path]:
     return places
 
 
-def check_output_file(path: str | Path, suffixes, datasets=(), example: str = "") -> Path:
+def check_output_file(path: str | Path, suffixes, datasets=(), example: str = "",
+                      starts: tuple[str, ...] = (), what: str = "a file") -> Path:
     """Refuse an output file before any work is done: a folder, a name without one of
-    ``suffixes`` (when given), one of ``RUN_FILES`` in a run or compare folder, or a place
-    inside one of ``datasets`` (imgclf never writes into a dataset). ``example`` is a good
-    file name, for the messages. Returns ``path`` as a ``Path``."""
+    ``suffixes`` (when given), one of ``RUN_FILES`` in a run or compare folder, a place
+    inside one of ``datasets`` (imgclf never writes into a dataset), or an existing file
+    that does not begin with one of ``starts``, as imgclf writes ``what`` (with no
+    ``starts``, no existing file is written over): a user's file is never lost, while the
+    command can be run again over its own output. ``example`` is a good file name, for the
+    messages. Returns ``path`` as a ``Path``."""
     path = Path(path)
     example = example or (f"output{suffixes[0]}" if suffixes else "output")
     if path.is_dir():
@@ -209,6 +213,9 @@ def check_output_file(path: str | Path, suffixes, datasets=(), example: str = ""
     if dataset is not None:
         raise ConfigError(f"{path} would be inside the dataset {dataset}; imgclf never "
                           "writes into a dataset: choose a place outside it.")
+    if path.exists() and not (starts and begins_with(path, *starts)):
+        raise ConfigError(f"{path} exists and is not {what} that imgclf wrote; give the "
+                          "output another name, or move that file away.")
     _check_writable(path)
     return path
 

@@ -30,7 +30,6 @@ from imgclf.models.factory import Classifier, Preprocessing, create_model
 from imgclf.paths import (
     MODEL_FILE,
     TRAINING_CHECKPOINTS,
-    begins_with,
     check_output_file,
     open_for_writing,
     run_datasets,
@@ -101,13 +100,10 @@ def output_format(path: str | Path, datasets=()) -> str:
 
     ConfigError for a name that predictions are not written to: a folder, another suffix,
     a file that imgclf wrote into a run or compare folder, a place inside one of
-    ``datasets`` (``check_output_file``), or an existing file that is not earlier
-    predictions.
+    ``datasets``, or an existing file that is not earlier predictions (``check_output_file``).
     """
-    path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv")
-    if path.is_file() and not begins_with(path, *PREDICTIONS_START):
-        raise ConfigError(f"{path} exists and is not a predictions file that imgclf wrote; "
-                          "give --out another name, or move that file away.")
+    path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv",
+                             starts=PREDICTIONS_START, what="a predictions file")
     return path.suffix.lower().lstrip(".")
 
 

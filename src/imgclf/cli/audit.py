@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--test", default=None, help="test split folder")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write the full report (every file listed) as JSON to FILE, "
-                             "a .json name outside the dataset")
+                             "a .json name outside the dataset; an existing FILE only if an "
+                             "earlier audit wrote it")
     parser.add_argument("--no-near-duplicates", dest="near_duplicates", action="store_false",
                         help="skip the perceptual-hash search for near-duplicates across splits")
     parser.add_argument("--workers", type=int, default=None,
@@ -37,11 +38,12 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.data.audit import audit_dataset, format_audit
-    from imgclf.paths import check_output_file, write_text
+    from imgclf.paths import SIGNATURES, check_output_file, write_text
 
     if args.json:  # before the images are read: a wrong name fails at once
         check_output_file(args.json, (".json",),
-                          (args.data, args.train, args.val, args.test), "audit.json")
+                          (args.data, args.train, args.val, args.test), "audit.json",
+                          starts=(SIGNATURES["audit.json"],), what="an audit report")
     report = audit_dataset(
         args.data, train=args.train, val=args.val, test=args.test,
         near_duplicates=args.near_duplicates, workers=args.workers,

@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="file to write (default RUN/model.onnx or "
                              "RUN/model.torchscript.pt); the sidecar is FILE.json. Neither may "
-                             "replace a run's own files or lie inside its dataset")
+                             "replace a run's own files or a file that imgclf did not export, "
+                             "or lie inside the run's dataset")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip comparing the export's outputs with PyTorch's on random "
                              "images (by default a mismatch above 1e-4 is an error)")

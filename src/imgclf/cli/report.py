@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
                              "leaderboard.csv)")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="where to write the HTML file, an .html name (default "
-                             "DIR/report.html); never inside a dataset the runs used")
+                             "DIR/report.html); never a file that is not an imgclf report, nor "
+                             "inside a dataset the runs used")
     from imgclf.cli.common import add_verbosity
 
     add_verbosity(parser)

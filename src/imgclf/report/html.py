@@ -37,7 +37,8 @@ def write_report(folder: str | os.PathLike[str], out: str | os.PathLike[str] | N
 
     Raises:
         ConfigError: ``out`` is not an .html name, would replace one of the files imgclf
-            wrote into a run or compare folder, or lies inside a dataset the runs used.
+            wrote into a run or compare folder or a file that is not an imgclf report, or
+            lies inside a dataset the runs used.
         RunError: ``folder`` is missing, is neither a run folder (metrics.json or
             config.yaml) nor a compare folder (leaderboard.csv), or its essential files
             cannot be read.
@@ -45,7 +46,8 @@ def write_report(folder: str | os.PathLike[str], out: str | os.PathLike[str] | N
     folder = Path(folder)
     report = load_folder(folder)
     out_path = check_output_file(out if out is not None else folder / "report.html",
-                                 (".html", ".htm"), run_datasets(folder), "report.html")
+                                 (".html", ".htm"), run_datasets(folder), "report.html",
+                                 starts=(t.START,), what="a report")
     with tempfile.TemporaryDirectory(prefix="imgclf-report-") as tmp:
         page = render(report, Path(tmp))
     write_text(out_path, page)

@@ -133,6 +133,10 @@ $sections
 """
 )
 
+START = PAGE.template[:PAGE.template.index("$version")]
+"""How every report begins, up to imgclf's version: how imgclf tells its own report from
+a user's page of the same name before writing over it."""
+
 
 def page(title: str, header: str, toc: Sequence[tuple[str, str]], sections: Iterable[str],
          footer: str, version: str) -> str:
