@@ -424,8 +424,9 @@ def test_unfinished_run_folder_still_gets_a_report(tmp_path):
     ids=["missing", "empty", "file", "bad-metrics", "bad-config", "bad-leaderboard"],
 )
 def test_missing_or_broken_folder_raises_run_error(tmp_path, make, match):
-    with pytest.raises(RunError, match=match):
+    with pytest.raises(RunError, match=match) as info:
         write_report(make(tmp_path))
+    assert "\n" not in str(info.value)  # printed as one line by the command line
     assert not (tmp_path / "report.html").exists()
 
 

@@ -1,5 +1,10 @@
-"""Where imgclf keeps its caches (never inside a user's dataset), how it writes files, and
-how a run folder is told from a folder of data."""
+"""Where imgclf keeps its caches (never inside a user's dataset), how it writes files and
+reads them back, and how a run folder is told from a folder of data.
+
+Files that imgclf wrote earlier, or that a user hands it, are read back through
+``read_text``, ``read_mapping`` and ``read_run_config``: a damaged one raises one of
+imgclf's errors naming the file and how to mend it, never a parser's traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,6 +142,55 @@ def write_text(path: str | Path, text: str) -> None:
     """``Path.write_text`` through ``open_for_writing``."""
     with open_for_writing(path) as fh:
         fh.write(text)
+
+
+def read_text(path: Path) -> str:
+    """The text of ``path``, bytes that are not UTF-8 replaced; RunError when it cannot be
+    read."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise RunError(f"cannot read {path}: {exc.strerror or exc}.") from None
+
+
+def read_mapping(path: Path, parse: Callable[[str], object], error: type[Exception],
+                 file_format: str, contents: str, invalid_fix: str,
+                 type_fix: str) -> tuple[str, dict]:
+    """The text of a file imgclf wrote and the mapping it holds; RunError if it holds none.
+
+    ``parse`` reads the text and raises ``error`` on text that is not ``file_format``;
+    ``contents`` names what the mapping holds, the fixes say how to mend the file.
+    """
+    text = read_text(path)
+    try:
+        value = parse(text)
+    except error as exc:
+        raise RunError(f"{path} is not valid {file_format} ({_parse_problem(exc)}); "
+                       f"{invalid_fix}.") from None
+    if not isinstance(value, dict):
+        held = "nothing" if value is None else type(value).__name__
+        raise RunError(f"{path} holds {held}, not a mapping of {contents}; {type_fix}.")
+    return text, value
+
+
+def _parse_problem(exc: Exception) -> str:
+    """What a parser found wrong, and where, on one line (YAML's messages span several)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def read_run_config(path: Path) -> tuple[str, dict]:
+    """The text of a run's ``config.yaml`` and the settings it holds (not yet checked
+    against the config dataclasses); RunError when it is unreadable or damaged."""
+    import yaml
+
+    return read_mapping(
+        path, yaml.safe_load, yaml.YAMLError, "YAML", "config sections",
+        invalid_fix="it is written by `imgclf train`: train the run again or repair the file",
+        type_fix="train the run again or repair the file")
 
 
 def is_run_folder(folder: str | Path) -> bool:

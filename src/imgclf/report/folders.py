@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from imgclf.errors import RunError
+from imgclf.paths import read_mapping, read_run_config, read_text
 from imgclf.report.template import as_number
 
 log = logging.getLogger(__name__)
@@ -226,48 +226,20 @@ def load_run(folder: Path, name: str | None = None) -> Run:
     run = Run(name or folder.name, folder)
     config_path, metrics_path = folder / "config.yaml", folder / "metrics.json"
     if config_path.is_file():
-        run.config_text, run.config = _read_mapping(
-            config_path, yaml.safe_load, yaml.YAMLError, "YAML", "config sections",
-            invalid_fix="it is written by `imgclf train`: train the run again or repair the file",
-            type_fix="train the run again or repair the file")
+        run.config_text, run.config = read_run_config(config_path)
     if metrics_path.is_file():
-        _, run.metrics = _read_mapping(
+        _, run.metrics = read_mapping(
             metrics_path, json.loads, json.JSONDecodeError, "JSON", "metrics",
             invalid_fix="evaluate the run again with `imgclf evaluate` or train it again",
             type_fix="evaluate the run again")
     if (folder / "error.txt").is_file():
-        run.error = _read_text(folder / "error.txt")
+        run.error = read_text(folder / "error.txt")
     if not run.finished and not run.error:
         run.notes.append("no metrics.json: the run failed or has not finished")
     run.history = _optional(run, "history.csv", _read_history) or []
     run.predictions = _optional(run, "predictions.csv", _read_predictions)
     run.skipped = _optional(run, "skipped.csv", _read_skipped)
     return run
-
-
-def _read_mapping(path: Path, parse: Callable[[str], object], error: type[Exception],
-                  file_format: str, contents: str, invalid_fix: str,
-                  type_fix: str) -> tuple[str, dict]:
-    """The text of an essential run file and the mapping it holds; RunError if it holds none.
-
-    ``contents`` names what the mapping holds, the fixes say how to mend the file.
-    """
-    text = _read_text(path)
-    try:
-        value = parse(text)
-    except error as exc:
-        raise RunError(f"{path} is not valid {file_format} ({exc}); {invalid_fix}.") from None
-    if not isinstance(value, dict):
-        raise RunError(f"{path} holds {type(value).__name__}, not a mapping of {contents}; "
-                       f"{type_fix}.")
-    return text, value
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise RunError(f"cannot read {path}: {exc.strerror or exc}.") from None
 
 
 def _optional(run: Run, name: str, reader: Callable[[Path], object]):
