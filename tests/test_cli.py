@@ -252,6 +252,9 @@ def test_resume_errors(tmp_path, make_image_folder, capsys):
     (tmp_path / "run" / "config.yaml").write_text("method: scratch\n")
     assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "9"]) == 2
     assert_clean_error(capsys, "a resumed run goes on with the settings it was started with")
+    (tmp_path / "run" / "config.yaml").write_text(": :\n")
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "-q"]) == 2
+    assert_clean_error(capsys, f"{tmp_path / 'run' / 'config.yaml'} is not valid YAML")
 
 
 def test_run_folder_errors(tmp_path, make_image_folder, monkeypatch, capsys):

@@ -132,6 +132,14 @@ def test_settings_other_than_the_kept_runs_are_an_error(compared, tmp_path):
         compare(str(other), ["scratch"], [], out, OVERRIDES)
 
 
+def test_a_damaged_config_of_a_kept_run_is_an_error(compared, tmp_path):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    (out / "scratch-small_cnn" / "config.yaml").write_text(": :\n")
+    with pytest.raises(RunError, match=r"scratch-small_cnn/config\.yaml is not valid YAML"):
+        compare(str(data), ["scratch"], [], out, OVERRIDES)
+
+
 def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path, monkeypatch):
     source, data = compared
     out = shutil.copytree(source, tmp_path / "cmp")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
 from imgclf.cli.main import build_parser
 from imgclf.cli.train import config_from_args
 from imgclf.config import Config, build_config, load_config
-from imgclf.errors import ConfigError
+from imgclf.errors import ConfigError, RunError
 
 
 def write_yaml(path, values: dict):
@@ -244,3 +246,21 @@ def test_load_config_rejects_unknown_keys(tmp_path):
     path = write_yaml(tmp_path / "config.yaml", {**Config().to_dict(), "extra": 1})
     with pytest.raises(ConfigError, match=r"unknown key 'extra'"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (": :\n", r"is not valid YAML \(expected <block end>, but found ':' at line 1, column 1\); "
+                  r"it is written by `imgclf train`: train the run again or repair the file\.$"),
+        ("- a\n", r"holds list, not a mapping of config sections; train the run again"),
+        ("", r"holds nothing, not a mapping of config sections"),
+    ],
+    ids=["not-yaml", "list", "empty"],
+)
+def test_load_config_names_a_damaged_file_on_one_line(tmp_path, text, match):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(RunError, match=rf"^{re.escape(str(path))} {match}") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)

@@ -287,6 +287,22 @@ def test_commands_name_a_file_that_is_not_a_checkpoint(trained, tmp_path, capsys
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(": :\n", "is not valid YAML (expected <block end>, but found ':' at line 1, column 1)"),
+     ("- a\n", "holds list, not a mapping of config sections")],
+    ids=["not-yaml", "list"],
+)
+def test_evaluate_names_a_damaged_config_yaml(trained, tmp_path, capsys, text, message):
+    run, data = trained
+    damaged = shutil.copytree(run, tmp_path / "run")
+    (damaged / "config.yaml").write_text(text)
+    assert main(["evaluate", str(damaged), str(data), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {damaged / 'config.yaml'} {message}; ")
+    assert err.endswith("train the run again or repair the file.\n") and err.count("\n") == 1
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 

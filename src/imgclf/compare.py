@@ -23,7 +23,13 @@ from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config
 from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError
-from imgclf.paths import check_output_folder, open_for_writing, write_text
+from imgclf.paths import (
+    CONFIG_FILE,
+    check_output_folder,
+    open_for_writing,
+    read_run_config,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +118,8 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
 
 def row_from_run(run_dir: Path, plan: RunPlan) -> dict:
     """The leaderboard row of a finished run folder."""
-    import yaml
-
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    _, config = read_run_config(run_dir / CONFIG_FILE)
     with open(run_dir / "history.csv", newline="") as fh:
         history = list(csv.DictReader(fh))
     row = {
@@ -163,7 +167,7 @@ def compare(
     todo, resumable = [], set()
     for plan in plans:
         run_dir = out / plan.name
-        if (run_dir / "config.yaml").exists():
+        if (run_dir / CONFIG_FILE).exists():
             changed = _changed_settings(run_dir, configs[plan.name])
             if changed:
                 raise ConfigError(
@@ -214,12 +218,10 @@ def compare(
 def _earlier_runs(out: Path, named: set[str]) -> list[dict]:
     """Leaderboard rows of finished runs an earlier comparison left in ``out`` that this
     one did not ask for: the leaderboard, like the report, shows every run in the folder."""
-    import yaml
-
     rows = []
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in named):
-        if (run_dir / "metrics.json").exists() and (run_dir / "config.yaml").exists():
-            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if (run_dir / "metrics.json").exists() and (run_dir / CONFIG_FILE).exists():
+            _, config = read_run_config(run_dir / CONFIG_FILE)
             plan = RunPlan(run_dir.name, config["method"], config["model"]["name"])
             rows.append(row_from_run(run_dir, plan))
     return rows
@@ -229,7 +231,6 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
     """The settings (dotted keys) in which ``run_dir``'s saved config differs from
     ``config``, where the run folder itself may be; dataset paths compare as absolute
     paths, and an image size left to the model matches the one the run resolved."""
-    import yaml
 
     def flat(tree: dict, prefix: str = "") -> dict:
         items = {}
@@ -240,7 +241,7 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
                 items[f"{prefix}{key}"] = value
         return items
 
-    saved = flat(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    saved = flat(read_run_config(run_dir / CONFIG_FILE)[1])
     wanted = flat(config.to_dict())
     saved.pop("out", None), wanted.pop("out", None)
     if wanted.get("model.img_size") is None:

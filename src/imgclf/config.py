@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from imgclf.errors import ConfigError
-from imgclf.paths import write_text
+from imgclf.paths import read_run_config, write_text
 
 AUGMENT_PRESETS = ("none", "flip", "reference", "trivial", "randaugment")
 
@@ -223,8 +223,9 @@ def build_config(
 
 
 def load_config(path: Path) -> Config:
-    """Read a saved ``config.yaml`` back (no preset applied: it is already resolved)."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    """Read a saved ``config.yaml`` back (no preset applied: it is already resolved).
+    RunError when the file is unreadable or damaged."""
+    _, values = read_run_config(Path(path))
     config = Config()
     _merge_section(config, values, str(path))
     return config

@@ -22,9 +22,9 @@ from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
 from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
-from imgclf.errors import ImgclfError, RunError
+from imgclf.errors import ConfigError, ImgclfError, RunError
 from imgclf.metrics import compute_metrics, roc_curves
-from imgclf.paths import check_output_folder, open_for_writing, write_text
+from imgclf.paths import CONFIG_FILE, check_output_folder, open_for_writing, write_text
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
 
 log = logging.getLogger(__name__)
@@ -125,12 +125,19 @@ def write_evaluation(
 
 def _training_folder(run_dir: Path) -> Path | None:
     """The folder the run in ``run_dir`` trained on (None when that cannot be told: no
-    config.yaml, or its dataset has moved)."""
+    config.yaml, or its dataset has moved). A damaged config.yaml raises RunError: the
+    evaluation could not tell its images from the training images."""
     from imgclf.config import load_config
 
+    config_file = run_dir / CONFIG_FILE
+    if not config_file.is_file():
+        return None
     try:
-        d = load_config(run_dir / "config.yaml").data
-        as_path = lambda v: Path(v) if v is not None else None  # noqa: E731
+        d = load_config(config_file).data
+    except ConfigError:
+        return None  # settings this version of imgclf does not know
+    as_path = lambda v: Path(v) if v is not None else None  # noqa: E731
+    try:
         return detect_layout(as_path(d.data), as_path(d.train)).train
     except (ImgclfError, OSError, ValueError):
         return None
@@ -155,7 +162,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     ``tta`` averages each image's probabilities with its mirror image's (None: as the run
     chose when it was trained)."""
     from imgclf.data.prepare import decode_split, write_skipped
-    from imgclf.errors import ConfigError, DataError
+    from imgclf.errors import DataError
     from imgclf.predict import Predictor, run_folder
 
     if split not in (None, "test", "val", "train"):

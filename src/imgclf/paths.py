@@ -205,17 +205,16 @@ def is_run_folder(folder: str | Path) -> bool:
 def run_datasets(folder: str | Path) -> list[Path]:
     """The dataset folders that the run ``folder`` (or each run of a compare folder) was
     trained on, as its config.yaml names them; none where there is no readable config."""
-    import yaml
-
     folder = Path(folder)
     found = []
     for config in [folder / CONFIG_FILE, *sorted(folder.glob(f"*/{CONFIG_FILE}"))]:
         try:
-            data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
-        except (OSError, ValueError, AttributeError, yaml.YAMLError):
-            continue
-        found += [Path(data[k]) for k in ("data", "train", "val", "test")
-                  if isinstance(data.get(k), str)]
+            data = read_run_config(config)[1].get("data")
+        except RunError:
+            continue  # none, or a damaged one, which the commands that need it report
+        if isinstance(data, dict):
+            found += [Path(data[k]) for k in ("data", "train", "val", "test")
+                      if isinstance(data.get(k), str)]
     return found
 
 
