@@ -18,6 +18,7 @@ import torch
 import imgclf
 from imgclf.cli import export as export_cli
 from imgclf.cli import predict as predict_cli
+from imgclf.cli.main import main
 from imgclf.config import build_config
 from imgclf.engine.callbacks import save_atomic
 from imgclf.engine.trainer import checkpoint_meta
@@ -167,6 +168,30 @@ def test_missing_sidecar_is_reported(onnx_run, tmp_path):
     shutil.copy(onnx_run / "model.onnx", lone)
     with pytest.raises(RunError, match=r"model\.onnx\.json .* is missing"):
         OnnxPredictor(lone)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("model.onnx", "junk\n", "ONNX Runtime cannot load {file}: it is damaged or not an "
+                                 "ONNX model ([ONNXRuntimeError] : 7 : INVALID_PROTOBUF"),
+        ("model.onnx.json", "{\n", "{file} is not valid JSON (Expecting property name"),
+        ("model.onnx.json", "[]\n", "{file} holds list, not a mapping of the classes"),
+        ("model.onnx.json", "{}\n", "{file} lacks the classes or preprocessing of model.onnx"),
+    ],
+    ids=["onnx", "sidecar-not-json", "sidecar-list", "sidecar-empty"],
+)
+def test_a_damaged_export_is_named_with_the_fix(onnx_run, trained, tmp_path, capsys, name,
+                                                text, message):
+    run = shutil.copytree(onnx_run, tmp_path / "run")
+    (run / name).write_text(text)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(trained[1]), "--engine", "onnx", "--out", str(out),
+                 "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message.format(file=run / name)}")
+    assert err.endswith(f"export again with `imgclf export {run} --format onnx`.\n")
+    assert err.count("\n") == 1 and not out.exists()
 
 
 def test_failed_check_writes_nothing(trained, tmp_path, monkeypatch):

@@ -44,6 +44,7 @@ from imgclf.paths import (
     begins_with,
     check_output_file,
     is_run_folder,
+    read_mapping,
     run_datasets,
     write_text,
 )
@@ -163,7 +164,9 @@ def _write_torchscript(model: Classifier, example: torch.Tensor, path: Path) -> 
         torch.jit.save(traced, str(path))
 
 
-def _onnx_session(path: Path, threads: int | None = None):
+def _onnx_session(path: Path, threads: int | None = None, fix: str = ""):
+    """An ONNX Runtime session on the CPU for the model in ``path``. A file that ONNX Runtime
+    cannot load (damaged, or not an ONNX model) raises RunError naming it, then ``fix``."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -171,7 +174,13 @@ def _onnx_session(path: Path, threads: int | None = None):
                           "`pip install 'imgclf[onnx]'` (or `pip install onnxruntime`).") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or available_cores()
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's errors have no common type
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        message = f"ONNX Runtime cannot load {path}: it is damaged or not an ONNX model ({reason})"
+        raise RunError(f"{message}; {fix}." if fix else f"{message}.") from exc
 
 
 def onnxruntime_available() -> bool:
@@ -341,15 +350,22 @@ class OnnxPredictor(BasePredictor):
             raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
                            f"`imgclf export {path} --format onnx`.")
         self.datasets = run_datasets(model_file.parent)
+        export_again = f"export again with `imgclf export {model_file.parent} --format onnx`"
         info_file = sidecar_path(model_file)
         if not info_file.exists():
             raise RunError(f"{info_file} (classes and preprocessing of {model_file.name}) is "
-                           f"missing; export again with `imgclf export {model_file.parent} "
-                           "--format onnx`.")
-        self.meta = json.loads(info_file.read_text())
-        self.classes = list(self.meta["classes"])
-        self.prep = Preprocessing.from_dict(self.meta["preprocessing"])
-        self.session = _onnx_session(model_file, threads)
+                           f"missing; {export_again}.")
+        _, self.meta = read_mapping(
+            info_file, json.loads, json.JSONDecodeError, "JSON",
+            f"the classes and preprocessing of {model_file.name}",
+            invalid_fix=export_again, type_fix=export_again)
+        try:
+            self.classes = list(self.meta["classes"])
+            self.prep = Preprocessing.from_dict(self.meta["preprocessing"])
+        except (KeyError, TypeError, ValueError):
+            raise RunError(f"{info_file} lacks the classes or preprocessing of "
+                           f"{model_file.name}, or holds them damaged; {export_again}.") from None
+        self.session = _onnx_session(model_file, threads, fix=export_again)
 
     def _probs(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
