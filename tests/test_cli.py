@@ -257,6 +257,15 @@ def test_resume_errors(tmp_path, make_image_folder, capsys):
     assert_clean_error(capsys, f"{tmp_path / 'run' / 'config.yaml'} is not valid YAML")
 
 
+def test_train_with_a_damaged_weights_file(tmp_path, make_image_folder, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    (tmp_path / "junk.pth").write_text("junk\n")
+    assert main(["train", str(data), "--method", "transfer", "--epochs", "1", "--img-size", "32",
+                 "--out", "run", "-q", "--weights", "junk.pth"]) == 2
+    assert_clean_error(capsys, "weights='junk.pth' cannot be read as a state dict (damaged, "
+                               "or not a file torch.save wrote)")
+
+
 def test_run_folder_errors(tmp_path, make_image_folder, monkeypatch, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
     (tmp_path / "file.csv").write_text("x\n")

@@ -261,7 +261,9 @@ def test_load_refuses_a_file_that_is_not_a_checkpoint(trained, tmp_path):
     torch.save({"weight": torch.zeros(2)}, weights)
     scripted = tmp_path / "clf.pt"  # a TorchScript export under a name of the user's
     torch.jit.save(torch.jit.script(torch.nn.ReLU()), str(scripted))
-    for path in (run / "config.yaml", garbage, empty, weights, scripted):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("junk\n")
+    for path in (run / "config.yaml", garbage, empty, junk, weights, scripted):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # and torch warns of nothing on the way
             with pytest.raises(RunError, match=rf"^{re.escape(str(path))} is not an imgclf "

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 
 import numpy as np
@@ -191,6 +192,15 @@ def test_explicit_weights_file_is_loaded(tmp_path, suffix):
     assert "fc.weight" not in loaded
     assert all(torch.equal(loaded[k], saved[k]) for k in loaded)
     assert set(config) == {"mean", "std", "input_size", "interpolation", "crop_pct"}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_damaged_weights_file_is_named(tmp_path, suffix):
+    path = tmp_path / f"junk{suffix}"
+    path.write_text("junk\n")
+    with pytest.raises(WeightsUnavailableError,
+                       match=rf"^weights='{re.escape(str(path))}' cannot be read as a state dict"):
+        weights.create_backbone(SMALL_MODEL, weights=path)
 
 
 def test_explicit_weights_for_another_architecture_are_refused(tmp_path):

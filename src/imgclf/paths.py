@@ -2,8 +2,9 @@
 reads them back, and how a run folder is told from a folder of data.
 
 Files that imgclf wrote earlier, or that a user hands it, are read back through
-``read_text``, ``read_mapping`` and ``read_run_config``: a damaged one raises one of
-imgclf's errors naming the file and how to mend it, never a parser's traceback.
+``read_text``, ``read_mapping``, ``read_run_config`` and ``load_torch_file``: a damaged one
+raises one of imgclf's errors naming the file and how to mend it, never a parser's
+traceback.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import contextlib
 import errno
 import logging
 import os
+import pickle
 import re
+import struct
 import tempfile
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import platformdirs
 
-from imgclf.errors import ConfigError, RunError
+from imgclf.errors import ConfigError, ImgclfError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +195,28 @@ def read_run_config(path: Path) -> tuple[str, dict]:
         path, yaml.safe_load, yaml.YAMLError, "YAML", "config sections",
         invalid_fix="it is written by `imgclf train`: train the run again or repair the file",
         type_fix="train the run again or repair the file")
+
+
+# What torch.load raises for a file it did not write, or one damaged since: the unpickler
+# meets bytes that are no pickle (no common type), the zip reader a broken archive.
+_TORCH_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, LookupError, RuntimeError, ValueError,
+                      struct.error)
+
+
+def load_torch_file(path: Path, damaged: ImgclfError) -> object:
+    """What ``torch.save`` wrote to ``path``, read onto the CPU as plain data only
+    (``weights_only``); raises ``damaged``, which names the file and the fix, when the file
+    is damaged or not one that torch saved. A file that cannot be opened raises OSError."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # torch warns that a TorchScript archive is one before refusing to read it;
+            # ``damaged`` says it better.
+            warnings.filterwarnings("ignore", ".*looks like a TorchScript archive", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except _TORCH_LOAD_ERRORS as exc:
+        raise damaged from exc
 
 
 def is_run_folder(folder: str | Path) -> bool:

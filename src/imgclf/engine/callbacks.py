@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import pickle
-import warnings
 from pathlib import Path
 
 import torch
 
 from imgclf.errors import RunError
+from imgclf.paths import load_torch_file
 
 
 def save_atomic(payload: dict, path: Path) -> None:
@@ -32,14 +31,7 @@ def load_checkpoint(path: Path) -> dict:
     not_ours = (f"{path} is not an imgclf checkpoint (a run's model.pt, best.pt or last.pt)"
                 " or it is damaged; an export (ONNX, TorchScript) is not one either: give the "
                 "run folder written by `imgclf train`, or its model.pt.")
-    try:
-        with warnings.catch_warnings():
-            # torch warns that a TorchScript archive is one before refusing to read it;
-            # the RunError says it better.
-            warnings.filterwarnings("ignore", ".*looks like a TorchScript archive", UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise RunError(not_ours) from exc
+    ckpt = load_torch_file(path, RunError(not_ours))
     if not isinstance(ckpt, dict) or not all(key in ckpt for key in CHECKPOINT_KEYS):
         raise RunError(not_ours)
     return ckpt

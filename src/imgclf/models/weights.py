@@ -23,7 +23,6 @@ import importlib.util
 import json
 import logging
 import os
-import pickle
 import socket
 import warnings
 from collections.abc import Callable, Iterable
@@ -42,7 +41,7 @@ from timm.models import PretrainedCfg
 from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE
 
 from imgclf.errors import ModelError, WeightsUnavailableError
-from imgclf.paths import cache_dir, cache_writable
+from imgclf.paths import cache_dir, cache_writable, load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -508,22 +507,18 @@ def _read_weights_file(path: Path) -> StateDict:
             f"weights={str(path)!r} does not exist. Pass a .safetensors or torch .pth/.pt "
             "state dict file."
         )
+    def unreadable(reason: object) -> WeightsUnavailableError:
+        return WeightsUnavailableError(
+            f"weights={str(path)!r} cannot be read as a state dict ({reason}). Pass a "
+            ".safetensors or torch .pth/.pt file holding plain tensors.")
+
     try:
         if path.suffix == ".safetensors":
             state = safetensors.torch.load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        OSError,
-        RuntimeError,
-        ValueError,
-        pickle.UnpicklingError,
-        safetensors.SafetensorError,
-    ) as exc:
-        raise WeightsUnavailableError(
-            f"weights={str(path)!r} cannot be read as a state dict ({exc}). Pass a .safetensors "
-            "or torch .pth/.pt file holding plain tensors."
-        ) from None
+            state = load_torch_file(path, unreadable("damaged, or not a file torch.save wrote"))
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise unreadable(exc) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
