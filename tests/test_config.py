@@ -133,6 +133,14 @@ def test_unreadable_or_non_mapping_file(tmp_path):
         build_config("scratch", listing)
     with pytest.raises(ConfigError, match=r"cannot read config file"):
         build_config("scratch", tmp_path / "missing.yaml")
+    twice = tmp_path / "twice.yaml"
+    for text, key, where in (
+            ("train: {lr: 0.01}\ntrain: {batch_size: 4}\n", "train", "2, column 1"),
+            ("train: {epochs: 1, epochs: 2}\n", "epochs", "1, column 20")):
+        twice.write_text(text)
+        with pytest.raises(ConfigError, match=rf"^cannot read config file {twice}: '{key}' is "
+                                              rf"given twice at line {where}\.$"):
+            build_config("scratch", twice)
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(bytes(range(128, 256)))
     with pytest.raises(ConfigError, match=r"binary.yaml: it is not UTF-8 text"):

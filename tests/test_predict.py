@@ -229,8 +229,21 @@ def test_json_output_has_the_csvs_content(trained, mixed_folder, tmp_path):
 def test_output_errors(trained, mixed_folder, tmp_path):
     run, _ = trained
     predictor = imgclf.load(run, device="cpu")
-    with pytest.raises(ConfigError, match="batch size must be at least 1, got -3"):
-        predictor.predict([mixed_folder], batch_size=-3)
+    for size in (-3, "4", 2.5, True):
+        with pytest.raises(ConfigError, match=rf"batch size must be a whole number, at least 1, "
+                                              rf"got {re.escape(repr(size))}\.$"):
+            predictor.predict([mixed_folder], batch_size=size)
+    for tta in ("off", "no", 1):
+        with pytest.raises(ConfigError, match=rf"tta must be True, False or None \(as the run "
+                                              rf"chose\), got {re.escape(repr(tta))}\.$"):
+            predictor.predict([mixed_folder], tta=tta)
+    with pytest.raises(ConfigError, match=r"tta must be True, False or None"):
+        imgclf.evaluate(run, trained[1], tta="off", out=tmp_path / "evaluated")
+    for data, out in ((None, None), (5, None), (trained[1], 7)):
+        with pytest.raises(ConfigError, match=r"is a file or folder, given as a str or Path; "
+                                              r"got (NoneType|int) "):
+            imgclf.evaluate(run, data, out=out)
+    assert not (tmp_path / "evaluated").exists()
     with pytest.raises(ConfigError, match="is a folder: give a file name"):
         predictor.write([], tmp_path)
     for name in ("p.txt", "p", "p.xlsx"):

@@ -266,6 +266,18 @@ def test_a_run_that_diverges_later_keeps_its_best_epoch(split_data, tmp_path, mo
     assert 0 <= json.loads((run / "metrics.json").read_text())["accuracy"] <= 1
 
 
+def test_train_refuses_arguments_of_the_wrong_kind(split_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"^resume must be True or False, got 'no'\.$"):
+        imgclf.train(out=tmp_path / "run", resume="no")
+    with pytest.raises(ConfigError, match=r"config is the path of a YAML file; give settings "
+                                          r"as keyword sections instead"):
+        imgclf.train(split_data, config={"train": {"epochs": 1}})
+    with pytest.raises(ConfigError, match=r"config is a file or folder, given as a str or "
+                                          r"Path; got int 3\.$"):
+        imgclf.train(split_data, config=3)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = build_config("scratch", None, {

@@ -32,7 +32,13 @@ def train(data=None, method: str | None = None, config=None, resume: bool = Fals
     """
     from imgclf.config import build_config, resume_config
     from imgclf.engine.trainer import train as _train
+    from imgclf.errors import ConfigError
 
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume must be True or False, got {resume!r}.")
+    if isinstance(config, dict):
+        raise ConfigError("config is the path of a YAML file; give settings as keyword "
+                          "sections instead, e.g. train={'epochs': 5}.")
     if resume:
         given = [k for k in options if k != "out"]
         given += [k for k, v in (("data", data), ("method", method), ("config", config))

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from imgclf.errors import ConfigError
-from imgclf.paths import read_run_config, write_text
+from imgclf.paths import parse_problem, path_argument, read_run_config, write_text
 
 AUGMENT_PRESETS = ("none", "flip", "reference", "trivial", "randaugment")
 
@@ -192,6 +192,23 @@ def _merge_section(target: Any, values: dict, where: str) -> None:
             setattr(target, key, _coerce(value, hints[key], f"{where}.{key}"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: YAML would keep the
+    last and silently drop the other, a whole section's settings at the top level."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the safe loader refuses such a key itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def build_config(
     method: str = "scratch",
     file: str | Path | None = None,
@@ -201,12 +218,15 @@ def build_config(
     file_values: dict = {}
     if file is not None:
         try:
-            file_values = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
+            text = path_argument(file, "config").read_text(encoding="utf-8")
+            file_values = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except UnicodeDecodeError:
             raise ConfigError(f"cannot read config file {file}: it is not UTF-8 text (a "
                               "YAML file is expected).") from None
-        except (OSError, yaml.YAMLError) as exc:
+        except OSError as exc:
             raise ConfigError(f"cannot read config file {file}: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot read config file {file}: {parse_problem(exc)}.") from None
         if not isinstance(file_values, dict):
             raise ConfigError(f"config file {file} must hold a mapping of sections.")
     overrides = copy.deepcopy(overrides or {})

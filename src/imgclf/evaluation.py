@@ -24,7 +24,13 @@ from imgclf.engine.loop import run_inference
 from imgclf.engine.runtime import Runtime
 from imgclf.errors import ConfigError, ImgclfError, RunError
 from imgclf.metrics import compute_metrics, roc_curves
-from imgclf.paths import CONFIG_FILE, check_output_folder, open_for_writing, write_text
+from imgclf.paths import (
+    CONFIG_FILE,
+    check_output_folder,
+    open_for_writing,
+    path_argument,
+    write_text,
+)
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
 
 log = logging.getLogger(__name__)
@@ -167,7 +173,10 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
 
     if split not in (None, "test", "val", "train"):
         raise ConfigError(f"split must be test, val or train, got {split!r}.")
+    data = path_argument(data, "data")
+    out = path_argument(out, "out") if out is not None else None
     predictor = Predictor(run, device=device)
+    tta = predictor.resolve_tta(tta)
     run_dir = run_folder(run)  # RUN/model.pt may be given
     trained_on = _training_folder(run_dir)
     layout = detect_layout(Path(data), need_train=False)
@@ -211,7 +220,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                                predictor.classes, predictor.rt, out_dir, split=name,
                                extra={"data": str(root.absolute()),
                                       "skipped_files": len(labelled.skipped)},
-                               tta=predictor.resolve_tta(tta))
+                               tta=tta)
     return metrics, out_dir
 
 

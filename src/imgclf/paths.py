@@ -169,7 +169,7 @@ def read_mapping(path: Path, parse: Callable[[str], object], error: type[Excepti
     try:
         value = parse(text)
     except error as exc:
-        raise RunError(f"{path} is not valid {file_format} ({_parse_problem(exc)}); "
+        raise RunError(f"{path} is not valid {file_format} ({parse_problem(exc)}); "
                        f"{invalid_fix}.") from None
     if not isinstance(value, dict):
         held = "nothing" if value is None else type(value).__name__
@@ -177,7 +177,7 @@ def read_mapping(path: Path, parse: Callable[[str], object], error: type[Excepti
     return text, value
 
 
-def _parse_problem(exc: Exception) -> str:
+def parse_problem(exc: Exception) -> str:
     """What a parser found wrong, and where, on one line (YAML's messages span several)."""
     mark = getattr(exc, "problem_mark", None)
     if mark is not None:
@@ -217,6 +217,15 @@ def load_torch_file(path: Path, damaged: ImgclfError) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except _TORCH_LOAD_ERRORS as exc:
         raise damaged from exc
+
+
+def path_argument(value, what: str, error: type[ImgclfError] = ConfigError) -> Path:
+    """``value``, an argument of imgclf's Python API that names a file or folder, as a Path;
+    ``error`` naming the argument ``what`` when it is neither a str nor a path."""
+    if not isinstance(value, str | os.PathLike):
+        raise error(f"{what} is a file or folder, given as a str or Path; got "
+                    f"{type(value).__name__} {value!r}.")
+    return Path(value)
 
 
 def is_run_folder(folder: str | Path) -> bool:

@@ -32,6 +32,7 @@ from imgclf.paths import (
     TRAINING_CHECKPOINTS,
     check_output_file,
     open_for_writing,
+    path_argument,
     run_datasets,
 )
 
@@ -40,10 +41,7 @@ log = logging.getLogger(__name__)
 def checkpoint_file(run: str | Path) -> Path:
     """The model file of a run folder (or the checkpoint file itself). An exported model
     (``.onnx``, ``.torchscript.pt``) is refused with a hint on how to use it."""
-    if not isinstance(run, str | os.PathLike):
-        raise RunError(f"a run is given by its folder or model file, as a str or Path; got "
-                       f"{type(run).__name__} {run!r}.")
-    path = Path(run)
+    path = path_argument(run, "a run (its folder or model file)", RunError)
     if path.is_dir():
         for name in (MODEL_FILE, *TRAINING_CHECKPOINTS):
             if (path / name).exists():
@@ -128,7 +126,12 @@ class BasePredictor:
 
     def resolve_tta(self, tta: bool | None) -> bool:
         """``tta`` when given, else the run's choice."""
-        return self.tta if tta is None else tta
+        if tta is None:
+            return self.tta
+        if not isinstance(tta, bool | np.bool_):
+            raise ConfigError(f"tta must be True, False or None (as the run chose), got "
+                              f"{tta!r}.")
+        return bool(tta)
 
     def _decode(self, path: Path) -> np.ndarray | str:
         try:
@@ -178,8 +181,9 @@ class BasePredictor:
     def predict(self, paths, batch_size: int = 64, tta: bool | None = None) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively): one
         ``Prediction`` per file, each file once, in the order found."""
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch size must be a whole number, at least 1, got "
+                              f"{batch_size!r}.")
         paths = paths if isinstance(paths, (list, tuple)) else [paths]
         for item in paths:
             if not isinstance(item, (str, os.PathLike)):
