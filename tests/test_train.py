@@ -275,7 +275,11 @@ def test_train_refuses_arguments_of_the_wrong_kind(split_data, tmp_path):
     with pytest.raises(ConfigError, match=r"config is a file or folder, given as a str or "
                                           r"Path; got int 3\.$"):
         imgclf.train(split_data, config=3)
-    assert not (tmp_path / "run").exists()
+    for data, out, wrong in ((42, None, "data .* got int 42"), (["d"], None, "data .* got list"),
+                             (split_data, 5, "out .* got int 5")):
+        with pytest.raises(ConfigError, match=rf"^{wrong}"):
+            imgclf.train(data, out=out)
+    assert not (tmp_path / "run").exists() and not Path("5").exists()
 
 
 def test_resume_after_interruption(split_data, tmp_path, monkeypatch):

@@ -33,12 +33,15 @@ def train(data=None, method: str | None = None, config=None, resume: bool = Fals
     from imgclf.config import build_config, resume_config
     from imgclf.engine.trainer import train as _train
     from imgclf.errors import ConfigError
+    from imgclf.paths import path_argument
 
     if not isinstance(resume, bool):
         raise ConfigError(f"resume must be True or False, got {resume!r}.")
     if isinstance(config, dict):
         raise ConfigError("config is the path of a YAML file; give settings as keyword "
                           "sections instead, e.g. train={'epochs': 5}.")
+    if options.get("out") is not None:
+        options["out"] = str(path_argument(options["out"], "out"))
     if resume:
         given = [k for k in options if k != "out"]
         given += [k for k, v in (("data", data), ("method", method), ("config", config))
@@ -50,7 +53,7 @@ def train(data=None, method: str | None = None, config=None, resume: bool = Fals
         options["data"] = {k: str(v) if isinstance(v, os.PathLike) else v
                            for k, v in data.items()}
     elif data is not None:
-        options["data"] = {"data": str(data)}
+        options["data"] = {"data": str(path_argument(data, "data"))}
     return _train(build_config("scratch", config, options))
 
 
