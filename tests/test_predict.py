@@ -104,8 +104,8 @@ def test_predict_takes_paths_and_points_arrays_to_predict_arrays(trained, mixed_
     run, _ = trained
     predictor = imgclf.load(run, device="cpu")
     image = np.zeros((32, 32, 3), np.uint8)
-    with pytest.raises(TypeError, match="got ndarray; for images already in memory use "
-                                        "predict_arrays"):
+    with pytest.raises(ConfigError, match="got ndarray; for images already in memory use "
+                                          "predict_arrays"):
         predictor.predict([image])
     # a non-image named on its own is an error row, not left out
     [notes] = predictor.predict([mixed_folder / "notes.txt"])
@@ -170,8 +170,9 @@ def test_predict_arrays_checks_its_input(trained):
         r"got dtype float32; for floats in 0-1 pass": good.astype(np.float32) / 255,
     }
     for match, images in wrong.items():
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ConfigError, match=match) as raised:
             predictor.predict_arrays(images)
+        assert isinstance(raised.value, ValueError)  # as before ConfigError was raised
     read_only = np.asarray(Image.fromarray(good[0]))[None]  # as PIL gives it
     assert not read_only.flags.writeable
     with warnings.catch_warnings():

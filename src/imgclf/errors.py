@@ -13,8 +13,9 @@ class DataError(ImgclfError):
     """The dataset's layout or contents cannot be used as given."""
 
 
-class ConfigError(ImgclfError):
-    """A configuration value or key is not valid."""
+class ConfigError(ImgclfError, ValueError):
+    """A configuration value or key, or an argument of the Python API, is not valid (a
+    ValueError too, as Python's own errors for a bad argument are)."""
 
 
 class ModelError(ImgclfError):

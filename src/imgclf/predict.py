@@ -147,9 +147,9 @@ class BasePredictor:
     def predict_arrays(self, images: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """Probabilities (N, classes) for a batch of RGB images as ``predict`` decodes files:
         uint8 pixel values 0-255, shape (N, img_size, img_size, 3) with the run's
-        ``prep.img_size``. Any other array raises ValueError saying what to change (floats
-        are refused rather than guessed at: 0-1 and 0-255 floats look alike). ``tta``
-        averages a mirrored view."""
+        ``prep.img_size``. Any other array raises ConfigError (a ValueError) saying what to
+        change (floats are refused rather than guessed at: 0-1 and 0-255 floats look
+        alike). ``tta`` averages a mirrored view."""
         return tta_average(self._probs, self._check_images(images), self.resolve_tta(tta))
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
@@ -158,14 +158,14 @@ class BasePredictor:
         wanted = f"uint8 RGB images of shape (N, {size}, {size}, 3)"
         if images.ndim != 4:
             single = " (one image: pass images[None])" if images.ndim == 3 else ""
-            raise ValueError(f"images: expected {wanted}, got an array of shape "
+            raise ConfigError(f"images: expected {wanted}, got an array of shape "
                              f"{images.shape}{single}.")
         if images.shape[3] != 3:
-            raise ValueError(f"images: expected {wanted}, got {images.shape[3]} channel(s) "
+            raise ConfigError(f"images: expected {wanted}, got {images.shape[3]} channel(s) "
                              f"on the last axis (shape {images.shape}); convert them to RGB "
                              "first, e.g. with PIL's image.convert('RGB').")
         if images.shape[1:3] != (size, size):
-            raise ValueError(f"images: this model takes {size}x{size} images, got "
+            raise ConfigError(f"images: this model takes {size}x{size} images, got "
                              f"{images.shape[1]}x{images.shape[2]} (height x width); resize "
                              f"them to {size}x{size} with {self.prep.interpolation} "
                              "interpolation (for image files, imgclf.data.decode."
@@ -173,7 +173,7 @@ class BasePredictor:
                              f"{self.prep.interpolation!r}) gives exactly what predict() "
                              "sees).")
         if images.dtype != np.uint8:
-            raise ValueError(f"images: expected {wanted} with values 0-255, got dtype "
+            raise ConfigError(f"images: expected {wanted} with values 0-255, got dtype "
                              f"{images.dtype}; for floats in 0-1 pass "
                              "(images * 255).round().astype(np.uint8).")
         return images
@@ -187,7 +187,7 @@ class BasePredictor:
         paths = paths if isinstance(paths, (list, tuple)) else [paths]
         for item in paths:
             if not isinstance(item, (str, os.PathLike)):
-                raise TypeError(f"predict takes image files and folders (str or Path), got "
+                raise ConfigError(f"predict takes image files and folders (str or Path), got "
                                 f"{type(item).__name__}; for images already in memory use "
                                 "predict_arrays (uint8 arrays of shape (N, size, size, 3)).")
         # Files found in folders that are not images by name or content (notes, CSVs) are
