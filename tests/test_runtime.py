@@ -79,3 +79,13 @@ def test_denormals_are_flushed_in_every_thread(setup, flushed):
 def test_flushing_denormals_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("IMGCLF_FLUSH_DENORMALS", "0")
     assert flush_denormals() is False
+
+
+@pytest.mark.parametrize("device", [0, None, 1.5])
+def test_a_device_that_is_not_a_name_is_refused(device):
+    from imgclf.engine.runtime import resolve_device
+    from imgclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^device {device!r} is not valid; use auto, cpu, "
+                                          r"cuda or cuda:N\.$"):
+        resolve_device(device)

@@ -107,6 +107,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
     A bare ``cuda`` is the GPU of the process's local rank (0 unless torchrun set one).
     """
+    if not isinstance(device, str | torch.device):  # torch.device(0) would be cuda:0
+        raise ConfigError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
