@@ -80,6 +80,14 @@ def test_input_too_small_for_a_small_cnn_is_refused():
     create_model("small_cnn", 2, img_size=22)
 
 
+def test_input_too_small_for_a_backbone_is_refused_with_the_smallest_that_runs():
+    with pytest.raises(ModelError, match=r"^image size 64 is too small for inception_v3: "
+                                         r"choose --img-size 75 or more\.$"):
+        create_model("inception_v3", 2, img_size=64, pretrained=False)
+    model, _, _ = create_model("inception_v3", 2, img_size=75, pretrained=False)
+    assert model.training  # the check ran the backbone in eval mode, then put it back
+
+
 def test_duplicate_registration_raises(scratch_registry):
     with pytest.raises(ModelError, match=r"'small_cnn' is already registered"):
         register_model("small_cnn", "again", default_size=32)(lambda n, s: nn.Identity())

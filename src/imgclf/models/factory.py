@@ -99,10 +99,40 @@ def create_model(
         body, data_config, source = create_backbone(name, weights=weights,
                                                     pretrained=pretrained)
     size = img_size or int(data_config["input_size"][-1])
+    if size < int(data_config["input_size"][-1]):
+        _check_input_size(name, body, size)
     prep = Preprocessing(size, tuple(data_config["mean"]), tuple(data_config["std"]),
                          data_config.get("interpolation", "bicubic"))
     classifier = Classifier(body, make_head(head, body.num_features, num_classes, dropout), prep)
     return classifier, prep, source
+
+
+def _check_input_size(name: str, body: nn.Module, size: int) -> None:
+    """Refuse an image size under the backbone's own that its convolutions and poolings
+    cannot take, naming the smallest that runs: timm does not record it, so it is found by
+    running the backbone on a blank image."""
+
+    def runs(side: int) -> bool:
+        training = body.training
+        try:
+            with torch.inference_mode():
+                body.eval()(torch.zeros(1, 3, side, side))
+            return True
+        except RuntimeError:  # a kernel or pooling window larger than its input
+            return False
+        finally:
+            body.train(training)
+
+    if runs(size):
+        return
+    low, high = size, size * 2
+    while not runs(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if runs(middle) else (middle, high)
+    raise ModelError(f"image size {size} is too small for {name}: choose --img-size {high} "
+                     "or more.")
 
 
 def backbone_groups(model: Classifier) -> list[list[nn.Parameter]]:
