@@ -238,6 +238,19 @@ def interrupt_on_call(monkeypatch, n: int, steps: int = 0) -> list[str]:
     return calls
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_history_records_the_rate_each_epoch_started_at(split_data, tmp_path, schedule):
+    run = scratch(split_data, tmp_path / "run", epochs=3,
+                  train={"schedule": schedule, "lr": 0.01, "tta": "off", "patience": 0,
+                         "batch_size": 4})
+    rates = [float(r["lr"]) for r in read_csv(run / "history.csv")]
+    # one-cycle starts at lr / 25 and rises (over the first 30% of its steps: several
+    # batches an epoch, so that its first step lies in that rise); cosine starts at lr
+    first = 0.01 / 25 if schedule == "onecycle" else 0.01
+    assert rates[0] == pytest.approx(first)
+    assert (rates[1] > rates[0]) is (schedule == "onecycle")
+
+
 def test_a_run_that_diverges_at_once_stops_with_the_fix(split_data, tmp_path):
     with pytest.raises(loop.Diverged, match=r"training diverged in epoch \d: the .* became "
                                             r"(nan|inf|finite).*Lower the learning rate "

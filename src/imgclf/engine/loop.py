@@ -268,12 +268,13 @@ def fit(
                 sampler.set_epoch(epoch)
             tic = time.perf_counter()
             desc = f"{phase.name} {epoch + 1}/{phase.epochs}"
+            lr = phase.optimizer.param_groups[-1]["lr"]  # the epoch's first step's, any schedule
             row = {"epoch": offset + epoch + 1, **train_one_epoch(phase, rt, desc)}
             if not all(torch.isfinite(p).all() for p in phase.module.parameters()):
                 raise Diverged("the weights stopped being finite numbers")
             if phase.val_loader is not None:
                 row.update(evaluate(phase.module, phase.val_loader, rt))
-            row["lr"] = phase.optimizer.param_groups[-1]["lr"]
+            row["lr"] = lr
             row["seconds"] = round(time.perf_counter() - tic, 3)
             row["phase"] = phase.name
             if phase.scheduler is not None and not phase.scheduler_per_step:
