@@ -806,3 +806,15 @@ def test_auto_tta_records_the_validation_check_and_its_choice(trained, tmp_path)
     assert set(check) == {"accuracy", "accuracy_tta"}
     assert metrics["tta"] is (check["accuracy_tta"] > check["accuracy"])
     assert Predictor(run, device="cpu").tta is metrics["tta"]
+
+
+def test_evaluating_a_split_without_some_class_warns_how_it_counts(trained, tmp_path, caplog):
+    run, data = trained
+    subset = tmp_path / "subset"
+    for name in CLASSES[1:]:
+        shutil.copytree(data / "test" / name, subset / name)
+    caplog.set_level(logging.WARNING, logger="imgclf")
+    metrics, _ = imgclf.evaluate(run, subset, out=tmp_path / "evaluated", device="cpu")
+    assert metrics["per_class"][CLASSES[0]]["support"] == 0
+    assert (f"split has no images of {CLASSES[0]}: their recall and F1 count as 0 in the macro "
+            "averages (balanced accuracy leaves them out)") in caplog.text

@@ -101,6 +101,11 @@ def write_evaluation(
     if split != "test":
         metrics["note"] = ("the data has no test split: these figures are on the validation "
                            "split, which also chose the best epoch")
+    absent = [c for c in classes if metrics["per_class"][c]["support"] == 0]
+    if absent and dist.is_main():
+        log.warning("the %s split has no images of %s: their recall and F1 count as 0 in the "
+                    "macro averages (balanced accuracy leaves them out)", split,
+                    ", ".join(absent))
     metrics["inference_images_per_second"] = round(speed, 1)
     metrics["precision"] = str(rt.amp_dtype or torch.float32).removeprefix("torch.")
     metrics.update(extra or {})
