@@ -42,7 +42,7 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path, make_i
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "imgclf", "train", str(data), "--out", str(run), "--epochs", "2",
            "--img-size", "32", "--amp", "off", "--batch-size", "4", "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))  # torchrun's own files
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -69,7 +69,7 @@ def test_torchrun_reports_an_input_error_once(tmp_path):
     missing = tmp_path / "no-such-data"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "imgclf", "train", str(missing), "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))  # torchrun's own files
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0
     line = f"error: data folder '{missing}' does not exist or is not a folder."
