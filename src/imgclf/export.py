@@ -43,6 +43,7 @@ from imgclf.paths import (
     TRAINING_CHECKPOINTS,
     begins_with,
     check_output_file,
+    first_line,
     is_run_folder,
     read_mapping,
     run_datasets,
@@ -177,9 +178,8 @@ def _onnx_session(path: Path, threads: int | None = None, fix: str = ""):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime's errors have no common type
-        lines = str(exc).strip().splitlines()
-        reason = lines[0] if lines else type(exc).__name__
-        message = f"ONNX Runtime cannot load {path}: it is damaged or not an ONNX model ({reason})"
+        message = (f"ONNX Runtime cannot load {path}: it is damaged or not an ONNX model "
+                   f"({first_line(exc)})")
         raise RunError(f"{message}; {fix}." if fix else f"{message}.") from exc
 
 

@@ -182,6 +182,11 @@ def parse_problem(exc: Exception) -> str:
     mark = getattr(exc, "problem_mark", None)
     if mark is not None:
         return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return first_line(exc)
+
+
+def first_line(exc: Exception) -> str:
+    """An exception's message on one line: its first, or the exception's type if it has none."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 

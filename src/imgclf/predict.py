@@ -159,23 +159,23 @@ class BasePredictor:
         if images.ndim != 4:
             single = " (one image: pass images[None])" if images.ndim == 3 else ""
             raise ConfigError(f"images: expected {wanted}, got an array of shape "
-                             f"{images.shape}{single}.")
+                              f"{images.shape}{single}.")
         if images.shape[3] != 3:
             raise ConfigError(f"images: expected {wanted}, got {images.shape[3]} channel(s) "
-                             f"on the last axis (shape {images.shape}); convert them to RGB "
-                             "first, e.g. with PIL's image.convert('RGB').")
+                              f"on the last axis (shape {images.shape}); convert them to RGB "
+                              "first, e.g. with PIL's image.convert('RGB').")
         if images.shape[1:3] != (size, size):
             raise ConfigError(f"images: this model takes {size}x{size} images, got "
-                             f"{images.shape[1]}x{images.shape[2]} (height x width); resize "
-                             f"them to {size}x{size} with {self.prep.interpolation} "
-                             "interpolation (for image files, imgclf.data.decode."
-                             f"decode_image(path, ({size}, {size}), "
-                             f"{self.prep.interpolation!r}) gives exactly what predict() "
-                             "sees).")
+                              f"{images.shape[1]}x{images.shape[2]} (height x width); resize "
+                              f"them to {size}x{size} with {self.prep.interpolation} "
+                              "interpolation (for image files, imgclf.data.decode."
+                              f"decode_image(path, ({size}, {size}), "
+                              f"{self.prep.interpolation!r}) gives exactly what predict() "
+                              "sees).")
         if images.dtype != np.uint8:
             raise ConfigError(f"images: expected {wanted} with values 0-255, got dtype "
-                             f"{images.dtype}; for floats in 0-1 pass "
-                             "(images * 255).round().astype(np.uint8).")
+                              f"{images.dtype}; for floats in 0-1 pass "
+                              "(images * 255).round().astype(np.uint8).")
         return images
 
     def predict(self, paths, batch_size: int = 64, tta: bool | None = None) -> list[Prediction]:
@@ -188,8 +188,8 @@ class BasePredictor:
         for item in paths:
             if not isinstance(item, (str, os.PathLike)):
                 raise ConfigError(f"predict takes image files and folders (str or Path), got "
-                                f"{type(item).__name__}; for images already in memory use "
-                                "predict_arrays (uint8 arrays of shape (N, size, size, 3)).")
+                                  f"{type(item).__name__}; for images already in memory use "
+                                  "predict_arrays (uint8 arrays of shape (N, size, size, 3)).")
         # Files found in folders that are not images by name or content (notes, CSVs) are
         # left out, as the training data's are, and so are run folders (walking them warned);
         # a damaged image is listed with its error.

@@ -122,7 +122,9 @@ def resolve_device(device: str = "auto") -> torch.device:
             "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu."
         )
     if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        from imgclf.engine.dist import env_local_rank  # dist imports this module
+
+        dev = torch.device("cuda", env_local_rank())
     return dev
 
 
