@@ -140,6 +140,38 @@ def test_a_damaged_config_of_a_kept_run_is_an_error(compared, tmp_path):
         compare(str(data), ["scratch"], [], out, OVERRIDES)
 
 
+def test_a_damaged_metrics_file_of_a_kept_run_is_an_error(compared, tmp_path):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    (out / "scratch-small_cnn" / "metrics.json").write_text('{\n  "n_samples": ')
+    with pytest.raises(RunError, match=r"scratch-small_cnn/metrics\.json is not valid JSON "
+                                       r".*evaluate the run again"):
+        compare(str(data), ["scratch"], [], out, OVERRIDES)
+
+
+def test_a_kept_run_without_its_history_has_no_epoch_count(compared, tmp_path, caplog):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    (out / "scratch-small_cnn" / "history.csv").write_text("junk\n")
+    (out / "transfer-mobilenetv2_100" / "history.csv").unlink()
+    compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100"], out, OVERRIDES)
+    epochs = {r["run"]: r["epochs"] for r in leaderboard(out)}
+    assert epochs == {"scratch-small_cnn": "", "transfer-mobilenetv2_100": ""}
+    assert "scratch-small_cnn/history.csv could not be read (it is not a training" in caplog.text
+    assert "mobilenetv2_100/history.csv could not be read (No such file" in caplog.text
+
+
+def test_a_damaged_audit_is_written_anew(compared, tmp_path):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    audit = json.loads((out / "audit.json").read_text())
+    (out / "audit.json").write_text('{\n  "root": "/trunc')
+    compare(str(data), ["scratch"], [], out, OVERRIDES)
+    again = json.loads((out / "audit.json").read_text())
+    assert again.pop("seconds") >= 0 and audit.pop("seconds") >= 0
+    assert again == audit
+
+
 def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path, monkeypatch):
     source, data = compared
     out = shutil.copytree(source, tmp_path / "cmp")

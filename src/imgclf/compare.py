@@ -23,11 +23,13 @@ from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config
 from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError
+from imgclf.history import read_history
 from imgclf.paths import (
     CONFIG_FILE,
     check_output_folder,
     open_for_writing,
     read_run_config,
+    read_run_metrics,
     write_text,
 )
 
@@ -118,16 +120,20 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
 
 def row_from_run(run_dir: Path, plan: RunPlan) -> dict:
     """The leaderboard row of a finished run folder."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_run_metrics(run_dir / "metrics.json")
     _, config = read_run_config(run_dir / CONFIG_FILE)
-    with open(run_dir / "history.csv", newline="") as fh:
-        history = list(csv.DictReader(fh))
+    try:
+        epochs = len(read_history(run_dir / "history.csv"))
+    except (OSError, csv.Error, ValueError) as exc:
+        log.warning("%s could not be read (%s): the leaderboard leaves the run's epochs "
+                    "empty", run_dir / "history.csv", getattr(exc, "strerror", None) or exc)
+        epochs = None
     row = {
         "run": plan.name, "method": plan.method, "backbone": plan.model,
         "img_size": config["model"]["img_size"],
         "params_total": metrics["parameters"]["total"],
         "params_trainable": metrics["parameters"]["trainable"],
-        "epochs": len(history), "train_seconds": metrics["train_seconds"],
+        "epochs": epochs, "train_seconds": metrics["train_seconds"],
         "inference_images_per_second": metrics["inference_images_per_second"],
         "tta": metrics.get("tta", False),
         "status": "ok", "error": "",
@@ -185,8 +191,7 @@ def compare(
             _clear_unfinished(run_dir)
         todo.append(plan)
     audit_file = out / "audit.json"
-    if audit and (not audit_file.exists() or json.loads(audit_file.read_text())["root"]
-                  != str(Path(data).absolute())):
+    if audit and _audited_root(audit_file) != str(Path(data).absolute()):
         from imgclf.data.audit import audit_dataset
 
         write_text(audit_file, json.dumps(audit_dataset(Path(data)), indent=2))
@@ -213,6 +218,16 @@ def compare(
     ordered = [rows[p.name] for p in plans] + _earlier_runs(out, set(rows))
     write_leaderboard(ordered, out, sort_by)
     return out
+
+
+def _audited_root(audit_file: Path) -> str | None:
+    """The dataset an earlier comparison's ``audit.json`` describes; None when there is
+    none, or it cannot be read (it is then written anew)."""
+    try:
+        audit = json.loads(audit_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return audit.get("root") if isinstance(audit, dict) else None
 
 
 def _earlier_runs(out: Path, named: set[str]) -> list[dict]:

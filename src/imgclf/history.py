@@ -6,9 +6,11 @@ pick the same best epoch as training and evaluation without importing it.
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -69,3 +71,15 @@ def best_epoch(history: Sequence[Mapping[str, object]], monitor: str = "val_loss
         if row.get("phase") == last_phase and row.get("epoch") is not None:
             tracker.update(int(row["epoch"]), row.get(monitor))
     return tracker.best_epoch if tracker.best is not None else None
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    """The epochs of a ``history.csv`` as training wrote them, one dict of texts each.
+    ValueError when the file is not such a history (no ``epoch`` column, bad UTF-8);
+    OSError when it cannot be read."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if "epoch" not in (reader.fieldnames or ()):
+            raise ValueError("it is not a training history (no epoch column)")
+        return [{key: value for key, value in row.items() if key is not None}
+                for row in reader]

@@ -202,6 +202,17 @@ def read_run_config(path: Path) -> tuple[str, dict]:
         type_fix="train the run again or repair the file")
 
 
+def read_run_metrics(path: Path) -> dict:
+    """The metrics a run's or an evaluation's ``metrics.json`` holds; RunError when it is
+    unreadable or damaged."""
+    import json
+
+    return read_mapping(
+        path, json.loads, json.JSONDecodeError, "JSON", "metrics",
+        invalid_fix="evaluate the run again with `imgclf evaluate` or train it again",
+        type_fix="evaluate the run again")[1]
+
+
 # What torch.load raises for a file it did not write, or one damaged since: the unpickler
 # meets bytes that are no pickle (no common type), the zip reader a broken archive.
 _TORCH_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, LookupError, RuntimeError, ValueError,

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.errors import RunError
-from imgclf.paths import read_mapping, read_run_config, read_text
+from imgclf.history import read_history
+from imgclf.paths import read_run_config, read_run_metrics, read_text
 from imgclf.report.template import as_number
 
 log = logging.getLogger(__name__)
@@ -228,10 +229,7 @@ def load_run(folder: Path, name: str | None = None) -> Run:
     if config_path.is_file():
         run.config_text, run.config = read_run_config(config_path)
     if metrics_path.is_file():
-        _, run.metrics = read_mapping(
-            metrics_path, json.loads, json.JSONDecodeError, "JSON", "metrics",
-            invalid_fix="evaluate the run again with `imgclf evaluate` or train it again",
-            type_fix="evaluate the run again")
+        run.metrics = read_run_metrics(metrics_path)
     if (folder / "error.txt").is_file():
         run.error = read_text(folder / "error.txt")
     if not run.finished and not run.error:
@@ -258,12 +256,8 @@ def _optional(run: Run, name: str, reader: Callable[[Path], object]):
 
 
 def _read_history(path: Path) -> list[dict]:
-    rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            rows.append({key: value if key == "phase" else as_number(value)
-                         for key, value in row.items() if key is not None})
-    return rows
+    return [{key: value if key == "phase" else as_number(value) for key, value in row.items()}
+            for row in read_history(path)]
 
 
 def _read_predictions(path: Path) -> Predictions:
