@@ -311,6 +311,17 @@ def test_file_system_errors_are_one_line(tmp_path, make_image_folder, capsys):
                                f"({tmp_path / 'file'}: is a file, not a folder)")
 
 
+def test_a_reader_that_stops_ends_the_command_quietly(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    # As `imgclf audit DATA | head -1`, with the reader gone before the first line.
+    command = subprocess.Popen([sys.executable, "-m", "imgclf", "audit", str(data), "-q"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command.stdout.close()
+    stderr = command.stderr.read().decode()
+    assert command.wait(timeout=120) == 141
+    assert stderr == ""
+
+
 def test_audit_json_is_never_written_into_the_dataset(tmp_path, make_image_folder, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
     image = next((data / "a").iterdir())

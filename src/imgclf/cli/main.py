@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from imgclf import __version__
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout has gone (``imgclf audit DATA | head``): end quietly, as other
+        # command-line tools do, with stdout on the null device so that Python's own flush
+        # at exit does not report it, and the status a shell gives such a tool.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
     except OSError as exc:
         # A path that cannot be written or read as asked (a file where a folder is needed,
         # no permission, a full disk): name it, without a traceback (-v shows one).
