@@ -188,6 +188,31 @@ def test_single_folder_of_classes(tmp_path, make_image_folder):
     assert find_classes(layout.train) == ["a", "b", "c"]  # sorted; hidden folders ignored
 
 
+def test_system_files_beside_a_doubled_folder_are_passed_over(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "seg_train" / "seg_train", seed=0)
+    make_image_folder(tmp_path / "seg_test" / "seg_test", seed=1)
+    (tmp_path / "seg_train" / "Thumbs.db").write_bytes(b"x")
+    (tmp_path / "seg_test" / "desktop.ini").write_bytes(b"x")
+    layout = detect_layout(tmp_path)
+    assert layout.train == tmp_path / "seg_train" / "seg_train"
+    assert layout.test == tmp_path / "seg_test" / "seg_test"
+
+
+def test_a_whole_dataset_in_a_sole_folder_is_read_from_there(tmp_path, make_image_folder):
+    inner = tmp_path / "archive"
+    make_image_folder(inner / "seg_train" / "seg_train", seed=0)
+    make_image_folder(inner / "seg_test" / "seg_test", seed=1)
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    layout = detect_layout(tmp_path)
+    assert (layout.kind, layout.train) == ("splits", inner / "seg_train" / "seg_train")
+    assert layout.notes == [f"{tmp_path} holds only archive/, a whole dataset (split "
+                            "folders): it is read from there"]
+    # A sole folder of classes is one class, as before: the error names it.
+    make_image_folder(tmp_path / "other" / "one" / "cats", seed=2)
+    layout = detect_layout(tmp_path / "other")
+    assert (layout.kind, find_classes(layout.train)) == ("single", ["one"])
+
+
 def test_explicit_paths(tmp_path, make_image_folder):
     train = make_image_folder(tmp_path / "mine" / "tr", seed=0)
     test = make_image_folder(tmp_path / "elsewhere" / "te", seed=1)
@@ -243,6 +268,25 @@ def test_a_class_called_train_is_a_class(tmp_path, make_image_folder):
     layout = detect_layout(tmp_path)
     assert layout.kind == "single" and layout.train == tmp_path
     assert find_classes(layout.train) == ["airplane", "blood_test", "bus", "train"]
+
+
+def test_classes_named_like_splits_with_subfolders_stay_classes(tmp_path, make_image_folder):
+    # Two folders for one split, neither named for it alone: classes, not training splits.
+    for name in ("freight_train", "passenger_train", "city_bus"):
+        make_image_folder(tmp_path / name, {"day": 1, "night": 1}, seed=len(name))
+    layout = detect_layout(tmp_path)
+    assert layout.kind == "single" and not layout.notes
+    assert find_classes(layout.train) == ["city_bus", "freight_train", "passenger_train"]
+
+
+@pytest.mark.parametrize("train, test", [("train_data", "test_data"), ("trainset", "testset"),
+                                         ("Train Images", "val-images"), ("train-imgs", "test")])
+def test_split_folders_named_for_their_data(tmp_path, make_image_folder, train, test):
+    make_image_folder(tmp_path / train, seed=0)
+    make_image_folder(tmp_path / test, seed=1)
+    layout = detect_layout(tmp_path)
+    assert layout.kind == "splits" and layout.train == tmp_path / train
+    assert tmp_path / test in (layout.val, layout.test)
 
 
 def test_split_folder_without_classes_is_unlabelled(tmp_path, make_image_folder):
@@ -373,6 +417,25 @@ def test_linked_folders_are_followed_once_and_loops_are_skipped(tmp_path, make_i
         "cat/up": "linked folder that loops back to a folder above it",
         "dog/b_again": "folder reached twice through links (read once)",
     }
+
+
+def test_hidden_and_looping_folders_are_neither_classes_nor_splits(tmp_path,
+                                                                   make_image_folder):
+    make_image_folder(tmp_path, {"forest": 2, "sea": 2, ".street": 2})
+    (tmp_path / "loop").symlink_to(".")
+    (tmp_path / ".git").mkdir()
+    layout = detect_layout(tmp_path)
+    assert find_classes(layout.train) == ["forest", "sea"]
+    assert layout.notes == [
+        ".street/ is hidden (its name starts with a dot): ignored",
+        "loop/ is a linked folder that loops back to a folder above it: ignored",
+    ]
+    make_image_folder(tmp_path / "data" / "train", seed=1)
+    (tmp_path / "data" / "train" / "up").symlink_to("..")
+    layout = detect_layout(tmp_path / "data")
+    assert find_classes(layout.train) == ["cat", "dog"]
+    assert layout.notes == [
+        "train/up/ is a linked folder that loops back to a folder above it: ignored"]
 
 
 def test_run_folders_are_neither_classes_nor_splits(tmp_path, make_image_folder,

@@ -3,9 +3,12 @@
 Supported layouts, detected in this order:
 - explicit ``train`` / ``val`` / ``test`` paths;
 - a root holding ``train/`` plus any of ``val/``, ``valid/``, ``validation/``, ``test/``;
-  a prefix such as Kaggle's ``seg_train`` counts too, and a doubled folder
-  (``seg_train/seg_train/<class>``) is followed;
+  a prefix such as Kaggle's ``seg_train`` counts too (unless two folders would be one
+  split that way: ``freight_train/``, ``passenger_train/`` are classes), as do endings
+  such as ``train_data``; a doubled folder (``seg_train/seg_train/<class>``) is followed,
+  and so is a sole folder around the splits (``archive/seg_train/...``);
 - a single folder of class subfolders, which imgclf splits itself.
+Hidden folders and linked folders that loop back are neither splits nor classes.
 Files are recognised by content: anything that is not hidden or a known system file
 is probed, and what is not an image is skipped and counted. A run folder that imgclf
 wrote (``imgclf.paths.is_run_folder``) is never a class, a split or a folder to walk.
@@ -33,10 +36,18 @@ SPLIT_ALIASES = {
     "pred": "pred", "predict": "pred", "prediction": "pred", "unlabelled": "pred",
     "unlabeled": "pred",
 }
+SPLIT_SUFFIXES = ("_set", "-set", " set", "set", "_data", "-data", " data", "_images",
+                  "-images", " images", "_imgs", "-imgs")
+"""Endings a split folder's name may have: Kaggle's training_set, trainset, train_data."""
+TOOL_FOLDERS = frozenset({".git", ".hg", ".svn", ".dvc", ".ipynb_checkpoints", ".idea",
+                          ".vscode"})
+"""Hidden folders that tools keep beside data: left out like any hidden folder, unnoted."""
 FEW_IMAGES = 10
 """A class with fewer training images than this gets a warning."""
 RUN_FOLDER = "imgclf run folder, not data"
 """Why a run folder met while walking a folder is left out."""
+LOOP = "linked folder that loops back to a folder above it"
+"""Why a linked folder is left out, walking or among the classes."""
 
 
 @dataclass(frozen=True)
@@ -95,48 +106,92 @@ def is_hidden_or_system(path: Path, root: Path) -> bool:
     )
 
 
-def _alias(name: str) -> str | None:
-    """The split a folder name stands for: ``train``, ``seg_train``, ``training_set``..."""
+def _alias(name: str, whole: bool = False) -> str | None:
+    """The split a folder name stands for: ``train``, ``training_set``, ``train_data``,
+    or, unless ``whole``, by its last word: ``seg_train``."""
     low = name.lower()
-    for suffix in ("_set", "-set", " set"):  # Kaggle's training_set/test_set
+    for suffix in SPLIT_SUFFIXES:
         low = low.removesuffix(suffix)
-    for candidate in (low, low.rsplit("_", 1)[-1], low.rsplit("-", 1)[-1]):
+    words = () if whole else (low.rsplit("_", 1)[-1], low.rsplit("-", 1)[-1])
+    for candidate in (low, *words):
         if candidate in SPLIT_ALIASES:
             return SPLIT_ALIASES[candidate]
     return None
 
 
-def _visible_subdirs(folder: Path) -> list[Path]:
+def _links_back(here: str, target: str) -> bool:
+    """Whether a linked folder in the real folder ``here`` whose real path is ``target``
+    leads back to ``here`` or a folder above it (walking it would loop)."""
+    return here == target or here.startswith(target + os.sep)
+
+
+def _left_out(sub: Path) -> str | None:
+    """Why the folder ``sub`` is neither a class nor a split, or None when it may be one."""
+    if sub.name.startswith("."):
+        return "is hidden (its name starts with a dot)"
+    if _links_back(os.path.realpath(sub.parent), os.path.realpath(sub)):
+        return f"is a {LOOP}"
+    if is_run_folder(sub):
+        return f"is an {RUN_FOLDER}"
+    return None
+
+
+def _folders_in(folder: Path) -> list[Path]:
+    """The subfolders of ``folder``, sorted, but for macOS zips' ``__MACOSX`` clutter."""
     return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+                  if p.is_dir() and not p.name.startswith("__MACOSX"))
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    """The subfolders that may be classes or splits: neither hidden nor imgclf runs."""
-    return [p for p in _visible_subdirs(folder) if not is_run_folder(p)]
+    """The subfolders that may be classes or splits: not hidden, not links back to a folder
+    above, not imgclf runs."""
+    return [p for p in _folders_in(folder) if _left_out(p) is None]
 
 
-def _run_folder_notes(layout: Layout, root: Path | None) -> list[str]:
-    """A note for each run folder that sits among the splits or classes of ``layout``
-    (``_subdirs`` leaves them out), named from ``root`` where it lies inside it."""
+def _left_out_notes(layout: Layout, root: Path | None) -> list[str]:
+    """A note for each folder among the splits or classes of ``layout`` that ``_subdirs``
+    leaves out, named from ``root`` where it lies inside it."""
     notes = []
     folders = (root, layout.train, layout.val, layout.test)
     for folder in dict.fromkeys(f for f in folders if f is not None):
-        for run in filter(is_run_folder, _visible_subdirs(folder)):
-            shown = run.relative_to(root) if root and run.is_relative_to(root) else run
-            notes.append(f"{shown}/ is an {RUN_FOLDER}: ignored")
+        for sub in _folders_in(folder):
+            reason = _left_out(sub)
+            if reason is not None and sub.name not in TOOL_FOLDERS:
+                shown = sub.relative_to(root) if root and sub.is_relative_to(root) else sub
+                notes.append(f"{shown}/ {reason}: ignored")
     return notes
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` itself holds files other than hidden and system ones."""
+    return any(p.is_file() and not is_hidden_or_system(p, folder) for p in folder.iterdir())
 
 
 def _follow_doubled(folder: Path) -> Path:
     """Kaggle zips often hold ``seg_train/seg_train/<class>``: step into the inner folder."""
     while True:
         inner = _subdirs(folder)
-        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-        if len(inner) == 1 and not files and inner[0].name.lower() == folder.name.lower():
+        if (len(inner) == 1 and not _holds_files(folder)
+                and inner[0].name.lower() == folder.name.lower()):
             folder = inner[0]
         else:
             return folder
+
+
+def _unwrap(folder: Path, need_train: bool) -> tuple[Path, Layout | None]:
+    """``folder`` and its split layout (or None), stepping into a sole subfolder that holds
+    a whole dataset (an ``archive/`` unzipped around Kaggle's split folders), with a note."""
+    root = _follow_doubled(folder)
+    layout = _find_splits(root, need_train)
+    inner = _subdirs(root)
+    if layout is None and len(inner) == 1 and not _holds_files(root):
+        wrapped = _follow_doubled(inner[0])
+        layout = _find_splits(wrapped, need_train)
+        if layout is not None:
+            layout.notes.insert(0, f"{root} holds only {inner[0].name}/, a whole dataset "
+                                   f"(split folders): it is read from there")
+            return wrapped, layout
+    return root, layout
 
 
 def require_folder(name: str, value) -> None:
@@ -182,15 +237,14 @@ def detect_layout(
     elif data is None:
         raise DataError("No dataset given: pass a DATA folder, or --train (and --val/--test).")
     else:
-        root = _follow_doubled(Path(data))
-        layout = _find_splits(root, need_train)
+        root, layout = _unwrap(Path(data), need_train)
         if layout is not None:
             if val is not None:
                 layout.val = _follow_doubled(Path(val))
             if test is not None:
                 layout.test = _follow_doubled(Path(test))
         elif not _subdirs(root):
-            runs = [p.name for p in _visible_subdirs(root) if is_run_folder(p)]
+            runs = [p.name for p in _folders_in(root) if is_run_folder(p)]
             also = f" (only imgclf run folders, which are not data: {runs})" if runs else ""
             if val is not None or test is not None:
                 raise DataError(f"{root} holds no class folders{also}.")
@@ -200,7 +254,7 @@ def detect_layout(
             )
         else:
             layout = Layout(root, val and Path(val), test and Path(test), kind="single")
-    layout.notes += _run_folder_notes(layout, root)
+    layout.notes += _left_out_notes(layout, root)
     return layout
 
 
@@ -219,6 +273,8 @@ def _find_splits(root: Path, need_train: bool = True) -> Layout | None:
         elif role != "pred" and not _subdirs(inner):
             flat.append(inner)
         elif role in labelled:
+            if not (_alias(labelled[role].name, whole=True) or _alias(sub.name, whole=True)):
+                return None  # freight_train/, passenger_train/: classes, not two splits
             notes.append(f"{sub.name}/ ignored: {labelled[role].name}/ is already the {role} "
                          "split")
         else:
@@ -264,8 +320,8 @@ def iter_files(root: Path):
         keep = []
         for name in sorted(dirnames):
             target = os.path.realpath(os.path.join(dirpath, name))
-            if here == target or here.startswith(target + os.sep):
-                yield Path(dirpath) / name, "linked folder that loops back to a folder above it"
+            if _links_back(here, target):
+                yield Path(dirpath) / name, LOOP
             elif target in walked:
                 yield Path(dirpath) / name, "folder reached twice through links (read once)"
             elif is_run_folder(target):
