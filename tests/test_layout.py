@@ -66,6 +66,40 @@ def test_colour_conversions(bad_image_folder):
     np.testing.assert_array_equal(decode_image(odd / "animated.gif")[0, 0], (255, 0, 0))
 
 
+def test_32bit_grayscale_is_scaled_by_the_range_it_holds(tmp_path):
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    # Pillow's own L -> I conversion: 8-bit values in 32-bit samples.
+    Image.fromarray(gray).convert("I").save(tmp_path / "i8.tif")
+    Image.fromarray(gray.astype(np.int32) * 257).save(tmp_path / "i16.tif")
+    # Over int32's whole range: 2**31 - 1 is white.
+    Image.fromarray((gray.astype(np.int64) * 0x01010101 >> 1).astype(np.int32)).save(
+        tmp_path / "i32.tif")
+    for name in ("i8.tif", "i16.tif", "i32.tif"):
+        assert probe(tmp_path / name).mode == "I", name
+        np.testing.assert_array_equal(decode_image(tmp_path / name)[..., 0], gray, err_msg=name)
+    Image.fromarray(np.full((4, 4), -5, dtype=np.int32)).save(tmp_path / "negative.tif")
+    assert (decode_image(tmp_path / "negative.tif") == 0).all()
+
+
+def test_a_stated_16bit_depth_scales_by_65535_even_for_dark_images(tmp_path):
+    # Dark 16-bit data (all below 256) stays dark: the file says it is 16-bit.
+    Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)).save(tmp_path / "dark16.png")
+    Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)).save(tmp_path / "dark16.tif")
+    (tmp_path / "dark16.pgm").write_bytes(b"P5 4 4 65535\n" + np.full(16, 200, ">u2").tobytes())
+    for name in ("dark16.png", "dark16.tif", "dark16.pgm"):
+        assert (decode_image(tmp_path / name) == 0).all(), name
+
+
+def test_tiff_sample_format_sets_the_scale(tmp_path):
+    tifffile = pytest.importorskip("tifffile")  # Pillow writes neither of these
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    tifffile.imwrite(tmp_path / "int16.tif", gray.astype(np.int16) << 7)  # 32767 is white
+    # Unsigned 32-bit samples, which Pillow reads as signed.
+    tifffile.imwrite(tmp_path / "uint32.tif", gray.astype(np.uint32) * 0x01010101)
+    for name in ("int16.tif", "uint32.tif"):
+        np.testing.assert_array_equal(decode_image(tmp_path / name)[..., 0], gray, err_msg=name)
+
+
 def test_probe_reads_headers(bad_image_folder):
     odd = bad_image_folder / "odd"
     info = probe(odd / "png_named.jpg")

@@ -28,7 +28,9 @@ from imgclf.paths import cache_dir, cache_writable
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Part of every key: raised whenever ``decode_image`` gives different pixels for a file
+(2: 32-bit grayscale scaled by the range it holds), so no stale arrays are reused."""
 IN_MEMORY_FRACTION = 0.25
 """Arrays up to this fraction of physical memory are read into RAM; larger ones are mapped."""
 

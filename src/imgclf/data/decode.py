@@ -2,7 +2,8 @@
 
 Every image becomes 8-bit RGB:
 - palette, grayscale, CMYK and 1-bit images are converted;
-- 16- and 32-bit grayscale is scaled down to 8 bits (Pillow's own conversion clips instead);
+- 16- and 32-bit grayscale is scaled down to 8 bits by its bit depth (Pillow's own
+  conversion clips instead);
 - transparency is composited onto a white background, so transparent pixels do not
   turn into whatever colour happens to be stored under them;
 - EXIF orientation is applied; animated files (GIF, WebP, APNG) give their first frame.
@@ -108,16 +109,74 @@ def probe(path: Path) -> ImageInfo:
                          getattr(im, "n_frames", 1))
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+_INTEGER_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+@dataclass(frozen=True)
+class _SampleDepth:
+    """How the file stores integer grayscale (Pillow modes ``I;16*`` and ``I``).
+
+    ``bits`` counts the value bits the file states (15 for signed 16-bit samples) when
+    its samples are narrower than the 32 bits of Pillow's mode ``I``, and is None
+    otherwise; ``unsigned`` marks 32-bit samples that Pillow reads as signed, so values
+    from 2**31 up arrive negative.
+    """
+
+    bits: int | None
+    unsigned: bool = False
+
+
+def _sample_depth(im: Image.Image) -> _SampleDepth:
+    """Read the stored depth from the file's header; call it before any transform, since
+    Pillow's transformed copies forget the format and its tags."""
+    if im.mode not in _INTEGER_GRAY:
+        return _SampleDepth(None)
+    if im.mode != "I" or im.format in ("PNG", "PPM"):
+        return _SampleDepth(16)  # PNG and PGM hold no grayscale deeper than 16 bits
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (32,))[0]  # BitsPerSample
+        signed = im.tag_v2.get(339, (1,))[0] == 2  # SampleFormat
+        if bits < 32:
+            return _SampleDepth(max(bits - signed, 8))
+        return _SampleDepth(None, unsigned=not signed)
+    return _SampleDepth(None)
+
+
+def _integer_gray_to_8bit(arr: np.ndarray, depth: _SampleDepth) -> np.ndarray:
+    """Scale integer grayscale to 8 bits by its depth, so full white stays white.
+
+    A stated depth is used as it is: 16-bit PNG, PGM and TIFF files divide by 65535, as
+    torchvision's and scikit-image's uint16 conversions do (and signed 16-bit TIFF by
+    32767). A 32-bit sample says little
+    about its range: Pillow's own ``convert("I")`` gives 0..255 and an int32 array saved
+    as TIFF often holds 16-bit data, so scaling every mode ``I`` image by 2**31 (as the
+    dtype-driven libraries do) would turn them black. Their depth is therefore the
+    smallest of 8, 16 and 32 bits that holds the image's largest value, as
+    scikit-image's ``img_as_ubyte`` keeps an int32 image within 0..255 as 8-bit. The
+    price is that such an image whose values all lie below 256 (or 65536) is scaled
+    as 8-bit (or 16-bit) data even if its dataset is deeper. Negative values clip to 0.
+    """
+    arr = arr.astype(np.int64)
+    bits = depth.bits
+    if bits is None:
+        if depth.unsigned:
+            arr &= 0xFFFF_FFFF
+        full = 32 if depth.unsigned else 31  # int32's largest value is 2**31 - 1
+        top = int(arr.max(initial=0))
+        bits = next(b for b in (8, 16, full) if top < 1 << b)
+    return (np.clip(arr, 0, (1 << bits) - 1) >> (bits - 8)).astype(np.uint8)
+
+
+def _to_rgb(im: Image.Image, depth: _SampleDepth) -> Image.Image:
     if im.mode == "RGB":
         return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if im.mode in (*_INTEGER_GRAY, "F"):
         arr = np.asarray(im)
         if im.mode == "F":
             scale = 255.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 1.0
             arr8 = np.clip(np.nan_to_num(arr) * scale, 0, 255).astype(np.uint8)
         else:
-            arr8 = (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+            arr8 = _integer_gray_to_8bit(arr, depth)
         return Image.fromarray(arr8, "L").convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -155,8 +214,9 @@ def decode_image(
                 f"limit {MAX_PIXELS:,} pixels); downscale it first",
             )
         im.load()
+        depth = _sample_depth(im)
         im = ImageOps.exif_transpose(im)
-        im = _to_rgb(im)
+        im = _to_rgb(im, depth)
         if size is not None and im.size != (size[1], size[0]):
             im = im.resize((size[1], size[0]), RESAMPLING[interpolation], reducing_gap=3.0)
         return np.asarray(im, dtype=np.uint8)
