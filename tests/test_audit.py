@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import shutil
 
@@ -305,12 +306,33 @@ def test_what_training_stops_on_is_listed(tmp_path, make_image_folder, bad_image
            "have" in report["problems"]
     assert report["splits"]["test"]["classes"] == {"cat": 1, "dog": 0, "empty": 0, "alien": 1}
     assert report["splits"]["test"]["images"] == 2  # the unknown class is audited too
-    assert report["warnings"] == ["class 'cat' has only 2 training image(s)",
-                                  "class 'dog' has only 2 training image(s)"]
-    assert "  warning: class 'cat' has only 2 training image(s)" in format_audit(report)
+    assert report["warnings"] == [
+        "class 'cat' has only 2 training image(s); results for it will be unreliable",
+        "class 'dog' has only 2 training image(s); results for it will be unreliable",
+        f"class folder {tmp_path / 'val' / 'cat'} holds no readable images: the val split has "
+        "no image of class 'cat'"]
+    assert "  warning: class 'cat' has only 2 training image(s); results for it will be " \
+        "unreliable" in format_audit(report)
     one = make_image_folder(tmp_path / "one", {"cat": 2})
     assert audit_dataset(one)["problems"] == [
         "one class only ('cat'): a classifier needs at least two"]
+
+
+def test_an_empty_test_class_folder_gets_the_warning_training_logs(tmp_path, make_image_folder,
+                                                                   caplog):
+    make_image_folder(tmp_path / "train", {"cat": 10, "dog": 10})
+    make_image_folder(tmp_path / "test", {"cat": 2})
+    (tmp_path / "test" / "dog").mkdir()
+    (tmp_path / "test" / "dog" / "notes.txt").write_text("not a picture\n")
+    report = audit_dataset(tmp_path, near_duplicates=False)
+    assert report["problems"] == []  # training goes on, with a warning
+    [warning] = report["warnings"]
+    assert re.fullmatch(r"class folder .*dog holds no readable images \(1 file\(s\) skipped: "
+                        r"not an image .*\): the test split has no image of class 'dog'", warning)
+    assert f"  warning: {warning}\n" in format_audit(report)
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.layout"):
+        prepare_data(tmp_path)
+    assert warning in caplog.messages
 
 
 def test_long_lists_are_cut_in_the_terminal(tmp_path, make_image_folder, monkeypatch):

@@ -395,7 +395,9 @@ def audit_dataset(
     splits. Raises DataError where there is nothing to audit (a missing folder, no class
     folders); what else training would stop on (one class, a training class without a
     readable image, a val/test class or split that training lacks or that holds no labelled
-    image) is listed under ``problems``.
+    image) is listed under ``problems``, and what training warns about and goes on (a
+    class with few training images, a val/test class folder without a readable image)
+    under ``warnings``, in training's own words.
 
     Returns a JSON-serialisable dict (see the module docstring); ``format_audit`` prints it.
     """
@@ -454,6 +456,7 @@ def audit_dataset(
     # The training split's entries come first; its warnings count the files that decode.
     readable = [k for k in range(len(splits["train"])) if results[k].error is None]
     report["warnings"] = small_classes(splits["train"].subset(readable, "train"), classes)
+    report["warnings"] += [text for split in splits.values() for text in split.warnings]
     for entry, result in zip(entries, results, strict=True):
         if result.error is not None:
             report["unreadable"].append({**_file_record(entry, rel), "reason": result.error})
@@ -622,8 +625,7 @@ def format_audit(report: dict) -> str:
         f"{_audited(report):,} image files audited in {report['seconds']:g} s",
         *(f"  note: {note}" for note in report["layout_notes"]),
         *(f"  problem (training stops on it): {problem}" for problem in report["problems"]),
-        *(f"  warning: {text}; results for it will be unreliable"
-          for text in report["warnings"]),
+        *(f"  warning: {text}" for text in report["warnings"]),
         "",
         *_format_counts(report),
         "",

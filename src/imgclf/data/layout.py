@@ -69,6 +69,9 @@ class Split:
     skipped: list[Skipped] = field(default_factory=list)
     digests: list[str | None] = field(default_factory=list)
     """Each image's ``file_digest``, once decoded (``decode_split``)."""
+    warnings: list[str] = field(default_factory=list)
+    """What reading the split found that training warns about and goes on: val or test
+    class folders without a readable image (``scan_split``)."""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -381,7 +384,9 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                source: str = "the training split") -> Split:
     """Read one labelled split; class folders not in ``classes`` (those of ``source``) and
     training classes without a readable image are errors, unless ``strict`` is False
-    (the audit lists them, and leaves the unknown folders out)."""
+    (the audit lists them, and leaves the unknown folders out). Another split's class
+    folder without a readable image is a line in ``warnings``, logged when ``strict``
+    (the audit reports the lines instead)."""
     folders = {_same_name(p.name): p for p in _subdirs(root)}
     unknown = unknown_classes(root, classes)
     if unknown and strict:
@@ -402,9 +407,12 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                 f"Class folder {folder} holds no readable images{skipped_hint(skipped)}. "
                 "Add images or remove the folder."
             )
-        if not images and strict:
-            log.warning("class folder %s holds no readable images%s: the %s split has no "
-                        "image of class %r", folder, skipped_hint(skipped), name, cls)
+        if not images and name != "train":
+            split.warnings.append(f"class folder {folder} holds no readable images"
+                                  f"{skipped_hint(skipped)}: the {name} split has no image "
+                                  f"of class {cls!r}")
+            if strict:
+                log.warning("%s", split.warnings[-1])
         split.paths.extend(images)
         split.labels.extend([index] * len(images))
     loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
@@ -416,7 +424,8 @@ def small_classes(split: Split, classes: list[str]) -> list[str]:
     """A line for every class with very few training images (under ``FEW_IMAGES``; a class
     with none is an error, or in the audit a problem)."""
     counts = Counter(split.labels)
-    return [f"class {classes[i]!r} has only {counts.get(i, 0)} training image(s)"
+    return [f"class {classes[i]!r} has only {counts.get(i, 0)} training image(s); results "
+            "for it will be unreliable"
             for i in range(len(classes)) if 0 < counts.get(i, 0) < FEW_IMAGES]
 
 
@@ -426,7 +435,7 @@ def warn_small_classes(split: Split, classes: list[str], logged=()) -> list[str]
     warnings = small_classes(split, classes)
     for text in warnings:
         if text not in logged:
-            log.warning("%s; results for it will be unreliable", text)
+            log.warning("%s", text)
     return warnings
 
 
