@@ -147,14 +147,14 @@ def _integer_gray_to_8bit(arr: np.ndarray, depth: _SampleDepth) -> np.ndarray:
 
     A stated depth is used as it is: 16-bit PNG, PGM and TIFF files divide by 65535, as
     torchvision's and scikit-image's uint16 conversions do (and signed 16-bit TIFF by
-    32767). A 32-bit sample says little
-    about its range: Pillow's own ``convert("I")`` gives 0..255 and an int32 array saved
-    as TIFF often holds 16-bit data, so scaling every mode ``I`` image by 2**31 (as the
-    dtype-driven libraries do) would turn them black. Their depth is therefore the
-    smallest of 8, 16 and 32 bits that holds the image's largest value, as
-    scikit-image's ``img_as_ubyte`` keeps an int32 image within 0..255 as 8-bit. The
-    price is that such an image whose values all lie below 256 (or 65536) is scaled
-    as 8-bit (or 16-bit) data even if its dataset is deeper. Negative values clip to 0.
+    32767). A 32-bit sample says little about its range: Pillow's own ``convert("I")``
+    gives 0..255 and an int32 array saved as TIFF often holds 16-bit data, so scaling
+    every mode ``I`` image by 2**31 (as the dtype-driven libraries do) would turn them
+    black. Their depth is therefore the smallest of 8, 16 and 32 bits that holds the
+    image's largest value, as scikit-image's ``img_as_ubyte`` keeps an int32 image within
+    0..255 as 8-bit. The price is that such an image whose values all lie below 256 (or
+    65536) is scaled as 8-bit (or 16-bit) data even if its dataset is deeper. Negative
+    values clip to 0.
     """
     arr = arr.astype(np.int64)
     bits = depth.bits
