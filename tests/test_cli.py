@@ -147,6 +147,18 @@ def assert_clean_error(capsys, pattern: str) -> None:
     assert "Traceback" not in captured.err + captured.out
 
 
+def test_train_refuses_a_run_folder_another_training_holds(tmp_path, make_image_folder,
+                                                           capsys):
+    from imgclf.paths import run_folder_lock
+
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    with run_folder_lock(tmp_path / "run"):  # as a training started a moment earlier
+        assert main(["train", str(data), "--epochs", "1", "--out", str(tmp_path / "run"),
+                     "-q"]) == 2
+    assert_clean_error(capsys, f"another imgclf process is training into {tmp_path / 'run'}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_on_a_missing_folder(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing")]) == 2
     assert_clean_error(capsys, "does not exist")

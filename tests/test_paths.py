@@ -17,6 +17,7 @@ from imgclf.paths import (
     check_output_folder,
     is_run_folder,
     open_for_writing,
+    run_folder_lock,
     unescaped,
     write_text,
 )
@@ -144,3 +145,18 @@ def test_an_existing_file_is_written_over_only_when_imgclf_wrote_it(tmp_path):
     mine.write_text("<!DOCTYPE html>\n<html lang='en'>\n")
     assert check_output_file(mine, (".html",), starts=page, what="a report") == mine
     assert check_output_file(tmp_path / "new.html", (".html",)) == tmp_path / "new.html"
+
+
+def test_a_run_folder_is_locked_for_one_training_at_a_time(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    with run_folder_lock(tmp_path / "runs" / "a"):
+        for same in (tmp_path / "runs" / "a", tmp_path / "link" / "a"):
+            with pytest.raises(RunError, match=r"another imgclf process is training into "
+                                               r".*/a: wait for it"), run_folder_lock(same):
+                pass
+        with run_folder_lock(tmp_path / "runs" / "b"):  # another folder: free
+            pass
+    with run_folder_lock(tmp_path / "runs" / "a"):  # released
+        pass
+    assert not (tmp_path / "runs" / "a").exists()  # the lock lives in the cache folder

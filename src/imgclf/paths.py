@@ -110,6 +110,37 @@ def cache_writable(folder: Path) -> bool:
 
 
 @contextmanager
+def run_folder_lock(run_dir: Path):
+    """Held while a run trains into ``run_dir``, so that a second training into the same
+    folder, started before the first has written anything there, is refused instead of
+    mixing the two runs' files. The lock is a file in the cache folder named for the run
+    folder's real path, locked with ``flock``: the system releases it when the process
+    ends, however it ends. Where there is no ``flock`` (Windows) or the cache folder cannot
+    be written to, nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    import hashlib
+
+    name = hashlib.sha256(os.fsencode(run_dir.resolve())).hexdigest()[:32]
+    try:
+        lock = open(cache_dir("locks") / f"{name}.lock", "a")  # noqa: SIM115 (held below)
+    except OSError:
+        log.debug("no lock for %s: the cache folder cannot be written to", run_dir)
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"another imgclf process is training into {run_dir}: wait for it "
+                           "to finish, or choose another --out.") from None
+        yield
+
+
+@contextmanager
 def open_for_writing(path: str | Path, newline: str | None = None):
     """Write a text file whole or not at all: through a temporary file beside it, renamed
     into place when the block ends, removed if it fails; parent folders are created.

@@ -14,6 +14,7 @@ Methods plug into the same loop:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -63,6 +64,7 @@ from imgclf.paths import (
     cache_dir,
     cache_writable,
     check_output_folder,
+    run_folder_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -404,10 +406,14 @@ def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
     return phases
 
 
+def _run_dir(config: Config) -> Path:
+    return Path(config.out) if config.out else default_run_dir(config)
+
+
 def _prepare_run_dir(config: Config, resume: bool) -> Path:
     """The run folder, checked against ``resume``; created later, once the data and model
     are known to be usable, so that a failed start leaves no empty run folder behind."""
-    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    run_dir = _run_dir(config)
     if resume:
         if not (run_dir / "last.pt").exists():
             raise RunError(f"cannot resume: {run_dir / 'last.pt'} does not exist. "
@@ -433,7 +439,8 @@ def train(config: Config, resume: bool = False) -> Path:
     """
     started = dist.init_from_env(config.train.device)
     try:
-        return _train(config, resume)
+        with run_folder_lock(_run_dir(config)) if dist.is_main() else contextlib.nullcontext():
+            return _train(config, resume)
     finally:
         if started:
             dist.shutdown()
