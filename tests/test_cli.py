@@ -383,6 +383,26 @@ def test_quiet_hides_progress_bars(monkeypatch):
     assert loop._progress(batches, "train 1/1") is batches
 
 
+def test_verbose_is_imgclfs_debug_lines_and_twice_the_libraries_too():
+    import logging
+
+    from imgclf.cli.common import setup_logging
+
+    imgclf_log, library_log = logging.getLogger("imgclf.data"), logging.getLogger("matplotlib")
+    try:
+        setup_logging(1)
+        assert imgclf_log.isEnabledFor(logging.DEBUG)
+        assert library_log.isEnabledFor(logging.INFO)
+        assert not library_log.isEnabledFor(logging.DEBUG)
+        setup_logging(2)
+        assert library_log.isEnabledFor(logging.DEBUG)
+        setup_logging(0)
+        assert not imgclf_log.isEnabledFor(logging.DEBUG)
+        assert imgclf_log.isEnabledFor(logging.INFO)
+    finally:
+        setup_logging(0)
+
+
 def test_models_command_lists_the_small_cnns(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

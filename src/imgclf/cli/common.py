@@ -23,15 +23,21 @@ def print_headline(metrics: dict) -> None:
 
 
 def setup_logging(verbosity: int = 0) -> None:
-    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    """Log lines on stderr: warnings with -q; info lines by default; with -v imgclf's own
+    debug lines too, and with -vv the libraries' (matplotlib's font search alone is
+    hundreds of lines)."""
+    level = logging.WARNING if verbosity < 0 else logging.INFO
     if dist.env_rank() != 0 and verbosity <= 0:  # rank 0 logs for all: warnings once
         level = logging.ERROR
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.DEBUG if verbosity > 1 else level, format="%(message)s",
+                        stream=sys.stderr, force=True)
+    logging.getLogger("imgclf").setLevel(logging.DEBUG if verbosity > 0 else logging.NOTSET)
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more detail in the log (debug messages)")
+                        help="more detail in the log: imgclf's debug messages (-vv: those "
+                             "of the libraries it uses too)")
     parser.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbose",
                         help="no log lines or progress bars, only warnings and errors; "
                              "the results still print on stdout")
