@@ -231,6 +231,27 @@ def test_leaderboard_keeps_runs_of_an_earlier_comparison(compared, tmp_path):
     assert sorted(r["run"] for r in leaderboard(out)) == sorted(RUNS[:2])
 
 
+def test_a_model_given_is_the_network_of_the_scratch_and_augment_runs():
+    plans = plan_runs(["scratch", "augment", "transfer"], ["resnet18"], "small_cnn")
+    assert [(p.name, p.model) for p in plans] == [
+        ("scratch-small_cnn", "small_cnn"), ("augment-small_cnn", "small_cnn"),
+        ("transfer-resnet18", "resnet18")]
+    with pytest.raises(ConfigError, match=r"model 'small_cnn' would be the network of scratch "
+                                          r"and augment runs, and there are none"):
+        plan_runs(["transfer"], ["resnet18"], "small_cnn")
+
+
+def test_compare_command_refuses_backbones_without_transfer(tmp_path, make_image_folder,
+                                                            capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
+    argv = ["compare", str(data), "--methods", "scratch", "--backbones", "resnet18",
+            "--out", str(tmp_path / "cmp")]
+    assert main(argv) == 2
+    assert "error: --backbones names the backbones of transfer runs, but --methods " \
+           "'scratch' has no transfer" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_unknown_sort_key_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot sort the leaderboard by 'bogus'; choose one "
                                           r"of accuracy, "):

@@ -51,22 +51,27 @@ class RunPlan:
     model: str
 
 
-def plan_runs(methods: list[str], backbones: list[str]) -> list[RunPlan]:
+def plan_runs(methods: list[str], backbones: list[str],
+              model: str | None = None) -> list[RunPlan]:
     """One run per method (a method named twice runs once), and one per backbone for
-    ``transfer``."""
+    ``transfer``. ``model``, when given, is the network of the scratch and augment runs
+    instead of their presets' (``small_cnn_wide`` for augment, say)."""
     if not methods:
         raise ConfigError(f"no methods given; choose from {', '.join(METHODS)}.")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    if model is not None and set(methods) == {"transfer"}:
+        raise ConfigError(f"model {model!r} would be the network of scratch and augment runs, "
+                          "and there are none: transfer runs take theirs from --backbones.")
     plans = []
     for method in dict.fromkeys(methods):
         if method == "transfer":
             for backbone in backbones or [DEFAULT_BACKBONE]:
                 plans.append(RunPlan(f"transfer-{backbone}", method, backbone))
         else:
-            model = build_config(method).model.name
-            plans.append(RunPlan(f"{method}-{model}", method, model))
+            name = model or build_config(method).model.name
+            plans.append(RunPlan(f"{method}-{name}", method, name))
     return plans
 
 
@@ -162,7 +167,7 @@ def compare(
     out = Path(out)
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
-    plans = plan_runs(methods, backbones)
+    plans = plan_runs(methods, backbones, overrides.get("model", {}).get("name"))
     # Settings that cannot work stop the comparison before any run.
     configs = {plan.name: _plan_config(plan, overrides, out) for plan in plans}
     require_folder("data", data)

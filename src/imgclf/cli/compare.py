@@ -7,7 +7,7 @@ import csv
 
 from imgclf.cli.common import DATA_HELP, add_verbosity, overrides_from
 from imgclf.cli.train import add_training_options
-from imgclf.errors import RunError
+from imgclf.errors import ConfigError, RunError
 
 
 def add_parser(subparsers) -> None:
@@ -44,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
     overrides.pop("out", None)
     if args.config:
         overrides["config_file"] = args.config
-    out = compare(args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
-                  resolve_backbones(args.backbones), args.out, overrides, sort_by=args.sort,
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.backbones is not None and "transfer" not in methods:
+        raise ConfigError("--backbones names the backbones of transfer runs, but --methods "
+                          f"{args.methods!r} has no transfer: add it, or leave --backbones out.")
+    out = compare(args.data, methods, resolve_backbones(args.backbones), args.out, overrides,
+                  sort_by=args.sort,
                   workers=args.workers, audit=not args.no_audit)
     print((out / "leaderboard.md").read_text())
     print(f"leaderboard: {out / 'leaderboard.csv'}")

@@ -53,7 +53,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
     m = parser.add_argument_group("model")
     option(m, "--model", dest="model.name",
-           help="model name: small_cnn, small_cnn_wide or any timm model")
+           help="model name: small_cnn, small_cnn_wide or any timm model (in compare: "
+                "the network of the scratch and augment runs; transfer runs take "
+                "--backbones)")
     option(m, "--head", dest="model.head", choices=("reference", "linear"),
            help="transfer head: reference (dense 1024, ReLU, dropout 0.2) or linear")
     option(m, "--weights", dest="model.weights",
