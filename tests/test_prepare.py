@@ -127,6 +127,31 @@ def test_copies_of_training_images_are_counted_per_split(tmp_path, make_image_fo
     assert copies_of_training_images(data.splits) == {"val": 0, "test": 2}
 
 
+def test_a_damaged_image_cache_entry_is_decoded_again(tmp_path, make_image_folder, caplog):
+    folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
+    paths = sorted((folder / "a").iterdir())
+    fresh = load_images(paths, (24, 24))
+    data_file = cache_dir("images") / f"{fresh.key}.npy"
+    meta_file = data_file.with_suffix(".json")
+    damage = {
+        "truncated": lambda: data_file.write_bytes(data_file.read_bytes()[:100]),
+        "another shape": lambda: np.save(data_file, np.zeros((2, 5, 5, 3), np.uint8)),
+        "another type": lambda: np.save(data_file, np.zeros((3, 24, 24, 3), np.float32)),
+        "record not JSON": lambda: meta_file.write_text("{bad"),
+        "record without failures": lambda: meta_file.write_text("{}"),
+    }
+    for how, spoil in damage.items():
+        spoil()
+        caplog.clear()
+        again = load_images(paths, (24, 24))
+        assert np.array_equal(again.array, fresh.array), how
+        assert f"the cache file {data_file.with_suffix('')}" in caplog.text, how
+        assert "is damaged (" in caplog.text and ": computed again" in caplog.text, how
+        caplog.clear()
+        load_images(paths, (24, 24))  # written anew: a hit again
+        assert "damaged" not in caplog.text, how
+
+
 def test_an_older_image_cache_gains_the_digests(tmp_path, make_image_folder):
     folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
     paths = sorted((folder / "a").iterdir())

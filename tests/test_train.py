@@ -531,6 +531,16 @@ def test_transfer_trains_the_head_on_cached_features(split_data, tmp_path, caplo
     # Cached features give the same head, hence the same results.
     assert without_timings(metrics_of(second)) == without_timings(metrics_of(first))
 
+    # Damaged feature files are computed again, with a warning each.
+    feature_files[0].write_bytes(feature_files[0].read_bytes()[:100])
+    np.save(feature_files[1], np.zeros((1, 3), np.float32))
+    caplog.clear()
+    third = imgclf.train(split_data, method="transfer", out=tmp_path / "third",
+                         model=BACKBONE, train={"epochs": 1})
+    damaged = [r.message for r in caplog.records if "is damaged" in r.message]
+    assert len(damaged) == 2 and all("computed again" in m for m in damaged)
+    assert without_timings(metrics_of(third)) == without_timings(metrics_of(first))
+
 
 def test_feature_cache_is_not_shared_by_different_random_backbones(tmp_path, make_image_folder,
                                                                    caplog):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.decode import DecodeError, decode_image, file_digest
-from imgclf.paths import cache_dir, cache_writable
+from imgclf.paths import cache_dir, cache_writable, first_line
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,42 @@ def _write_meta(meta_file: Path, meta: dict) -> None:
     os.replace(tmp, meta_file)
 
 
+def load_cached_array(path: Path, shape: tuple[int, ...], dtype: np.dtype | None = None,
+                      mmap: bool = False) -> np.ndarray | None:
+    """The array a cache file holds, when its shape begins with ``shape`` and its values
+    are ``dtype``; None, with a warning, when the file is damaged (truncated, written over,
+    of another shape), so that the caller computes the array again and writes it over."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        fits = array.shape[:len(shape)] == tuple(shape)
+        problem = None if fits else f"shape {array.shape} where {tuple(shape)} was expected"
+        if fits and dtype is not None and array.dtype != dtype:
+            problem = f"{array.dtype} values where {np.dtype(dtype)} was expected"
+    except (OSError, ValueError, EOFError) as exc:
+        problem = first_line(exc)
+    if problem is None:
+        return array
+    log.warning("the cache file %s is damaged (%s): computed again", path, problem)
+    return None
+
+
+def _read_cached_images(data_file: Path, meta_file: Path,
+                        shape: tuple[int, ...]) -> tuple[np.ndarray, dict, dict] | None:
+    """A cache entry of decoded images (array, record, failures by row), or None when it is
+    missing or damaged."""
+    if not (data_file.exists() and meta_file.exists()):
+        return None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        failures = {int(k): str(v) for k, v in meta["failures"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("the cache file %s is damaged (%s): computed again", meta_file,
+                    first_line(exc) if not isinstance(exc, KeyError) else f"no {exc}")
+        return None
+    array = load_cached_array(data_file, shape, np.uint8, mmap=True)
+    return None if array is None else (array, meta, failures)
+
+
 def load_images(
     paths: list[Path],
     size: tuple[int, int],
@@ -117,10 +153,9 @@ def load_images(
     folder = cache_dir("images")
     data_file, meta_file = folder / f"{key}.npy", folder / f"{key}.json"
     shape = (len(paths), size[0], size[1], 3)
-    if use_cache and data_file.exists() and meta_file.exists():
-        meta = json.loads(meta_file.read_text())
-        array = np.load(data_file, mmap_mode="r")
-        failures = {int(k): v for k, v in meta["failures"].items()}
+    cached = _read_cached_images(data_file, meta_file, shape) if use_cache else None
+    if cached is not None:
+        array, meta, failures = cached
         log.debug("image cache hit %s (%d images)", key, len(paths))
         if "digests" not in meta:  # written by an older imgclf
             meta["digests"] = _digests(paths, failures)

@@ -31,6 +31,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from imgclf.config import Config, DataSection, ModelSection
+from imgclf.data.cache import load_cached_array
 from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.data.prepare import (
     PreparedData,
@@ -195,8 +196,10 @@ def cached_features(body: Callable[[], nn.Module], images: np.ndarray, labels: n
     for name in engines:
         path = folder / f"{key_of(name)}.npy"
         if use_cache and path.exists():
-            log.info("frozen-backbone features: cache hit (%s)", path.name)
-            return np.load(path), name
+            kept = load_cached_array(path, (len(images),))
+            if kept is not None:
+                log.info("frozen-backbone features: cache hit (%s)", path.name)
+                return kept, name
     tic = time.perf_counter()
     module = body()
     used = "onnx" if isinstance(module, OnnxModule) else "torch"
