@@ -87,8 +87,8 @@ def test_flushing_denormals_can_be_turned_off(monkeypatch):
     assert flush_denormals() is False
 
 
-@pytest.mark.parametrize("device", [0, None, 1.5])
-def test_a_device_that_is_not_a_name_is_refused(device):
+@pytest.mark.parametrize("device", [0, None, 1.5, "gpu", "mps", "meta", "xpu:0"])
+def test_a_device_other_than_the_cpu_or_a_cuda_gpu_is_refused(device):
     from imgclf.engine.runtime import resolve_device
     from imgclf.errors import ConfigError
 

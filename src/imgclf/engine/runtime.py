@@ -114,9 +114,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ConfigError(
-            f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N."
-        ) from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):  # imgclf runs on these two
+        raise ConfigError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu."
