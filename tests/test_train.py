@@ -542,6 +542,22 @@ def test_transfer_trains_the_head_on_cached_features(split_data, tmp_path, caplo
     assert without_timings(metrics_of(third)) == without_timings(metrics_of(first))
 
 
+def test_a_weights_file_given_relative_is_saved_absolute(split_data, tmp_path, monkeypatch):
+    import safetensors.torch
+    import timm
+
+    monkeypatch.chdir(tmp_path)
+    safetensors.torch.save_file(timm.create_model(BACKBONE["name"]).state_dict(),
+                                "mine.safetensors")
+    out = imgclf.train(split_data.relative_to(tmp_path), method="transfer", out="run",
+                       model={**BACKBONE, "pretrained": True, "weights": "mine.safetensors"},
+                       train={"epochs": 1})
+    config = load_config(out / "config.yaml")  # serves from any working folder
+    assert config.model.weights == str(tmp_path / "mine.safetensors")
+    assert config.data.data == str(split_data)
+    assert load_ckpt(out / "model.pt")["weights_source"].endswith("mine.safetensors")
+
+
 def test_feature_cache_is_not_shared_by_different_random_backbones(tmp_path, make_image_folder,
                                                                    caplog):
     # Given splits, so the images (and their cache key) do not depend on the seed.

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config
+from imgclf.config import DEFAULT_BACKBONE, METHODS, PATH_SETTINGS, build_config
 from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError
@@ -266,7 +266,7 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
     saved.pop("out", None), wanted.pop("out", None)
     if wanted.get("model.img_size") is None:
         wanted["model.img_size"] = saved.get("model.img_size")
-    for key in ("data.data", "data.train", "data.val", "data.test"):
+    for key in PATH_SETTINGS:
         for side in (saved, wanted):
             if side.get(key) is not None:
                 side[key] = str(Path(side[key]).absolute())

@@ -92,6 +92,10 @@ class TrainSection:
     sync_bn: bool = False
 
 
+PATH_SETTINGS = ("data.data", "data.train", "data.val", "data.test", "model.weights")
+"""The settings that name a file or folder, relative to the working folder unless absolute."""
+
+
 @dataclass
 class Config:
     method: str = "scratch"
@@ -104,6 +108,16 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def make_paths_absolute(self) -> None:
+        """Give the settings that name files or folders (``PATH_SETTINGS``) as absolute
+        paths, so that the config saved in a run serves from any working folder (resuming,
+        ``--config RUN/config.yaml``)."""
+        for dotted in PATH_SETTINGS:
+            section, key = dotted.split(".")
+            value = getattr(getattr(self, section), key)
+            if value is not None:
+                setattr(getattr(self, section), key, str(Path(value).absolute()))
 
     def save(self, path: Path) -> None:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))

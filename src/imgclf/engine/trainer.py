@@ -491,9 +491,7 @@ def _train(config: Config, resume: bool) -> Path:
     last = load_checkpoint(run_dir / "last.pt") if resume else None
     if last is not None:
         data.check_resumable(last.get("data"))
-    for key in ("data", "train", "val", "test"):  # config.yaml resumes from any folder
-        if getattr(d, key) is not None:
-            setattr(d, key, str(Path(getattr(d, key)).absolute()))
+    config.make_paths_absolute()  # config.yaml resumes from any folder
     log.info(data.summary())
     model, prep, source = create_model(
         config.model.name, len(data.classes), img_size=config.model.img_size,
