@@ -274,8 +274,8 @@ def test_train_with_a_damaged_weights_file(tmp_path, make_image_folder, capsys):
     (tmp_path / "junk.pth").write_text("junk\n")
     assert main(["train", str(data), "--method", "transfer", "--epochs", "1", "--img-size", "32",
                  "--out", "run", "-q", "--weights", "junk.pth"]) == 2
-    assert_clean_error(capsys, "weights='junk.pth' cannot be read as a state dict (damaged, "
-                               "or not a file torch.save wrote)")
+    assert_clean_error(capsys, "junk.pth' cannot be read as a state dict (damaged, not a "
+                               "file torch.save wrote, or one holding more than tensors")
 
 
 def test_run_folder_errors(tmp_path, make_image_folder, monkeypatch, capsys):

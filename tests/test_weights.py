@@ -203,6 +203,16 @@ def test_a_damaged_weights_file_is_named(tmp_path, suffix):
         weights.create_backbone(SMALL_MODEL, weights=path)
 
 
+def test_a_whole_model_or_a_folder_as_weights_is_named_for_what_it_is(tmp_path):
+    path = tmp_path / "whole.pth"
+    torch.save(timm.create_model(SMALL_MODEL), path)
+    with pytest.raises(WeightsUnavailableError, match=r"a whole model from torch\.save\(model\): "
+                                                      r"save its state_dict\(\) instead"):
+        weights.create_backbone(SMALL_MODEL, weights=path)
+    with pytest.raises(WeightsUnavailableError, match=r"is a folder, not a file"):
+        weights.create_backbone(SMALL_MODEL, weights=tmp_path)
+
+
 def test_explicit_weights_for_another_architecture_are_refused(tmp_path):
     path = tmp_path / "other.safetensors"
     safetensors.torch.save_file(timm.create_model(SMALL_MODEL).state_dict(), path)

@@ -503,10 +503,12 @@ def _load_backbone(model: torch.nn.Module, state: StateDict, label: str) -> None
 
 def _read_weights_file(path: Path) -> StateDict:
     if not path.is_file():
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise WeightsUnavailableError(
-            f"weights={str(path)!r} does not exist. Pass a .safetensors or torch .pth/.pt "
+            f"weights={str(path)!r} {problem}. Pass a .safetensors or torch .pth/.pt "
             "state dict file."
         )
+
     def unreadable(reason: object) -> WeightsUnavailableError:
         return WeightsUnavailableError(
             f"weights={str(path)!r} cannot be read as a state dict ({reason}). Pass a "
@@ -516,7 +518,9 @@ def _read_weights_file(path: Path) -> StateDict:
         if path.suffix == ".safetensors":
             state = safetensors.torch.load_file(path)
         else:
-            state = load_torch_file(path, unreadable("damaged, or not a file torch.save wrote"))
+            state = load_torch_file(path, unreadable(
+                "damaged, not a file torch.save wrote, or one holding more than tensors, such "
+                "as a whole model from torch.save(model): save its state_dict() instead"))
     except (OSError, safetensors.SafetensorError) as exc:
         raise unreadable(exc) from None
     for wrapper in ("state_dict", "model"):
