@@ -186,6 +186,18 @@ def test_resume_without_out(capsys):
     assert_clean_error(capsys, "resuming needs --out RUN_DIR")
 
 
+def test_model_and_backbone_naming_different_models_is_an_error(capsys):
+    for argv in (["--backbone", "resnet18", "--model", "small_cnn"],
+                 ["--model", "small_cnn", "--backbone", "resnet18"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", "data", *argv])
+        assert exit_.value.code == 2
+        assert "names another model than the one given before it" in capsys.readouterr().err
+    args = build_parser().parse_args(["train", "d", "--backbone", "resnet18", "--model",
+                                      "resnet18"])
+    assert getattr(args, "model.name") == "resnet18"  # the same model twice is fine
+
+
 def test_bad_choice_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "data", "--optimizer", "adagrad"])

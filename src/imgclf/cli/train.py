@@ -47,12 +47,25 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="test split folder, instead of DATA's own")
 
 
+class OneModelName(argparse.Action):
+    """``--model`` and ``--backbone`` set one setting: both, naming different models, are an
+    error instead of the last silently winning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        earlier = getattr(namespace, self.dest, None)
+        if earlier is not None and earlier != values:
+            parser.error(f"{option_string} {values} names another model than the one given "
+                         f"before it ({earlier}); --model and --backbone are one setting, "
+                         "give it once")
+        setattr(namespace, self.dest, values)
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """Every training option; shared with ``imgclf compare``."""
     from imgclf.cli.common import option
 
     m = parser.add_argument_group("model")
-    option(m, "--model", dest="model.name",
+    option(m, "--model", dest="model.name", action=OneModelName, metavar="MODEL",
            help="model name: small_cnn, small_cnn_wide or any timm model (in compare: "
                 "the network of the scratch and augment runs; transfer runs take "
                 "--backbones)")
@@ -164,6 +177,7 @@ def add_parser(subparsers) -> None:
                         help="scratch (small CNN), augment (CNN + augmentation) or transfer "
                              "(pretrained backbone + new head); default scratch")
     parser.add_argument("--backbone", dest="model.name", default=argparse.SUPPRESS, metavar="NAME",
+                        action=OneModelName,
                         help=f"transfer backbone, any timm model (default {DEFAULT_BACKBONE})")
     parser.add_argument("--out", default=argparse.SUPPRESS,
                         help="run folder (default runs/METHOD-MODEL)")
