@@ -409,14 +409,10 @@ def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
     return phases
 
 
-def _run_dir(config: Config) -> Path:
-    return Path(config.out) if config.out else default_run_dir(config)
-
-
 def _prepare_run_dir(config: Config, resume: bool) -> Path:
     """The run folder, checked against ``resume``; created later, once the data and model
     are known to be usable, so that a failed start leaves no empty run folder behind."""
-    run_dir = _run_dir(config)
+    run_dir = Path(config.out) if config.out else default_run_dir(config)
     if resume:
         if not (run_dir / "last.pt").exists():
             raise RunError(f"cannot resume: {run_dir / 'last.pt'} does not exist. "
@@ -442,8 +438,8 @@ def train(config: Config, resume: bool = False) -> Path:
     """
     started = dist.init_from_env(config.train.device)
     try:
-        with run_folder_lock(_run_dir(config)) if dist.is_main() else contextlib.nullcontext():
-            return _train(config, resume)
+        with contextlib.ExitStack() as held:
+            return _train(config, resume, held)
     finally:
         if started:
             dist.shutdown()
@@ -477,11 +473,14 @@ def _check_method_model(config: Config) -> None:
         )
 
 
-def _train(config: Config, resume: bool) -> Path:
+def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
+    """``train`` in one process; ``held`` keeps the run folder's lock to the end."""
     _check_method_model(config)
     seed_everything(config.seed)
     rt = resolve_runtime(config.train.device, config.train.amp, config.train.channels_last)
     run_dir = _prepare_run_dir(config, resume)
+    if dist.is_main():  # after the checks: they refuse a cache folder inside the dataset
+        held.enter_context(run_folder_lock(run_dir))
     d = config.data
     data = prepare_run_data(config)
     if data.val_source == "split" and d.val_fraction != DataSection.val_fraction:
