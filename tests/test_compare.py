@@ -252,6 +252,18 @@ def test_compare_command_refuses_backbones_without_transfer(tmp_path, make_image
     assert not (tmp_path / "cmp").exists()
 
 
+def test_a_backbones_settings_go_to_the_transfer_runs_alone(tmp_path):
+    overrides = {"data": {"data": str(tmp_path)}, "train": {"finetune": 1, "epochs": 2},
+                 "model": {"head": "linear", "dropout": 0.3, "img_size": 32}}
+    plans = plan_runs(["scratch", "transfer"], ["mobilenetv2_100"])
+    scratch, transfer = (compare_module._plan_config(p, overrides, tmp_path) for p in plans)
+    assert (scratch.model.head, scratch.model.dropout, scratch.train.finetune) == (
+        "reference", 0.2, None)  # the defaults, which imgclf's own networks accept
+    assert (transfer.model.head, transfer.model.dropout, transfer.train.finetune) == (
+        "linear", 0.3, "1")  # as --finetune gives it
+    assert scratch.model.img_size == transfer.model.img_size == 32  # the others go to all
+
+
 def test_unknown_sort_key_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot sort the leaderboard by 'bogus'; choose one "
                                           r"of accuracy, "):

@@ -19,7 +19,13 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.config import DEFAULT_BACKBONE, METHODS, PATH_SETTINGS, build_config
+from imgclf.config import (
+    DEFAULT_BACKBONE,
+    METHODS,
+    PATH_SETTINGS,
+    TRANSFER_SETTINGS,
+    build_config,
+)
 from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError
@@ -93,6 +99,10 @@ def resolve_backbones(spec: str | None) -> list[str]:
 
 def _plan_config(plan: RunPlan, overrides: dict, out: Path):
     opts = copy.deepcopy(overrides)
+    if plan.method != "transfer":  # a backbone's settings are the transfer runs' alone
+        for dotted in TRANSFER_SETTINGS:
+            section, key = dotted.split(".")
+            opts.get(section, {}).pop(key, None)
     opts.setdefault("model", {})["name"] = plan.model
     opts["method"] = plan.method  # as an override: it beats a method named in config_file
     opts["out"] = str(out / plan.name)

@@ -92,6 +92,9 @@ class TrainSection:
     sync_bn: bool = False
 
 
+TRANSFER_SETTINGS = ("model.head", "model.dropout", "model.weights", "train.finetune")
+"""Settings of a pretrained backbone and its new head, which imgclf's own networks do not
+have: ``compare`` gives them to its transfer runs alone."""
 PATH_SETTINGS = ("data.data", "data.train", "data.val", "data.test", "model.weights")
 """The settings that name a file or folder, relative to the working folder unless absolute."""
 
