@@ -77,7 +77,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
            help="start the backbone from random weights")
     option(m, "--img-size", dest="model.img_size", type=int,
            help="input size in pixels (default: the backbone's own, 150 for the small CNNs)")
-    option(m, "--dropout", dest="model.dropout", type=float, help="dropout before the last layer of a transfer head")
+    option(m, "--dropout", dest="model.dropout", type=float,
+           help="dropout before the last layer of a transfer head")
 
     t = parser.add_argument_group("training")
     option(t, "--epochs", dest="train.epochs", type=int,
