@@ -223,6 +223,21 @@ def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_im
     assert "error: every run failed" in capsys.readouterr().err
 
 
+def test_a_folder_of_runs_alone_is_compared_into_and_its_runs_kept(compared, tmp_path):
+    source, data = compared
+    out = tmp_path / "cmp"
+    out.mkdir()
+    shutil.copytree(source / "scratch-small_cnn", out / "scratch-small_cnn")  # as train left it
+    stamp = (out / "scratch-small_cnn" / "model.pt").stat().st_mtime_ns
+    compare(str(data), ["scratch"], [], out, OVERRIDES)
+    assert (out / "scratch-small_cnn" / "model.pt").stat().st_mtime_ns == stamp
+    assert [r["run"] for r in leaderboard(out)] == ["scratch-small_cnn"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes").mkdir()  # a folder, but not a run
+    with pytest.raises(RunError, match="already holds other files"):
+        compare(str(data), ["scratch"], [], tmp_path / "other", OVERRIDES)
+
+
 def test_leaderboard_keeps_runs_of_an_earlier_comparison(compared, tmp_path):
     source, data = compared
     out = shutil.copytree(source, tmp_path / "cmp")

@@ -33,6 +33,7 @@ from imgclf.history import read_history
 from imgclf.paths import (
     CONFIG_FILE,
     check_output_folder,
+    is_run_folder,
     open_for_writing,
     read_run_config,
     read_run_metrics,
@@ -181,8 +182,10 @@ def compare(
     # Settings that cannot work stop the comparison before any run.
     configs = {plan.name: _plan_config(plan, overrides, out) for plan in plans}
     require_folder("data", data)
-    check_output_folder(out, (data,), lambda names: bool(names & {"leaderboard.csv",
-                                                                  "audit.json"}))
+    # An earlier comparison's folder, or one of runs alone (trained with `imgclf train
+    # --out OUT/<run>` to be kept by this comparison).
+    check_output_folder(out, (data,), lambda names: bool(
+        names & {"leaderboard.csv", "audit.json"}) or all(is_run_folder(out / n) for n in names))
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     todo, resumable = [], set()

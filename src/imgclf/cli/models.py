@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
         description="List imgclf's own networks, the backbones whose ImageNet weights are "
                     "installed on this machine, and (with PATTERN) matching timm models.")
     parser.add_argument("pattern", nargs="?", default=None,
-                        help="wildcard pattern over timm model names, e.g. 'efficientnet*'")
+                        help="wildcard pattern over timm model names, e.g. '*efficientnet*'")
     parser.set_defaults(func=run)
 
 
