@@ -477,7 +477,7 @@ def test_method_from_python_beats_the_config_file(split_data, tmp_path, monkeypa
     (tmp_path / "settings.yaml").write_text("method: transfer\ntrain: {epochs: 1}\n")
     seen = []
     monkeypatch.setattr("imgclf.engine.trainer._train",
-                        lambda config, resume: seen.append(config.method) or tmp_path)
+                        lambda config, resume, held: seen.append(config.method) or tmp_path)
     imgclf.train(split_data, method="scratch", config=tmp_path / "settings.yaml")
     imgclf.train(split_data, config=tmp_path / "settings.yaml")
     imgclf.train(split_data)
