@@ -313,6 +313,17 @@ def test_classes_named_like_splits_with_subfolders_stay_classes(tmp_path, make_i
     assert find_classes(layout.train) == ["city_bus", "freight_train", "passenger_train"]
 
 
+def test_a_folder_named_for_its_split_alone_is_that_split_before_prefixed_ones(
+        tmp_path, make_image_folder):
+    for name in ("other_train", "seg_train", "train", "test"):
+        make_image_folder(tmp_path / name, seed=len(name))
+    layout = detect_layout(tmp_path)
+    assert (layout.kind, layout.train, layout.test) == ("splits", tmp_path / "train",
+                                                        tmp_path / "test")
+    assert layout.notes == ["other_train/ ignored: train/ is already the train split",
+                            "seg_train/ ignored: train/ is already the train split"]
+
+
 @pytest.mark.parametrize("train, test", [("train_data", "test_data"), ("trainset", "testset"),
                                          ("Train Images", "val-images"), ("train-imgs", "test")])
 def test_split_folders_named_for_their_data(tmp_path, make_image_folder, train, test):

@@ -265,7 +265,7 @@ def _find_splits(root: Path, need_train: bool = True) -> Layout | None:
     """The split folders under ``root``, or None when it holds no training split with class
     folders (then it is a folder of classes, one of which may well be called ``train``);
     without ``need_train``, a labelled val or test split is enough."""
-    labelled: dict[str, Path] = {}
+    candidates: dict[str, list[Path]] = {}
     flat: list[Path] = []
     notes: list[str] = []
     for sub in _subdirs(root):
@@ -275,13 +275,17 @@ def _find_splits(root: Path, need_train: bool = True) -> Layout | None:
             notes.append(f"{sub.name}/ is not a split folder (train, val, test, pred): ignored")
         elif role != "pred" and not _subdirs(inner):
             flat.append(inner)
-        elif role in labelled:
-            if not (_alias(labelled[role].name, whole=True) or _alias(sub.name, whole=True)):
-                return None  # freight_train/, passenger_train/: classes, not two splits
-            notes.append(f"{sub.name}/ ignored: {labelled[role].name}/ is already the {role} "
-                         "split")
         else:
-            labelled[role] = inner
+            candidates.setdefault(role, []).append(inner)
+    named = {role: [f for f in folders if _alias(f.name, whole=True)]
+             for role, folders in candidates.items()}
+    if any(len(f) > 1 for f in candidates.values()) and not any(named.values()):
+        return None  # freight_train/, passenger_train/: classes, not two training splits
+    labelled: dict[str, Path] = {}
+    for role, folders in candidates.items():
+        labelled[role] = (named[role] or folders)[0]  # train/ before seg_train/
+        notes += [f"{f.name}/ ignored: {labelled[role].name}/ is already the {role} split"
+                  for f in folders if f != labelled[role]]
     if "train" not in labelled and (need_train or not labelled.keys() & {"val", "test"}):
         return None
     for folder in flat:  # a test/ of loose images, as competitions ship it
