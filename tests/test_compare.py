@@ -236,6 +236,28 @@ def test_a_folder_of_runs_alone_is_compared_into_and_its_runs_kept(compared, tmp
     (tmp_path / "other" / "notes").mkdir()  # a folder, but not a run
     with pytest.raises(RunError, match="already holds other files"):
         compare(str(data), ["scratch"], [], tmp_path / "other", OVERRIDES)
+    (tmp_path / "runs").mkdir()  # a run, but not one this comparison would train
+    shutil.copytree(source / "scratch-small_cnn", tmp_path / "runs" / "pets")
+    with pytest.raises(RunError, match="already holds other files"):
+        compare(str(data), ["scratch"], [], tmp_path / "runs", OVERRIDES)
+
+
+def test_a_comparison_or_run_another_process_trains_is_left_alone(compared, tmp_path):
+    from imgclf.errors import RunFolderBusy
+    from imgclf.paths import run_folder_lock
+
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with run_folder_lock(out), pytest.raises(RunFolderBusy, match="training into .*cmp: wait"):
+        compare(str(data), ["scratch"], [], out, OVERRIDES)
+    # A run of it trained by `imgclf train --out cmp/<run>` meanwhile: not recorded as failed.
+    shutil.rmtree(out / "transfer-mobilenetv2_100")
+    with run_folder_lock(out / "transfer-mobilenetv2_100"), pytest.raises(RunFolderBusy):
+        compare(str(data), ["transfer"], ["mobilenetv2_100"], out, OVERRIDES)
+    assert not (out / "transfer-mobilenetv2_100" / "error.txt").exists()
+    assert {r["run"] for r in leaderboard(out)} == {r["run"] for r in leaderboard(source)}
+    assert len(before) > len(list(out.rglob("*")))  # nothing but the removed run changed
 
 
 def test_leaderboard_keeps_runs_of_an_earlier_comparison(compared, tmp_path):
@@ -277,6 +299,14 @@ def test_a_backbones_settings_go_to_the_transfer_runs_alone(tmp_path):
     assert (transfer.model.head, transfer.model.dropout, transfer.train.finetune) == (
         "linear", 0.3, "1")  # as --finetune gives it
     assert scratch.model.img_size == transfer.model.img_size == 32  # the others go to all
+    # A timm network as the scratch run's trains from random weights; transfer's do not.
+    plans = plan_runs(["scratch", "transfer"], ["mobilenetv2_100"], "mobilenetv2_100")
+    scratch, transfer = (compare_module._plan_config(p, overrides, tmp_path) for p in plans)
+    assert (scratch.model.pretrained, transfer.model.pretrained) == (False, True)
+    with pytest.raises(ConfigError, match=r"settings of transfer runs alone \(model.head, "
+                                          r"model.dropout, train.finetune\) are given, and the "
+                                          r"methods \(scratch\) have no transfer run"):
+        compare(str(tmp_path), ["scratch"], [], tmp_path / "cmp", overrides)
 
 
 def test_unknown_sort_key_is_an_error(tmp_path):

@@ -28,7 +28,7 @@ from imgclf.config import (
 )
 from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
-from imgclf.errors import ConfigError
+from imgclf.errors import ConfigError, RunFolderBusy
 from imgclf.history import read_history
 from imgclf.paths import (
     CONFIG_FILE,
@@ -37,6 +37,7 @@ from imgclf.paths import (
     open_for_writing,
     read_run_config,
     read_run_metrics,
+    run_folder_lock,
     write_text,
 )
 
@@ -99,11 +100,16 @@ def resolve_backbones(spec: str | None) -> list[str]:
 
 
 def _plan_config(plan: RunPlan, overrides: dict, out: Path):
+    """A run's settings, checked (a model that cannot be built fails its run alone)."""
+    from imgclf.models.registry import get_spec
+
     opts = copy.deepcopy(overrides)
     if plan.method != "transfer":  # a backbone's settings are the transfer runs' alone
         for dotted in TRANSFER_SETTINGS:
             section, key = dotted.split(".")
             opts.get(section, {}).pop(key, None)
+        if get_spec(plan.model) is None:  # a timm network, trained from random weights
+            opts.setdefault("model", {})["pretrained"] = False
     opts.setdefault("model", {})["name"] = plan.model
     opts["method"] = plan.method  # as an override: it beats a method named in config_file
     opts["out"] = str(out / plan.name)
@@ -123,7 +129,7 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
     run_dir = Path(config.out)
     try:
         train(config, resume=resume)
-    except Interrupted:
+    except (Interrupted, RunFolderBusy):  # the run is not this comparison's to record
         raise
     except Exception as exc:  # a failed run is recorded and the comparison goes on
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -179,14 +185,30 @@ def compare(
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
     plans = plan_runs(methods, backbones, overrides.get("model", {}).get("name"))
+    given = [dotted for dotted in TRANSFER_SETTINGS
+             if dotted.split(".")[1] in overrides.get(dotted.split(".")[0], {})]
+    if given and "transfer" not in methods:
+        raise ConfigError(f"settings of transfer runs alone ({', '.join(given)}) are given, "
+                          f"and the methods ({', '.join(methods)}) have no transfer run: leave "
+                          "them out, or add transfer.")
     # Settings that cannot work stop the comparison before any run.
     configs = {plan.name: _plan_config(plan, overrides, out) for plan in plans}
     require_folder("data", data)
-    # An earlier comparison's folder, or one of runs alone (trained with `imgclf train
-    # --out OUT/<run>` to be kept by this comparison).
+    # An earlier comparison's folder, or one of this comparison's runs alone (trained with
+    # `imgclf train --out OUT/<run>`, to be kept).
+    planned = {plan.name for plan in plans}
     check_output_folder(out, (data,), lambda names: bool(
-        names & {"leaderboard.csv", "audit.json"}) or all(is_run_folder(out / n) for n in names))
+        names & {"leaderboard.csv", "audit.json"}) or (
+        names <= planned and all(is_run_folder(out / n) for n in names)))
     out.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(out):  # one comparison at a time in ``out``
+        return _train_and_rank(plans, configs, data, out, sort_by, workers, audit)
+
+
+def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, sort_by: str,
+                    workers: int, audit: bool) -> Path:
+    """``compare``'s work once its settings and folder are checked: keep the finished
+    runs, train the others, and write the leaderboard."""
     rows: dict[str, dict] = {}
     todo, resumable = [], set()
     for plan in plans:

@@ -30,6 +30,10 @@ class RunError(ImgclfError):
     """A run folder is missing, incomplete, or does not match the request."""
 
 
+class RunFolderBusy(RunError):
+    """Another process is training into the run folder (``paths.run_folder_lock``)."""
+
+
 INPUT_ERRORS = (DataError, ConfigError, ModelError, WeightsUnavailableError)
 """Errors in what the user gave. Every process that torchrun starts on a machine finds the
 same one, so the command line lets the machine's first process alone report it."""

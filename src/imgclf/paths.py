@@ -24,7 +24,7 @@ from pathlib import Path
 
 import platformdirs
 
-from imgclf.errors import ConfigError, ImgclfError, RunError
+from imgclf.errors import ConfigError, ImgclfError, RunError, RunFolderBusy
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def run_folder_lock(run_dir: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"another imgclf process is training into {run_dir}: wait for it "
-                           "to finish, or choose another --out.") from None
+            raise RunFolderBusy(f"another imgclf process is training into {run_dir}: wait "
+                                "for it to finish, or choose another --out.") from None
         yield
 
 
