@@ -533,7 +533,7 @@ def test_transfer_trains_the_head_on_cached_features(split_data, tmp_path, caplo
 
     # Damaged feature files are computed again, with a warning each.
     feature_files[0].write_bytes(feature_files[0].read_bytes()[:100])
-    np.save(feature_files[1], np.zeros((1, 3), np.float32))
+    np.save(feature_files[1], np.zeros((len(np.load(feature_files[1])), 3), np.float32))
     caplog.clear()
     third = imgclf.train(split_data, method="transfer", out=tmp_path / "third",
                          model=BACKBONE, train={"epochs": 1})

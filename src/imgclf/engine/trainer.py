@@ -182,9 +182,10 @@ def _runtime_for(module: nn.Module, rt: Runtime) -> Runtime:
 
 def cached_features(body: Callable[[], nn.Module], images: np.ndarray, labels: np.ndarray,
                     key_of: Callable[[str], str], engine: str, required: bool, rt: Runtime,
-                    batch_size: int, use_cache: bool) -> tuple[np.ndarray, str]:
-    """The frozen body's features for ``images``, computed once per (model, data, engine)
-    and kept under ``key_of(engine)``, and the engine that computed them.
+                    batch_size: int, use_cache: bool, width: int) -> tuple[np.ndarray, str]:
+    """The frozen body's features for ``images`` (``width`` values each), computed once per
+    (model, data, engine) and kept under ``key_of(engine)``, and the engine that computed
+    them.
 
     ``body()`` gives the module that computes them (``_feature_module``), only on a cache
     miss; it may be PyTorch's even for ``engine`` 'onnx', and the features are kept under
@@ -196,7 +197,7 @@ def cached_features(body: Callable[[], nn.Module], images: np.ndarray, labels: n
     for name in engines:
         path = folder / f"{key_of(name)}.npy"
         if use_cache and path.exists():
-            kept = load_cached_array(path, (len(images),))
+            kept = load_cached_array(path, (len(images), width))
             if kept is not None:
                 log.info("frozen-backbone features: cache hit (%s)", path.name)
                 return kept, name
@@ -345,7 +346,7 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
                                    ctx.meta["weights_source"], ctx.rt)
         features, ctx.features_by = cached_features(
             lambda: ctx.feature_module, images, labels, key_of, engine, required, ctx.rt, 64,
-            cfg.data.cache)
+            cfg.data.cache, ctx.model.body.num_features)
         feats[split] = ArrayDataset(features, labels, images=False)
     train_loader = make_loader(feats["train"], cfg.train.batch_size, True, cfg.seed, workers=0)
     val_loader = make_loader(feats["val"], 256, False, cfg.seed, workers=0)
