@@ -346,6 +346,16 @@ def test_a_reader_that_stops_ends_the_command_quietly(tmp_path, make_image_folde
     assert stderr == ""
 
 
+def test_a_broken_pipe_other_than_stdout_is_an_error(monkeypatch, capsys):
+    def broken(args):  # a command whose own pipe broke (stdout is fine)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args",
+                        lambda self, argv: (argparse.Namespace(func=broken), []))
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == "error: Broken pipe\n"
+
+
 def test_audit_json_is_never_written_into_the_dataset(tmp_path, make_image_folder, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))
     image = next((data / "a").iterdir())

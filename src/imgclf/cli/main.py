@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import sys
 
 from imgclf import __version__
@@ -56,19 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader of stdout has gone (``imgclf audit DATA | head``): end quietly, as other
-        # command-line tools do, with stdout on the null device so that Python's own flush
-        # at exit does not report it, and the status a shell gives such a tool.
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            return _file_system_error(exc)
+        # ``imgclf audit DATA | head``: end quietly, as other command-line tools do, with
+        # stdout on the null device so that Python's own flush at exit does not report it,
+        # and the status a shell gives such a tool.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # SIGPIPE
     except OSError as exc:
-        # A path that cannot be written or read as asked (a file where a folder is needed,
-        # no permission, a full disk): name it, without a traceback (-v shows one).
-        logging.getLogger("imgclf").debug("file system error", exc_info=True)
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
+        return _file_system_error(exc)
     except MemoryError:
         print("error: out of memory: try a smaller --img-size or --batch-size, or fewer "
               "images", file=sys.stderr)
@@ -83,3 +81,26 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         logging.getLogger("imgclf").debug("unexpected error", exc_info=True)
         raise
+
+
+def _file_system_error(exc: OSError) -> int:
+    """A path that cannot be written or read as asked (a file where a folder is needed, no
+    permission, a full disk): named on one line, without a traceback (-v shows one)."""
+    logging.getLogger("imgclf").debug("file system error", exc_info=True)
+    where = f": {exc.filename}" if exc.filename else ""
+    print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+    return 2
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (without ``poll``, as on
+    Windows, a broken pipe is taken to be stdout's)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured, say)
+        return False
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
