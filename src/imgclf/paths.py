@@ -111,12 +111,12 @@ def cache_writable(folder: Path) -> bool:
 
 @contextmanager
 def run_folder_lock(run_dir: Path):
-    """Held while a run trains into ``run_dir``, so that a second training into the same
-    folder, started before the first has written anything there, is refused instead of
-    mixing the two runs' files. The lock is a file in the cache folder named for the run
-    folder's real path, locked with ``flock``: the system releases it when the process
-    ends, however it ends. Where there is no ``flock`` (Windows) or the cache folder cannot
-    be written to, nothing is locked."""
+    """Held while a run trains into ``run_dir`` (or a comparison into its folder), so that a
+    second training into the same folder, started before the first has written anything
+    there, is refused instead of mixing the two runs' files. The lock is a file in the
+    cache folder named for the run folder's real path, locked with ``flock``: the system
+    releases it when the process ends, however it ends. Where there is no ``flock``
+    (Windows) or the cache folder cannot be written to, nothing is locked."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover (Windows)
