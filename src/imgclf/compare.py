@@ -140,10 +140,11 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
     return row_from_run(run_dir, plan)
 
 
-def row_from_run(run_dir: Path, plan: RunPlan) -> dict:
-    """The leaderboard row of a finished run folder."""
+def row_from_run(run_dir: Path, plan: RunPlan | None = None) -> dict:
+    """The leaderboard row of a finished run folder (``plan``: as its config.yaml says)."""
     metrics = read_run_metrics(run_dir / "metrics.json")
     _, config = read_run_config(run_dir / CONFIG_FILE)
+    plan = plan or RunPlan(run_dir.name, config["method"], config["model"]["name"])
     try:
         epochs = len(read_history(run_dir / "history.csv"))
     except (OSError, csv.Error, ValueError) as exc:
@@ -276,9 +277,7 @@ def _earlier_runs(out: Path, named: set[str]) -> list[dict]:
     rows = []
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in named):
         if (run_dir / "metrics.json").exists() and (run_dir / CONFIG_FILE).exists():
-            _, config = read_run_config(run_dir / CONFIG_FILE)
-            plan = RunPlan(run_dir.name, config["method"], config["model"]["name"])
-            rows.append(row_from_run(run_dir, plan))
+            rows.append(row_from_run(run_dir))
     return rows
 
 
