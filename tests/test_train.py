@@ -251,6 +251,15 @@ def test_history_records_the_rate_each_epoch_started_at(split_data, tmp_path, sc
     assert (rates[1] > rates[0]) is (schedule == "onecycle")
 
 
+def test_one_cycle_over_a_single_step_trains_it_at_a_useful_rate():
+    from imgclf.engine.trainer import make_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    _, per_batch = make_scheduler(optimizer, "onecycle", epochs=1, steps_per_epoch=1,
+                                  mode="min")
+    assert per_batch and optimizer.param_groups[0]["lr"] > 0.005
+
+
 def test_a_run_that_diverges_at_once_stops_with_the_fix(split_data, tmp_path):
     with pytest.raises(loop.Diverged, match=r"training diverged in epoch \d: the .* became "
                                             r"(nan|inf|finite).*Lower the learning rate "

@@ -96,8 +96,10 @@ def make_scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, mode
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs), False
     if name == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
+        # At least two steps: over one, PyTorch's one-cycle gives that step its final rate,
+        # next to zero, and a phase of a single batch would train nothing.
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=max(1, steps_per_epoch)
+            optimizer, max_lr=max_lr, total_steps=max(2, epochs * max(1, steps_per_epoch))
         ), True
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.2,
