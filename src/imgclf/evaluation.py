@@ -79,6 +79,23 @@ def choose_tta(setting: str, model: torch.nn.Module, images: np.ndarray, labels:
     return use, check
 
 
+def _warn_of_absent_classes(metrics: dict, classes: list[str], split: str) -> None:
+    """Say how classes without images in the split count: the macro averages run over the
+    classes present or predicted (scikit-learn's), so one that is predicted counts with
+    recall and F1 of 0, and one that is not is left out, as balanced accuracy leaves both."""
+    absent = [c for c in classes if metrics["per_class"][c]["support"] == 0]
+    if not absent:
+        return
+    predicted = [c for c in absent if metrics["per_class"][c]["fp"] > 0]
+    ways = [f"{', '.join(predicted)} (predicted for some images) count with recall and F1 "
+            "of 0" if predicted else "",
+            f"{', '.join(c for c in absent if c not in predicted)} are left out"
+            if len(predicted) < len(absent) else ""]
+    log.warning("the %s split has no images of %s: in the macro averages %s (balanced "
+                "accuracy leaves them all out)", split, ", ".join(absent),
+                "; ".join(w for w in ways if w))
+
+
 def write_evaluation(
     model: torch.nn.Module,
     images: np.ndarray,
@@ -98,14 +115,8 @@ def write_evaluation(
     metrics = compute_metrics(labels, probs, classes)
     metrics["split"] = split
     metrics["tta"] = tta
-    if split != "test":
-        metrics["note"] = ("the data has no test split: these figures are on the validation "
-                           "split, which also chose the best epoch")
-    absent = [c for c in classes if metrics["per_class"][c]["support"] == 0]
-    if absent and dist.is_main():
-        log.warning("the %s split has no images of %s: their recall and F1 count as 0 in the "
-                    "macro averages (balanced accuracy leaves them out)", split,
-                    ", ".join(absent))
+    if dist.is_main():
+        _warn_of_absent_classes(metrics, classes, split)
     metrics["inference_images_per_second"] = round(speed, 1)
     metrics["precision"] = str(rt.amp_dtype or torch.float32).removeprefix("torch.")
     metrics.update(extra or {})

@@ -575,7 +575,10 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
                      judge_rt, run_dir, split=eval_split, history=state.history, tta=tta,
                      best=best_epoch(state.history, config.train.monitor, config.train.mode,
                                      config.train.min_delta),
-                     extra={"train_seconds": round(train_seconds, 2),
+                     extra={**({"note": "the data has no test split: these figures are on "
+                                         "the validation split, which also chose the best "
+                                         "epoch"} if eval_split == "val" else {}),
+                            "train_seconds": round(train_seconds, 2),
                             "tta_validation": tta_check,
                             "parameters": {"total": total, "trainable": state.trainable},
                             "skipped_files": len(data.skipped),
