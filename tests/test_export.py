@@ -94,6 +94,7 @@ def test_onnx_export_matches_pytorch(onnx_run):
     assert info["classes"] == sorted(CLASSES)
     assert info["preprocessing"]["img_size"] == 32
     assert info["check_max_abs_diff"] <= 1e-4
+    assert "decode_image" in info["input"]["decoding"]  # how a caller makes its inputs
 
     model, *_ = load_model(onnx_run)
     x = pixels(5, 32)  # a batch size never traced: the batch axis must be dynamic

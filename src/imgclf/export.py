@@ -300,6 +300,14 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     return out
 
 
+DECODING = ("as imgclf.data.decode.decode_image: RGB, EXIF orientation applied, resized to "
+            "the preprocessing's img_size square (aspect ratio not kept) with its "
+            "interpolation and Pillow's reducing_gap=3.0; a JPEG is first reduced in Pillow's "
+            "draft mode to no less than that size. A plain resize of the full image gives "
+            "probabilities a few hundredths apart.")
+"""How the exported model's input images were made: what a caller outside imgclf repeats."""
+
+
 def _write_sidecar(out: Path, fmt: str, classes: list[str], prep: Preprocessing, meta: dict,
                    diff: float | None) -> None:
     size = prep.img_size
@@ -308,7 +316,8 @@ def _write_sidecar(out: Path, fmt: str, classes: list[str], prep: Preprocessing,
         "file": out.name,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32",
                   "layout": "NCHW", "colour": "RGB",
-                  "range": "0-255, not normalised: the model applies mean and std itself"},
+                  "range": "0-255, not normalised: the model applies mean and std itself",
+                  "decoding": DECODING},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(classes)],
                    "meaning": "logits; softmax over axis 1 gives class probabilities"},
         "classes": list(classes),
