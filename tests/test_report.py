@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -261,6 +262,28 @@ def test_run_report_is_self_contained_and_complete(run_dir):
     assert "%" in html and "drawn again" not in html
     # train_seconds includes extracting (or reading back cached) frozen features
     assert "training epochs and, for a frozen backbone, computing its features" in html
+
+
+def test_a_class_without_images_has_no_recall_in_the_per_class_table(run_dir):
+    from imgclf.report.template import MISSING
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    never, predicted = list(metrics["per_class"])[:2]
+    metrics["per_class"][never].update(support=0, tp=0, fp=0, fn=0, precision=0.0,
+                                       recall=0.0, f1=0.0)
+    metrics["per_class"][predicted].update(support=0, tp=0, fp=2, fn=0, precision=0.0,
+                                           recall=0.0, f1=0.0)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    html = write_report(run_dir).read_text(encoding="utf-8")
+
+    def cells(name):  # precision, recall, F1, images: the per-class table's row (8 cells)
+        rows = re.findall(rf"<tr><td>{name}</td>(.*?)</tr>", html)
+        row = next(r for r in rows if r.count("<td") == 7)
+        return re.findall(r"<td[^>]*>([^<]*)</td>", row)[:4]
+
+    assert cells(never) == [MISSING, MISSING, MISSING, "0"]
+    assert cells(predicted) == ["0.00%", MISSING, MISSING, "0"]
+    assert "A class without images here has no recall or F1" in html
 
 
 def test_run_report_notes_copies_of_training_images(run_dir):

@@ -272,8 +272,13 @@ def _per_class(run: Run) -> str:
     rows = []
     for name, values in per_class.items():
         v = mapping(values)
-        rows.append([t.text(name), t.percent(v.get("precision")), t.percent(v.get("recall")),
-                     t.percent(v.get("f1")), t.integer(v.get("support")), t.integer(v.get("tp")),
+        # No images of the class here: its recall and F1 are undefined (metrics.json holds
+        # scikit-learn's 0), and so is its precision when it was never predicted either.
+        absent = t.as_number(v.get("support")) == 0
+        unpredicted = absent and not t.as_number(v.get("fp"))
+        rows.append([t.text(name), t.percent(None if unpredicted else v.get("precision")),
+                     *(t.percent(None if absent else v.get(m)) for m in ("recall", "f1")),
+                     t.integer(v.get("support")), t.integer(v.get("tp")),
                      t.integer(v.get("fp")), t.integer(v.get("fn"))])
     support = sum(t.as_number(mapping(v).get("support")) or 0 for v in per_class.values())
     for kind in ("macro", "weighted"):
@@ -286,7 +291,9 @@ def _per_class(run: Run) -> str:
         numeric=range(1, 8), row_classes=styles,
         caption_html="Precision: of the images predicted as the class, the share that are; "
                      "recall: of the images of the class, the share found. TP, FP, FN: true "
-                     "positives, false positives, false negatives.")
+                     "positives, false positives, false negatives. A class without images "
+                     "here has no recall or F1 (–); the macro average leaves it out unless "
+                     "it was predicted, and then counts them as 0.")
 
 
 def configuration_section(report: Report) -> str:
