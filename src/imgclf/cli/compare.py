@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--backbones names the backbones of transfer runs, but --methods "
                           f"{args.methods!r} has no transfer: add it, or leave --backbones out.")
     out = compare(args.data, methods, resolve_backbones(args.backbones), args.out, overrides,
-                  sort_by=args.sort,
-                  workers=args.workers, audit=not args.no_audit)
+                  sort_by=args.sort, workers=args.workers, audit=not args.no_audit)
     print((out / "leaderboard.md").read_text())
     print(f"leaderboard: {out / 'leaderboard.csv'}")
     with open(out / "leaderboard.csv", newline="", encoding="utf-8") as fh:
