@@ -87,13 +87,15 @@ def _warn_of_absent_classes(metrics: dict, classes: list[str], split: str) -> No
     if not absent:
         return
     predicted = [c for c in absent if metrics["per_class"][c]["fp"] > 0]
-    ways = [f"{', '.join(predicted)} (predicted for some images) count with recall and F1 "
-            "of 0" if predicted else "",
-            f"{', '.join(c for c in absent if c not in predicted)} are left out"
-            if len(predicted) < len(absent) else ""]
+    left_out = [c for c in absent if c not in predicted]
+    ways = []
+    if predicted:
+        ways.append(f"{', '.join(predicted)} (predicted for some images) count with recall "
+                    "and F1 of 0")
+    if left_out:
+        ways.append(f"{', '.join(left_out)} are left out")
     log.warning("the %s split has no images of %s: in the macro averages %s (balanced "
-                "accuracy leaves them all out)", split, ", ".join(absent),
-                "; ".join(w for w in ways if w))
+                "accuracy leaves them all out)", split, ", ".join(absent), "; ".join(ways))
 
 
 def write_evaluation(
