@@ -152,6 +152,24 @@ def test_a_damaged_image_cache_entry_is_decoded_again(tmp_path, make_image_folde
         assert "damaged" not in caplog.text, how
 
 
+def test_an_interrupted_decoding_leaves_nothing_in_the_cache(tmp_path, make_image_folder,
+                                                             monkeypatch):
+    from imgclf.data import cache
+
+    folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
+    paths = sorted((folder / "a").iterdir())
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "_decode_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_images(paths, (24, 24))
+    assert list(cache_dir("images").iterdir()) == []
+    monkeypatch.undo()
+    assert load_images(paths, (24, 24)).array.shape == (3, 24, 24, 3)
+
+
 def test_an_older_image_cache_gains_the_digests(tmp_path, make_image_folder):
     folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
     paths = sorted((folder / "a").iterdir())

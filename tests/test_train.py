@@ -472,6 +472,46 @@ def test_resume_without_a_checkpoint_raises(split_data, tmp_path):
                                             "out": str(tmp_path / "nothing")})
     with pytest.raises(RunError, match=r"cannot resume: .*last\.pt does not exist"):
         train(config, resume=True)
+    (tmp_path / "nothing").mkdir()  # a run stopped before its first checkpoint
+    config.save(tmp_path / "nothing" / "config.yaml")
+    with pytest.raises(RunError, match=r"stopped before it saved a checkpoint \(last\.pt\), "
+                                       r"so there is nothing to go on from: run the same "
+                                       r"command again, without --resume"):
+        train(config, resume=True)
+
+
+def test_stopped_between_its_history_and_checkpoint_a_run_resumes_whole(
+        split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = build_config("scratch", None, {
+        "data": {"data": str(split_data)}, "out": str(out),
+        "model": {"img_size": 32}, "train": {"epochs": 2, "patience": 0}})
+    real_write = loop.write_history
+
+    def stop_writing_the_second_epoch(history, path):
+        if len(history) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while epoch 2's history is written
+        real_write(history, path)
+
+    monkeypatch.setattr(loop, "write_history", stop_writing_the_second_epoch)
+    with pytest.raises(Interrupted):
+        train(config)
+    monkeypatch.undo()
+    run = imgclf.train(out=out, resume=True)  # goes on from a checkpoint its history holds
+    assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1, 2]
+
+
+def test_an_interrupted_checkpoint_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from imgclf.engine.callbacks import save_atomic
+
+    def interrupted(payload, path):
+        Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"epoch": 1}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resuming_a_finished_run_raises(split_data, tmp_path):

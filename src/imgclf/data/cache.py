@@ -171,14 +171,19 @@ def load_images(
             array = np.empty(shape, dtype=np.uint8)
         log.info("decoding %d images at %dx%d%s", len(paths), *size,
                  " (cached for later runs)" if use_cache else "")
-        failures = _decode_all(paths, size, interpolation, array)
-        digests = _digests(paths, failures)
-        if use_cache:
-            array.flush()
-            del array
-            os.replace(tmp, data_file)
-            _write_meta(meta_file, {"failures": failures, "shape": shape, "digests": digests})
-            array = np.load(data_file, mmap_mode="r")
+        try:
+            failures = _decode_all(paths, size, interpolation, array)
+            digests = _digests(paths, failures)
+            if use_cache:
+                array.flush()
+                del array
+                os.replace(tmp, data_file)
+                _write_meta(meta_file, {"failures": failures, "shape": shape,
+                                        "digests": digests})
+                array = np.load(data_file, mmap_mode="r")
+        finally:  # interrupted: no half-written array left in the cache
+            if use_cache:
+                tmp.unlink(missing_ok=True)
     kept = [i for i in range(len(paths)) if i not in failures]
     if array.nbytes <= IN_MEMORY_FRACTION * _physical_memory() or failures:
         array = np.ascontiguousarray(array[kept]) if failures else np.array(array)

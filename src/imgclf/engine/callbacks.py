@@ -15,8 +15,11 @@ def save_atomic(payload: dict, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:  # interrupted: no half-written file left behind
+        tmp.unlink(missing_ok=True)
 
 
 CHECKPOINT_KEYS = ("classes", "preprocessing", "model_config", "model")

@@ -284,15 +284,15 @@ def fit(
                     phase.scheduler.step()
             state.history.append(row)
             state.phase, state.epoch = phase.name, epoch + 1
+            if dist.is_main():  # before last.pt: a run resumed from the one before rewrites it
+                write_history(state.history, run_dir / "history.csv")
             rng = rng_state(phase.train_loader)
             improved = monitor.update(row["epoch"], row.get(monitor.monitor, math.nan))
             if improved:
                 save("best.pt", epoch + 1)
             save("last.pt", epoch + 1)
-            if dist.is_main():
-                write_history(state.history, run_dir / "history.csv")
-                if epoch_logger is not None:
-                    epoch_logger(row)
+            if dist.is_main() and epoch_logger is not None:
+                epoch_logger(row)
             log.info(
                 "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs%s",
                 epoch + 1, phase.epochs, row["loss"], row["accuracy"],

@@ -215,8 +215,11 @@ def cached_features(body: Callable[[], nn.Module], images: np.ndarray, labels: n
     path = folder / f"{key_of(used)}.npy"
     if use_cache and dist.is_main() and cache_writable(folder):
         tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, features)
-        tmp.replace(path)
+        try:
+            np.save(tmp, features)
+            tmp.replace(path)
+        finally:  # interrupted: no half-written file left in the cache
+            tmp.unlink(missing_ok=True)
     return features, used
 
 
@@ -417,6 +420,10 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     are known to be usable, so that a failed start leaves no empty run folder behind."""
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     if resume:
+        if not (run_dir / "last.pt").exists() and (run_dir / CONFIG_FILE).exists():
+            raise RunError(f"cannot resume: the run in {run_dir} stopped before it saved a "
+                           "checkpoint (last.pt), so there is nothing to go on from: run the "
+                           "same command again, without --resume.")
         if not (run_dir / "last.pt").exists():
             raise RunError(f"cannot resume: {run_dir / 'last.pt'} does not exist. "
                            "Pass --out with the folder of the interrupted run.")
