@@ -48,6 +48,7 @@ from imgclf.paths import (
     read_mapping,
     run_datasets,
     write_text,
+    written_whole,
 )
 from imgclf.predict import BasePredictor, checkpoint_file, load_model
 
@@ -283,18 +284,14 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     model, prep, classes, meta = load_model(ckpt)
     model = model.cpu().eval()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
-    try:
+    with written_whole(out) as tmp:
         example = _random_images(_TRACE_BATCH, prep.img_size, seed=0)
         writer(fixed_same_padding(model, example), example, tmp)
         diff = check_export(model, tmp, fmt, prep.img_size) if check else None
         # The sidecar first: an export stopped in between leaves no model without the
         # sidecar that tells its classes and preprocessing, and that it is imgclf's.
         _write_sidecar(out, fmt, classes, prep, meta, diff)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.debug("exported %s to %s (classes and preprocessing in %s)",
               meta["model_config"]["name"], out, sidecar_path(out).name)
     return out

@@ -141,6 +141,20 @@ def run_folder_lock(run_dir: Path):
 
 
 @contextmanager
+def written_whole(path: Path):
+    """A temporary path beside ``path``, with its suffix, for a writer to fill: renamed to
+    ``path`` when the block ends, removed if the block fails or is interrupted, so that the
+    file is there whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
 def open_for_writing(path: str | Path, newline: str | None = None):
     """Write a text file whole or not at all: through a temporary file beside it, renamed
     into place when the block ends, removed if it fails; parent folders are created.

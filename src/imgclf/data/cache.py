@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.decode import DecodeError, decode_image, file_digest
-from imgclf.paths import cache_dir, cache_writable, first_line
+from imgclf.paths import cache_dir, cache_writable, first_line, written_whole
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,8 @@ def _digests(paths: list[Path], failures: dict[int, str]) -> list[str | None]:
 
 
 def _write_meta(meta_file: Path, meta: dict) -> None:
-    tmp = meta_file.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, meta_file)
+    with written_whole(meta_file) as tmp:
+        tmp.write_text(json.dumps(meta))
 
 
 def load_cached_array(path: Path, shape: tuple[int, ...], dtype: np.dtype | None = None,
@@ -120,8 +119,12 @@ def load_cached_array(path: Path, shape: tuple[int, ...], dtype: np.dtype | None
         problem = first_line(exc)
     if problem is None:
         return array
-    log.warning("the cache file %s is damaged (%s): computed again", path, problem)
+    _warn_damaged(path, problem)
     return None
+
+
+def _warn_damaged(path: Path, problem: str) -> None:
+    log.warning("the cache file %s is damaged (%s): computed again", path, problem)
 
 
 def _read_cached_images(data_file: Path, meta_file: Path,
@@ -134,8 +137,7 @@ def _read_cached_images(data_file: Path, meta_file: Path,
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         failures = {int(k): str(v) for k, v in meta["failures"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.warning("the cache file %s is damaged (%s): computed again", meta_file,
-                    first_line(exc) if not isinstance(exc, KeyError) else f"no {exc}")
+        _warn_damaged(meta_file, f"no {exc}" if isinstance(exc, KeyError) else first_line(exc))
         return None
     array = load_cached_array(data_file, shape, np.uint8, mmap=True)
     return None if array is None else (array, meta, failures)
@@ -164,26 +166,21 @@ def load_images(
         digests = meta["digests"]
     else:
         use_cache = use_cache and cache_writable(folder)
-        if use_cache:
-            tmp = data_file.with_suffix(f".tmp{os.getpid()}.npy")
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        else:
-            array = np.empty(shape, dtype=np.uint8)
         log.info("decoding %d images at %dx%d%s", len(paths), *size,
                  " (cached for later runs)" if use_cache else "")
-        try:
-            failures = _decode_all(paths, size, interpolation, array)
-            digests = _digests(paths, failures)
-            if use_cache:
+        if use_cache:
+            with written_whole(data_file) as tmp:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                failures = _decode_all(paths, size, interpolation, array)
                 array.flush()
                 del array
-                os.replace(tmp, data_file)
-                _write_meta(meta_file, {"failures": failures, "shape": shape,
-                                        "digests": digests})
-                array = np.load(data_file, mmap_mode="r")
-        finally:  # interrupted: no half-written array left in the cache
-            if use_cache:
-                tmp.unlink(missing_ok=True)
+            digests = _digests(paths, failures)
+            _write_meta(meta_file, {"failures": failures, "shape": shape, "digests": digests})
+            array = np.load(data_file, mmap_mode="r")
+        else:
+            array = np.empty(shape, dtype=np.uint8)
+            failures = _decode_all(paths, size, interpolation, array)
+            digests = _digests(paths, failures)
     kept = [i for i in range(len(paths)) if i not in failures]
     if array.nbytes <= IN_MEMORY_FRACTION * _physical_memory() or failures:
         array = np.ascontiguousarray(array[kept]) if failures else np.array(array)

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from imgclf.errors import RunError
-from imgclf.paths import load_torch_file
+from imgclf.paths import load_torch_file, written_whole
 
 
 def save_atomic(payload: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """``torch.save`` through ``written_whole``: a crash never leaves half a file."""
+    with written_whole(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:  # interrupted: no half-written file left behind
-        tmp.unlink(missing_ok=True)
 
 
 CHECKPOINT_KEYS = ("classes", "preprocessing", "model_config", "model")

@@ -66,6 +66,7 @@ from imgclf.paths import (
     cache_writable,
     check_output_folder,
     run_folder_lock,
+    written_whole,
 )
 
 log = logging.getLogger(__name__)
@@ -214,12 +215,8 @@ def cached_features(body: Callable[[], nn.Module], images: np.ndarray, labels: n
              len(images), seconds, len(images) / seconds, engine_name)
     path = folder / f"{key_of(used)}.npy"
     if use_cache and dist.is_main() and cache_writable(folder):
-        tmp = path.with_suffix(".tmp.npy")
-        try:
+        with written_whole(path) as tmp:
             np.save(tmp, features)
-            tmp.replace(path)
-        finally:  # interrupted: no half-written file left in the cache
-            tmp.unlink(missing_ok=True)
     return features, used
 
 
