@@ -132,20 +132,16 @@ def test_settings_other_than_the_kept_runs_are_an_error(compared, tmp_path):
         compare(str(other), ["scratch"], [], out, OVERRIDES)
 
 
-def test_a_damaged_config_of_a_kept_run_is_an_error(compared, tmp_path):
+@pytest.mark.parametrize("name, damaged, message", [
+    ("config.yaml", ": :\n", r"config\.yaml is not valid YAML"),
+    ("metrics.json", '{\n  "n_samples": ', r"metrics\.json is not valid JSON .*evaluate the run "
+                                          r"again"),
+])
+def test_a_damaged_file_of_a_kept_run_is_an_error(compared, tmp_path, name, damaged, message):
     source, data = compared
     out = shutil.copytree(source, tmp_path / "cmp")
-    (out / "scratch-small_cnn" / "config.yaml").write_text(": :\n")
-    with pytest.raises(RunError, match=r"scratch-small_cnn/config\.yaml is not valid YAML"):
-        compare(str(data), ["scratch"], [], out, OVERRIDES)
-
-
-def test_a_damaged_metrics_file_of_a_kept_run_is_an_error(compared, tmp_path):
-    source, data = compared
-    out = shutil.copytree(source, tmp_path / "cmp")
-    (out / "scratch-small_cnn" / "metrics.json").write_text('{\n  "n_samples": ')
-    with pytest.raises(RunError, match=r"scratch-small_cnn/metrics\.json is not valid JSON "
-                                       r".*evaluate the run again"):
+    (out / "scratch-small_cnn" / name).write_text(damaged)
+    with pytest.raises(RunError, match=rf"scratch-small_cnn/{message}"):
         compare(str(data), ["scratch"], [], out, OVERRIDES)
 
 
