@@ -1,7 +1,8 @@
 """Tests for imgclf.compare: runs side by side, the leaderboard, skipping and failures.
 
 One comparison is trained per module on a tiny folder: scratch, transfer with a randomly
-initialised mobilenetv2_100, and transfer with a backbone that does not exist.
+initialised mobilenetv2_100, and transfer with a backbone too deep for its images (a run
+that fails).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from imgclf import compare as compare_module
 from imgclf.cli.main import main
 from imgclf.compare import compare, plan_runs, resolve_backbones
 from imgclf.engine.loop import Interrupted
-from imgclf.errors import ConfigError, RunError
+from imgclf.errors import ConfigError, ModelError, RunError
 
 OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs": 1}}
-RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-not_a_model"]
+RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-inception_v3"]
 
 
 
@@ -33,7 +34,7 @@ def compared(tmp_path_factory):
     data = write_image_folder(root / "data", {"a": 8, "b": 8}, size=(32, 32), seed=0)
     with pytest.MonkeyPatch.context() as mp, single_thread():
         mp.setenv("IMGCLF_CACHE_DIR", str(root / "cache"))
-        out = compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "not_a_model"],
+        out = compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "inception_v3"],
                       root / "cmp", OVERRIDES)
     return out, data
 
@@ -76,12 +77,12 @@ def test_leaderboard_has_one_row_per_run(compared):
 
 def test_failed_run_is_recorded_with_its_error(compared):
     out, _ = compared
-    failed = next(r for r in leaderboard(out) if r["run"] == "transfer-not_a_model")
+    failed = next(r for r in leaderboard(out) if r["run"] == "transfer-inception_v3")
     assert failed["status"] == "failed"
-    assert failed["error"].startswith("ModelError: Unknown model 'not_a_model'")
+    assert failed["error"].startswith("ModelError: image size 32 is too small for inception_v3")
     assert failed["accuracy"] == ""
-    assert "Traceback" in (out / "transfer-not_a_model" / "error.txt").read_text()
-    assert not (out / "transfer-not_a_model" / "metrics.json").exists()
+    assert "Traceback" in (out / "transfer-inception_v3" / "error.txt").read_text()
+    assert not (out / "transfer-inception_v3" / "metrics.json").exists()
 
 
 def test_runs_share_the_resolved_overrides(compared):
@@ -108,14 +109,14 @@ def test_second_call_keeps_finished_runs_and_retries_failed_ones(compared, tmp_p
         return real(plan, config, threads, resume)
 
     monkeypatch.setattr(compare_module, "_run_one", spy)
-    compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "not_a_model"], out,
+    compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "inception_v3"], out,
             OVERRIDES)
-    assert retried == ["transfer-not_a_model"]
+    assert retried == ["transfer-inception_v3"]
     for name, stamp in stamps.items():
         assert (out / name / "model.pt").stat().st_mtime_ns == stamp
     rows = leaderboard(out)
     assert sorted(r["run"] for r in rows) == sorted(RUNS)
-    assert {r["run"]: r["status"] for r in rows}["transfer-not_a_model"] == "failed"
+    assert {r["run"]: r["status"] for r in rows}["transfer-inception_v3"] == "failed"
     before = {r["run"]: r["accuracy"] for r in leaderboard(source)}
     assert {r["run"]: r["accuracy"] for r in rows} == before
 
@@ -211,10 +212,14 @@ def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_im
     assert (mine / "leaderboard.csv").read_text() == "a,b\n"
     with pytest.raises(ConfigError, match="unknown key 'epoch'"):
         compare(str(data), "scratch", [], tmp_path / "cmp", {"train": {"epoch": 1}})
+    with pytest.raises(ModelError, match=r"Unknown model .mobilenetv2_10..*Did you mean: .*"
+                                         r"mobilenetv2_100"):
+        compare(str(data), ["scratch", "transfer"], ["mobilenetv2_10"], tmp_path / "cmp",
+                OVERRIDES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine"]
     assert sorted(p.name for p in data.iterdir()) == ["a", "b"]
-    argv = ["compare", str(data), "--methods", "transfer", "--backbones", "not_a_model",
-            "--out", str(tmp_path / "cmp"), "--no-audit", "-q"]
+    argv = ["compare", str(data), "--methods", "transfer", "--backbones", "inception_v3",
+            "--img-size", "32", "--out", str(tmp_path / "cmp"), "--no-audit", "-q"]
     assert main(argv) == 2
     assert "error: every run failed" in capsys.readouterr().err
 

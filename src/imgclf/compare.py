@@ -30,6 +30,7 @@ from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError, RunFolderBusy
 from imgclf.history import read_history
+from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     CONFIG_FILE,
     check_output_folder,
@@ -100,9 +101,8 @@ def resolve_backbones(spec: str | None) -> list[str]:
 
 
 def _plan_config(plan: RunPlan, overrides: dict, out: Path):
-    """A run's settings, checked (a model that cannot be built fails its run alone)."""
-    from imgclf.models.registry import get_spec
-
+    """A run's settings, checked (a model that cannot be built, for this data or image
+    size, say, fails its run alone)."""
     opts = copy.deepcopy(overrides)
     if plan.method != "transfer":  # a backbone's settings are the transfer runs' alone
         for dotted in TRANSFER_SETTINGS:
@@ -186,6 +186,8 @@ def compare(
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
     plans = plan_runs(methods, backbones, overrides.get("model", {}).get("name"))
+    for name in dict.fromkeys(plan.model for plan in plans):
+        check_model_name(name)  # a misspelt backbone stops the comparison before any run
     given = [dotted for dotted in TRANSFER_SETTINGS
              if dotted.split(".")[1] in overrides.get(dotted.split(".")[0], {})]
     if given and "transfer" not in methods:
