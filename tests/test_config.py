@@ -175,6 +175,7 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"train": {"class_weight": "balanced"}}, r"train\.class_weight must be auto or none"),
     ({"train": {"label_smoothing": 1.0}}, r"train\.label_smoothing must be in \[0, 1\)"),
     ({"train": {"tta": "yes"}}, r"train\.tta must be off, on or auto, got 'yes'"),
+    ({"model": {"head": "lineer"}}, r"model\.head must be reference or linear, got 'lineer'"),
     ({"data": {"val_fraction": 1.5}}, r"data\.val_fraction must be between 0 and 1"),
     ({"train": {"patience": -1}}, r"train\.patience must be >= 0 \(0: no early stopping\)"),
     ({"train": {"min_delta": -0.1}}, r"train\.min_delta must be >= 0, got -0\.1"),
@@ -183,7 +184,7 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"model": {"dropout": 1.0}}, r"model\.dropout must be in \[0, 1\)"),
     ({"train": {"finetune": 2}}, r"train\.finetune applies to --method transfer"),
     ({"model": {"img_size": 0}}, r"model\.img_size must be >= 1 \(or left out"),
-    ({"augment": {"preset": "bogus"}}, r"augment\.preset must be one of none, flip, "),
+    ({"augment": {"preset": "bogus"}}, r"augment\.preset must be none, flip, reference, "),
     ({"model": {"weights": "w.pth", "pretrained": False}},
      r"model\.weights \(w\.pth\) loads pretrained weights, and model\.pretrained is false"),
     ({"method": "distill"}, r"method 'distill' is not known; choose one of scratch, augment, "

@@ -95,6 +95,20 @@ class TrainSection:
 TRANSFER_SETTINGS = ("model.head", "model.dropout", "model.weights", "train.finetune")
 """Settings of a pretrained backbone and its new head, which imgclf's own networks do not
 have: ``compare`` gives them to its transfer runs alone."""
+CHOICES = {
+    "model.head": ("reference", "linear"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.schedule": ("none", "cosine", "onecycle", "plateau"),
+    "train.class_weight": ("auto", "none"),
+    "train.monitor": ("val_loss", "val_accuracy", "loss", "accuracy"),
+    "train.mode": ("auto", "min", "max"),
+    "train.feature_engine": FEATURE_ENGINES,
+    "train.tta": ("off", "on", "auto"),
+    "train.amp": ("auto", "bf16", "off"),
+    "augment.preset": AUGMENT_PRESETS,
+}
+"""The settings that take one of a few names, and those names: checked by ``validate``,
+offered by the command line's options."""
 PATH_SETTINGS = ("data.data", "data.train", "data.val", "data.test", "model.weights")
 """The settings that name a file or folder, relative to the working folder unless absolute."""
 
@@ -306,20 +320,6 @@ def validate(config: Config) -> None:
         (0 <= t.weight_decay < math.inf,
          f"train.weight_decay must be >= 0 and finite, got {t.weight_decay}"),
         (0 <= config.seed < 2**32, f"seed must be in 0..{2**32 - 1}, got {config.seed}"),
-        (t.optimizer in ("adam", "adamw", "sgd"),
-         f"train.optimizer must be adam, adamw or sgd, got {t.optimizer!r}"),
-        (t.schedule in ("none", "cosine", "onecycle", "plateau"),
-         f"train.schedule must be none, cosine, onecycle or plateau, got {t.schedule!r}"),
-        (t.monitor in ("val_loss", "val_accuracy", "loss", "accuracy"),
-         f"train.monitor must be val_loss, val_accuracy, loss or accuracy, got {t.monitor!r}"),
-        (t.mode in ("auto", "min", "max"), f"train.mode must be auto, min or max, got {t.mode!r}"),
-        (t.class_weight in (None, "auto", "none"),
-         f"train.class_weight must be auto or none, got {t.class_weight!r}"),
-        (t.tta in ("off", "on", "auto"), f"train.tta must be off, on or auto, got {t.tta!r}"),
-        (t.feature_engine in FEATURE_ENGINES,
-         f"train.feature_engine must be auto, torch or onnx, got {t.feature_engine!r}"),
-        (t.amp in ("auto", "bf16", "off"),
-         f"train.amp must be auto, bf16 or off, got {t.amp!r}"),
         (0 < config.data.val_fraction < 1,
          f"data.val_fraction must be between 0 and 1, got {config.data.val_fraction}"),
         (0 <= t.label_smoothing < 1,
@@ -335,13 +335,17 @@ def validate(config: Config) -> None:
         (config.model.img_size is None or config.model.img_size >= 1,
          f"model.img_size must be >= 1 (or left out for the model's own), got "
          f"{config.model.img_size}"),
-        (config.augment.preset in AUGMENT_PRESETS,
-         f"augment.preset must be one of {', '.join(AUGMENT_PRESETS)}, got "
-         f"{config.augment.preset!r}"),
         (config.model.pretrained or config.model.weights is None,
          f"model.weights ({config.model.weights}) loads pretrained weights, and "
          "model.pretrained is false (--no-pretrained): give one of the two"),
     ]
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        optional = getattr(type(getattr(config, section))(), key) is None
+        allowed_names = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+        checks.append((value in allowed or (optional and value is None),
+                       f"{dotted} must be {allowed_names}, got {value!r}"))
     if t.finetune is not None:
         ok = str(t.finetune) == "all" or (str(t.finetune).isdigit() and int(t.finetune) >= 1)
         checks.append((ok, f"train.finetune must be a number of stages (1 or more) or 'all', "

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from imgclf.config import CHOICES
 from imgclf.engine import dist
 
 DATA_HELP = ("dataset folder: class subfolders, or train/ val/ test/ splits (Kaggle's "
@@ -53,8 +54,11 @@ def add_tta(parser: argparse.ArgumentParser) -> None:
 
 
 def option(parser, *flags, dest: str, help: str, **kwargs) -> None:
-    """An option that overrides config key ``dest`` (dotted), only when given. Its value is
-    shown in the help as the option's name (``--epochs EPOCHS``), not the config key."""
+    """An option that overrides config key ``dest`` (dotted), only when given, limited to
+    the key's ``CHOICES`` where it has them. Its value is shown in the help as the option's
+    name (``--epochs EPOCHS``), not the config key."""
+    if dest in CHOICES:
+        kwargs["choices"] = CHOICES[dest]
     if "action" not in kwargs and "choices" not in kwargs:
         kwargs.setdefault("metavar", flags[-1].lstrip("-").replace("-", "_").upper())
     parser.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)

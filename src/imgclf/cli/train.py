@@ -6,14 +6,7 @@ import argparse
 import functools
 import json
 
-from imgclf.config import (
-    AUGMENT_PRESETS,
-    DEFAULT_BACKBONE,
-    FEATURE_ENGINES,
-    METHODS,
-    build_config,
-    resume_config,
-)
+from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config, resume_config
 from imgclf.errors import RunError
 
 
@@ -69,7 +62,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
            help="model name: small_cnn, small_cnn_wide or any timm model (in compare: "
                 "the network of the scratch and augment runs; transfer runs take "
                 "--backbones)")
-    option(m, "--head", dest="model.head", choices=("reference", "linear"),
+    option(m, "--head", dest="model.head",
            help="transfer head: reference (dense 1024, ReLU, dropout 0.2) or linear")
     option(m, "--weights", dest="model.weights",
            help="ImageNet weights file for the backbone (.safetensors or .pth state dict)")
@@ -87,22 +80,20 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(t, "--batch-size", dest="train.batch_size", type=int,
            help=f"batch size ({preset_default('batch_size')})")
     option(t, "--lr", dest="train.lr", type=float, help=f"learning rate ({preset_default('lr')})")
-    option(t, "--optimizer", dest="train.optimizer", choices=("adam", "adamw", "sgd"),
+    option(t, "--optimizer", dest="train.optimizer",
            help=f"optimiser ({preset_default('optimizer')})")
     option(t, "--weight-decay", dest="train.weight_decay", type=float,
            help=f"weight decay ({preset_default('weight_decay')})")
-    option(t, "--schedule", dest="train.schedule", choices=("none", "cosine", "onecycle",
-                                                            "plateau"),
+    option(t, "--schedule", dest="train.schedule",
            help=f"learning-rate schedule ({preset_default('schedule')}; fine-tuning "
                 "always uses onecycle)")
     option(t, "--label-smoothing", dest="train.label_smoothing", type=float,
            help=f"label smoothing for the loss ({preset_default('label_smoothing')})")
-    option(t, "--class-weight", dest="train.class_weight", choices=("auto", "none"),
+    option(t, "--class-weight", dest="train.class_weight",
            help="auto weights the loss by inverse class frequency (for imbalanced data)")
     option(t, "--monitor", dest="train.monitor",
-           choices=("val_loss", "val_accuracy", "loss", "accuracy"),
            help="metric for early stopping and the best checkpoint (default val_loss)")
-    option(t, "--mode", dest="train.mode", choices=("auto", "min", "max"),
+    option(t, "--mode", dest="train.mode",
            help="whether the monitored metric should go down or up (default auto)")
     option(t, "--min-delta", dest="train.min_delta", type=float,
            help="smallest change that counts as an improvement")
@@ -129,17 +120,17 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(t, "--no-feature-cache", dest="train.feature_cache", action="store_const",
            const=False, help="transfer: run the frozen backbone every epoch instead of "
                              "caching its features")
-    option(t, "--feature-engine", dest="train.feature_engine", choices=FEATURE_ENGINES,
+    option(t, "--feature-engine", dest="train.feature_engine",
            help="transfer: what computes the frozen backbone's cached features: ONNX "
                 "Runtime (onnx; about twice PyTorch's speed on a CPU), PyTorch (torch), or "
                 "auto (the default: onnx on a CPU when onnxruntime is installed)")
-    option(t, "--tta", dest="train.tta", choices=("off", "on", "auto"),
+    option(t, "--tta", dest="train.tta",
            help="test-time augmentation: average each image's probabilities with its mirror "
                 "image's when evaluating and predicting; auto keeps it if it raises validation "
                 "accuracy (the scratch and augment presets' default; otherwise off)")
 
     a = parser.add_argument_group("augmentation")
-    option(a, "--augment", dest="augment.preset", choices=AUGMENT_PRESETS,
+    option(a, "--augment", dest="augment.preset",
            help="augmentation preset (reference = the study's Keras ImageDataGenerator)")
     option(a, "--mixup", dest="augment.mixup", type=float, help="MixUp alpha (0: off)")
     option(a, "--cutmix", dest="augment.cutmix", type=float, help="CutMix alpha (0: off)")
@@ -150,9 +141,10 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(r, "--no-cache", dest="data.cache", action="store_const", const=False,
            help="do not keep decoded images and features in the user cache folder")
     option(r, "--loader-workers", dest="data.workers", type=int,
-           help="data-loader processes (default: 0 without augmentation, else cores - 1)")
+           help="data-loader processes (default: 0 without augmentation or with the batch-wise "
+                "reference preset, else one per spare core, at most 4)")
     option(r, "--device", dest="train.device", help="auto (default), cpu, cuda or cuda:N")
-    option(r, "--amp", dest="train.amp", choices=("auto", "bf16", "off"),
+    option(r, "--amp", dest="train.amp",
            help="mixed precision: auto uses bf16 where the hardware runs it natively")
     option(r, "--no-channels-last", dest="train.channels_last", action="store_const",
            const=False, help="keep NCHW memory format")

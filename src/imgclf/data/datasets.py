@@ -98,7 +98,8 @@ def _whole_batch(batch):
 
 def default_workers(transform) -> int:
     """Loader processes: none for plain array slicing or batch-wise transforms (cheaper
-    in-process), else one per spare core, since per-image augmentation is Python work."""
+    in-process), else one per spare core, at most 4, since per-image augmentation is
+    Python work."""
     if transform is None or getattr(transform, "batched", False):
         return 0
     return max(1, min(4, (os.cpu_count() or 2) - 1))

@@ -13,10 +13,11 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
+from imgclf.config import CHOICES
 from imgclf.errors import ModelError
 from imgclf.models.registry import check_model_name, get_spec
 
-HEADS = ("reference", "linear")
+HEADS = CHOICES["model.head"]
 
 
 @dataclass(frozen=True)
