@@ -251,6 +251,23 @@ def test_history_records_the_rate_each_epoch_started_at(split_data, tmp_path, sc
     assert (rates[1] > rates[0]) is (schedule == "onecycle")
 
 
+def test_the_plateau_schedule_follows_the_mode_early_stopping_follows(split_data, tmp_path,
+                                                                    monkeypatch):
+    from imgclf.engine import trainer
+
+    modes = []
+
+    def spy(optimizer, name, epochs, steps_per_epoch, mode):
+        modes.append((name, mode))
+        return make_scheduler(optimizer, name, epochs, steps_per_epoch, mode)
+
+    make_scheduler = trainer.make_scheduler
+    monkeypatch.setattr(trainer, "make_scheduler", spy)
+    scratch(split_data, tmp_path / "run", epochs=1,
+            train={"schedule": "plateau", "monitor": "val_loss", "mode": "max", "tta": "off"})
+    assert modes == [("plateau", "max")]
+
+
 def test_one_cycle_over_a_single_step_trains_it_at_a_useful_rate():
     from imgclf.engine.trainer import make_scheduler
 

@@ -305,6 +305,12 @@ def _for_training(module: nn.Module, rt: Runtime, sync_bn: bool = False,
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
+def monitor_for(config: Config) -> Monitor:
+    """The rule of a phase's early stopping, best checkpoint and plateau schedule."""
+    t = config.train
+    return Monitor(t.monitor, t.mode, t.min_delta, t.patience)
+
+
 def _epochs(cfg: Config, phase: str) -> int:
     """A head that fine-tuning follows only warms up (fastai's ``freeze_epochs``): trained
     to convergence on frozen features it overfits them, and fine-tuning from there ended
@@ -324,7 +330,7 @@ def _whole_model_phase(ctx: TrainingContext, name: str, frozen_body: bool) -> Ph
     optimizer = make_optimizer(params, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
     epochs = _epochs(cfg, name)
     scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, epochs,
-                                         len(train_loader), Monitor(cfg.train.monitor).mode)
+                                         len(train_loader), monitor_for(cfg).mode)
     module = _for_training(model, ctx.rt, cfg.train.sync_bn, cfg.train.compile)
     return Phase(
         name, module, train_loader, _image_loader(ctx, "val", False, "none"), optimizer,
@@ -357,7 +363,7 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
                                cfg.train.weight_decay)
     epochs = _epochs(cfg, "head")
     scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, epochs,
-                                         len(train_loader), Monitor(cfg.train.monitor).mode)
+                                         len(train_loader), monitor_for(cfg).mode)
     feature_rt = Runtime(ctx.rt.device, None, False)
     return Phase("head", _for_training(head, feature_rt), train_loader, val_loader, optimizer,
                  epochs,
@@ -378,7 +384,7 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
     optimizer = make_optimizer(groups, cfg.train.optimizer, cfg.train.finetune_lr,
                                cfg.train.weight_decay)
     scheduler, per_step = make_scheduler(optimizer, "onecycle", cfg.train.finetune_epochs,
-                                         len(train_loader), Monitor(cfg.train.monitor).mode)
+                                         len(train_loader), monitor_for(cfg).mode)
     model = ctx.model
     # Batches of 32 give noisy statistics; by default the unfrozen BatchNorm layers keep
     # the pretrained ones (Keras' advice for fine-tuning) while their scale and shift train.
@@ -551,8 +557,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     start = [name for name, _ in plan].index(state.phase) + state.done if state.phase else 0
     for _, factory in plan[start:]:
         phase = factory()
-        monitor = Monitor(config.train.monitor, config.train.mode, config.train.min_delta,
-                          config.train.patience)
+        monitor = monitor_for(config)
         if last is not None and state.phase == phase.name:
             phase.optimizer.load_state_dict(last["optimizer"])
             if phase.scheduler is not None and last.get("scheduler"):
