@@ -25,7 +25,8 @@ from imgclf.config import build_config
 from imgclf.engine.callbacks import save_atomic
 from imgclf.engine.runtime import Runtime, cpu_supports_bf16
 from imgclf.engine.trainer import checkpoint_meta
-from imgclf.export import OnnxPredictor, available_cores, export_model
+from imgclf.export import OnnxPredictor, export_model
+from imgclf.machine import available_cores
 from imgclf.models.factory import create_model
 from imgclf.predict import Predictor
 

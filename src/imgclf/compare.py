@@ -14,7 +14,6 @@ import csv
 import json
 import logging
 import multiprocessing
-import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError, RunFolderBusy
 from imgclf.history import read_history
+from imgclf.machine import available_cores
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     CONFIG_FILE,
@@ -250,7 +250,7 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
                                   "again to go on from there.") from None
             write_leaderboard(list(rows.values()), out, sort_by)
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, available_cores() // workers)
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             futures = {pool.submit(_run_one, p, configs[p.name], threads,

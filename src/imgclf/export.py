@@ -25,7 +25,6 @@ import copy
 import importlib.util
 import json
 import logging
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import nn
 
 from imgclf import __version__
 from imgclf.errors import ConfigError, ImgclfError, RunError
+from imgclf.machine import available_cores
 from imgclf.models.factory import Classifier, Preprocessing
 from imgclf.paths import (
     MODEL_FILE,
@@ -96,13 +96,6 @@ def _check_export_files(out: Path, fmt: str, datasets) -> None:
                       starts=(MAGIC[fmt],) if ours else (), what="an exported model")
     check_output_file(sidecar, (), datasets, DEFAULT_FILES[fmt], starts=(sidecar_start(fmt),),
                       what="an export's sidecar")
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (fewer than the machine's under taskset/cgroups)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from imgclf.data.transforms import tta_average
 from imgclf.engine.callbacks import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
+from imgclf.machine import available_cores
 from imgclf.models.factory import Classifier, Preprocessing, create_model
 from imgclf.paths import (
     MODEL_FILE,
@@ -204,7 +205,7 @@ class BasePredictor:
             log.info("%d file(s) that are not images left out", others)
         files = [path for path, reason in found if reason is None]
         done: dict[Path, Prediction] = {}
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=available_cores()) as pool:
             for start in range(0, len(files), batch_size):
                 chunk = files[start:start + batch_size]
                 decoded = list(pool.map(self._decode, chunk))

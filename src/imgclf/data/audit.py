@@ -49,6 +49,7 @@ from imgclf.data.layout import (
     unknown_classes,
 )
 from imgclf.errors import ConfigError
+from imgclf.machine import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def _inspect(path: Path) -> _Inspected:
 
 
 def _inspect_all(paths: list[Path], workers: int | None) -> list[_Inspected]:
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cores()
     log.info("decoding %d image files with %d thread(s)", len(paths), workers)
     # Pillow releases the GIL while reading and decoding, so threads scale over cores.
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.decode import DecodeError, decode_image, file_digest
+from imgclf.machine import available_cores
 from imgclf.paths import cache_dir, cache_writable, first_line, written_whole
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def _decode_all(paths, size, interpolation, out: np.ndarray) -> dict[int, str]:
             failures[i] = exc.reason
 
     # Pillow releases the GIL while decoding and resizing, so threads scale over cores.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=available_cores()) as pool:
         list(pool.map(work, range(len(paths)), chunksize=32))
     return failures
 
@@ -95,7 +96,7 @@ def _digests(paths: list[Path], failures: dict[int, str]) -> list[str | None]:
         except DecodeError:
             return None
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=available_cores()) as pool:
         return list(pool.map(digest, range(len(paths)), chunksize=64))
 
 

@@ -8,13 +8,12 @@ batch-wise warp, which samples in float and hands the model its float result.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imgclf.engine import dist
+from imgclf.machine import available_cores
 
 
 class ArrayDataset(Dataset):
@@ -102,7 +101,7 @@ def default_workers(transform) -> int:
     Python work."""
     if transform is None or getattr(transform, "batched", False):
         return 0
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return max(1, min(4, available_cores() - 1))
 
 
 def make_loader(

@@ -13,6 +13,7 @@ import torch.distributed as td
 
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import ConfigError, RunError
+from imgclf.machine import available_cores
 
 
 def is_distributed() -> bool:
@@ -99,7 +100,7 @@ def init_from_env(device: str = "auto") -> bool:
         backend = "nccl"
     else:
         backend = "gloo"
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(max(1, available_cores() // local_world))
     td.init_process_group(backend)
     return True
 
