@@ -15,7 +15,7 @@ import pytest
 
 from imgclf import compare as compare_module
 from imgclf.cli.main import main
-from imgclf.compare import compare, plan_runs, resolve_backbones
+from imgclf.compare import compare, name_list, plan_runs, resolve_backbones
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError, ModelError, RunError
 
@@ -353,6 +353,13 @@ def test_resolve_backbones(monkeypatch):
 
     monkeypatch.setattr(weights, "offline_backbones", lambda: {"x_net": "pkg", "a": "pkg"})
     assert resolve_backbones("a,offline") == ["a", "x_net"]
+
+
+def test_methods_and_backbones_as_one_string_of_names(tmp_path):
+    assert name_list(" scratch, transfer ,") == ["scratch", "transfer"]
+    assert name_list(["augment "]) == ["augment"]
+    with pytest.raises(ConfigError, match=r"unknown method\(s\) \['distill'\]"):
+        compare(str(tmp_path), "scratch, distill", "mobilenetv2_100", tmp_path / "cmp")
 
 
 def test_each_run_keeps_its_method_over_a_config_file(tmp_path, make_image_folder):

@@ -84,18 +84,22 @@ def plan_runs(methods: list[str], backbones: list[str],
     return plans
 
 
+def name_list(names: str | list[str]) -> list[str]:
+    """Names given as a list or as one comma-separated string (``"scratch, transfer"``)."""
+    if isinstance(names, str):
+        names = names.split(",")
+    return [name.strip() for name in names if name.strip()]
+
+
 def resolve_backbones(spec: str | None) -> list[str]:
     """``offline`` means every backbone with ImageNet weights installed on this machine."""
-    if not spec:
-        return [DEFAULT_BACKBONE]
     names: list[str] = []
-    for item in spec.split(","):
-        item = item.strip()
+    for item in name_list(spec or DEFAULT_BACKBONE):
         if item == "offline":
             from imgclf.models.weights import offline_backbones
 
             names += list(offline_backbones())
-        elif item:
+        else:
             names.append(item)
     return list(dict.fromkeys(names))
 
@@ -180,8 +184,7 @@ def compare(
     if sort_by not in SORT_KEYS:
         raise ConfigError(f"cannot sort the leaderboard by {sort_by!r}; choose one of "
                           f"{', '.join(SORT_KEYS)}.")
-    methods = methods.split(",") if isinstance(methods, str) else methods
-    backbones = backbones.split(",") if isinstance(backbones, str) else backbones
+    methods, backbones = name_list(methods), name_list(backbones)
     out = Path(out)
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data

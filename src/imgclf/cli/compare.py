@@ -38,13 +38,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgclf.compare import compare, resolve_backbones
+    from imgclf.compare import compare, name_list, resolve_backbones
 
     overrides = overrides_from(args)
     overrides.pop("out", None)
     if args.config:
         overrides["config_file"] = args.config
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = name_list(args.methods)
     if args.backbones is not None and "transfer" not in methods:
         raise ConfigError("--backbones names the backbones of transfer runs, but --methods "
                           f"{args.methods!r} has no transfer: add it, or leave --backbones out.")
