@@ -387,3 +387,38 @@ def test_workers_train_runs_in_parallel_processes(tmp_path, make_image_folder):
     assert all(r["status"] == "ok" for r in rows), rows
     for row in rows:
         assert (out / row["run"] / "model.pt").exists()
+
+
+def test_ctrl_c_stops_the_workers_runs_and_starts_no_other(tmp_path, make_image_folder):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_image_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(32, 32), seed=4)
+    out = tmp_path / "cmp"
+    # Three runs for two workers, long enough to be under way at Ctrl-C.
+    argv = [sys.executable, "-m", "imgclf", "compare", str(data), "--methods",
+            "scratch,augment,transfer", "--no-pretrained", "--img-size", "32", "--epochs",
+            "5000", "--patience", "0", "--workers", "2", "--out", str(out), "--no-audit"]
+    env = {**os.environ, "IMGCLF_CACHE_DIR": str(tmp_path / "cache")}
+    command = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                               start_new_session=True)  # its own group, as a terminal's job
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "scratch-small_cnn" / "last.pt").exists():
+            assert command.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        os.killpg(command.pid, signal.SIGINT)  # what Ctrl-C sends to every process of the job
+        _, err = command.communicate(timeout=120)
+    finally:
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
+    err = err.decode()
+    assert command.returncode == 130, err
+    assert "Traceback" not in err
+    assert "comparison interrupted during runs scratch-small_cnn, augment-small_cnn_wide, " \
+           "whose progress is saved" in err
+    assert not (out / "transfer-tf_efficientnet_lite0").exists()  # never started
+    assert not (out / "scratch-small_cnn" / "metrics.json").exists()

@@ -9,12 +9,15 @@ command is repeated; a run that fails is recorded with its error and the others 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import copy
 import csv
 import json
 import logging
 import multiprocessing
+import signal
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,10 +124,11 @@ def _plan_config(plan: RunPlan, overrides: dict, out: Path):
 
 
 def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -> dict:
-    """Train one run by ``config`` (``_plan_config``'s, in this process or a worker);
-    returns its leaderboard row. An interrupted run stops the comparison (its last.pt lets
-    the next one resume it)."""
-    if threads:
+    """Train one run by ``config`` (``_plan_config``'s) in this process, or in a worker on
+    ``threads`` threads; returns its leaderboard row. An interrupted run stops the
+    comparison (its last.pt lets the next one resume it)."""
+    in_worker = threads is not None
+    if in_worker:
         import torch
 
         torch.set_num_threads(threads)
@@ -132,7 +136,9 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
 
     run_dir = Path(config.out)
     try:
-        train(config, resume=resume)
+        # A worker ignores Ctrl-C while idle, and stops its run at it like this process.
+        with _ctrl_c_interrupts() if in_worker else contextlib.nullcontext():
+            train(config, resume=resume)
     except (Interrupted, RunFolderBusy):  # the run is not this comparison's to record
         raise
     except Exception as exc:  # a failed run is recorded and the comparison goes on
@@ -142,6 +148,16 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
         return {"run": plan.name, "method": plan.method, "backbone": plan.model,
                 "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     return row_from_run(run_dir, plan)
+
+
+@contextlib.contextmanager
+def _ctrl_c_interrupts():
+    """Ctrl-C raises KeyboardInterrupt within the block, whatever it did outside it."""
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
 
 def row_from_run(run_dir: Path, plan: RunPlan | None = None) -> dict:
@@ -248,22 +264,48 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
                 rows[plan.name] = _run_one(plan, configs[plan.name], None,
                                            plan.name in resumable)
             except Interrupted:
-                raise Interrupted(f"comparison interrupted during run {plan.name}, whose "
-                                  "progress is saved: run the same imgclf compare command "
-                                  "again to go on from there.") from None
+                raise _comparison_interrupted([plan]) from None
             write_leaderboard(list(rows.values()), out, sort_by)
     else:
-        threads = max(1, available_cores() // workers)
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_one, p, configs[p.name], threads,
-                                   p.name in resumable): p for p in todo}
-            for future in cf.as_completed(futures):
-                rows[futures[future].name] = future.result()
-                write_leaderboard(list(rows.values()), out, sort_by)
+        _train_in_workers(todo, configs, resumable, workers, rows,
+                          lambda: write_leaderboard(list(rows.values()), out, sort_by))
     ordered = [rows[p.name] for p in plans] + _earlier_runs(out, set(rows))
     write_leaderboard(ordered, out, sort_by)
     return out
+
+
+def _train_in_workers(todo: list[RunPlan], configs: dict, resumable: set[str], workers: int,
+                      rows: dict[str, dict], finished: Callable[[], None]) -> None:
+    """Train ``todo`` in ``workers`` processes, putting each run's row in ``rows`` and
+    calling ``finished`` as it ends. Each worker is handed one run at a time, so that after
+    Ctrl-C no further run starts: the workers' own runs stop at it, saving their progress,
+    and idle workers leave it to this process."""
+    threads = max(1, available_cores() // workers)
+    waiting, running = list(todo), {}
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=signal.signal,
+                                initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+        try:
+            while waiting or running:
+                while waiting and len(running) < workers:
+                    plan = waiting.pop(0)
+                    running[pool.submit(_run_one, plan, configs[plan.name], threads,
+                                        plan.name in resumable)] = plan
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    rows[running[future].name] = future.result()
+                    del running[future]
+                    finished()
+        except (KeyboardInterrupt, Interrupted):
+            pool.shutdown(cancel_futures=True)  # the running runs save and stop first
+            raise _comparison_interrupted(list(running.values())) from None
+
+
+def _comparison_interrupted(plans: list[RunPlan]) -> Interrupted:
+    names = ", ".join(plan.name for plan in plans)
+    runs = "run" if len(plans) == 1 else "runs"
+    return Interrupted(f"comparison interrupted during {runs} {names}, whose progress is "
+                       "saved: run the same imgclf compare command again to go on from there.")
 
 
 def _audited_root(audit_file: Path) -> str | None:
