@@ -346,6 +346,37 @@ def test_a_reader_that_stops_ends_the_command_quietly(tmp_path, make_image_folde
     assert stderr == ""
 
 
+def test_sigterm_stops_training_as_ctrl_c_does(tmp_path, make_image_folder):
+    import os
+    import signal
+    import time
+
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32))
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "imgclf", "train", str(data), "--out", str(run),
+            "--epochs", "5000", "--patience", "0", "--img-size", "32", "-q"]
+    env = {**os.environ, "IMGCLF_CACHE_DIR": str(tmp_path / "cache")}
+    command = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").exists():
+            assert command.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        command.terminate()  # SIGTERM, as `kill` or a batch scheduler sends
+        _, err = command.communicate(timeout=60)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 130
+    err = err.decode()
+    assert "training interrupted; " in err and "last.pt. Continue with --resume." in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir() if "tmp" in p.name) == []
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["models", "small_cnn"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == before  # put back when the command ends
+
+
 def test_a_broken_pipe_other_than_stdout_is_an_error(monkeypatch, capsys):
     def broken(args):  # a command whose own pipe broke (stdout is fine)
         raise BrokenPipeError(32, "Broken pipe")

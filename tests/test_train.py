@@ -472,7 +472,8 @@ def test_interrupted_while_writing_its_results_the_run_resumes_to_them(split_dat
 
     with monkeypatch.context() as m:
         m.setattr("imgclf.evaluation.plot_confusion_matrix", ctrl_c)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Interrupted, match=r"training interrupted; its last checkpoint is "
+                                              r"saved in .*last\.pt\. Continue with --resume"):
             run(tmp_path / "part")
     part = tmp_path / "part"
     assert not (part / "metrics.json").exists()  # not finished: it resumes, and compare too
@@ -482,6 +483,17 @@ def test_interrupted_while_writing_its_results_the_run_resumes_to_them(split_dat
     # The head alone trained: so say the results, though no phase was set up again.
     assert metrics_of(part)["parameters"] == metrics_of(whole)["parameters"]
     assert without_timings(metrics_of(part)) == without_timings(metrics_of(whole))
+
+
+def test_interrupted_before_its_first_checkpoint_the_run_says_to_start_again(
+        split_data, tmp_path, monkeypatch):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("imgclf.engine.trainer.decode_split", ctrl_c)
+    with pytest.raises(Interrupted, match="training interrupted before its first checkpoint, "
+                                          "so there is nothing to resume: run the same command"):
+        scratch(split_data, tmp_path / "run")
 
 
 def test_resume_without_a_checkpoint_raises(split_data, tmp_path):

@@ -32,7 +32,7 @@ from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError, RunFolderBusy
 from imgclf.history import read_history
-from imgclf.machine import available_cores
+from imgclf.machine import available_cores, interrupted_by
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     CONFIG_FILE,
@@ -137,7 +137,7 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
     run_dir = Path(config.out)
     try:
         # A worker ignores Ctrl-C while idle, and stops its run at it like this process.
-        with _ctrl_c_interrupts() if in_worker else contextlib.nullcontext():
+        with interrupted_by(signal.SIGINT) if in_worker else contextlib.nullcontext():
             train(config, resume=resume)
     except (Interrupted, RunFolderBusy):  # the run is not this comparison's to record
         raise
@@ -148,16 +148,6 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
         return {"run": plan.name, "method": plan.method, "backbone": plan.model,
                 "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     return row_from_run(run_dir, plan)
-
-
-@contextlib.contextmanager
-def _ctrl_c_interrupts():
-    """Ctrl-C raises KeyboardInterrupt within the block, whatever it did outside it."""
-    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, outside)
 
 
 def row_from_run(run_dir: Path, plan: RunPlan | None = None) -> dict:

@@ -1,8 +1,11 @@
-"""What this process may use of the machine it runs on."""
+"""What this process may use of the machine it runs on, and how its signals stop it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 
 
 def available_cores() -> int:
@@ -11,3 +14,21 @@ def available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def interrupted_by(*signums: int):
+    """Within the block, each signal of ``signums`` raises KeyboardInterrupt, as Ctrl-C's
+    SIGINT does by default: the work stops as it does at Ctrl-C (progress saved, temporary
+    files removed, a message said). Outside the main thread, where Python cannot set a
+    handler, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.signal(signum, signal.default_int_handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)

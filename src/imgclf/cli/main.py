@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import select
+import signal
 import sys
 
 from imgclf import __version__
@@ -15,6 +16,7 @@ from imgclf.engine import dist
 from imgclf.engine.loop import Interrupted
 from imgclf.engine.runtime import flush_denormals
 from imgclf.errors import INPUT_ERRORS, ImgclfError
+from imgclf.machine import interrupted_by
 
 SUBCOMMANDS = (audit, train, evaluate, predict, compare, report, models, export)
 
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(getattr(args, "verbose", 0))
     try:
-        return args.func(args)
+        with interrupted_by(signal.SIGTERM):  # `kill`, a scheduler's stop: as Ctrl-C
+            return args.func(args)
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
         return 130

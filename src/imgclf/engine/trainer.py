@@ -43,7 +43,14 @@ from imgclf.data.prepare import (
 from imgclf.data.transforms import create_batch_mixer, create_transform
 from imgclf.engine import dist
 from imgclf.engine.callbacks import load_checkpoint, save_atomic
-from imgclf.engine.loop import FitState, Phase, fit, restore_rng_state, run_inference
+from imgclf.engine.loop import (
+    FitState,
+    Interrupted,
+    Phase,
+    fit,
+    restore_rng_state,
+    run_inference,
+)
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.evaluation import choose_tta, write_evaluation
@@ -453,6 +460,13 @@ def train(config: Config, resume: bool = False) -> Path:
     try:
         with contextlib.ExitStack() as held:
             return _train(config, resume, held)
+    except KeyboardInterrupt:  # outside the epochs, whose own interruption says more
+        last = Path(config.out or ".") / "last.pt"
+        if config.out and last.exists():
+            raise Interrupted(f"training interrupted; its last checkpoint is saved in {last}. "
+                              "Continue with --resume.") from None
+        raise Interrupted("training interrupted before its first checkpoint, so there is "
+                          "nothing to resume: run the same command again.") from None
     finally:
         if started:
             dist.shutdown()
@@ -492,6 +506,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     seed_everything(config.seed)
     rt = resolve_runtime(config.train.device, config.train.amp, config.train.channels_last)
     run_dir = _prepare_run_dir(config, resume)
+    config.out = str(run_dir)  # the folder chosen when none was given
     if dist.is_main():  # after the checks: they refuse a cache folder inside the dataset
         held.enter_context(run_folder_lock(run_dir))
     d = config.data
