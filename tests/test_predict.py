@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import shutil
 import warnings
@@ -593,6 +594,49 @@ def test_evaluate_refuses_to_overwrite_or_write_into_the_data(trained, tmp_path)
         evaluate_folder(run, data, split="validation")
 
 
+def test_evaluate_keeps_each_runs_evaluations_apart(trained, tmp_path):
+    trained_run, data = trained
+    first = shutil.copytree(trained_run, tmp_path / "first")
+    second = shutil.copytree(trained_run, tmp_path / "second")
+    with pytest.raises(RunError, match=r"would be inside .*first, the folder of another run; "
+                                       r"evaluate into .*second \(the default\)"):
+        evaluate_folder(second, data, out=first / "evaluate-test")
+    metrics, _ = evaluate_folder(first, data, out=tmp_path / "evals")
+    assert (metrics["run"], metrics["model_file"]) == (str(first), "model.pt")
+    before = (tmp_path / "evals" / "metrics.json").read_text()
+    with pytest.raises(RunError, match=r"evals holds the evaluation of the run in .*first; "
+                                       r"choose another --out for .*second"):
+        evaluate_folder(second, data, out=tmp_path / "evals")
+    assert (tmp_path / "evals" / "metrics.json").read_text() == before
+    # A run's own evaluation folder stays its own when the run moves.
+    evaluate_folder(first, data)
+    moved = first.rename(tmp_path / "moved")
+    assert evaluate_folder(moved, data)[1] == moved / "evaluate-test"
+
+
+def test_a_run_without_its_final_model_is_used_with_a_warning(trained, tmp_path, caplog):
+    trained_run, data = trained
+    run = shutil.copytree(trained_run, tmp_path / "unfinished")
+    (run / "model.pt").unlink()
+    metrics, _ = evaluate_folder(run, data, out=tmp_path / "ev")
+    assert metrics["model_file"] == "best.pt"
+    assert f"{run} has no model.pt: its training has not finished, so best.pt, saved during " \
+           "training, is used" in caplog.text
+    caplog.clear()
+    Predictor(run / "best.pt")  # asked for by name: no warning
+    assert "has not finished" not in caplog.text
+
+
+def test_a_dataset_given_as_dot_dot_is_named_after_its_folder(trained, tmp_path, monkeypatch):
+    run, data = trained
+    monkeypatch.chdir(data / "test" / "red")
+    metrics, out = evaluate_folder(run, "../..", out=tmp_path / "ev")
+    assert metrics["data"] == str(data / "test")  # the test split of data, as written out
+    monkeypatch.chdir(data / "test" / "red")
+    metrics, out = evaluate_folder(run, "..", out=tmp_path / "ev2")
+    assert metrics["split"] == "test" and metrics["data"] == str(data / "test")
+
+
 def test_evaluate_a_dataset_with_only_a_test_split(trained, tmp_path):
     run, data = trained
     for layout in ("only/test", "kaggle/seg_test/seg_test"):
@@ -665,7 +709,7 @@ def test_evaluate_val_draws_the_runs_own_validation_images_again(trained, tmp_pa
         evaluate_folder(run, copy, split="val", out=tmp_path / "x")
 
 
-def test_evaluate_lists_the_files_it_skipped(trained, tmp_path):
+def test_evaluate_lists_the_files_it_skipped(trained, tmp_path, monkeypatch):
     run, data = trained
     folder = shutil.copytree(data / "test", tmp_path / "test")
     broken = folder / "red" / "broken.jpg"
@@ -676,6 +720,11 @@ def test_evaluate_lists_the_files_it_skipped(trained, tmp_path):
         rows = list(csv.DictReader(fh))
     assert [(row["split"], Path(row["path"])) for row in rows] == [("test", broken)]
     assert rows[0]["reason"]
+    # Given from another folder by a relative path, each file is still named from the root.
+    monkeypatch.chdir(data)
+    evaluate_folder(run, os.path.relpath(folder, data), out=tmp_path / "ev2")
+    with open(tmp_path / "ev2" / "skipped.csv", newline="") as fh:
+        assert [Path(row["path"]) for row in csv.DictReader(fh)] == [broken]
 
 
 def test_evaluate_warns_of_an_empty_class_and_names_unknown_classes_first(

@@ -36,6 +36,7 @@ from imgclf.machine import available_cores, interrupted_by
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     CONFIG_FILE,
+    absolute,
     check_output_folder,
     is_run_folder,
     open_for_writing,
@@ -243,7 +244,7 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
             _clear_unfinished(run_dir)
         todo.append(plan)
     audit_file = out / "audit.json"
-    if audit and _audited_root(audit_file) != str(Path(data).absolute()):
+    if audit and _audited_root(audit_file) != str(absolute(data)):
         from imgclf.data.audit import audit_dataset
 
         write_text(audit_file, json.dumps(audit_dataset(Path(data)), indent=2))
@@ -340,7 +341,7 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
     for key in PATH_SETTINGS:
         for side in (saved, wanted):
             if side.get(key) is not None:
-                side[key] = str(Path(side[key]).absolute())
+                side[key] = str(absolute(side[key]))
     return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
 

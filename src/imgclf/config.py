@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from imgclf.errors import ConfigError
-from imgclf.paths import parse_problem, path_argument, read_run_config, write_text
+from imgclf.paths import absolute, parse_problem, path_argument, read_run_config, write_text
 
 AUGMENT_PRESETS = ("none", "flip", "reference", "trivial", "randaugment")
 
@@ -134,7 +134,7 @@ class Config:
             section, key = dotted.split(".")
             value = getattr(getattr(self, section), key)
             if value is not None:
-                setattr(getattr(self, section), key, str(Path(value).absolute()))
+                setattr(getattr(self, section), key, str(absolute(value)))
 
     def save(self, path: Path) -> None:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -26,7 +26,9 @@ from imgclf.errors import ConfigError, ImgclfError, RunError
 from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.paths import (
     CONFIG_FILE,
+    absolute,
     check_output_folder,
+    is_run_folder,
     open_for_writing,
     path_argument,
     write_text,
@@ -167,16 +169,22 @@ def _training_folder(run_dir: Path) -> Path | None:
         return None
 
 
-def _check_same_data(out_dir: Path, root: Path) -> None:
-    """Refuse to overwrite an evaluation of other images: the default folder is named after
-    the split, so a second dataset's test split would otherwise replace the first's."""
+def _check_same_evaluation(out_dir: Path, root: Path, run_dir: Path | None) -> None:
+    """Refuse to overwrite an evaluation of other images, or by another run than
+    ``run_dir`` (None: the folder is the run's own, wherever the run has moved): the
+    default folder is named after the split, so a second dataset's test split would
+    otherwise replace the first's, and ``--out`` may name any folder outside a run."""
     try:
-        earlier = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["data"]
+        earlier = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+        images, run = earlier["data"], earlier.get("run")
     except (OSError, ValueError, KeyError, TypeError):
         return  # no earlier evaluation here, or not one that names its images
-    if Path(earlier).resolve() != root.resolve():
-        raise RunError(f"{out_dir} holds the evaluation of {earlier}; choose another --out "
+    if Path(images).resolve() != root.resolve():
+        raise RunError(f"{out_dir} holds the evaluation of {images}; choose another --out "
                        f"for {root}, or delete that folder.")
+    if run is not None and run_dir is not None and not _same(Path(run), run_dir):
+        raise RunError(f"{out_dir} holds the evaluation of the run in {run}; choose another "
+                       f"--out for {run_dir}, or delete that folder.")
 
 
 def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
@@ -203,7 +211,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     held_out: Split | None = None
     if layout.kind == "single":  # a folder of classes: all of it, named after it
         root = layout.train
-        name = root.absolute().name
+        name = absolute(root).name
         if split is not None:
             log.warning("%s has no split folders: evaluating all of it, not a %s split",
                         data, split)
@@ -226,9 +234,15 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                     "whose images the model has learnt from", data)
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
+    inside = absolute(out_dir).parent
+    if is_run_folder(inside) and not _same(inside, run_dir):
+        # The report shows a run's evaluation folders as that run's.
+        raise RunError(f"{out_dir} would be inside {inside}, the folder of another run; "
+                       f"evaluate into {run_dir} (the default) or outside any run folder.")
     labelled = (held_out if held_out is not None
                 else scan_split(name, root, predictor.classes, source="the model"))
-    _check_same_data(out_dir, root)  # after the scan: classes the model lacks come first
+    # After the scan, so that classes the model lacks are named first.
+    _check_same_evaluation(out_dir, root, None if _same(inside, run_dir) else run_dir)
     if not len(labelled):
         raise DataError(f"no readable images in {root}.")
     images, labels, _ = decode_split(labelled, predictor.prep.img_size,
@@ -236,7 +250,9 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     write_skipped([(name, s) for s in labelled.skipped], out_dir / "skipped.csv")
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
-                               extra={"data": str(root.absolute()),
+                               extra={"data": str(absolute(root)),
+                                      "run": str(absolute(run_dir)),
+                                      "model_file": predictor.checkpoint.name,
                                       "skipped_files": len(labelled.skipped)},
                                tta=tta)
     return metrics, out_dir

@@ -289,6 +289,12 @@ def path_argument(value, what: str, error: type[ImgclfError] = ConfigError) -> P
     return Path(value)
 
 
+def absolute(path: str | Path) -> Path:
+    """``path`` from the root, with ``.`` and ``..`` worked out as a shell does (``..``
+    given as a dataset is named after its folder, not ".."); links are kept, not followed."""
+    return Path(os.path.abspath(path))
+
+
 def is_run_folder(folder: str | Path) -> bool:
     """True for a folder that imgclf training wrote: ``config.yaml`` and at least one of
     ``RUN_MARKERS``. Its plots are images, but never data: dataset layouts and folder walks

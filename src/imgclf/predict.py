@@ -64,8 +64,15 @@ def checkpoint_file(run: str | Path) -> Path:
 
 
 def load_model(run: str | Path) -> tuple[Classifier, Preprocessing, list[str], dict]:
-    """Rebuild a run's model from its checkpoint: (model, preprocessing, classes, meta)."""
-    ckpt = load_checkpoint(checkpoint_file(run))
+    """Rebuild a run's model from its checkpoint: (model, preprocessing, classes, meta).
+    A run folder without its final model.pt gives the checkpoint training saved last, with
+    a warning."""
+    path = checkpoint_file(run)
+    if path.name in TRAINING_CHECKPOINTS and Path(run).is_dir():
+        log.warning("%s has no %s: its training has not finished, so %s, saved during "
+                    "training, is used; its results will differ from the finished run's",
+                    run, MODEL_FILE, path.name)
+    ckpt = load_checkpoint(path)
     cfg = ckpt["model_config"]
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     model, _, _ = create_model(cfg["name"], cfg["num_classes"], img_size=prep.img_size,
@@ -261,6 +268,7 @@ class Predictor(BasePredictor):
     """A trained model ready to classify image files, run by PyTorch."""
 
     def __init__(self, run: str | Path, device: str = "auto", amp: str = "off"):
+        self.checkpoint = checkpoint_file(run)
         self.model, self.prep, self.classes, self.meta = load_model(run)
         self.datasets = run_datasets(run_folder(run))
         self.rt: Runtime = resolve_runtime(device, amp, channels_last=True)

@@ -50,6 +50,7 @@ from imgclf.data.layout import (
 )
 from imgclf.errors import ConfigError
 from imgclf.machine import available_cores
+from imgclf.paths import absolute
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,8 @@ class _Relative:
 
 def _report_root(data: Path | None, layout: Layout) -> Path:
     if data is not None:
-        return Path(data).absolute()
-    roots = [str(Path(p).absolute()) for p in (layout.train, layout.val, layout.test) if p]
+        return absolute(data)
+    roots = [str(absolute(p)) for p in (layout.train, layout.val, layout.test) if p]
     return Path(os.path.commonpath(roots)) if len(roots) > 1 else Path(roots[0]).parent
 
 

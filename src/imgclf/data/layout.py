@@ -25,7 +25,7 @@ from pathlib import Path
 
 from imgclf.data.decode import IMAGE_EXTENSIONS, SYSTEM_FILES, DecodeError, probe
 from imgclf.errors import DataError
-from imgclf.paths import is_run_folder
+from imgclf.paths import absolute, is_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +449,7 @@ def summarize(split: Split, classes: list[str]) -> str:
     if split.root is None:
         label = split.name
     else:
-        folder = split.root.absolute().name
+        folder = absolute(split.root).name
         # --test some/folder, --val other/test: say which role the folder plays (train
         # comes first, so a folder of classes needs no "train" before its name)
         role = _alias(folder)

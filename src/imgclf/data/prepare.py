@@ -29,7 +29,7 @@ from imgclf.data.layout import (
     warn_small_classes,
 )
 from imgclf.errors import DataError, RunError
-from imgclf.paths import open_for_writing
+from imgclf.paths import absolute, open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class PreparedData:
 def _found_line(splits: dict[str, Split], classes: list[str], layout: Layout) -> str:
     text = "found " + ", ".join(summarize(s, classes) for s in splits.values())
     if layout.unlabelled is not None:
-        text += f", {layout.unlabelled.absolute().name}/ (unlabelled, for predict)"
+        text += f", {absolute(layout.unlabelled).name}/ (unlabelled, for predict)"
     return text
 
 
@@ -234,7 +234,7 @@ def write_skipped(skipped: list[tuple[str, Skipped]], path: Path) -> None:
     with open_for_writing(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["split", "path", "reason"])
-        writer.writerows((split, str(s.path), s.reason) for split, s in skipped)
+        writer.writerows((split, str(absolute(s.path)), s.reason) for split, s in skipped)
     if skipped:
         log.info("%d skipped file(s) listed with their reasons in %s", len(skipped), path)
 
