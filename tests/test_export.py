@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -152,10 +153,11 @@ def test_predict_cli_onnx_engine(onnx_run, trained, tmp_path):
 
 def test_missing_onnx_says_how_to_export(trained, tmp_path):
     run, _ = trained
-    bare = tmp_path / "bare_run"
+    bare = tmp_path / "bare run"  # the command to copy quotes it
     bare.mkdir()
     shutil.copy(run / "model.pt", bare / "model.pt")
-    with pytest.raises(RunError, match=r"has no model\.onnx.*imgclf export .*--format onnx"):
+    with pytest.raises(RunError, match=rf"has no model\.onnx; create it with `imgclf export "
+                                       rf"'{re.escape(str(bare))}' --format onnx`"):
         OnnxPredictor(bare)
 
 

@@ -25,6 +25,7 @@ import copy
 import importlib.util
 import json
 import logging
+import shlex
 import tempfile
 import warnings
 from pathlib import Path
@@ -265,7 +266,8 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
         raise RunError(f"{ckpt} is a checkpoint saved during training, not the final "
                        f"{MODEL_FILE} of a finished run, and an export of it would go stale "
                        f"as the run goes on. Finish the run first (`imgclf train --resume "
-                       f"--out {ckpt.parent}` for an interrupted one), then export it.")
+                       f"--out {shlex.quote(str(ckpt.parent))}` for an interrupted one), then "
+                       "export it.")
     out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
     datasets = run_datasets(ckpt.parent)
     _check_export_files(out, fmt, datasets)
@@ -347,9 +349,10 @@ class OnnxPredictor(BasePredictor):
         model_file = path / DEFAULT_FILES["onnx"] if path.is_dir() else path
         if not model_file.exists():
             raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
-                           f"`imgclf export {path} --format onnx`.")
+                           f"`imgclf export {shlex.quote(str(path))} --format onnx`.")
         self.datasets = run_datasets(model_file.parent)
-        export_again = f"export again with `imgclf export {model_file.parent} --format onnx`"
+        run_dir = shlex.quote(str(model_file.parent))
+        export_again = f"export again with `imgclf export {run_dir} --format onnx`"
         info_file = sidecar_path(model_file)
         if not info_file.exists():
             raise RunError(f"{info_file} (classes and preprocessing of {model_file.name}) is "

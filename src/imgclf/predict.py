@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import os
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,8 @@ def checkpoint_file(run: str | Path) -> Path:
     name = path.name.lower()
     if name.endswith(".onnx"):
         raise RunError(f"{path} is an ONNX export, not an imgclf checkpoint: predict with it "
-                       f"by `imgclf predict {path} IMAGES --engine onnx`, or give the run "
-                       f"folder or its {MODEL_FILE}.")
+                       f"by `imgclf predict {shlex.quote(str(path))} IMAGES --engine onnx`, or "
+                       f"give the run folder or its {MODEL_FILE}.")
     if name.endswith((".torchscript.pt", ".torchscript", ".ts")):
         raise RunError(f"{path} is a TorchScript export, not an imgclf checkpoint: load it "
                        f"with torch.jit.load, or give imgclf the run folder or its "
