@@ -76,6 +76,12 @@ def test_validation_split_too_small_to_stratify_is_not_stratified(tmp_path, make
     assert not set(data.splits["train"].paths) & set(data.splits["val"].paths)
 
 
+def test_a_small_validation_fraction_is_named_as_it_is(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"a": 10, "b": 10})
+    assert prepare_data(tmp_path, val_fraction=0.125).val_source.startswith("12.5% of train")
+    assert prepare_data(tmp_path, val_fraction=0.001).val_source.startswith("0.1% of train")
+
+
 def test_a_class_with_one_image_keeps_it_for_training(tmp_path, make_image_folder, caplog):
     make_image_folder(tmp_path, {"forest": 30, "sea": 2, "street": 1})
     for seed in range(8):

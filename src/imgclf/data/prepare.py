@@ -151,7 +151,7 @@ def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
                   if n_val < len(rest) else ([], rest))
         tr = np.concatenate([kept, tr]).astype(int)
         how = "random, one image of each class kept for training"
-        log.warning("a %.0f%% validation split of %d images cannot be stratified (%s): "
+        log.warning("a %g%% validation split of %d images cannot be stratified (%s): "
                     "%d validation images drawn at random, each class keeping one or more "
                     "for training", 100 * fraction, len(train), why, n_val)
     new_train = train.subset(sorted(tr), "train")
@@ -211,7 +211,7 @@ def prepare_data(
     else:
         splits["train"], splits["val"], how = split_validation(splits["train"], val_fraction,
                                                                seed)
-        val_source = f"{val_fraction:.0%} of train ({how}, seed {seed})"
+        val_source = f"{100 * val_fraction:g}% of train ({how}, seed {seed})"
     few = warn_small_classes(splits["train"], classes)  # the images it will learn from
     for name, split in splits.items():
         if split.skipped:
