@@ -115,6 +115,10 @@ def test_unknown_name_raises_with_close_matches():
 def test_unknown_timm_like_name_suggests_timm_models():
     with pytest.raises(ModelError, match=r"Did you mean: .*mobilenetv2_100"):
         create_model("mobilenetv2_10O", 2)
+    # With a weights tag, the architecture is matched.
+    with pytest.raises(ModelError, match=r"Unknown model 'resnett18\.a1_in1k'.*Did you mean: "
+                                         r".*resnet18"):
+        create_model("resnett18.a1_in1k", 2)
 
 
 def test_nonsense_name_has_no_suggestion_but_says_how_to_list():

@@ -230,7 +230,7 @@ def test_converter_names_both_tensors_on_a_shape_mismatch(tmp_path):
 
 
 def test_unknown_model_suggests_close_matches():
-    with pytest.raises(ModelError, match=r"Unknown timm model 'resnett18'.*Did you mean.*resnet18"):
+    with pytest.raises(ModelError, match=r"Unknown model 'resnett18'.*Did you mean.*resnet18"):
         weights.create_backbone("resnett18")
 
 

@@ -60,7 +60,8 @@ def check_model_name(name: str) -> None:
     if name in _REGISTRY or timm.is_model(name):
         return
     candidates = list(_REGISTRY) + timm.list_models()
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    arch = name.split(".", 1)[0]  # resnet18.a1_in1k: the architecture, then a weights tag
+    close = difflib.get_close_matches(arch, candidates, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ModelError(
         f"Unknown model {name!r}: it is neither one of imgclf's models "

@@ -16,7 +16,6 @@ backbones do work offline on this machine.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -41,6 +40,7 @@ from timm.models import PretrainedCfg
 from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE
 
 from imgclf.errors import ModelError, WeightsUnavailableError
+from imgclf.models.registry import check_model_name
 from imgclf.paths import cache_dir, cache_writable, load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Bump when a converter's output changes so that caches written by older code are rebuilt.
 CONVERTER_VERSION = 1
 HUB_CONNECT_TIMEOUT_S = 3.0
-_CLOSE_MATCHES = 5
 _MAX_LISTED_KEYS = 5
 # How to give a weights file, on the command line and from Python.
 _WEIGHTS_FILE_HINT = "--weights FILE, or model={'weights': FILE} in imgclf.train"
@@ -447,15 +446,9 @@ def _offline_state_dict(model_name: str, source: OfflineSource, path: Path) -> S
 
 
 def _check_model_name(model_name: str) -> None:
-    """Raise ModelError for names timm does not know, suggesting close matches."""
-    if not timm.is_model(model_name):
-        arch = model_name.split(".", 1)[0]
-        matches = difflib.get_close_matches(arch, timm.list_models(), n=_CLOSE_MATCHES)
-        hint = f"Did you mean: {', '.join(matches)}?" if matches else "No close match."
-        raise ModelError(
-            f"Unknown timm model {model_name!r}. {hint} "
-            "List names with timm.list_models('pattern*')."
-        )
+    """Raise ModelError for names timm does not know (with close matches), or whose
+    pretrained tag it does not know."""
+    check_model_name(model_name)
     try:
         timm.models.get_pretrained_cfg(model_name)
     except RuntimeError as exc:
