@@ -420,23 +420,23 @@ def test_scan_reports_loose_files_and_finds_images_by_content(tmp_path, make_ima
     assert Skipped(tmp_path / "README.md", "file outside any class folder") in split.skipped
     assert tmp_path / "cat" / "no_extension" in split.paths
     assert len(split) == 5
-    assert summarize(split, ["cat", "dog"]) == f"{tmp_path.name}/ (5 images, 2 classes, 1 skipped)"
+    assert summarize(split) == f"{tmp_path.name}/ (5 images, 2 classes, 1 skipped)"
 
 
 def test_summary_names_the_role_of_a_folder_named_for_another(tmp_path, make_image_folder):
     make_image_folder(tmp_path / "test")
     split = scan_split("val", tmp_path / "test", ["cat", "dog"])
-    assert summarize(split, ["cat", "dog"]) == "val test/ (11 images, 2 classes)"
+    assert summarize(split) == "val test/ (11 images, 2 classes)"
     make_image_folder(tmp_path / "holdout")
     split = scan_split("test", tmp_path / "holdout", ["cat", "dog"])
-    assert summarize(split, ["cat", "dog"]) == "test holdout/ (11 images, 2 classes)"
+    assert summarize(split) == "test holdout/ (11 images, 2 classes)"
 
 
 def test_summary_names_the_current_folder(tmp_path, make_image_folder, monkeypatch):
     make_image_folder(tmp_path / "pets")
     monkeypatch.chdir(tmp_path / "pets")
     split = scan_split("train", Path("."), ["cat", "dog"])
-    assert summarize(split, ["cat", "dog"]) == "pets/ (11 images, 2 classes)"
+    assert summarize(split) == "pets/ (11 images, 2 classes)"
 
 
 def test_nested_images_belong_to_their_class(tmp_path, make_image_folder):

@@ -19,7 +19,6 @@ from imgclf.plots import (
     plot_confusion_matrix,
     plot_histories,
     plot_history,
-    plot_image_grid,
     plot_roc_curves,
 )
 
@@ -139,28 +138,6 @@ def test_plot_roc_curves_from_metrics(tmp_path: Path) -> None:
 
 def test_plot_roc_curves_empty_still_writes_a_figure(tmp_path: Path) -> None:
     _assert_png(plot_roc_curves({}, tmp_path / "roc.png"), min_width=300, min_height=300)
-
-
-def test_plot_image_grid(tmp_path: Path) -> None:
-    rng = np.random.default_rng(2)
-    images = [rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8) for _ in range(7)]
-    images.append(rng.integers(0, 256, size=(16, 16), dtype=np.uint8))  # grey
-    captions = [f"true cat, predicted dog (p={0.9 - i / 100:.2f})" for i in range(8)]
-    width, height = _assert_png(plot_image_grid(images, captions, tmp_path / "grid.png", ncols=4))
-    assert width > height  # 4 columns x 2 rows
-
-
-def test_plot_image_grid_empty_and_invalid(tmp_path: Path) -> None:
-    _assert_png(plot_image_grid([], [], tmp_path / "empty.png"), min_width=100, min_height=50)
-    image = np.zeros((8, 8, 3), dtype=np.uint8)
-    with pytest.raises(ValueError, match="1 images and 2 captions"):
-        plot_image_grid([image], ["a", "b"], tmp_path / "x.png")
-    with pytest.raises(ValueError, match=r"images\[0\] must be uint8.*float64"):
-        plot_image_grid([image.astype(float)], ["a"], tmp_path / "x.png")
-    with pytest.raises(ValueError, match=r"images\[0\] must be H x W x 3.*\(8, 8, 2\)"):
-        plot_image_grid([np.zeros((8, 8, 2), dtype=np.uint8)], ["a"], tmp_path / "x.png")
-    with pytest.raises(ValueError, match="ncols must be a positive integer"):
-        plot_image_grid([image], ["a"], tmp_path / "x.png", ncols=0)
 
 
 def test_plots_module_does_not_import_pyplot() -> None:

@@ -9,10 +9,8 @@ desktop, neither of which a library should do.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
-import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -225,50 +223,6 @@ def plot_roc_curves(
     return _save(fig, path)
 
 
-def plot_image_grid(
-    images: Sequence[np.ndarray],
-    captions: Sequence[str],
-    path: str | os.PathLike[str],
-    ncols: int = 6,
-) -> Path:
-    """A captioned gallery of images, e.g. the most confidently wrong predictions.
-
-    Images are ``H x W x 3`` (or ``H x W`` grey, or ``H x W x 4``) ``uint8`` arrays and may
-    differ in size. No images (a model with no mistakes) writes a figure that says so.
-
-    Raises:
-        ValueError: ``images`` and ``captions`` differ in length, ``ncols`` is not
-            positive, or an image has the wrong dtype or shape.
-    """
-    if len(images) != len(captions):
-        raise ValueError(
-            f"images and captions must have the same length; received {len(images)} images "
-            f"and {len(captions)} captions."
-        )
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be a positive integer; received {ncols!r}.")
-    arrays = [_check_image(image, index) for index, image in enumerate(images)]
-
-    if not arrays:
-        fig = _new_figure(figsize=(4, 1.5))
-        fig.text(0.5, 0.5, "no images to show", ha="center", va="center")
-        return _save(fig, path)
-
-    ncols = min(ncols, len(arrays))
-    nrows = math.ceil(len(arrays) / ncols)
-    fig = _new_figure(figsize=(2.2 * ncols, 2.6 * nrows))
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, array, caption in zip(axes, arrays, captions, strict=False):
-        if array.ndim == 2:
-            ax.imshow(array, cmap="gray", vmin=0, vmax=255)
-        else:
-            ax.imshow(array)
-        ax.set_title(textwrap.fill(_plain(str(caption)), width=26), fontsize=8)
-    return _save(fig, path)
-
-
 def _new_figure(figsize: tuple[float, float]) -> Figure:
     """A figure on its own Agg canvas, outside pyplot's registry."""
     fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
@@ -361,21 +315,3 @@ def _annotate_cells(ax: Axes, matrix: np.ndarray, vmax: float, fmt: str, fontsiz
             fontsize=fontsize,
             color="white" if value > vmax / 2 else "black",
         )
-
-
-def _check_image(image: np.ndarray, index: int) -> np.ndarray:
-    """``image`` as a displayable uint8 array, or ValueError naming its index."""
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(
-            f"images[{index}] must be uint8 (0..255); received dtype {array.dtype}. "
-            f"Convert with (x * 255).round().astype(np.uint8) for 0..1 floats."
-        )
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(
-            f"images[{index}] must be H x W x 3 (or H x W, H x W x 4); received shape "
-            f"{array.shape}."
-        )
-    return array

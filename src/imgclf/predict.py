@@ -268,11 +268,11 @@ class BasePredictor:
 class Predictor(BasePredictor):
     """A trained model ready to classify image files, run by PyTorch."""
 
-    def __init__(self, run: str | Path, device: str = "auto", amp: str = "off"):
+    def __init__(self, run: str | Path, device: str = "auto"):
         self.checkpoint = checkpoint_file(run)
         self.model, self.prep, self.classes, self.meta = load_model(run)
         self.datasets = run_datasets(run_folder(run))
-        self.rt: Runtime = resolve_runtime(device, amp, channels_last=True)
+        self.rt: Runtime = resolve_runtime(device, "off", channels_last=True)
         self.model.to(self.rt.device)
         if self.rt.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -110,7 +110,6 @@ def make_loader(
     shuffle: bool,
     seed: int = 0,
     workers: int | None = None,
-    drop_last: bool = False,
 ) -> DataLoader:
     """A loader that shards over ranks when running distributed, seeded for repeatability.
 
@@ -131,7 +130,6 @@ def make_loader(
         num_workers=workers,
         collate_fn=_whole_batch,
         generator=generator,
-        drop_last=drop_last,
         worker_init_fn=_seed_worker if workers > 0 else None,
     )
 

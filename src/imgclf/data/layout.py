@@ -360,7 +360,7 @@ def scan_files(folder: Path):
         yield path, reason
 
 
-def scan_folder(folder: Path, label: int | None = None) -> tuple[list[Path], list[Skipped]]:
+def scan_folder(folder: Path) -> tuple[list[Path], list[Skipped]]:
     """Image files under ``folder`` (recursively) by content, and the files skipped with why."""
     images: list[Path] = []
     skipped: list[Skipped] = []
@@ -443,7 +443,7 @@ def warn_small_classes(split: Split, classes: list[str], logged=()) -> list[str]
     return warnings
 
 
-def summarize(split: Split, classes: list[str]) -> str:
+def summarize(split: Split) -> str:
     """'train/ (8741 images, 6 classes)' for the one-line layout report."""
     n_cls = len(set(split.labels)) if split.labels else 0
     if split.root is None:

@@ -60,7 +60,7 @@ class PreparedData:
             train, val = splits["train"], splits.pop("val")
             splits["train"] = Split("train", train.root, train.paths + val.paths,
                                     train.labels + val.labels, train.skipped + val.skipped)
-        return _found_line(splits, self.classes, self.layout)
+        return _found_line(splits, self.layout)
 
     def summary(self) -> str:
         """The one-line report: the found line, then how validation was drawn."""
@@ -111,8 +111,8 @@ class PreparedData:
         self.few = warn_small_classes(self.splits["train"], self.classes, logged=self.few)
 
 
-def _found_line(splits: dict[str, Split], classes: list[str], layout: Layout) -> str:
-    text = "found " + ", ".join(summarize(s, classes) for s in splits.values())
+def _found_line(splits: dict[str, Split], layout: Layout) -> str:
+    text = "found " + ", ".join(summarize(s) for s in splits.values())
     if layout.unlabelled is not None:
         text += f", {absolute(layout.unlabelled).name}/ (unlabelled, for predict)"
     return text

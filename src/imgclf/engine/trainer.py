@@ -294,7 +294,7 @@ def _image_loader(ctx: TrainingContext, split: str, train: bool, preset: str):
         else None
     ds = ArrayDataset(images, labels, transform=transform)
     return make_loader(ds, ctx.config.train.batch_size, shuffle=train, seed=ctx.config.seed,
-                       workers=ctx.config.data.workers, drop_last=False)
+                       workers=ctx.config.data.workers)
 
 
 def _for_training(module: nn.Module, rt: Runtime, sync_bn: bool = False,
