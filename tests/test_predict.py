@@ -876,3 +876,31 @@ def test_evaluating_a_split_without_some_class_warns_how_it_counts(trained, tmp_
     metrics, _ = imgclf.evaluate(run, data, split="train", out=tmp_path / "train",
                                  device="cpu")
     assert "note" not in metrics  # the note is training's, on its validation split
+
+
+def test_classes_named_like_columns_get_columns_of_their_own(tmp_path, make_image_folder,
+                                                            caplog):
+    from imgclf.report import write_report
+
+    classes = {"error": 6, "label": 6, "path": 6}
+    make_image_folder(tmp_path / "data" / "train", classes, size=(32, 32), seed=0)
+    make_image_folder(tmp_path / "data" / "test", dict.fromkeys(classes, 2), size=(32, 32),
+                      seed=1)
+    run = imgclf.train(tmp_path / "data", out=tmp_path / "run", model={"img_size": 32},
+                       train={"epochs": 1, "tta": "off"})
+    probabilities = ["error (probability)", "label (probability)", "path (probability)"]
+    with open(run / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["path", "label", "predicted", "confidence", *probabilities]
+    for row in rows:
+        assert Path(row["path"]).parent.name == row["label"]
+        assert sum(float(row[c]) for c in probabilities) == pytest.approx(1, abs=1e-5)
+    out = Predictor(run).write(Predictor(run).predict(tmp_path / "data" / "test"),
+                               tmp_path / "p.csv")
+    with open(out, newline="") as fh:
+        assert next(csv.reader(fh)) == ["path", "predicted", "confidence", *probabilities,
+                                        "error"]
+    # The report reads the classes back by their names: it draws the ROC curves again.
+    (run / "roc_curves.png").unlink()
+    write_report(run)
+    assert "cannot be drawn again" not in caplog.text

@@ -31,6 +31,7 @@ from imgclf.paths import (
     is_run_folder,
     open_for_writing,
     path_argument,
+    probability_columns,
     write_text,
 )
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
@@ -128,7 +129,8 @@ def write_evaluation(
         return metrics
     with open_for_writing(out_dir / "predictions.csv", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", "predicted", "confidence", *classes])
+        writer.writerow(["path", "label", "predicted", "confidence",
+                         *probability_columns(classes)])
         for path, y, p in zip(paths, labels, probs, strict=False):
             k = int(p.argmax())
             writer.writerow([str(Path(path).resolve()), classes[int(y)], classes[k], f"{p[k]:.6f}",

@@ -44,6 +44,23 @@ RUN_FILES = frozenset({CONFIG_FILE, *RUN_MARKERS, LEADERBOARD_FILE, "predictions
 """Files that training, evaluation and comparison write into their folders under names an
 output file could have: written over, reports, comparisons and resuming could no longer
 read them."""
+PREDICTION_FIELDS = ("path", "label", "predicted", "confidence", "error")
+"""The columns of predictions files (evaluation's, predict's) besides one per class."""
+
+
+def probability_columns(classes: list[str]) -> list[str]:
+    """A predictions file's probability columns, one per class and named by it; a class
+    named like one of ``PREDICTION_FIELDS`` is ``<class> (probability)``, so that a reader
+    by column name (pandas, ``csv.DictReader``) finds every column."""
+    return [f"{c} (probability)" if c in PREDICTION_FIELDS else c for c in classes]
+
+
+def class_of_column(column: str) -> str:
+    """The class of a probability column (``probability_columns`` read back)."""
+    name = column.removesuffix(" (probability)")
+    return name if name in PREDICTION_FIELDS else column
+
+
 SIGNATURES = {
     "metrics.json": '{\n  "n_samples": ',
     "predictions.csv": "path,label,predicted,confidence,",

@@ -35,6 +35,7 @@ from imgclf.paths import (
     check_output_file,
     open_for_writing,
     path_argument,
+    probability_columns,
     run_datasets,
 )
 
@@ -233,9 +234,9 @@ class BasePredictor:
 
     def write(self, predictions: list[Prediction], path: str | Path) -> Path:
         """Write ``predictions`` to ``path``: JSON for a ``.json`` name (one record per
-        file, probabilities by class), CSV for a ``.csv`` one (path, predicted, confidence,
-        one probability column per class, then error). Parent folders are created; the
-        file appears whole or not at all."""
+        file, probabilities by class), CSV for a ``.csv`` one (path, predicted, confidence, a
+        probability column per class as ``probability_columns`` names them, then error).
+        Parent folders are created; the file appears whole or not at all."""
         path = Path(path)
         kind = output_format(path, self.datasets)
         with open_for_writing(path, newline="") as fh:
@@ -245,7 +246,8 @@ class BasePredictor:
                 fh.write("\n")
             else:
                 writer = csv.writer(fh)
-                writer.writerow(["path", "predicted", "confidence", *self.classes, "error"])
+                writer.writerow(["path", "predicted", "confidence",
+                                 *probability_columns(self.classes), "error"])
                 for p in predictions:
                     if p.error:
                         writer.writerow([str(p.path), "", "", *[""] * len(self.classes),

@@ -21,7 +21,7 @@ import numpy as np
 
 from imgclf.errors import RunError
 from imgclf.history import read_history
-from imgclf.paths import read_run_config, read_run_metrics, read_text
+from imgclf.paths import class_of_column, read_run_config, read_run_metrics, read_text
 from imgclf.report.template import as_number
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ def _read_predictions(path: Path) -> Predictions:
             raise ValueError(f"expected columns {','.join(PREDICTION_COLUMNS)},<one per class>;"
                              f" found {header}")
         rows = [row for row in reader if row]
-    classes = header[4:]
+    classes = [class_of_column(column) for column in header[4:]]
     bad = [n for n, row in enumerate(rows, start=2) if len(row) != len(header)]
     if bad:
         raise ValueError(f"line {bad[0]} has a different number of columns than the header")
