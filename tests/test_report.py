@@ -264,6 +264,24 @@ def test_run_report_is_self_contained_and_complete(run_dir):
     assert "training epochs and, for a frozen backbone, computing its features" in html
 
 
+def test_a_runs_leaderboard_row_is_the_one_compare_writes(run_dir):
+    """The report and `imgclf compare` build a run's row alike, the mirror-image flag
+    included; a result missing from metrics.json leaves its cell empty in both."""
+    from imgclf.compare import row_from_run
+    from imgclf.leaderboard import METRICS
+    from imgclf.report.folders import METRIC_LABELS, load_folder
+
+    row = row_from_run(run_dir)
+    assert load_folder(run_dir).rows == [row]
+    assert row["tta"] in (True, False)
+    assert list(METRIC_LABELS) == list(METRICS)  # the page names every metric, in order
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    del metrics["parameters"]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    row = row_from_run(run_dir)
+    assert row["params_total"] is None and load_folder(run_dir).rows == [row]
+
+
 def test_a_class_without_images_has_no_recall_in_the_per_class_table(run_dir):
     from imgclf.report.template import MISSING
 

@@ -32,6 +32,7 @@ from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError, RunFolderBusy
 from imgclf.history import read_history
+from imgclf.leaderboard import METRICS, RUN_COLUMNS, run_row
 from imgclf.machine import available_cores, interrupted_by
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
@@ -48,13 +49,7 @@ from imgclf.paths import (
 
 log = logging.getLogger(__name__)
 
-SCALAR_METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted",
-                  "f1_weighted", "precision_macro", "recall_macro", "f1_macro", "cohen_kappa",
-                  "mcc", "roc_auc", "log_loss")
-SORT_KEYS = (*SCALAR_METRICS, "train_seconds", "inference_images_per_second")
-RUN_COLUMNS = ("run", "method", "backbone", "img_size", "params_total", "params_trainable",
-               "epochs", "train_seconds", "inference_images_per_second", "tta", "status",
-               "error")
+SORT_KEYS = (*METRICS, "train_seconds", "inference_images_per_second")
 
 
 @dataclass(frozen=True)
@@ -148,33 +143,21 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
         log.error("run %s failed: %s", plan.name, exc)
         return {"run": plan.name, "method": plan.method, "backbone": plan.model,
                 "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    return row_from_run(run_dir, plan)
+    return row_from_run(run_dir)
 
 
-def row_from_run(run_dir: Path, plan: RunPlan | None = None) -> dict:
-    """The leaderboard row of a finished run folder (``plan``: as its config.yaml says)."""
+def row_from_run(run_dir: Path) -> dict:
+    """The leaderboard row of a finished run folder; RunError when its metrics.json or
+    config.yaml cannot be read (a history that cannot be read leaves its epochs empty)."""
     metrics = read_run_metrics(run_dir / "metrics.json")
     _, config = read_run_config(run_dir / CONFIG_FILE)
-    plan = plan or RunPlan(run_dir.name, config["method"], config["model"]["name"])
     try:
         epochs = len(read_history(run_dir / "history.csv"))
     except (OSError, csv.Error, ValueError) as exc:
         log.warning("%s could not be read (%s): the leaderboard leaves the run's epochs "
                     "empty", run_dir / "history.csv", getattr(exc, "strerror", None) or exc)
         epochs = None
-    row = {
-        "run": plan.name, "method": plan.method, "backbone": plan.model,
-        "img_size": config["model"]["img_size"],
-        "params_total": metrics["parameters"]["total"],
-        "params_trainable": metrics["parameters"]["trainable"],
-        "epochs": epochs, "train_seconds": metrics["train_seconds"],
-        "inference_images_per_second": metrics["inference_images_per_second"],
-        "tta": metrics.get("tta", False),
-        "status": "ok", "error": "",
-    }
-    row.update({k: metrics.get(k) for k in SCALAR_METRICS})
-    row.update(metrics.get("top_k_accuracy", {}))
-    return row
+    return run_row(run_dir.name, config, metrics, epochs)
 
 
 def compare(
@@ -235,7 +218,7 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
                 )
         if (run_dir / "metrics.json").exists():
             log.info("run %s already finished: kept", plan.name)
-            rows[plan.name] = row_from_run(run_dir, plan)
+            rows[plan.name] = row_from_run(run_dir)
             continue
         if (run_dir / "last.pt").exists() and not (run_dir / "error.txt").exists():
             log.info("run %s was interrupted: resumed from its last epoch", plan.name)
@@ -361,7 +344,7 @@ def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") ->
         ok = sorted(ok, key=lambda r: r.get(sort_by) is None)
     ordered = ok + [r for r in rows if r.get("status") != "ok"]
     extra = sorted({k for r in rows for k in r if k.startswith("top_")})
-    columns = [*RUN_COLUMNS, *SCALAR_METRICS, *extra]
+    columns = [*RUN_COLUMNS, *METRICS, *extra]
     with open_for_writing(out / "leaderboard.csv", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

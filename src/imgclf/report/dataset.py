@@ -12,8 +12,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from imgclf.leaderboard import mapping
 from imgclf.report import template as t
-from imgclf.report.folders import Run, mapping, sequence
+from imgclf.report.folders import Run, sequence
 
 MAX_LISTED = 10
 """Files listed per kind of dataset problem; the counts cover them all."""

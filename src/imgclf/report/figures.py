@@ -19,11 +19,12 @@ from PIL import Image
 
 from imgclf.data.decode import DecodeError, decode_image
 from imgclf.history import best_epoch
+from imgclf.leaderboard import mapping
 from imgclf.metrics import roc_curves
 from imgclf.paths import unescaped
 from imgclf.plots import plot_confusion_matrix, plot_histories, plot_history, plot_roc_curves
 from imgclf.report import template as t
-from imgclf.report.folders import Predictions, Run, mapping
+from imgclf.report.folders import Predictions, Run
 
 log = logging.getLogger(__name__)
 

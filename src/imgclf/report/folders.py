@@ -21,14 +21,13 @@ import numpy as np
 
 from imgclf.errors import RunError
 from imgclf.history import read_history
+from imgclf.leaderboard import run_row
 from imgclf.paths import class_of_column, read_run_config, read_run_metrics, read_text
 from imgclf.report.template import as_number
 
 log = logging.getLogger(__name__)
 
-# Fractions in 0..1 shown as percentages; the scores after them are not fractions of
-# anything (kappa and MCC span -1..1, log loss is unbounded) and stay plain decimals.
-RATE_METRICS = {
+METRIC_LABELS = {
     "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced accuracy",
     "precision_weighted": "Precision (weighted)",
@@ -37,9 +36,15 @@ RATE_METRICS = {
     "precision_macro": "Precision (macro)",
     "recall_macro": "Recall (macro)",
     "f1_macro": "F1 (macro)",
+    "cohen_kappa": "Cohen's kappa",
+    "mcc": "MCC",
     "roc_auc": "ROC AUC",
+    "log_loss": "Log loss",
 }
-SCORE_METRICS = {"cohen_kappa": "Cohen's kappa", "mcc": "MCC", "log_loss": "Log loss"}
+"""How the page names each of the leaderboard's metrics (:data:`imgclf.leaderboard.METRICS`)."""
+# The other metrics are fractions in 0..1, shown as percentages; these are not fractions of
+# anything (kappa and MCC span -1..1, log loss is unbounded) and stay plain decimals.
+SCORE_METRICS = frozenset({"cohen_kappa", "mcc", "log_loss"})
 
 PREDICTION_COLUMNS = ["path", "label", "predicted", "confidence"]
 
@@ -93,11 +98,6 @@ class Report:
     rows: list[dict]  # leaderboard rows, best first
     audit: dict | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def mapping(value: object) -> dict:
-    """``value`` if it is a dict, else an empty one: JSON and YAML are read loosely."""
-    return value if isinstance(value, dict) else {}
 
 
 def sequence(value: object) -> list:
@@ -183,21 +183,9 @@ def _read_leaderboard(path: Path) -> list[dict]:
 
 def _row_from_run(run: Run) -> dict:
     """The leaderboard row of a run, as `imgclf compare` writes it."""
-    metrics = run.metrics or {}
-    model = mapping(run.config.get("model"))
-    params = mapping(metrics.get("parameters"))
-    row = {
-        "run": run.name, "method": run.config.get("method"), "backbone": model.get("name"),
-        "img_size": model.get("img_size"), "params_total": params.get("total"),
-        "params_trainable": params.get("trainable"), "epochs": len(run.history) or None,
-        "train_seconds": metrics.get("train_seconds"),
-        "inference_images_per_second": metrics.get("inference_images_per_second"),
-        "status": "ok" if run.finished else "failed" if run.error else "unfinished",
-        "error": _last_line(run.error),
-    }
-    row.update({key: metrics.get(key) for key in (*RATE_METRICS, *SCORE_METRICS)})
-    row.update(mapping(metrics.get("top_k_accuracy")))
-    return row
+    status = "ok" if run.finished else "failed" if run.error else "unfinished"
+    return run_row(run.name, run.config, run.metrics, len(run.history) or None, status,
+                   _last_line(run.error))
 
 
 def _last_line(text: str | None) -> str:

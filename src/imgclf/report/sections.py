@@ -12,10 +12,11 @@ from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
+from imgclf.leaderboard import METRICS, mapping
 from imgclf.report import figures
 from imgclf.report import template as t
 from imgclf.report.dataset import audit_html, training_data_html
-from imgclf.report.folders import RATE_METRICS, SCORE_METRICS, Report, Run, mapping
+from imgclf.report.folders import METRIC_LABELS, SCORE_METRICS, Report, Run
 
 SECTIONS = (
     ("dataset", "Dataset"),
@@ -84,7 +85,7 @@ def _headline_cards(report: Report, best: Run) -> str:
     if report.kind == "compare":
         cards.append(t.card("Best run", t.text(best.name)))
     for key in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc"):
-        cards.append(t.card(RATE_METRICS[key], t.percent(metrics.get(key))))
+        cards.append(t.card(METRIC_LABELS[key], t.percent(metrics.get(key))))
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
@@ -183,8 +184,7 @@ def _evaluation_notes(report: Report) -> list[str]:
 
 def _all_metrics(report: Report) -> str:
     top_k = sorted({k for row in report.rows for k in row if str(k).startswith("top_")})
-    labels = {**RATE_METRICS, **SCORE_METRICS}
-    keys = [*RATE_METRICS, *SCORE_METRICS, *top_k]
+    keys = [*METRICS, *top_k]
     rows = []
     for row in report.rows:
         cells = [t.text(row.get("run"))]
@@ -192,7 +192,8 @@ def _all_metrics(report: Report) -> str:
             value = row.get(key)
             cells.append(t.decimal(value, 4) if key in SCORE_METRICS else t.percent(value))
         rows.append(cells)
-    headers = ["Run", *(labels.get(k, k.replace("top_", "Top-") + " accuracy") for k in keys)]
+    headers = ["Run", *(METRIC_LABELS.get(k, k.replace("top_", "Top-") + " accuracy")
+                        for k in keys)]
     undefined = [f"{t.text(run.name)}: {t.text(metric)} is undefined: {t.text(reason)}"
                  for run in report.runs
                  for metric, reason in mapping((run.metrics or {}).get("undefined")).items()]
