@@ -317,6 +317,24 @@ def test_unknown_sort_key_is_an_error(tmp_path):
     assert not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.parametrize("sort_by, ranked", [
+    ("accuracy", ["a", "b", "c", "failed"]),
+    ("f1_macro", ["b", "a", "c", "failed"]),  # c has no macro F1: after those with one
+    ("log_loss", ["c", "a", "b", "failed"]),  # lower is better
+])
+def test_leaderboard_is_ranked_by_the_sort_key_and_names_it(tmp_path, sort_by, ranked):
+    rows = [{"run": "failed", "status": "failed", "error": "RuntimeError: boom"},
+            {"run": "a", "status": "ok", "accuracy": 0.9, "f1_macro": 0.5, "log_loss": 0.3},
+            {"run": "b", "status": "ok", "accuracy": 0.8, "f1_macro": 0.7, "log_loss": 0.4},
+            {"run": "c", "status": "ok", "accuracy": 0.7, "f1_macro": None, "log_loss": 0.2}]
+    compare_module.write_leaderboard(rows, tmp_path, sort_by)
+    written = leaderboard(tmp_path)
+    assert [r["run"] for r in written] == ranked
+    assert {r["ranked_by"] for r in written} == {sort_by}
+    header = (tmp_path / "leaderboard.md").read_text().splitlines()[0]
+    assert header.startswith("| run | method | backbone |") and header.endswith("| ranked_by |")
+
+
 def test_compare_command(tmp_path, make_image_folder, capsys):
     data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32), seed=2)
     out = tmp_path / "cmp"

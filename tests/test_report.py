@@ -175,7 +175,7 @@ def run_dir(trained, tmp_path) -> Path:
 LEADERBOARD_HEADER = ["run", "method", "backbone", "img_size", "params_total",
                       "params_trainable", "epochs", "train_seconds",
                       "inference_images_per_second", "status", "error", "accuracy",
-                      "balanced_accuracy", "f1_macro"]
+                      "balanced_accuracy", "f1_macro", "ranked_by"]
 
 
 def leaderboard_row(name: str, run: Path) -> list:
@@ -183,14 +183,15 @@ def leaderboard_row(name: str, run: Path) -> list:
     return [name, "scratch", "small_cnn", 32, metrics["parameters"]["total"],
             metrics["parameters"]["trainable"], 2, metrics["train_seconds"],
             metrics["inference_images_per_second"], "ok", "", metrics["accuracy"],
-            metrics["balanced_accuracy"], metrics["f1_macro"]]
+            metrics["balanced_accuracy"], metrics["f1_macro"], "accuracy"]
 
 
 @pytest.fixture
 def compare_dir(trained, tmp_path) -> Path:
     """A compare folder: two finished runs, one failed run, leaderboard.csv, audit.json.
 
-    The better run is listed last in leaderboard.csv, so the report must sort it first.
+    The better run is listed last in leaderboard.csv, ranked by accuracy, so the report
+    must sort it first.
     """
     run_a, run_b, _ = trained
     folder = tmp_path / "compare"
@@ -209,7 +210,7 @@ def compare_dir(trained, tmp_path) -> Path:
         writer = csv.writer(fh)
         writer.writerow(LEADERBOARD_HEADER)
         writer.writerow(["broken-run", "transfer", "nonesuch", *[""] * 6, "failed",
-                         "ModelError: no model 'nonesuch'", "", "", ""])
+                         "ModelError: no model 'nonesuch'", "", "", "", "accuracy"])
         writer.writerow(leaderboard_row(a_name, a))
         writer.writerow(leaderboard_row(b_name, b))
     audit = {
@@ -364,6 +365,53 @@ def test_compare_report_ranks_runs_and_shows_audit_and_failures(compare_dir):
     gallery = sum(len(expected_gallery(read_predictions(compare_dir / n)))
                   for n in ("first", "second"))
     assert len(page.images) == 1 + 2 * 3 + gallery
+
+
+def set_metric(run: Path, key: str, value: float) -> None:
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics[key] = value
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def test_compare_report_ranks_runs_as_compare_sort_did(compare_dir):
+    """`compare --sort f1_macro`: the page ranks by macro F1 as leaderboard.csv does (the
+    run with the lower accuracy first), a run leaderboard.csv does not list yet takes its
+    place by macro F1 too, failed runs come last, and the caption names the key."""
+    from imgclf.compare import row_from_run, write_leaderboard
+
+    for name, f1 in (("first", 0.9), ("second", 0.5)):
+        set_metric(compare_dir / name, "f1_macro", f1)
+    failed = {"run": "broken-run", "method": "transfer", "backbone": "nonesuch",
+              "status": "failed", "error": "ModelError: no model 'nonesuch'"}
+    write_leaderboard([failed, row_from_run(compare_dir / "second"),
+                       row_from_run(compare_dir / "first")], compare_dir, "f1_macro")
+    set_metric(shutil.copytree(compare_dir / "second", compare_dir / "late"), "f1_macro", 0.7)
+
+    html = write_report(compare_dir, compare_dir / "out" / "page.html").read_text()
+
+    page = parse(html)
+    with open(compare_dir / "leaderboard.csv", newline="") as fh:
+        assert [row["run"] for row in csv.DictReader(fh)] == ["first", "second", "broken-run"]
+    assert [cell.split()[0] for cell in page.text["leaderboard"]] == [
+        "first", "late", "second", "broken-run"]
+    assert "Runs ranked by <code>f1_macro</code>" in html and "highest first" in html
+    assert "ranked by accuracy" not in html
+
+
+def test_compare_report_keeps_the_order_of_a_leaderboard_that_does_not_say_its_key(
+        compare_dir):
+    """An older leaderboard.csv has no ranked_by column: its order stands, as it was
+    ranked, and the caption says so."""
+    with open(compare_dir / "leaderboard.csv", newline="") as fh:
+        rows = [row[:-1] for row in csv.reader(fh)]
+    with open(compare_dir / "leaderboard.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+    html = write_report(compare_dir, compare_dir / "out" / "page.html").read_text()
+
+    assert [cell.split()[0] for cell in parse(html).text["leaderboard"]] == [
+        "first", "second", "broken-run"]
+    assert "Runs in the order of leaderboard.csv, which does not say what ranked them" in html
 
 
 def test_compare_report_without_audit_falls_back_to_training_summary(compare_dir):

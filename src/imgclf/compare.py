@@ -32,7 +32,7 @@ from imgclf.data.layout import require_folder
 from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError, RunFolderBusy
 from imgclf.history import read_history
-from imgclf.leaderboard import METRICS, RUN_COLUMNS, run_row
+from imgclf.leaderboard import METRICS, RANKED_BY, RUN_COLUMNS, SORT_KEYS, best_first, run_row
 from imgclf.machine import available_cores, interrupted_by
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
@@ -48,8 +48,6 @@ from imgclf.paths import (
 )
 
 log = logging.getLogger(__name__)
-
-SORT_KEYS = (*METRICS, "train_seconds", "inference_images_per_second")
 
 
 @dataclass(frozen=True)
@@ -335,16 +333,11 @@ def _clear_unfinished(run_dir: Path) -> None:
 
 
 def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") -> None:
-    """leaderboard.csv (every column) and leaderboard.md, best first by ``sort_by``."""
-    lower_better = sort_by in ("log_loss", "train_seconds")
-    ok = sorted((r for r in rows if r.get("status") == "ok"),
-                key=lambda r: (r.get(sort_by) is None, r.get(sort_by) or 0),
-                reverse=not lower_better)
-    if not lower_better:
-        ok = sorted(ok, key=lambda r: r.get(sort_by) is None)
-    ordered = ok + [r for r in rows if r.get("status") != "ok"]
+    """leaderboard.csv (every column) and leaderboard.md, best first by ``sort_by``, which
+    their last column names: `imgclf report` ranks the folder's runs by it too."""
+    ordered = [{**row, RANKED_BY: sort_by} for row in best_first(rows, sort_by)]
     extra = sorted({k for r in rows for k in r if k.startswith("top_")})
-    columns = [*RUN_COLUMNS, *METRICS, *extra]
+    columns = [*RUN_COLUMNS, *METRICS, *extra, RANKED_BY]
     with open_for_writing(out / "leaderboard.csv", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

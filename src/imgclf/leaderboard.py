@@ -1,11 +1,16 @@
-"""The leaderboard's rows: what `imgclf compare` writes and `imgclf report` shows of a run.
+"""The leaderboard: a row per run, and the one rule that ranks the rows.
 
-Both build a run's row here, from the run's config.yaml and metrics.json, so that
-leaderboard.csv and the report's page show the same columns for the same run. Kept free
-of torch and of the report's plotting libraries, which neither caller needs for this.
+`imgclf compare` writes the rows to leaderboard.csv and leaderboard.md, `imgclf report`
+shows a compare folder's rows on its page. Both build a run's row here, from the run's
+config.yaml and metrics.json, and rank the rows here by the metric ``compare --sort``
+named (leaderboard.csv records it), so that the files and the page show the same runs in
+the same order. Kept free of torch and of the report's plotting libraries, which neither
+caller needs for this.
 """
 
 from __future__ import annotations
+
+import math
 
 METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted",
            "f1_weighted", "precision_macro", "recall_macro", "f1_macro", "cohen_kappa", "mcc",
@@ -15,6 +20,12 @@ RUN_COLUMNS = ("run", "method", "backbone", "img_size", "params_total", "params_
                "epochs", "train_seconds", "inference_images_per_second", "tta", "status",
                "error")
 """The leaderboard's columns before the metrics (and the top-k accuracies after them)."""
+RANKED_BY = "ranked_by"
+"""The leaderboard's last column: the key its rows are ranked by, on every row."""
+SORT_KEYS = (*METRICS, "train_seconds", "inference_images_per_second")
+"""What the rows can be ranked by."""
+LOWER_IS_BETTER = frozenset({"log_loss", "train_seconds"})
+"""The sort keys whose lowest value is the best."""
 
 
 def mapping(value: object) -> dict:
@@ -42,3 +53,30 @@ def run_row(name: str, config: dict, metrics: dict | None, epochs: int | None,
     row.update({key: results.get(key) for key in METRICS})
     row.update(mapping(results.get("top_k_accuracy")))
     return row
+
+
+def best_first(rows: list[dict], sort_by: str | None) -> list[dict]:
+    """``rows`` ranked by their ``sort_by`` values, best first (the lowest for
+    ``LOWER_IS_BETTER``, else the highest), then the finished runs without a value, then
+    runs without results (status other than "ok"). Ties, and every row when ``sort_by`` is
+    None, keep their order. Values may be numbers or, read back from leaderboard.csv, text.
+    """
+
+    def key(row: dict) -> tuple:
+        value = as_number(row.get(sort_by)) if sort_by else None
+        if value is not None and sort_by not in LOWER_IS_BETTER:
+            value = -value
+        return row.get("status") != "ok", value is None, value or 0.0
+
+    return sorted(rows, key=key)
+
+
+def as_number(value: object) -> float | None:
+    """``value`` as a finite float, or None (absent, empty, NaN, not a number)."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

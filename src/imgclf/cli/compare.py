@@ -8,6 +8,7 @@ import csv
 from imgclf.cli.common import DATA_HELP, add_verbosity, overrides_from
 from imgclf.cli.train import add_training_options
 from imgclf.errors import ConfigError, RunError
+from imgclf.leaderboard import SORT_KEYS
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +27,9 @@ def add_parser(subparsers) -> None:
                              "tf_efficientnet_lite0)")
     parser.add_argument("--out", required=True, help="compare folder (one subfolder per run)")
     parser.add_argument("--sort", default="accuracy",
-                        help="leaderboard metric to sort by (default accuracy)")
+                        help="what ranks the runs, best first, in the leaderboard and in "
+                             f"`imgclf report`: one of {', '.join(SORT_KEYS)} (default "
+                             "accuracy)")
     parser.add_argument("--workers", type=int, default=1,
                         help="runs trained in parallel processes, each with its share of "
                              "the cores (default 1)")

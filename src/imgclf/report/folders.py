@@ -21,9 +21,8 @@ import numpy as np
 
 from imgclf.errors import RunError
 from imgclf.history import read_history
-from imgclf.leaderboard import run_row
+from imgclf.leaderboard import RANKED_BY, SORT_KEYS, as_number, best_first, run_row
 from imgclf.paths import class_of_column, read_run_config, read_run_metrics, read_text
-from imgclf.report.template import as_number
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +95,7 @@ class Report:
     kind: str  # "run" or "compare"
     runs: list[Run]
     rows: list[dict]  # leaderboard rows, best first
+    ranked_by: str | None = None  # the key that ranks a comparison's rows; None: as listed
     audit: dict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -127,7 +127,9 @@ def load_folder(folder: Path) -> Report:
 
 def _load_compare(folder: Path) -> Report:
     rows = _read_leaderboard(folder / "leaderboard.csv")
-    report = Report(folder, "compare", [], [])
+    # Ranked as leaderboard.csv was; in its order when it does not say by what (an older one).
+    ranked_by = rows[0].get(RANKED_BY) if rows else None
+    report = Report(folder, "compare", [], [], ranked_by if ranked_by in SORT_KEYS else None)
     listed = {str(row.get("run")) for row in rows}
     # Runs still training (or added since) have a folder but no leaderboard row yet.
     extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in listed
@@ -139,7 +141,7 @@ def _load_compare(folder: Path) -> Report:
         runs[name].notes.append("not in leaderboard.csv (still running, or added after it "
                                 "was written)")
         rows.append(_row_from_run(runs[name]))
-    report.rows = _best_first(rows)
+    report.rows = best_first(rows, report.ranked_by)
     report.runs = [runs[str(row.get("run"))] for row in report.rows]
     audit_path = folder / "audit.json"
     if audit_path.is_file():
@@ -192,16 +194,6 @@ def _last_line(text: str | None) -> str:
     """The last line of a traceback: the exception and its message."""
     lines = (text or "").strip().splitlines()
     return lines[-1] if lines else ""
-
-
-def _best_first(rows: list[dict]) -> list[dict]:
-    """Finished runs by accuracy (then balanced accuracy), best first; the others after."""
-
-    def key(row: dict) -> tuple:
-        acc, bal = as_number(row.get("accuracy")), as_number(row.get("balanced_accuracy"))
-        return (row.get("status") != "ok", acc is None, -(acc or 0.0), -(bal or 0.0))
-
-    return sorted(rows, key=key)
 
 
 # --- one run folder -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
-from imgclf.leaderboard import METRICS, mapping
+from imgclf.leaderboard import LOWER_IS_BETTER, METRICS, mapping
 from imgclf.report import figures
 from imgclf.report import template as t
 from imgclf.report.dataset import audit_html, training_data_html
@@ -148,9 +148,8 @@ def leaderboard_section(report: Report) -> str:
                       None if status == "ok" else "failed")
     numeric = [0] + [i + 1 for i, (key, _, _) in enumerate(LEADERBOARD_COLUMNS)
                      if key not in TEXT_COLUMNS]
-    what = "Runs" if report.kind == "compare" else "The run"
     parts = [t.table(headers, rows, numeric=numeric, row_classes=styles, caption_html=(
-        f"{what} ranked by accuracy on the evaluated split, best first. Rates are "
+        f"{_ranking(report)}Metrics are on the evaluated split. Rates are "
         "percentages; log loss is in nats (lower is better); train time covers the "
         "training epochs and, for a frozen backbone, computing its features, or reading "
         "them from the cache when an earlier run computed them (so compare such times "
@@ -159,6 +158,18 @@ def leaderboard_section(report: Report) -> str:
     parts.append(_all_metrics(report))
     parts += _failures(report)
     return "\n".join(parts)
+
+
+def _ranking(report: Report) -> str:
+    """What orders a comparison's rows, as leaderboard.csv says (nothing for one run)."""
+    if report.kind == "run":
+        return ""
+    if report.ranked_by is None:
+        return ("Runs in the order of leaderboard.csv, which does not say what ranked them; "
+                "runs without results last. ")
+    order = "lowest" if report.ranked_by in LOWER_IS_BETTER else "highest"
+    return (f"Runs ranked by <code>{t.text(report.ranked_by)}</code> (<code>imgclf compare "
+            f"--sort</code>), {order} first; runs without results last. ")
 
 
 def _parameters_note(row: dict) -> str:

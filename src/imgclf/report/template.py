@@ -9,10 +9,11 @@ can be mailed, archived or opened offline and still look the same.
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Iterable, Sequence
 from html import escape
 from string import Template
+
+from imgclf.leaderboard import as_number
 
 MISSING = "\u2013"
 """Shown in a table cell for a value that is absent or undefined (an en dash)."""
@@ -216,17 +217,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterab
 
 
 # --- numbers --------------------------------------------------------------------------------
-
-
-def as_number(value: object) -> float | None:
-    """``value`` as a finite float, or None (absent, empty, NaN, not a number)."""
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def percent(value: object) -> str:
