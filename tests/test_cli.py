@@ -355,7 +355,7 @@ def test_sigterm_stops_training_as_ctrl_c_does(tmp_path, make_image_folder):
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "imgclf", "train", str(data), "--out", str(run),
             "--epochs", "5000", "--patience", "0", "--img-size", "32", "-q"]
-    env = {**os.environ, "IMGCLF_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "IMGCLF_CACHE_DIR": str(tmp_path / "cache"), "PYTHONFAULTHANDLER": "1"}
     command = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -363,7 +363,12 @@ def test_sigterm_stops_training_as_ctrl_c_does(tmp_path, make_image_folder):
             assert command.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
         command.terminate()  # SIGTERM, as `kill` or a batch scheduler sends
-        _, err = command.communicate(timeout=60)
+        try:
+            _, err = command.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # where it is stuck: faulthandler's stacks
+            command.send_signal(signal.SIGABRT)
+            stacks = command.communicate()[1].decode().split("\nExtension modules")[0]
+            pytest.fail(f"no exit after SIGTERM:\n{stacks[-6000:]}")
     finally:
         if command.poll() is None:
             command.kill()
