@@ -355,7 +355,10 @@ def test_sigterm_stops_training_as_ctrl_c_does(tmp_path, make_image_folder):
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "imgclf", "train", str(data), "--out", str(run),
             "--epochs", "5000", "--patience", "0", "--img-size", "32", "-q"]
-    env = {**os.environ, "IMGCLF_CACHE_DIR": str(tmp_path / "cache"), "PYTHONFAULTHANDLER": "1"}
+    # numba compiles the fused kernels afresh in the first epoch, where SIGTERM lands: it
+    # ignores exceptions raised in its callbacks, and one from the signal hung the process.
+    env = {**os.environ, "IMGCLF_CACHE_DIR": str(tmp_path / "cache"),
+           "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "PYTHONFAULTHANDLER": "1"}
     command = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 120

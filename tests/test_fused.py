@@ -119,3 +119,28 @@ def test_first_conv_is_fused_only_in_float32_training_of_a_plain_3x3_conv():
         assert not fused.supports_conv(x, other.to(memory_format=torch.channels_last))
     conv.weight.requires_grad_(False)
     assert not fused.supports_conv(x, conv)
+
+
+@pytest.mark.parametrize("kernel", ["_forward", "_backward", "_conv_weight_grad"])
+def test_ctrl_c_during_a_kernel_takes_effect_when_it_returns(monkeypatch, kernel):
+    # numba compiles a kernel at its first call, running Python callbacks whose exceptions
+    # it ignores: an interrupt raised inside one left the process hanging.
+    import signal
+    import time
+
+    real, returned = getattr(fused, kernel), []
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler would run here, were it not deferred
+        returned.append(real(*args))
+
+    monkeypatch.setattr(fused, kernel, interrupted)
+    x = torch.randn(2, 3, 10, 10).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(KeyboardInterrupt):
+        if kernel == "_backward":  # the pooling's own backward: its input needs a gradient
+            fused.pool_relu_dropout(x.requires_grad_()).sum().backward()
+        else:
+            fused.conv_pool_relu_dropout(x, nn.Conv2d(3, 4, 3)).sum().backward()
+    assert returned
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

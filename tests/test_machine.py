@@ -14,3 +14,26 @@ def test_cores_are_those_the_process_may_run_on(monkeypatch):
     assert available_cores() == 3
     # Loader processes for per-image augmentation: one per spare core of those three.
     assert default_workers(transform=lambda image: image) == 2
+
+
+def test_interrupts_deferred_to_the_end_of_the_block():
+    import signal
+    import time
+
+    import pytest
+
+    from imgclf.machine import interrupts_deferred
+
+    got = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                got.append("block ended")
+        assert got == ["block ended", signal.SIGTERM]  # each handler, once it ended
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)

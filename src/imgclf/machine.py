@@ -32,3 +32,29 @@ def interrupted_by(*signums: int):
         for signum, handler in before.items():
             if handler is not None:  # None: set outside Python, cannot be put back
                 signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) and SIGTERM received within the block take effect when it ends, as if
+    they came then (in the order they came; once one raises, as Ctrl-C does, the rest are
+    not raised again). For code that an exception must not stop part-way: numba, compiling a
+    kernel at its first call, runs Python callbacks whose exceptions it ignores, and a
+    KeyboardInterrupt raised in one left the process hanging. Outside the main thread,
+    where Python cannot set a handler, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    before = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: set outside Python, cannot be put back
+            before[signum] = signal.signal(signum, lambda s, frame: received.append(s))
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        for signum in received:
+            signal.raise_signal(signum)

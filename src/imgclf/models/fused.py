@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from imgclf.machine import interrupts_deferred
+
 # The integer type whose bit patterns each float dtype is compared as.
 BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 NO_GRADIENT = 4
@@ -152,7 +154,8 @@ def _pool(x: torch.Tensor, noise: torch.Tensor | None, threshold: int,
     idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8)
     keep = (noise.view(n, h // 2, w // 2, c).numpy() if threshold
             else np.zeros((1, 1, 1, 1), np.uint8))
-    _forward(_nhwc_bits(x), keep, threshold, _nhwc_bits(out), idx.numpy())
+    with interrupts_deferred():  # numba may compile it now
+        _forward(_nhwc_bits(x), keep, threshold, _nhwc_bits(out), idx.numpy())
     if scale != 1:
         out.mul_(scale)  # in PyTorch, for its rounding
     return out, idx
@@ -173,7 +176,8 @@ class _PoolReLUDropout(torch.autograd.Function):
         if ctx.scale != 1:
             grad = grad * ctx.scale
         grad_in = torch.empty(ctx.shape, dtype=grad.dtype, memory_format=torch.channels_last)
-        _backward(_nhwc_bits(grad), idx.numpy(), _nhwc_bits(grad_in))
+        with interrupts_deferred():  # numba may compile it now
+            _backward(_nhwc_bits(grad), idx.numpy(), _nhwc_bits(grad_in))
         return grad_in, None, None, None
 
 
@@ -206,8 +210,9 @@ class _ConvPoolReLUDropout(torch.autograd.Function):
         acc = np.zeros((threads, o, 9 * c))
         acc_bias = np.zeros((threads, o))
         rows = x.permute(0, 2, 3, 1).reshape(n, h, w * c).numpy()
-        _conv_weight_grad(rows, grad.permute(0, 2, 3, 1).numpy(), idx.numpy(), ctx.scale,
-                          acc, acc_bias)
+        with interrupts_deferred():  # numba may compile it now
+            _conv_weight_grad(rows, grad.permute(0, 2, 3, 1).numpy(), idx.numpy(), ctx.scale,
+                              acc, acc_bias)
         grad_weight = (torch.from_numpy(acc.sum(0)).view(o, 3, 3, c).permute(0, 3, 1, 2)
                        .to(weight.dtype).contiguous(memory_format=torch.channels_last))
         grad_bias = torch.from_numpy(acc_bias.sum(0)).to(weight.dtype) if ctx.has_bias else None
