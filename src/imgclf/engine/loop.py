@@ -208,6 +208,29 @@ def write_history(history: list[dict], path: Path) -> None:
         writer.writerows(history)
 
 
+def _run_epoch(phase: Phase, rt: Runtime, epoch: int, monitored: str) -> dict:
+    """Train ``phase`` for epoch ``epoch`` (from 0), validate, and step a per-epoch
+    schedule (a plateau one by the ``monitored`` metric); returns the epoch's history row
+    but for its number in the run."""
+    sampler = getattr(phase.train_loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    tic = time.perf_counter()
+    lr = phase.optimizer.param_groups[-1]["lr"]  # the epoch's first step's, any schedule
+    row = train_one_epoch(phase, rt, f"{phase.name} {epoch + 1}/{phase.epochs}")
+    if not all(torch.isfinite(p).all() for p in phase.module.parameters()):
+        raise Diverged("the weights stopped being finite numbers")
+    if phase.val_loader is not None:
+        row.update(evaluate(phase.module, phase.val_loader, rt))
+    row.update(lr=lr, seconds=round(time.perf_counter() - tic, 3), phase=phase.name)
+    if phase.scheduler is not None and not phase.scheduler_per_step:
+        if isinstance(phase.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            phase.scheduler.step(row.get(monitored, row["loss"]))
+        else:
+            phase.scheduler.step()
+    return row
+
+
 def fit(
     phase: Phase,
     rt: Runtime,
@@ -263,25 +286,7 @@ def fit(
         save("last.pt", 0)  # what an interruption during the first epoch resumes from
     try:
         for epoch in range(start, phase.epochs):
-            sampler = getattr(phase.train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            tic = time.perf_counter()
-            desc = f"{phase.name} {epoch + 1}/{phase.epochs}"
-            lr = phase.optimizer.param_groups[-1]["lr"]  # the epoch's first step's, any schedule
-            row = {"epoch": offset + epoch + 1, **train_one_epoch(phase, rt, desc)}
-            if not all(torch.isfinite(p).all() for p in phase.module.parameters()):
-                raise Diverged("the weights stopped being finite numbers")
-            if phase.val_loader is not None:
-                row.update(evaluate(phase.module, phase.val_loader, rt))
-            row["lr"] = lr
-            row["seconds"] = round(time.perf_counter() - tic, 3)
-            row["phase"] = phase.name
-            if phase.scheduler is not None and not phase.scheduler_per_step:
-                if isinstance(phase.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    phase.scheduler.step(row.get(monitor.monitor, row["loss"]))
-                else:
-                    phase.scheduler.step()
+            row = {"epoch": offset + epoch + 1, **_run_epoch(phase, rt, epoch, monitor.monitor)}
             state.history.append(row)
             state.phase, state.epoch = phase.name, epoch + 1
             if dist.is_main():  # before last.pt: a run resumed from the one before rewrites it

@@ -532,21 +532,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    arrays, image_keys = {}, {}
-    if not dist.is_main():
-        dist.wait_for_main()  # rank 0 decodes into the cache first; the others read it
-    skipped = len(data.skipped)
-    for name, split in data.splits.items():
-        images, labels, key = decode_split(split, prep.img_size, prep.interpolation, d.cache)
-        arrays[name], image_keys[name] = (images, labels), key
-    if len(data.skipped) > skipped:
-        data.recount()
-    copies = copies_of_training_images(data.splits)
-    for name, n in copies.items():
-        if n:
-            log.warning("%s: %d of %d images are exact copies of training images, so its "
-                        "figures flatter the model (`imgclf audit` lists them)",
-                        name, n, len(data.splits[name]))
+    arrays, image_keys, copies = _decode_splits(data, prep, d.cache)
     if dist.is_main():
         dist.barrier()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -587,14 +573,47 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     train_seconds = state.elapsed()  # earlier sessions of a resumed run included
     if logger is not None:
         logger.close()
+    _write_results(ctx, state, train_seconds, total, copies)
+    return run_dir
+
+
+def _decode_splits(data: PreparedData, prep: Preprocessing, cache: bool
+                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str],
+                              dict[str, int]]:
+    """Each split's (images, labels) decoded at the model's size, its cache key, and how
+    many of its images copy a training image (warned of: they flatter the figures)."""
+    arrays, image_keys = {}, {}
+    if not dist.is_main():
+        dist.wait_for_main()  # rank 0 decodes into the cache first; the others read it
+    skipped = len(data.skipped)
+    for name, split in data.splits.items():
+        images, labels, key = decode_split(split, prep.img_size, prep.interpolation, cache)
+        arrays[name], image_keys[name] = (images, labels), key
+    if len(data.skipped) > skipped:
+        data.recount()
+    copies = copies_of_training_images(data.splits)
+    for name, n in copies.items():
+        if n:
+            log.warning("%s: %d of %d images are exact copies of training images, so its "
+                        "figures flatter the model (`imgclf audit` lists them)",
+                        name, n, len(data.splits[name]))
+    return arrays, image_keys, copies
+
+
+def _write_results(ctx: TrainingContext, state: FitState, train_seconds: float, total: int,
+                   copies: dict[str, int]) -> None:
+    """After training: model.pt, then the evaluation on the test split (or validation,
+    without one) with the run's figures, the mirror-image check and the run's facts."""
+    config, data, run_dir = ctx.config, ctx.data, ctx.run_dir
     judge, judge_rt, judged_by = _evaluated_model(ctx, state.features_by)
-    tta, tta_check = choose_tta(config.train.tta, judge, *arrays["val"], judge_rt)
-    eval_split = "test" if "test" in arrays else "val"
-    images, labels = arrays[eval_split]
+    tta, tta_check = choose_tta(config.train.tta, judge, *ctx.arrays["val"], judge_rt)
+    eval_split = "test" if "test" in ctx.arrays else "val"
+    images, labels = ctx.arrays[eval_split]
     if dist.is_main():
         # The final weights (the best epoch's, when restoring best) without training state:
         # what evaluate, predict and export load.
-        save_atomic(dict(meta, model=model.state_dict(), tta=tta), run_dir / MODEL_FILE)
+        save_atomic(dict(ctx.meta, model=ctx.model.state_dict(), tta=tta),
+                    run_dir / MODEL_FILE)
     write_evaluation(judge, images, labels, data.splits[eval_split].paths, data.classes,
                      judge_rt, run_dir, split=eval_split, history=state.history, tta=tta,
                      best=best_epoch(state.history, config.train.monitor, config.train.mode,
@@ -609,7 +628,6 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
                             "copies_of_training_images": copies,
                             "evaluated_by": judged_by,
                             "data_summary": data.summary()})
-    return run_dir
 
 
 def _evaluated_model(ctx: TrainingContext, features_by: str | None
