@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 
 from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config, resume_config
 from imgclf.errors import RunError
@@ -197,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.cli.common import print_headline
     from imgclf.engine.dist import env_rank
     from imgclf.engine.trainer import train
+    from imgclf.paths import read_run_metrics
 
     if args.resume:
         from imgclf.cli.common import overrides_from
@@ -210,6 +210,6 @@ def run(args: argparse.Namespace) -> int:
             raise RunError("no dataset given: imgclf train DATA (or --train FOLDER).")
     run_dir = train(config, resume=args.resume)
     if env_rank() == 0:
-        print_headline(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
+        print_headline(read_run_metrics(run_dir / "metrics.json"))
         print(f"run folder: {run_dir}")
     return 0
