@@ -407,7 +407,13 @@ def test_workers_train_runs_in_parallel_processes(tmp_path, make_image_folder):
         assert (out / row["run"] / "model.pt").exists()
 
 
-def test_ctrl_c_stops_the_workers_runs_and_starts_no_other(tmp_path, make_image_folder):
+@pytest.mark.parametrize("when, how", [
+    ("training", "Ctrl-C"),  # SIGINT to every process of the job, as a terminal sends it
+    ("starting", "Ctrl-C"),  # while the workers load PyTorch
+    ("training", "SIGTERM"),  # to the command alone (`kill PID`): it passes it on
+])
+def test_an_interruption_stops_the_workers_runs_and_starts_no_other(tmp_path, make_image_folder,
+                                                                    when, how):
     import os
     import signal
     import subprocess
@@ -416,7 +422,7 @@ def test_ctrl_c_stops_the_workers_runs_and_starts_no_other(tmp_path, make_image_
 
     data = make_image_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(32, 32), seed=4)
     out = tmp_path / "cmp"
-    # Three runs for two workers, long enough to be under way at Ctrl-C.
+    # Three runs for two workers, long enough to be under way when interrupted.
     argv = [sys.executable, "-m", "imgclf", "compare", str(data), "--methods",
             "scratch,augment,transfer", "--no-pretrained", "--img-size", "32", "--epochs",
             "5000", "--patience", "0", "--workers", "2", "--out", str(out), "--no-audit"]
@@ -425,10 +431,14 @@ def test_ctrl_c_stops_the_workers_runs_and_starts_no_other(tmp_path, make_image_
                                start_new_session=True)  # its own group, as a terminal's job
     try:
         deadline = time.monotonic() + 120
-        while not (out / "scratch-small_cnn" / "last.pt").exists():
+        ready = out / "scratch-small_cnn" / "last.pt" if when == "training" else out
+        while not ready.exists():
             assert command.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
-        os.killpg(command.pid, signal.SIGINT)  # what Ctrl-C sends to every process of the job
+            time.sleep(0.05)
+        if how == "Ctrl-C":
+            os.killpg(command.pid, signal.SIGINT)
+        else:
+            command.terminate()
         _, err = command.communicate(timeout=120)
     finally:
         if command.poll() is None:
@@ -436,7 +446,7 @@ def test_ctrl_c_stops_the_workers_runs_and_starts_no_other(tmp_path, make_image_
     err = err.decode()
     assert command.returncode == 130, err
     assert "Traceback" not in err
-    assert "comparison interrupted during runs scratch-small_cnn, augment-small_cnn_wide, " \
-           "whose progress is saved" in err
+    assert "comparison interrupted during runs scratch-small_cnn, augment-small_cnn_wide" in err
     assert not (out / "transfer-tf_efficientnet_lite0").exists()  # never started
     assert not (out / "scratch-small_cnn" / "metrics.json").exists()
+    assert not (out / "augment-small_cnn_wide" / "metrics.json").exists()

@@ -15,7 +15,9 @@ import csv
 import json
 import logging
 import multiprocessing
+import os
 import signal
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from imgclf.engine.loop import Interrupted
 from imgclf.errors import ConfigError, RunFolderBusy
 from imgclf.history import read_history
 from imgclf.leaderboard import METRICS, RANKED_BY, RUN_COLUMNS, SORT_KEYS, best_first, run_row
-from imgclf.machine import available_cores, interrupted_by
+from imgclf.machine import available_cores
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     CONFIG_FILE,
@@ -130,8 +132,7 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
 
     run_dir = Path(config.out)
     try:
-        # A worker ignores Ctrl-C while idle, and stops its run at it like this process.
-        with interrupted_by(signal.SIGINT) if in_worker else contextlib.nullcontext():
+        with _stopping_run() if in_worker else contextlib.nullcontext():
             train(config, resume=resume)
     except (Interrupted, RunFolderBusy):  # the run is not this comparison's to record
         raise
@@ -142,6 +143,45 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
         return {"run": plan.name, "method": plan.method, "backbone": plan.model,
                 "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     return row_from_run(run_dir)
+
+
+_STOP = threading.Event()
+"""Set in a compare worker once Ctrl-C or SIGTERM has reached it."""
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _start_worker() -> None:
+    """A compare worker's Ctrl-C and SIGTERM (Ctrl-C reaches every process of the command;
+    the parent passes its own interruption on as SIGTERM) are noted while it starts or
+    waits, and stop its run while it trains (``_stopping_run``)."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _note_stop)
+
+
+def _note_stop(signum, frame) -> None:
+    _STOP.set()
+
+
+def _stop_run(signum, frame) -> None:
+    _note_stop(signum, frame)
+    for other in _STOP_SIGNALS:  # a second signal must not break the first one's saving
+        signal.signal(other, _note_stop)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stopping_run():
+    """In a worker: the first Ctrl-C or SIGTERM within the block stops the run, as in the
+    parent process; one that came while the worker was starting stops it at once."""
+    if _STOP.is_set():
+        raise Interrupted("the comparison was interrupted before this run began")
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _stop_run)
+    try:
+        yield
+    finally:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, _note_stop)
 
 
 def row_from_run(run_dir: Path) -> dict:
@@ -251,12 +291,12 @@ def _train_in_workers(todo: list[RunPlan], configs: dict, resumable: set[str], w
     """Train ``todo`` in ``workers`` processes, putting each run's row in ``rows`` and
     calling ``finished`` as it ends. Each worker is handed one run at a time, so that after
     Ctrl-C no further run starts: the workers' own runs stop at it, saving their progress,
-    and idle workers leave it to this process."""
+    and idle workers leave it to this process, which passes its own interruption (SIGTERM,
+    say) on to them."""
     threads = max(1, available_cores() // workers)
     waiting, running = list(todo), {}
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=signal.signal,
-                                initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker) as pool:
         try:
             while waiting or running:
                 while waiting and len(running) < workers:
@@ -269,6 +309,8 @@ def _train_in_workers(todo: list[RunPlan], configs: dict, resumable: set[str], w
                     del running[future]
                     finished()
         except (KeyboardInterrupt, Interrupted):
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, signal.SIGTERM)
             pool.shutdown(cancel_futures=True)  # the running runs save and stop first
             raise _comparison_interrupted(list(running.values())) from None
 
