@@ -265,6 +265,7 @@ def test_export_refuses_the_runs_own_files_and_the_dataset(trained, tmp_path):
             ("onnx", run / "metrics.json", r"is written as \.onnx"),
             ("torchscript", tmp_path / "m.onnx", r"is written as \.pt or \.pth or \.ts"),
             ("onnx", other / "model.onnx", f"would be inside {other}, the folder of another run"),
+            ("onnx", other / "sub" / "m.onnx", f"would be inside {other}, the folder of another"),
             ("onnx", test_images / "m.onnx", "would be inside the dataset"),
             ("onnx", tmp_path, "is a folder: give a file name such as")):
         with pytest.raises(ConfigError, match=message):

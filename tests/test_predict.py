@@ -601,6 +601,10 @@ def test_evaluate_keeps_each_runs_evaluations_apart(trained, tmp_path):
     with pytest.raises(RunError, match=r"would be inside .*first, the folder of another run; "
                                        r"evaluate into .*second \(the default\)"):
         evaluate_folder(second, data, out=first / "evaluate-test")
+    with pytest.raises(RunError, match=r"would be inside .*first, the folder of another run"):
+        evaluate_folder(second, data, out=first / "evaluate-test" / "deeper")
+    assert not (first / "evaluate-test" / "deeper").exists()
+    evaluate_folder(second, data, out=second / "sub" / "ev")  # deep inside its own: fine
     metrics, _ = evaluate_folder(first, data, out=tmp_path / "evals")
     assert (metrics["run"], metrics["model_file"]) == (str(first), "model.pt")
     before = (tmp_path / "evals" / "metrics.json").read_text()

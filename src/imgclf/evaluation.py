@@ -28,7 +28,7 @@ from imgclf.paths import (
     CONFIG_FILE,
     absolute,
     check_output_folder,
-    is_run_folder,
+    enclosing_run,
     open_for_writing,
     path_argument,
     probability_columns,
@@ -236,8 +236,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                     "whose images the model has learnt from", data)
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
-    inside = absolute(out_dir).parent
-    if is_run_folder(inside) and not _same(inside, run_dir):
+    inside = enclosing_run(out_dir)
+    if inside is not None and not _same(inside, run_dir):
         # The report shows a run's evaluation folders as that run's.
         raise RunError(f"{out_dir} would be inside {inside}, the folder of another run; "
                        f"evaluate into {run_dir} (the default) or outside any run folder.")

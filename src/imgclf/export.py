@@ -44,8 +44,8 @@ from imgclf.paths import (
     TRAINING_CHECKPOINTS,
     begins_with,
     check_output_file,
+    enclosing_run,
     first_line,
-    is_run_folder,
     read_mapping,
     run_datasets,
     write_text,
@@ -271,8 +271,8 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
     datasets = run_datasets(ckpt.parent)
     _check_export_files(out, fmt, datasets)
-    folder = out.absolute().parent
-    if is_run_folder(folder) and folder.resolve() != ckpt.parent.resolve():
+    folder = enclosing_run(out)
+    if folder is not None and folder.resolve() != ckpt.parent.resolve():
         # `predict --engine onnx` that run would answer with this run's model and classes.
         raise ConfigError(f"{out} would be inside {folder}, the folder of another run; "
                           "export into this run's folder or outside any run folder.")

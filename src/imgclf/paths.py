@@ -321,6 +321,11 @@ def is_run_folder(folder: str | Path) -> bool:
         (folder / name).is_file() for name in RUN_MARKERS)
 
 
+def enclosing_run(path: str | Path) -> Path | None:
+    """The nearest run folder that ``path`` would lie in (not ``path`` itself), if any."""
+    return next((folder for folder in absolute(path).parents if is_run_folder(folder)), None)
+
+
 def run_datasets(folder: str | Path) -> list[Path]:
     """The dataset folders that the run ``folder`` (or each run of a compare folder) was
     trained on, as its config.yaml names them; none where there is no readable config."""
