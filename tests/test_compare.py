@@ -371,6 +371,7 @@ def test_resolve_backbones(monkeypatch):
 
     monkeypatch.setattr(weights, "offline_backbones", lambda: {"x_net": "pkg", "a": "pkg"})
     assert resolve_backbones("a,offline") == ["a", "x_net"]
+    assert resolve_backbones(["offline"]) == ["x_net", "a"]  # as the Python API passes them
 
 
 def test_methods_and_backbones_as_one_string_of_names(tmp_path):
@@ -378,6 +379,14 @@ def test_methods_and_backbones_as_one_string_of_names(tmp_path):
     assert name_list(["augment "]) == ["augment"]
     with pytest.raises(ConfigError, match=r"unknown method\(s\) \['distill'\]"):
         compare(str(tmp_path), "scratch, distill", "mobilenetv2_100", tmp_path / "cmp")
+
+
+def test_offline_backbones_from_python(tmp_path, monkeypatch):
+    from imgclf.models import weights
+
+    monkeypatch.setattr(weights, "offline_backbones", lambda: {"installed_net": "pkg"})
+    with pytest.raises(ModelError, match="Unknown model 'installed_net'"):  # expanded
+        compare(str(tmp_path), "transfer", "offline", tmp_path / "cmp")
 
 
 def test_each_run_keeps_its_method_over_a_config_file(tmp_path, make_image_folder):

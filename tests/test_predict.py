@@ -629,6 +629,13 @@ def test_a_run_without_its_final_model_is_used_with_a_warning(trained, tmp_path,
     caplog.clear()
     Predictor(run / "best.pt")  # asked for by name: no warning
     assert "has not finished" not in caplog.text
+    # Stopped before its first epoch ended: last.pt alone, the starting weights.
+    (run / "best.pt").unlink()
+    last = torch.load(run / "last.pt", weights_only=True)
+    torch.save({**last, "history": []}, run / "last.pt")
+    Predictor(run)
+    assert "so last.pt, saved during training, is used (no epoch had finished: its weights " \
+           "are the untrained starting point)" in caplog.text
 
 
 def test_a_dataset_given_as_dot_dot_is_named_after_its_folder(trained, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from imgclf.models.factory import (
     freeze_norm_stats,
     set_trainable,
 )
-from imgclf.models.registry import get_spec
+from imgclf.models.registry import check_model_name, get_spec
 
 BACKBONE = "mobilenetv2_100"
 
@@ -119,6 +119,10 @@ def test_unknown_timm_like_name_suggests_timm_models():
     with pytest.raises(ModelError, match=r"Unknown model 'resnett18\.a1_in1k'.*Did you mean: "
                                          r".*resnet18"):
         create_model("resnett18.a1_in1k", 2)
+    with pytest.raises(ModelError, match=r"timm has no weights tagged 'a1_in1kk' for resnet18; "
+                                         r"its tags: a1_in1k, a2_in1k"):
+        check_model_name("resnet18.a1_in1kk")
+    check_model_name("resnet18.a1_in1k")
 
 
 def test_nonsense_name_has_no_suggestion_but_says_how_to_list():

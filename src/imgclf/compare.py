@@ -90,8 +90,10 @@ def name_list(names: str | list[str]) -> list[str]:
     return [name.strip() for name in names if name.strip()]
 
 
-def resolve_backbones(spec: str | None) -> list[str]:
-    """``offline`` means every backbone with ImageNet weights installed on this machine."""
+def resolve_backbones(spec: str | list[str] | None) -> list[str]:
+    """The backbones of ``spec`` (names, as ``name_list`` takes them; none: the default
+    one), where ``offline`` means every backbone with ImageNet weights installed on this
+    machine."""
     names: list[str] = []
     for item in name_list(spec or DEFAULT_BACKBONE):
         if item == "offline":
@@ -200,19 +202,21 @@ def row_from_run(run_dir: Path) -> dict:
 
 def compare(
     data: str,
-    methods: list[str],
-    backbones: list[str],
+    methods: str | list[str],
+    backbones: str | list[str] | None,
     out: str | Path,
     overrides: dict | None = None,
     sort_by: str = "accuracy",
     workers: int = 1,
     audit: bool = True,
 ) -> Path:
-    """Train every combination, then write leaderboard.csv and leaderboard.md in ``out``."""
+    """Train every combination, then write leaderboard.csv and leaderboard.md in ``out``.
+    ``methods`` and ``backbones`` are lists or comma-separated names (``resolve_backbones``:
+    ``offline`` is every backbone whose weights are installed)."""
     if sort_by not in SORT_KEYS:
         raise ConfigError(f"cannot sort the leaderboard by {sort_by!r}; choose one of "
                           f"{', '.join(SORT_KEYS)}.")
-    methods, backbones = name_list(methods), name_list(backbones)
+    methods, backbones = name_list(methods), resolve_backbones(backbones)
     out = Path(out)
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data

@@ -70,11 +70,13 @@ def load_model(run: str | Path) -> tuple[Classifier, Preprocessing, list[str], d
     A run folder without its final model.pt gives the checkpoint training saved last, with
     a warning."""
     path = checkpoint_file(run)
-    if path.name in TRAINING_CHECKPOINTS and Path(run).is_dir():
-        log.warning("%s has no %s: its training has not finished, so %s, saved during "
-                    "training, is used; its results will differ from the finished run's",
-                    run, MODEL_FILE, path.name)
     ckpt = load_checkpoint(path)
+    if path.name in TRAINING_CHECKPOINTS and Path(run).is_dir():
+        trained = ("" if ckpt.get("history") else
+                   " (no epoch had finished: its weights are the untrained starting point)")
+        log.warning("%s has no %s: its training has not finished, so %s, saved during "
+                    "training, is used%s; its results will differ from the finished run's",
+                    run, MODEL_FILE, path.name, trained)
     cfg = ckpt["model_config"]
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     model, _, _ = create_model(cfg["name"], cfg["num_classes"], img_size=prep.img_size,

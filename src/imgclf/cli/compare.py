@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgclf.compare import compare, name_list, resolve_backbones
+    from imgclf.compare import compare, name_list
 
     overrides = overrides_from(args)
     overrides.pop("out", None)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backbones is not None and "transfer" not in methods:
         raise ConfigError("--backbones names the backbones of transfer runs, but --methods "
                           f"{args.methods!r} has no transfer: add it, or leave --backbones out.")
-    out = compare(args.data, methods, resolve_backbones(args.backbones), args.out, overrides,
+    out = compare(args.data, methods, args.backbones, args.out, overrides,
                   sort_by=args.sort, workers=args.workers, audit=not args.no_audit)
     print((out / "leaderboard.md").read_text())
     print(f"leaderboard: {out / 'leaderboard.csv'}")

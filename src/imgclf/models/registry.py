@@ -56,8 +56,16 @@ def list_models(pattern: str = "*", include_timm: bool = False) -> list[str]:
 
 
 def check_model_name(name: str) -> None:
-    """Raise ModelError with close matches unless ``name`` is registered or a timm model."""
-    if name in _REGISTRY or timm.is_model(name):
+    """Raise ModelError with close matches unless ``name`` is registered or a timm model
+    (with a weights tag timm knows, if it has one: ``resnet18.a1_in1k``)."""
+    if name in _REGISTRY:
+        return
+    if timm.is_model(name):
+        arch, _, tag = name.partition(".")
+        if tag and name not in timm.list_pretrained(name):
+            tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{arch}.*")]
+            raise ModelError(f"timm has no weights tagged {tag!r} for {arch}; its tags: "
+                             f"{', '.join(tags) or 'none'}.")
         return
     candidates = list(_REGISTRY) + timm.list_models()
     arch = name.split(".", 1)[0]  # resnet18.a1_in1k: the architecture, then a weights tag

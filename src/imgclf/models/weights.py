@@ -445,16 +445,6 @@ def _offline_state_dict(model_name: str, source: OfflineSource, path: Path) -> S
 # Explicit files, the hub, and the resolution order.
 
 
-def _check_model_name(model_name: str) -> None:
-    """Raise ModelError for names timm does not know (with close matches), or whose
-    pretrained tag it does not know."""
-    check_model_name(model_name)
-    try:
-        timm.models.get_pretrained_cfg(model_name)
-    except RuntimeError as exc:
-        raise ModelError(f"Invalid timm model name {model_name!r}: {exc}") from None
-
-
 def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
     names = (names,) if isinstance(names, str) else tuple(names)
@@ -635,7 +625,7 @@ def _unavailable_message(model_name: str, tried: list[str]) -> str:
 
 
 def _resolve(model_name: str, weights: str | os.PathLike | None) -> _Resolved:
-    _check_model_name(model_name)
+    check_model_name(model_name)
     if weights is not None:
         path = Path(weights)
         return _Resolved(_read_weights_file(path), f"weights file {path}")
@@ -701,7 +691,7 @@ def create_backbone(
                 f"create_backbone({model_name!r}) got weights={str(weights)!r} and "
                 "pretrained=False; drop weights for random init or set pretrained=True."
             )
-        _check_model_name(model_name)
+        check_model_name(model_name)
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
         return model, _timm_data_config(model), "random init"
     resolved = _resolve(model_name, weights)
