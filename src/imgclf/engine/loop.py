@@ -311,9 +311,7 @@ def fit(
                 break
     except Diverged as exc:
         where = numbered(offset + (state.epoch if state.phase == phase.name else 0) + 1)
-        best = run_dir / "best.pt"
-        kept = restore_best and best.exists() and load_checkpoint(best)["phase"] == phase.name
-        if not kept:
+        if not (restore_best and _phase_best(run_dir, phase.name)):
             raise Diverged(f"training diverged in {where}: {exc}. Lower the learning rate "
                            f"(--lr; this phase's was {phase.optimizer.defaults['lr']:g}) "
                            "and train again.") from None
@@ -330,10 +328,17 @@ def fit(
     state.done = True
     save("last.pt", state.epoch)
     dist.barrier()
-    if restore_best and (run_dir / "best.pt").exists():
-        best = load_checkpoint(run_dir / "best.pt")
-        if best.get("phase") == phase.name:
-            model.load_state_dict(best["model"])
-            log.info("restored best weights (%s, %s %.4f)", numbered(monitor.best_epoch),
-                     monitor.monitor, monitor.best)
+    best = _phase_best(run_dir, phase.name) if restore_best else None
+    if best is not None:
+        model.load_state_dict(best["model"])
+        log.info("restored best weights (%s, %s %.4f)", numbered(monitor.best_epoch),
+                 monitor.monitor, monitor.best)
     return state
+
+
+def _phase_best(run_dir: Path, phase: str) -> dict | None:
+    """best.pt when it holds this phase's best epoch (an earlier phase's best is not one of
+    this phase's weights)."""
+    best = run_dir / "best.pt"
+    checkpoint = load_checkpoint(best) if best.exists() else None
+    return checkpoint if checkpoint is not None and checkpoint.get("phase") == phase else None
