@@ -123,7 +123,7 @@ def write_evaluation(
     if dist.is_main():
         _warn_of_absent_classes(metrics, classes, split)
     metrics["inference_images_per_second"] = round(speed, 1)
-    metrics["precision"] = str(rt.amp_dtype or torch.float32).removeprefix("torch.")
+    metrics["precision"] = rt.precision
     metrics.update(extra or {})
     if not dist.is_main():
         return metrics

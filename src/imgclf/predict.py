@@ -277,9 +277,7 @@ class Predictor(BasePredictor):
         self.model, self.prep, self.classes, self.meta = load_model(run)
         self.datasets = run_datasets(run_folder(run))
         self.rt: Runtime = resolve_runtime(device, "off", channels_last=True)
-        self.model.to(self.rt.device)
-        if self.rt.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.model = self.rt.place(self.model)
 
     @torch.inference_mode()
     def _probs(self, images: np.ndarray) -> np.ndarray:

@@ -28,6 +28,20 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def plain(self) -> Runtime:
+        """The same device in float32 and the default memory format."""
+        return Runtime(self.device, None, False)
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` moved to the device, in channels_last where this runtime uses it."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    @property
+    def precision(self) -> str:
+        """The float type the model computes in: "bfloat16" under autocast, else "float32"."""
+        return str(self.amp_dtype or torch.float32).removeprefix("torch.")
+
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last and x.dim() == 4:
@@ -35,7 +49,7 @@ class Runtime:
         return x
 
     def describe(self) -> str:
-        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+        amp = self.precision if self.amp_dtype else "fp32"
         layout = ", channels_last" if self.channels_last else ""
         return f"{self.device.type} ({amp}{layout}, {torch.get_num_threads()} threads)"
 

@@ -187,7 +187,7 @@ def _feature_module(model: Classifier, img_size: int, engine: str, required: boo
 def _runtime_for(module: nn.Module, rt: Runtime) -> Runtime:
     """The runtime that feeds ``module``: ONNX Runtime takes plain float32 (NCHW) tensors,
     without autocast or channels_last."""
-    return Runtime(rt.device, None, False) if isinstance(module, OnnxModule) else rt
+    return rt.plain() if isinstance(module, OnnxModule) else rt
 
 
 def cached_features(body: Callable[[], nn.Module], images: np.ndarray, labels: np.ndarray,
@@ -371,7 +371,7 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
     epochs = _epochs(cfg, "head")
     scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, epochs,
                                          len(train_loader), monitor_for(cfg).mode)
-    feature_rt = Runtime(ctx.rt.device, None, False)
+    feature_rt = ctx.rt.plain()
     return Phase("head", _for_training(head, feature_rt), train_loader, val_loader, optimizer,
                  epochs,
                  make_loss(cfg, ctx.arrays["train"][1], ctx.data.classes, ctx.rt.device),
@@ -529,9 +529,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     if stages not in (None, "all") and int(stages) > (groups := len(backbone_groups(model))):
         raise ConfigError(f"--finetune {stages}: {config.model.name} has {groups} stages to "
                           "fine-tune; give at most that many, or 'all'.")
-    model = model.to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = rt.place(model)
     arrays, image_keys, copies = _decode_splits(data, prep, d.cache)
     if dist.is_main():
         dist.barrier()
