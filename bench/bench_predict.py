@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from imgclf.config import build_config
-from imgclf.engine.callbacks import save_atomic
+from imgclf.engine.checkpoints import save_atomic
 from imgclf.engine.runtime import Runtime, cpu_supports_bf16
 from imgclf.engine.trainer import checkpoint_meta
 from imgclf.export import OnnxPredictor, export_model

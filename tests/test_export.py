@@ -21,7 +21,7 @@ from imgclf.cli import export as export_cli
 from imgclf.cli import predict as predict_cli
 from imgclf.cli.main import main
 from imgclf.config import build_config
-from imgclf.engine.callbacks import save_atomic
+from imgclf.engine.checkpoints import save_atomic
 from imgclf.engine.trainer import checkpoint_meta
 from imgclf.errors import ConfigError, RunError
 from imgclf.export import OnnxPredictor, export_model, sidecar_path

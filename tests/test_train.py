@@ -531,7 +531,7 @@ def test_stopped_between_its_history_and_checkpoint_a_run_resumes_whole(
 
 
 def test_an_interrupted_checkpoint_leaves_no_temporary_file(tmp_path, monkeypatch):
-    from imgclf.engine.callbacks import save_atomic
+    from imgclf.engine.checkpoints import save_atomic
 
     def interrupted(payload, path):
         Path(path).write_bytes(b"half")

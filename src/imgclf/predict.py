@@ -24,7 +24,7 @@ from imgclf.data.decode import DecodeError, decode_image
 from imgclf.data.layout import RUN_FOLDER
 from imgclf.data.prepare import find_unlabelled
 from imgclf.data.transforms import tta_average
-from imgclf.engine.callbacks import load_checkpoint
+from imgclf.engine.checkpoints import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.machine import available_cores

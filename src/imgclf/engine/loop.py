@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from imgclf.engine import dist
-from imgclf.engine.callbacks import load_checkpoint, save_atomic
+from imgclf.engine.checkpoints import load_checkpoint, save_atomic
 from imgclf.engine.runtime import Runtime
 from imgclf.errors import ImgclfError
 from imgclf.history import Monitor

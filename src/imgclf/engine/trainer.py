@@ -42,7 +42,7 @@ from imgclf.data.prepare import (
 )
 from imgclf.data.transforms import create_batch_mixer, create_transform
 from imgclf.engine import dist
-from imgclf.engine.callbacks import load_checkpoint, save_atomic
+from imgclf.engine.checkpoints import load_checkpoint, save_atomic
 from imgclf.engine.loop import (
     FitState,
     Interrupted,
