@@ -720,6 +720,23 @@ def test_evaluate_val_draws_the_runs_own_validation_images_again(trained, tmp_pa
         evaluate_folder(run, copy, split="val", out=tmp_path / "x")
 
 
+def test_evaluate_val_of_a_folder_of_classes_draws_the_held_out_images(tmp_path,
+                                                                     make_image_folder, caplog):
+    data = make_image_folder(tmp_path / "flat", {"cat": 10, "dog": 10}, size=(32, 32), seed=3)
+    run = imgclf.train(data, out=tmp_path / "run", model={"img_size": 32},
+                       train={"epochs": 1, "tta": "off"})
+    with caplog.at_level(logging.INFO, logger="imgclf"):
+        metrics, out = evaluate_folder(run, data, split="val")
+    assert "evaluating the run's validation images, 20% of train" in caplog.text
+    assert "evaluating all of it" not in caplog.text
+    assert out == run / "evaluate-val"
+    paths = []
+    for predictions in (run / "predictions.csv", out / "predictions.csv"):
+        with open(predictions, newline="") as fh:
+            paths.append(sorted(row["path"] for row in csv.DictReader(fh)))
+    assert len(paths[0]) == 4 and paths[1] == paths[0]  # the images training held out
+
+
 def test_evaluate_lists_the_files_it_skipped(trained, tmp_path, monkeypatch):
     run, data = trained
     folder = shutil.copytree(data / "test", tmp_path / "test")
@@ -877,8 +894,8 @@ def test_evaluating_a_split_without_some_class_warns_how_it_counts(trained, tmp_
     metrics, _ = imgclf.evaluate(run, subset, out=tmp_path / "evaluated", device="cpu")
     assert metrics["per_class"][CLASSES[0]]["support"] == 0
     counted = metrics["per_class"][CLASSES[0]]["fp"] > 0  # predicted for some image
-    way = "(predicted for some images) count with recall and F1 of 0" if counted else \
-        "are left out"
+    way = "(predicted for some images) counts with recall and F1 of 0" if counted else \
+        "is left out"
     assert (f"split has no images of {CLASSES[0]}: in the macro averages {CLASSES[0]} {way} "
             "(balanced accuracy leaves them all out)") in caplog.text
     recalls = [metrics["per_class"][c]["recall"] for c in CLASSES[1:]]

@@ -93,10 +93,10 @@ def _warn_of_absent_classes(metrics: dict, classes: list[str], split: str) -> No
     left_out = [c for c in absent if c not in predicted]
     ways = []
     if predicted:
-        ways.append(f"{', '.join(predicted)} (predicted for some images) count with recall "
-                    "and F1 of 0")
+        ways.append(f"{', '.join(predicted)} (predicted for some images) "
+                    f"{'counts' if len(predicted) == 1 else 'count'} with recall and F1 of 0")
     if left_out:
-        ways.append(f"{', '.join(left_out)} are left out")
+        ways.append(f"{', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} left out")
     log.warning("the %s split has no images of %s: in the macro averages %s (balanced "
                 "accuracy leaves them all out)", split, ", ".join(absent), "; ".join(ways))
 
@@ -212,21 +212,20 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         log.warning("%s", note)
     held_out: Split | None = None
     if layout.kind == "single":  # a folder of classes: all of it, named after it
-        root = layout.train
-        name = absolute(root).name
-        if split is not None:
-            log.warning("%s has no split folders: evaluating all of it, not a %s split",
-                        data, split)
+        name, root = absolute(layout.train).name, layout.train
     else:
         name = split or next(n for n in ("test", "val", "train") if getattr(layout, n))
         root = getattr(layout, name)
-        if root is None and name == "val" and _same(layout.train, trained_on):
-            held_out, how = _held_out_validation(run_dir, predictor.classes)
-            root = layout.train
-            log.info("%s has no val split: evaluating the run's validation images, %s",
-                     data, how)
-        elif root is None:
-            raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
+    if split == "val" and root in (None, layout.train) and _same(layout.train, trained_on):
+        # The run's own training folder, with no val/: the images it held out, drawn again.
+        held_out, how = _held_out_validation(run_dir, predictor.classes)
+        name, root = "val", layout.train
+        log.info("%s has no val split: evaluating the run's validation images, %s", data, how)
+    elif layout.kind == "single" and split is not None:
+        log.warning("%s has no split folders: evaluating all of it, not a %s split",
+                    data, split)
+    elif root is None:
+        raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
     if held_out is None and _same(root, trained_on):
         log.warning("%s is the folder %s was trained on: these figures are on images the "
                     "model has learnt from (with any validation images it held out of that "
