@@ -310,7 +310,9 @@ def test_what_training_stops_on_is_listed(tmp_path, make_image_folder, bad_image
         "class 'cat' has only 2 training image(s); results for it will be unreliable",
         "class 'dog' has only 2 training image(s); results for it will be unreliable",
         f"class folder {tmp_path / 'val' / 'cat'} holds no readable images: the val split has "
-        "no image of class 'cat'"]
+        "no image of class 'cat'",
+        *(f"{tmp_path / split} has no folder of class {cls!r}: the {split} split has no image "
+          f"of class {cls!r}" for split in ("val", "test") for cls in ("dog", "empty"))]
     assert "  warning: class 'cat' has only 2 training image(s); results for it will be " \
         "unreliable" in format_audit(report)
     one = make_image_folder(tmp_path / "one", {"cat": 2})

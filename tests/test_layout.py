@@ -561,3 +561,15 @@ def test_skipped_hint_marks_other_reasons_only_when_there_are_some():
     assert skipped_hint([cut, cut]) == " (2 file(s) skipped: truncated file)"
     assert skipped_hint([cut, Skipped(Path("b.txt"), "not an image")]) == \
         " (2 file(s) skipped: truncated file, ...)"
+
+
+def test_a_validation_split_without_a_class_folder_is_warned_of(tmp_path, make_image_folder,
+                                                                caplog):
+    # Early stopping and the mirror-image check then judge without that class.
+    val = make_image_folder(tmp_path / "val", {"cat": 2})
+    with caplog.at_level(logging.WARNING, logger="imgclf"):
+        split = scan_split("val", val, ["cat", "dog"])
+    assert split.warnings == [f"{val} has no folder of class 'dog': the val split has no "
+                              "image of class 'dog'"]
+    assert split.warnings[0] in caplog.text
+    assert scan_split("train", val, ["cat", "dog"]).warnings == []  # its folders are the classes

@@ -402,19 +402,17 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
     split = Split(name, root)
     for index, cls in enumerate(classes):
         folder = folders.get(_same_name(cls))
-        if folder is None:
-            continue
-        images, skipped = scan_folder(folder)
+        images, skipped = scan_folder(folder) if folder is not None else ([], [])
         split.skipped.extend(skipped)
-        if not images and name == "train" and strict:
+        if folder is not None and not images and name == "train" and strict:
             raise DataError(
                 f"Class folder {folder} holds no readable images{skipped_hint(skipped)}. "
                 "Add images or remove the folder."
             )
         if not images and name != "train":
-            split.warnings.append(f"class folder {folder} holds no readable images"
-                                  f"{skipped_hint(skipped)}: the {name} split has no image "
-                                  f"of class {cls!r}")
+            why = (f"class folder {folder} holds no readable images{skipped_hint(skipped)}"
+                   if folder is not None else f"{root} has no folder of class {cls!r}")
+            split.warnings.append(f"{why}: the {name} split has no image of class {cls!r}")
             if strict:
                 log.warning("%s", split.warnings[-1])
         split.paths.extend(images)
