@@ -182,7 +182,8 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"augment": {"mixup": -1}}, r"augment\.mixup must be >= 0, got -1"),
     ({"augment": {"cutmix": -0.5}}, r"augment\.cutmix must be >= 0"),
     ({"model": {"dropout": 1.0}}, r"model\.dropout must be in \[0, 1\)"),
-    ({"train": {"finetune": 2}}, r"train\.finetune applies to --method transfer"),
+    ({"train": {"finetune": 2}}, r"train\.finetune applies to --method transfer .*leave out "
+                                 r"--finetune, or train\.finetune in a config file"),
     ({"model": {"img_size": 0}}, r"model\.img_size must be >= 1 \(or left out"),
     ({"augment": {"preset": "bogus"}}, r"augment\.preset must be none, flip, reference, "),
     ({"model": {"weights": "w.pth", "pretrained": False}},

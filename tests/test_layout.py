@@ -367,7 +367,8 @@ def test_explicit_split_folders_override_the_datasets_own(tmp_path, make_image_f
     assert (layout.val, layout.test) == (tmp_path / "mine" / "val", tmp_path / "data" / "test")
     layout = detect_layout(tmp_path / "data", test=tmp_path / "mine" / "test")
     assert (layout.val, layout.test) == (tmp_path / "data" / "val", tmp_path / "mine" / "test")
-    with pytest.raises(DataError, match=r"Both a DATA folder .* and --train .* were given"):
+    with pytest.raises(DataError, match=r"Both a DATA folder .* and a train folder .*; --train, "
+                                        r"or data.train in a config file\) were given"):
         detect_layout(tmp_path / "data", train=tmp_path / "data" / "train")
 
 

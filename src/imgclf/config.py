@@ -352,7 +352,8 @@ def validate(config: Config) -> None:
                            f"got {t.finetune!r}"))
         checks.append((config.method == "transfer",
                        f"train.finetune applies to --method transfer (the model here trains "
-                       f"whole under {config.method}); leave --finetune out"))
+                       f"whole under {config.method}); leave out --finetune, or "
+                       "train.finetune in a config file"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")

@@ -227,8 +227,9 @@ def detect_layout(
     if train is not None:
         if data is not None:
             raise DataError(
-                f"Both a DATA folder ({str(data)!r}) and --train ({str(train)!r}) were given: "
-                "pass DATA alone, or --train (with --val/--test) alone."
+                f"Both a DATA folder ({str(data)!r}) and a train folder ({str(train)!r}; "
+                "--train, or data.train in a config file) were given: pass DATA alone, or "
+                "--train (with --val/--test) alone."
             )
         layout = Layout(_follow_doubled(Path(train)), val and _follow_doubled(Path(val)),
                         test and _follow_doubled(Path(test)), kind="explicit")
