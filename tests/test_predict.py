@@ -225,7 +225,7 @@ def test_json_output_has_the_csvs_content(trained, mixed_folder, tmp_path):
         else:
             assert record["predicted"] == row["predicted"]
             assert record["probabilities"] == {c: float(row[c]) for c in CLASSES}
-    assert not list(tmp_path.rglob("*.partial"))
+    assert not list(tmp_path.rglob(".*.tmp*"))  # no temporary file left behind
 
 
 def test_output_errors(trained, mixed_folder, tmp_path):

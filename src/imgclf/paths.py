@@ -183,19 +183,17 @@ def open_for_writing(path: str | Path, newline: str | None = None):
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial{os.getpid()}")
+    tmp = None
     try:
-        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline=newline) as fh:
+        with written_whole(path) as tmp, open(tmp, "w", encoding="utf-8",
+                                              errors="backslashreplace", newline=newline) as fh:
             yield fh
-        os.replace(tmp, path)
     except OSError as exc:
         # The temporary file is a detail: a failure to create, fill or rename it (read-only
         # folder, full disk) is reported against the file that was asked for.
         if exc.filename not in (None, str(tmp)):
             raise
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def unescaped(text: str) -> str:

@@ -41,7 +41,7 @@ from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE
 
 from imgclf.errors import ModelError, WeightsUnavailableError
 from imgclf.models.registry import check_model_name
-from imgclf.paths import cache_dir, cache_writable, load_torch_file
+from imgclf.paths import cache_dir, cache_writable, load_torch_file, written_whole
 
 logger = logging.getLogger(__name__)
 
@@ -410,19 +410,14 @@ def _read_cache(weights_file: Path, meta_file: Path, stamp: dict) -> StateDict |
 def _write_cache(state: StateDict, weights_file: Path, meta_file: Path, stamp: dict) -> None:
     """Write the conversion and its record; temp files then os.replace, so readers never see
     half a file. A cache that cannot be written only costs a conversion next time."""
-    tmp_weights = weights_file.with_name(f".{weights_file.name}.{os.getpid()}.tmp")
-    tmp_meta = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
     try:
-        safetensors.torch.save_file(state, tmp_weights, metadata={"source": stamp["package"]})
-        record = {**stamp, "sha256": _sha256(tmp_weights)}
-        tmp_meta.write_text(json.dumps(record, indent=2))
-        os.replace(tmp_weights, weights_file)
-        os.replace(tmp_meta, meta_file)
+        # The weights are renamed into place first, then their record (blocks end inner first).
+        with written_whole(meta_file) as tmp_meta, written_whole(weights_file) as tmp_weights:
+            safetensors.torch.save_file(state, tmp_weights, metadata={"source": stamp["package"]})
+            record = {**stamp, "sha256": _sha256(tmp_weights)}
+            tmp_meta.write_text(json.dumps(record, indent=2))
     except OSError as exc:
         logger.warning("Could not cache converted weights in %s (%s).", weights_file.parent, exc)
-    finally:
-        for tmp in (tmp_weights, tmp_meta):
-            tmp.unlink(missing_ok=True)
 
 
 def _offline_state_dict(model_name: str, source: OfflineSource, path: Path) -> StateDict:
