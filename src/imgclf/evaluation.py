@@ -253,7 +253,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                                predictor.classes, predictor.rt, out_dir, split=name,
                                extra={"data": str(absolute(root)),
                                       "run": str(absolute(run_dir)),
-                                      "model_file": predictor.checkpoint.name,
+                                      "model_file": predictor.meta["model_file"].name,
                                       "skipped_files": len(labelled.skipped)},
                                tta=tta)
     return metrics, out_dir

@@ -27,6 +27,7 @@ from imgclf.data.transforms import tta_average
 from imgclf.engine.checkpoints import load_checkpoint
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
+from imgclf.evaluation import predict_array
 from imgclf.machine import available_cores
 from imgclf.models.factory import Classifier, Preprocessing, create_model
 from imgclf.paths import (
@@ -66,9 +67,10 @@ def checkpoint_file(run: str | Path) -> Path:
 
 
 def load_model(run: str | Path) -> tuple[Classifier, Preprocessing, list[str], dict]:
-    """Rebuild a run's model from its checkpoint: (model, preprocessing, classes, meta).
-    A run folder without its final model.pt gives the checkpoint training saved last, with
-    a warning."""
+    """Rebuild a run's model from its checkpoint: (model, preprocessing, classes, meta);
+    meta holds the checkpoint's other entries and ``model_file``, the file read. A run
+    folder without its final model.pt gives the checkpoint training saved last, with a
+    warning."""
     path = checkpoint_file(run)
     ckpt = load_checkpoint(path)
     if path.name in TRAINING_CHECKPOINTS and Path(run).is_dir():
@@ -84,6 +86,7 @@ def load_model(run: str | Path) -> tuple[Classifier, Preprocessing, list[str], d
     model.load_state_dict(ckpt["model"])
     model.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler")}
+    meta["model_file"] = path
     return model, prep, list(ckpt["classes"]), meta
 
 
@@ -273,7 +276,6 @@ class Predictor(BasePredictor):
     """A trained model ready to classify image files, run by PyTorch."""
 
     def __init__(self, run: str | Path, device: str = "auto"):
-        self.checkpoint = checkpoint_file(run)
         self.model, self.prep, self.classes, self.meta = load_model(run)
         self.datasets = run_datasets(run_folder(run))
         self.rt: Runtime = resolve_runtime(device, "off", channels_last=True)
@@ -281,11 +283,7 @@ class Predictor(BasePredictor):
 
     @torch.inference_mode()
     def _probs(self, images: np.ndarray) -> np.ndarray:
-        # torch warns about read-only arrays (np.asarray of a PIL image is one): copy those.
-        pixels = torch.from_numpy(np.require(images, requirements="W"))
-        x = self.rt.to_input(pixels.permute(0, 3, 1, 2))
-        with self.rt.autocast():
-            return torch.softmax(self.model(x).float(), 1).cpu().numpy()
+        return predict_array(self.model, images, self.rt)[0]
 
 
 def load(run: str | Path, device: str = "auto") -> Predictor:
