@@ -81,6 +81,9 @@ def test_failed_run_is_recorded_with_its_error(compared):
     assert failed["status"] == "failed"
     assert failed["error"].startswith("ModelError: image size 32 is too small for inception_v3")
     assert failed["accuracy"] == ""
+    # Its settings as a finished run's row gives them.
+    assert (failed["method"], failed["backbone"], failed["img_size"]) == (
+        "transfer", "inception_v3", "32")
     assert "Traceback" in (out / "transfer-inception_v3" / "error.txt").read_text()
     assert not (out / "transfer-inception_v3" / "metrics.json").exists()
 

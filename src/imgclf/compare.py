@@ -110,15 +110,21 @@ def _plan_config(plan: RunPlan, overrides: dict, out: Path):
     size, say, fails its run alone)."""
     opts = copy.deepcopy(overrides)
     if plan.method != "transfer":  # a backbone's settings are the transfer runs' alone
-        for dotted in TRANSFER_SETTINGS:
-            section, key = dotted.split(".")
-            opts.get(section, {}).pop(key, None)
+        for section, key in _transfer_settings_in(opts):
+            del opts[section][key]
         if get_spec(plan.model) is None:  # a timm network, trained from random weights
             opts.setdefault("model", {})["pretrained"] = False
     opts.setdefault("model", {})["name"] = plan.model
     opts["method"] = plan.method  # as an override: it beats a method named in config_file
     opts["out"] = str(out / plan.name)
     return build_config(plan.method, opts.pop("config_file", None), opts)
+
+
+def _transfer_settings_in(opts: dict) -> list[tuple[str, str]]:
+    """The ``TRANSFER_SETTINGS`` that ``opts`` (overrides, by section) gives, as
+    (section, key) pairs."""
+    pairs = [tuple(dotted.split(".")) for dotted in TRANSFER_SETTINGS]
+    return [(section, key) for section, key in pairs if key in opts.get(section, {})]
 
 
 def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -> dict:
@@ -142,8 +148,8 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "error.txt", traceback.format_exc())
         log.error("run %s failed: %s", plan.name, exc)
-        return {"run": plan.name, "method": plan.method, "backbone": plan.model,
-                "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return run_row(plan.name, config.to_dict(), None, None, status="failed",
+                       error=f"{type(exc).__name__}: {exc}")
     return row_from_run(run_dir)
 
 
@@ -223,8 +229,7 @@ def compare(
     plans = plan_runs(methods, backbones, overrides.get("model", {}).get("name"))
     for name in dict.fromkeys(plan.model for plan in plans):
         check_model_name(name)  # a misspelt backbone stops the comparison before any run
-    given = [dotted for dotted in TRANSFER_SETTINGS
-             if dotted.split(".")[1] in overrides.get(dotted.split(".")[0], {})]
+    given = [f"{section}.{key}" for section, key in _transfer_settings_in(overrides)]
     if given and "transfer" not in methods:
         raise ConfigError(f"settings of transfer runs alone ({', '.join(given)}) are given, "
                           f"and the methods ({', '.join(methods)}) have no transfer run: leave "
