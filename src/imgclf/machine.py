@@ -20,18 +20,9 @@ def available_cores() -> int:
 def interrupted_by(*signums: int):
     """Within the block, each signal of ``signums`` raises KeyboardInterrupt, as Ctrl-C's
     SIGINT does by default: the work stops as it does at Ctrl-C (progress saved, temporary
-    files removed, a message said). Outside the main thread, where Python cannot set a
-    handler, nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
+    files removed, a message said)."""
+    with _handled(signums, signal.default_int_handler):
         yield
-        return
-    before = {signum: signal.signal(signum, signal.default_int_handler) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in before.items():
-            if handler is not None:  # None: set outside Python, cannot be put back
-                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -40,21 +31,29 @@ def interrupts_deferred():
     they came then (in the order they came; once one raises, as Ctrl-C does, the rest are
     not raised again). For code that an exception must not stop part-way: numba, compiling a
     kernel at its first call, runs Python callbacks whose exceptions it ignores, and a
-    KeyboardInterrupt raised in one left the process hanging. Outside the main thread,
-    where Python cannot set a handler, nothing changes."""
+    KeyboardInterrupt raised in one left the process hanging."""
+    received: list[int] = []
+    try:
+        with _handled((signal.SIGINT, signal.SIGTERM), lambda s, frame: received.append(s)):
+            yield
+    finally:
+        for signum in received:
+            signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def _handled(signums, handler):
+    """Within the block, ``handler`` handles each signal of ``signums``; then their handlers
+    are put back. Outside the main thread, where Python cannot set a handler, nothing
+    changes, nor does a signal whose handler was set outside Python (it cannot be put back).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-    before = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(signum)
-        if handler is not None:  # None: set outside Python, cannot be put back
-            before[signum] = signal.signal(signum, lambda s, frame: received.append(s))
+    before = {signum: signal.signal(signum, handler) for signum in signums
+              if signal.getsignal(signum) is not None}
     try:
         yield
     finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
-        for signum in received:
-            signal.raise_signal(signum)
+        for signum, old in before.items():
+            signal.signal(signum, old)
