@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+from imgclf import machine
 from imgclf.data.datasets import default_workers
 from imgclf.machine import available_cores
 
@@ -37,3 +40,13 @@ def test_interrupts_deferred_to_the_end_of_the_block():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("value, on", [(None, True), ("1", True), ("yes", True), ("0", False),
+                                       ("false", False), (" Off ", False), ("NO", False)])
+def test_a_speed_switch_is_on_unless_set_to_an_off_value(monkeypatch, value, on):
+    if value is None:
+        monkeypatch.delenv("IMGCLF_SOME_SWITCH", raising=False)
+    else:
+        monkeypatch.setenv("IMGCLF_SOME_SWITCH", value)
+    assert machine.switched_on("IMGCLF_SOME_SWITCH") is on

@@ -1,4 +1,5 @@
-"""What this process may use of the machine it runs on, and how its signals stop it."""
+"""What this process may use of the machine it runs on, which of imgclf's speed switches the
+environment turns off, and how signals stop the process."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ import contextlib
 import os
 import signal
 import threading
+
+OFF = ("0", "false", "no", "off")
+"""The values of an ``IMGCLF_*`` switch that turn it off (any case)."""
+
+
+def switched_on(name: str) -> bool:
+    """Whether the environment leaves the speed switch ``name`` (``IMGCLF_FUSED_KERNELS``,
+    say) on: it is on unless set to 0, false, no or off."""
+    return os.environ.get(name, "1").strip().lower() not in OFF
 
 
 def available_cores() -> int:

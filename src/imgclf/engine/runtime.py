@@ -6,13 +6,13 @@ import contextlib
 import ctypes
 import functools
 import logging
-import os
 import platform
 from dataclasses import dataclass
 
 import torch
 
 from imgclf.errors import ConfigError
+from imgclf.machine import switched_on
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def reuse_freed_memory() -> bool:
     Windows, musl) and when the environment sets ``IMGCLF_KEEP_FREED_MEMORY=0``; returns
     whether the settings took.
     """
-    if os.environ.get("IMGCLF_KEEP_FREED_MEMORY", "1") == "0":
+    if not switched_on("IMGCLF_KEEP_FREED_MEMORY"):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -111,7 +111,7 @@ def flush_denormals() -> bool:
     thing, and ``resolve_runtime`` calls it for CPU runs. ``IMGCLF_FLUSH_DENORMALS=0`` in
     the environment turns it off; returns whether the flags are set.
     """
-    if os.environ.get("IMGCLF_FLUSH_DENORMALS", "1") == "0":
+    if not switched_on("IMGCLF_FLUSH_DENORMALS"):
         return False
     return torch.set_flush_denormal(True)
 

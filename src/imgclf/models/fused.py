@@ -22,19 +22,17 @@ their order, not bit for bit.
 
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-from imgclf.machine import interrupts_deferred
+from imgclf.machine import interrupts_deferred, switched_on
 
 # The integer type whose bit patterns each float dtype is compared as.
 BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 NO_GRADIENT = 4
-ENABLED = os.environ.get("IMGCLF_FUSED_KERNELS", "1") != "0"
+ENABLED = switched_on("IMGCLF_FUSED_KERNELS")
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
