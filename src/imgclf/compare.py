@@ -38,7 +38,9 @@ from imgclf.leaderboard import METRICS, RANKED_BY, RUN_COLUMNS, SORT_KEYS, best_
 from imgclf.machine import available_cores
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
+    AUDIT_FILE,
     CONFIG_FILE,
+    METRICS_FILE,
     absolute,
     check_output_folder,
     is_run_folder,
@@ -195,7 +197,7 @@ def _stopping_run():
 def row_from_run(run_dir: Path) -> dict:
     """The leaderboard row of a finished run folder; RunError when its metrics.json or
     config.yaml cannot be read (a history that cannot be read leaves its epochs empty)."""
-    metrics = read_run_metrics(run_dir / "metrics.json")
+    metrics = read_run_metrics(run_dir / METRICS_FILE)
     _, config = read_run_config(run_dir / CONFIG_FILE)
     try:
         epochs = len(read_history(run_dir / "history.csv"))
@@ -241,7 +243,7 @@ def compare(
     # `imgclf train --out OUT/<run>`, to be kept).
     planned = {plan.name for plan in plans}
     check_output_folder(out, (data,), lambda names: bool(
-        names & {"leaderboard.csv", "audit.json"}) or (
+        names & {"leaderboard.csv", AUDIT_FILE}) or (
         names <= planned and all(is_run_folder(out / n) for n in names)))
     out.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out):  # one comparison at a time in ``out``
@@ -263,7 +265,7 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
                     f"{run_dir} was trained with other settings ({', '.join(changed[:4])}); "
                     "compare into another --out, or delete that folder to train it again."
                 )
-        if (run_dir / "metrics.json").exists():
+        if (run_dir / METRICS_FILE).exists():
             log.info("run %s already finished: kept", plan.name)
             rows[plan.name] = row_from_run(run_dir)
             continue
@@ -273,7 +275,7 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
         elif run_dir.exists():
             _clear_unfinished(run_dir)
         todo.append(plan)
-    audit_file = out / "audit.json"
+    audit_file = out / AUDIT_FILE
     if audit and _audited_root(audit_file) != str(absolute(data)):
         from imgclf.data.audit import audit_dataset
 
@@ -346,7 +348,7 @@ def _earlier_runs(out: Path, named: set[str]) -> list[dict]:
     one did not ask for: the leaderboard, like the report, shows every run in the folder."""
     rows = []
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in named):
-        if (run_dir / "metrics.json").exists() and (run_dir / CONFIG_FILE).exists():
+        if (run_dir / METRICS_FILE).exists() and (run_dir / CONFIG_FILE).exists():
             rows.append(row_from_run(run_dir))
     return rows
 

@@ -26,6 +26,7 @@ from imgclf.errors import ConfigError, ImgclfError, RunError
 from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.paths import (
     CONFIG_FILE,
+    METRICS_FILE,
     absolute,
     check_output_folder,
     enclosing_run,
@@ -38,7 +39,7 @@ from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
 
 log = logging.getLogger(__name__)
 
-EVALUATION_FILES = frozenset({"metrics.json", "predictions.csv", "learning_curves.png",
+EVALUATION_FILES = frozenset({METRICS_FILE, "predictions.csv", "learning_curves.png",
                               "confusion_matrix.png", "roc_curves.png", "skipped.csv"})
 """What ``write_evaluation`` writes: a folder of only these may be written again."""
 
@@ -144,7 +145,7 @@ def write_evaluation(
         plot_roc_curves(curves, out_dir / "roc_curves.png")
     # Last: a run (or evaluation) folder with metrics.json holds all its files, so an
     # interruption before this point leaves the run unfinished, to be resumed.
-    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2))
     log.info("%s accuracy %.4f, balanced %.4f, macro F1 %.4f (%d images%s)", split,
              metrics["accuracy"], metrics["balanced_accuracy"], metrics["f1_macro"],
              metrics["n_samples"], ", each averaged with its mirror image" if tta else "")
@@ -177,7 +178,7 @@ def _check_same_evaluation(out_dir: Path, root: Path, run_dir: Path | None) -> N
     default folder is named after the split, so a second dataset's test split would
     otherwise replace the first's, and ``--out`` may name any folder outside a run."""
     try:
-        earlier = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+        earlier = json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
         images, run = earlier["data"], earlier.get("run")
     except (OSError, ValueError, KeyError, TypeError):
         return  # no earlier evaluation here, or not one that names its images

@@ -33,14 +33,18 @@ CACHE_ENV = "IMGCLF_CACHE_DIR"
 CONFIG_FILE = "config.yaml"
 """The resolved settings: the first file training writes into a run folder."""
 MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+"""A run's or an evaluation's results: the last file each writes."""
+AUDIT_FILE = "audit.json"
+"""The dataset audit that ``imgclf audit`` and ``compare`` write."""
 TRAINING_CHECKPOINTS = ("best.pt", "last.pt")
 """Saved after every epoch while a run trains; ``MODEL_FILE`` appears when it finishes."""
-RUN_MARKERS = (MODEL_FILE, *TRAINING_CHECKPOINTS, "history.csv", "metrics.json")
+RUN_MARKERS = (MODEL_FILE, *TRAINING_CHECKPOINTS, "history.csv", METRICS_FILE)
 """Files of a run that has trained; with ``CONFIG_FILE`` beside one, a folder is a run."""
 LEADERBOARD_FILE = "leaderboard.csv"
 """What marks a compare folder."""
 RUN_FILES = frozenset({CONFIG_FILE, *RUN_MARKERS, LEADERBOARD_FILE, "predictions.csv",
-                       "skipped.csv", "audit.json"})
+                       "skipped.csv", AUDIT_FILE})
 """Files that training, evaluation and comparison write into their folders under names an
 output file could have: written over, reports, comparisons and resuming could no longer
 read them."""
@@ -62,11 +66,11 @@ def class_of_column(column: str) -> str:
 
 
 SIGNATURES = {
-    "metrics.json": '{\n  "n_samples": ',
+    METRICS_FILE: '{\n  "n_samples": ',
     "predictions.csv": "path,label,predicted,confidence,",
     LEADERBOARD_FILE: "run,method,backbone,",
     "leaderboard.md": "| run | method | backbone |",
-    "audit.json": '{\n  "root": ',
+    AUDIT_FILE: '{\n  "root": ',
 }
 """How each of imgclf's result files begins: how imgclf tells its own files from a user's
 files of the same name before it writes over them."""
@@ -92,7 +96,7 @@ def results_folder(folder: Path) -> bool:
     """A folder of imgclf's results: a run (``config.yaml``), or one holding a metrics file
     or a leaderboard that imgclf wrote (an evaluation, a comparison)."""
     return (folder / CONFIG_FILE).is_file() or any(
-        written_by_imgclf(folder / name) for name in ("metrics.json", LEADERBOARD_FILE))
+        written_by_imgclf(folder / name) for name in (METRICS_FILE, LEADERBOARD_FILE))
 
 
 def cache_root() -> Path:

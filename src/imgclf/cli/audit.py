@@ -38,12 +38,12 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.data.audit import audit_dataset, format_audit
-    from imgclf.paths import SIGNATURES, check_output_file, write_text
+    from imgclf.paths import AUDIT_FILE, SIGNATURES, check_output_file, write_text
 
     if args.json:  # before the images are read: a wrong name fails at once
         check_output_file(args.json, (".json",),
-                          (args.data, args.train, args.val, args.test), "audit.json",
-                          starts=(SIGNATURES["audit.json"],), what="an audit report")
+                          (args.data, args.train, args.val, args.test), AUDIT_FILE,
+                          starts=(SIGNATURES[AUDIT_FILE],), what="an audit report")
     report = audit_dataset(
         args.data, train=args.train, val=args.val, test=args.test,
         near_duplicates=args.near_duplicates, workers=args.workers,

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.cli.common import print_headline
     from imgclf.engine.dist import env_rank
     from imgclf.engine.trainer import train
-    from imgclf.paths import read_run_metrics
+    from imgclf.paths import METRICS_FILE, read_run_metrics
 
     if args.resume:
         from imgclf.cli.common import overrides_from
@@ -210,6 +210,6 @@ def run(args: argparse.Namespace) -> int:
             raise RunError("no dataset given: imgclf train DATA (or --train FOLDER).")
     run_dir = train(config, resume=args.resume)
     if env_rank() == 0:
-        print_headline(read_run_metrics(run_dir / "metrics.json"))
+        print_headline(read_run_metrics(run_dir / METRICS_FILE))
         print(f"run folder: {run_dir}")
     return 0

@@ -68,6 +68,7 @@ from imgclf.models.factory import (
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     CONFIG_FILE,
+    METRICS_FILE,
     MODEL_FILE,
     cache_dir,
     cache_writable,
@@ -437,7 +438,7 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
         if not (run_dir / "last.pt").exists():
             raise RunError(f"cannot resume: {run_dir / 'last.pt'} does not exist. "
                            "Pass --out with the folder of the interrupted run.")
-        if (run_dir / "metrics.json").exists():
+        if (run_dir / METRICS_FILE).exists():
             raise RunError(f"{run_dir} holds a finished run (metrics.json): there is nothing "
                            "to resume.")
     elif (run_dir / "last.pt").exists():

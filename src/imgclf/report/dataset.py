@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from imgclf.leaderboard import mapping
+from imgclf.paths import AUDIT_FILE
 from imgclf.report import template as t
 from imgclf.report.folders import Run, sequence
 
@@ -94,7 +95,7 @@ def _audit_problems(audit: dict) -> str:
             count = near["found"]
         if not count:
             continue
-        items = _listed(records, describe, count, "audit.json")
+        items = _listed(records, describe, count, AUDIT_FILE)
         parts.append(t.details(f"{t.text(title)}: {count:,}",
                                t.bullet_list(items, "problems"), open_=True))
     if near and not near.get("checked", True):

@@ -21,7 +21,7 @@ from imgclf.data.decode import DecodeError, decode_image
 from imgclf.history import best_epoch
 from imgclf.leaderboard import mapping
 from imgclf.metrics import roc_curves
-from imgclf.paths import unescaped
+from imgclf.paths import METRICS_FILE, unescaped
 from imgclf.plots import plot_confusion_matrix, plot_histories, plot_history, plot_roc_curves
 from imgclf.report import template as t
 from imgclf.report.folders import Predictions, Run
@@ -70,7 +70,7 @@ def confusion_figure(run: Run, tmp: Path) -> str:
                                      title=f"{split} split" if split else None)
 
     return _run_figure(run, "confusion_matrix.png", tmp, draw, "confusion matrix",
-                       "metrics.json")
+                       METRICS_FILE)
 
 
 def roc_figure(run: Run, tmp: Path) -> str:

@@ -22,7 +22,14 @@ import numpy as np
 from imgclf.errors import RunError
 from imgclf.history import read_history
 from imgclf.leaderboard import RANKED_BY, SORT_KEYS, as_number, best_first, run_row
-from imgclf.paths import class_of_column, read_run_config, read_run_metrics, read_text
+from imgclf.paths import (
+    AUDIT_FILE,
+    METRICS_FILE,
+    class_of_column,
+    read_run_config,
+    read_run_metrics,
+    read_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +125,7 @@ def load_folder(folder: Path) -> Report:
         raise RunError(f"{folder} is a file, not a folder; {hint}.")
     if (folder / "leaderboard.csv").is_file():
         return _load_compare(folder)
-    if (folder / "metrics.json").is_file() or (folder / "config.yaml").is_file():
+    if (folder / METRICS_FILE).is_file() or (folder / "config.yaml").is_file():
         run = load_run(folder)
         return Report(folder, "run", [run], [_row_from_run(run)])
     raise RunError(f"{folder} is neither a run folder (no metrics.json or config.yaml) nor a "
@@ -133,7 +140,7 @@ def _load_compare(folder: Path) -> Report:
     listed = {str(row.get("run")) for row in rows}
     # Runs still training (or added since) have a folder but no leaderboard row yet.
     extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in listed
-                   and ((p / "config.yaml").is_file() or (p / "metrics.json").is_file()))
+                   and ((p / "config.yaml").is_file() or (p / METRICS_FILE).is_file()))
     runs = {}
     for name in [str(row.get("run")) for row in rows] + extra:
         runs[name] = _load_compare_run(folder / name, name)
@@ -143,7 +150,7 @@ def _load_compare(folder: Path) -> Report:
         rows.append(_row_from_run(runs[name]))
     report.rows = best_first(rows, report.ranked_by)
     report.runs = [runs[str(row.get("run"))] for row in report.rows]
-    audit_path = folder / "audit.json"
+    audit_path = folder / AUDIT_FILE
     if audit_path.is_file():
         try:
             audit = json.loads(audit_path.read_text(encoding="utf-8"))
@@ -205,7 +212,7 @@ def load_run(folder: Path, name: str | None = None) -> Run:
     The other files are optional: a missing or unreadable one is noted on the run.
     """
     run = Run(name or folder.name, folder)
-    config_path, metrics_path = folder / "config.yaml", folder / "metrics.json"
+    config_path, metrics_path = folder / "config.yaml", folder / METRICS_FILE
     if config_path.is_file():
         run.config_text, run.config = read_run_config(config_path)
     if metrics_path.is_file():
