@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclf import plots
 from imgclf.metrics import roc_curves
 from imgclf.plots import (
     plot_confusion_matrix,
@@ -78,11 +79,18 @@ def test_plot_histories_overlays_runs_and_skips_runs_without_validation(tmp_path
         plot_histories({}, tmp_path / "x.png")
 
 
-def test_plot_confusion_matrix_with_all_zero_row(tmp_path: Path) -> None:
+def test_plot_confusion_matrix_with_all_zero_row(tmp_path: Path, monkeypatch) -> None:
     cm = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])  # class "c" has no samples
     names = ["a long class name", "b", "c"]
+    figures, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
     width, height = _assert_png(plot_confusion_matrix(cm, names, tmp_path / "cm.png", title="t"))
     assert width > height
+    counts, normalised = ([t.get_text() for t in ax.texts] for ax in figures[0].axes[:2])
+    assert counts[6:] == ["0", "0", "0"]
+    # Its recall is undefined, not 0: no cell of its normalised row says a number.
+    assert normalised[:6] == ["0.83", "0.17", "0.00", "0.40", "0.60", "0.00"]
+    assert normalised[6:] == ["\u2013"] * 3
 
 
 def test_class_names_that_are_not_utf8_are_drawn_escaped(tmp_path: Path) -> None:

@@ -127,7 +127,8 @@ def plot_confusion_matrix(
     """Confusion matrix as counts and row-normalised (recall per true class), side by side.
 
     Rows are true classes, columns predictions, as :func:`imgclf.metrics.compute_metrics`
-    returns them. A class with no samples has an all-zero normalised row rather than NaN.
+    returns them. A class with no samples has an empty normalised row, its cells marked
+    "–" (its recall is undefined, as the report's per-class table shows it).
     Cells are annotated up to :data:`MAX_ANNOTATED_CLASSES` classes.
 
     Raises:
@@ -143,7 +144,7 @@ def plot_confusion_matrix(
     if n == 0 or not np.isfinite(counts).all() or (counts < 0).any():
         raise ValueError("cm must hold finite, non-negative counts for at least one class.")
     support = counts.sum(axis=1, keepdims=True)
-    normalised = np.divide(counts, support, out=np.zeros_like(counts), where=support > 0)
+    normalised = np.divide(counts, support, out=np.full_like(counts, np.nan), where=support > 0)
 
     side = max(4.5, 0.45 * n + 2.5)
     fig = _new_figure(figsize=(2 * side + 1, side))
@@ -304,12 +305,12 @@ def _count_format(counts: np.ndarray) -> str:
 
 
 def _annotate_cells(ax: Axes, matrix: np.ndarray, vmax: float, fmt: str, fontsize: int) -> None:
-    """Write each cell's value, white on dark cells so it stays readable."""
+    """Write each cell's value, white on dark cells so it stays readable; "–" for NaN."""
     for (row, col), value in np.ndenumerate(matrix):
         ax.text(
             col,
             row,
-            fmt.format(value),
+            "\u2013" if np.isnan(value) else fmt.format(value),
             ha="center",
             va="center",
             fontsize=fontsize,
