@@ -22,6 +22,7 @@ from PIL import Image
 import imgclf
 from imgclf.cli.main import main
 from imgclf.data.decode import decode_image
+from imgclf.engine.checkpoints import CHECKPOINT_FORMAT
 from imgclf.engine.runtime import resolve_runtime
 from imgclf.errors import ConfigError, DataError, RunError
 from imgclf.evaluation import choose_tta, evaluate_folder
@@ -291,6 +292,17 @@ def test_load_refuses_a_file_that_is_not_a_checkpoint(trained, tmp_path):
         imgclf.load(onnx_file)
     with pytest.raises(RunError, match=r"model\.torchscript\.pt is a TorchScript export"):
         imgclf.load(shutil.copy(scripted, tmp_path / "model.torchscript.pt"))
+
+
+def test_a_checkpoint_of_a_later_format_is_refused_with_what_to_do(trained, tmp_path):
+    run, _ = trained
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    assert ckpt["format"] == CHECKPOINT_FORMAT
+    later = tmp_path / "model.pt"
+    torch.save(dict(ckpt, format=CHECKPOINT_FORMAT + 1), later)
+    with pytest.raises(RunError, match=rf"model\.pt was written by a later imgclf \(checkpoint "
+                                       rf"format {CHECKPOINT_FORMAT + 1}; .*upgrade imgclf"):
+        imgclf.load(later)
 
 
 def test_commands_name_a_file_that_is_not_a_checkpoint(trained, tmp_path, capsys):

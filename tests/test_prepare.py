@@ -176,14 +176,20 @@ def test_an_interrupted_decoding_leaves_nothing_in_the_cache(tmp_path, make_imag
     assert load_images(paths, (24, 24)).array.shape == (3, 24, 24, 3)
 
 
-def test_an_older_image_cache_gains_the_digests(tmp_path, make_image_folder):
+@pytest.mark.parametrize("damage", ["none", "one short"])
+def test_an_image_cache_record_without_every_files_digest_is_decoded_again(
+        tmp_path, make_image_folder, caplog, damage):
     folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
     paths = sorted((folder / "a").iterdir())
     fresh = load_images(paths, (24, 24))
     meta_file = cache_dir("images") / f"{fresh.key}.json"
     meta = json.loads(meta_file.read_text())
     assert meta["digests"] == [file_digest(p) for p in paths] == fresh.digests
-    del meta["digests"]  # as an older imgclf wrote it
+    if damage == "none":
+        del meta["digests"]
+    else:
+        meta["digests"].pop()
     meta_file.write_text(json.dumps(meta))
     assert load_images(paths, (24, 24)).digests == fresh.digests
+    assert "damaged" in caplog.text
     assert json.loads(meta_file.read_text())["digests"] == fresh.digests

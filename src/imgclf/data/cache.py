@@ -12,7 +12,6 @@ files again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -129,19 +128,22 @@ def _warn_damaged(path: Path, problem: str) -> None:
 
 
 def _read_cached_images(data_file: Path, meta_file: Path,
-                        shape: tuple[int, ...]) -> tuple[np.ndarray, dict, dict] | None:
-    """A cache entry of decoded images (array, record, failures by row), or None when it is
-    missing or damaged."""
+                        shape: tuple[int, ...]) -> tuple[np.ndarray, list[str], dict] | None:
+    """A cache entry of decoded images (array, file digests, failures by row), or None when
+    it is missing or damaged."""
     if not (data_file.exists() and meta_file.exists()):
         return None
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         failures = {int(k): str(v) for k, v in meta["failures"].items()}
+        digests = [str(d) for d in meta["digests"]]
+        if len(digests) != shape[0]:
+            raise ValueError(f"{len(digests)} digests for {shape[0]} images")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         _warn_damaged(meta_file, f"no {exc}" if isinstance(exc, KeyError) else first_line(exc))
         return None
     array = load_cached_array(data_file, shape, np.uint8, mmap=True)
-    return None if array is None else (array, meta, failures)
+    return None if array is None else (array, digests, failures)
 
 
 def load_images(
@@ -158,13 +160,8 @@ def load_images(
     shape = (len(paths), size[0], size[1], 3)
     cached = _read_cached_images(data_file, meta_file, shape) if use_cache else None
     if cached is not None:
-        array, meta, failures = cached
+        array, digests, failures = cached
         log.debug("image cache hit %s (%d images)", key, len(paths))
-        if "digests" not in meta:  # written by an older imgclf
-            meta["digests"] = _digests(paths, failures)
-            with contextlib.suppress(OSError):  # a read-only cache still serves
-                _write_meta(meta_file, meta)
-        digests = meta["digests"]
     else:
         use_cache = use_cache and cache_writable(folder)
         log.info("decoding %d images at %dx%d%s", len(paths), *size,

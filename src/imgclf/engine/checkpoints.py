@@ -18,12 +18,16 @@ def save_atomic(payload: dict, path: Path) -> None:
 
 CHECKPOINT_KEYS = ("classes", "preprocessing", "model_config", "model")
 """What every checkpoint imgclf writes holds (``model.pt``, ``best.pt``, ``last.pt``)."""
+CHECKPOINT_FORMAT = 1
+"""The layout of a checkpoint's entries (its ``format``); a later imgclf that changes the
+layout writes a higher number, which this one refuses to read."""
 
 
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint written by imgclf; plain data only, so ``weights_only`` holds.
 
-    Raises RunError naming ``path`` when it is another kind of file, or a damaged one.
+    Raises RunError naming ``path`` when it is another kind of file, a damaged one, or one
+    of a later ``CHECKPOINT_FORMAT``.
     """
     not_ours = (f"{path} is not an imgclf checkpoint (a run's model.pt, best.pt or last.pt)"
                 " or it is damaged; an export (ONNX, TorchScript) is not one either: give the "
@@ -31,4 +35,8 @@ def load_checkpoint(path: Path) -> dict:
     ckpt = load_torch_file(path, RunError(not_ours))
     if not isinstance(ckpt, dict) or not all(key in ckpt for key in CHECKPOINT_KEYS):
         raise RunError(not_ours)
+    written = ckpt.get("format", CHECKPOINT_FORMAT)
+    if not isinstance(written, int) or written > CHECKPOINT_FORMAT:
+        raise RunError(f"{path} was written by a later imgclf (checkpoint format {written}; "
+                       f"this one reads format {CHECKPOINT_FORMAT}): upgrade imgclf to use it.")
     return ckpt

@@ -42,7 +42,7 @@ from imgclf.data.prepare import (
 )
 from imgclf.data.transforms import create_batch_mixer, create_transform
 from imgclf.engine import dist
-from imgclf.engine.checkpoints import load_checkpoint, save_atomic
+from imgclf.engine.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from imgclf.engine.loop import (
     FitState,
     Interrupted,
@@ -78,8 +78,6 @@ from imgclf.paths import (
 )
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
 
 
 def seed_everything(seed: int) -> None:
