@@ -10,19 +10,19 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imgclf.data.datasets import ArrayDataset, make_loader
+from imgclf.config import load_config
 from imgclf.data.layout import Split, detect_layout, scan_split
+from imgclf.data.prepare import decode_split, prepare_run_data, write_skipped
 from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
-from imgclf.engine.loop import run_inference
+from imgclf.engine.loop import predict_array
 from imgclf.engine.runtime import Runtime
-from imgclf.errors import ConfigError, ImgclfError, RunError
+from imgclf.errors import ConfigError, DataError, ImgclfError, RunError
 from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.paths import (
     CONFIG_FILE,
@@ -36,28 +36,13 @@ from imgclf.paths import (
     write_text,
 )
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
+from imgclf.predict import Predictor, run_folder
 
 log = logging.getLogger(__name__)
 
 EVALUATION_FILES = frozenset({METRICS_FILE, "predictions.csv", "learning_curves.png",
                               "confusion_matrix.png", "roc_curves.png", "skipped.csv"})
 """What ``write_evaluation`` writes: a folder of only these may be written again."""
-
-
-def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
-                  batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, float]:
-    """Class probabilities for uint8 images (N, H, W, 3), and images per second; ``tta``
-    averages them with the mirrored images' (as ``imgclf predict --tta``)."""
-    def probs_of(view: np.ndarray) -> np.ndarray:
-        loader = make_loader(ArrayDataset(view, np.zeros(len(view), dtype=np.int64)),
-                             batch_size, shuffle=False, workers=0)
-        logits, _ = run_inference(model, loader, rt)
-        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-
-    tic = time.perf_counter()
-    probs = tta_average(probs_of, images, tta)
-    seconds = time.perf_counter() - tic
-    return probs, len(images) / max(seconds, 1e-9)
 
 
 def choose_tta(setting: str, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
@@ -156,7 +141,6 @@ def _training_folder(run_dir: Path) -> Path | None:
     """The folder the run in ``run_dir`` trained on (None when that cannot be told: no
     config.yaml, or its dataset has moved). A damaged config.yaml raises RunError: the
     evaluation could not tell its images from the training images."""
-    from imgclf.config import load_config
 
     config_file = run_dir / CONFIG_FILE
     if not config_file.is_file():
@@ -196,9 +180,6 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     """Evaluate a trained run on a labelled folder; returns (metrics, output folder).
     ``tta`` averages each image's probabilities with its mirror image's (None: as the run
     chose when it was trained)."""
-    from imgclf.data.prepare import decode_split, write_skipped
-    from imgclf.errors import DataError
-    from imgclf.predict import Predictor, run_folder
 
     if split not in (None, "test", "val", "train"):
         raise ConfigError(f"split must be test, val or train, got {split!r}.")
@@ -267,8 +248,6 @@ def _same(folder: Path | None, other: Path | None) -> bool:
 def _held_out_validation(run_dir: Path, classes: list[str]) -> tuple[Split, str]:
     """The validation images that the run in ``run_dir`` split off its training folder, drawn
     again as training drew them (same files, fraction and seed), and how they were drawn."""
-    from imgclf.config import load_config
-    from imgclf.data.prepare import prepare_run_data
 
     data = prepare_run_data(load_config(run_dir / "config.yaml"), classes=classes)
     return data.splits["val"], data.val_source

@@ -25,9 +25,9 @@ from imgclf.data.layout import RUN_FOLDER
 from imgclf.data.prepare import find_unlabelled
 from imgclf.data.transforms import tta_average
 from imgclf.engine.checkpoints import load_checkpoint
+from imgclf.engine.loop import predict_array
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
-from imgclf.evaluation import predict_array
 from imgclf.machine import available_cores
 from imgclf.models.factory import Classifier, Preprocessing, create_model
 from imgclf.paths import (

@@ -26,6 +26,8 @@ from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from imgclf.data.datasets import ArrayDataset, make_loader
+from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
 from imgclf.engine.checkpoints import load_checkpoint, save_atomic
 from imgclf.engine.runtime import Runtime
@@ -154,6 +156,22 @@ def run_inference(module: nn.Module, loader, rt: Runtime) -> tuple[np.ndarray, n
     if dist.is_distributed():
         logits, labels = _gather_in_order(logits, labels, loader)
     return logits.numpy(), labels.numpy()
+
+
+def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
+                  batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, float]:
+    """Class probabilities for uint8 images (N, H, W, 3), and images per second; ``tta``
+    averages them with the mirrored images' (as ``imgclf predict --tta``)."""
+    def probs_of(view: np.ndarray) -> np.ndarray:
+        loader = make_loader(ArrayDataset(view, np.zeros(len(view), dtype=np.int64)),
+                             batch_size, shuffle=False, workers=0)
+        logits, _ = run_inference(model, loader, rt)
+        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+    tic = time.perf_counter()
+    probs = tta_average(probs_of, images, tta)
+    seconds = time.perf_counter() - tic
+    return probs, len(images) / max(seconds, 1e-9)
 
 
 def _gather_in_order(logits, labels, loader):
