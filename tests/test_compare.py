@@ -16,8 +16,7 @@ import pytest
 from imgclf import compare as compare_module
 from imgclf.cli.main import main
 from imgclf.compare import compare, name_list, plan_runs, resolve_backbones
-from imgclf.engine.loop import Interrupted
-from imgclf.errors import ConfigError, ModelError, RunError
+from imgclf.errors import ConfigError, Interrupted, ModelError, RunError
 
 OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs": 1}}
 RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-inception_v3"]

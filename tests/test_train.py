@@ -22,9 +22,8 @@ import imgclf
 from imgclf import export
 from imgclf.config import build_config, load_config
 from imgclf.engine import loop, trainer
-from imgclf.engine.loop import Interrupted
 from imgclf.engine.trainer import train
-from imgclf.errors import ConfigError, DataError, RunError
+from imgclf.errors import ConfigError, DataError, Diverged, Interrupted, RunError
 from imgclf.models.factory import Classifier
 from imgclf.paths import cache_dir
 from imgclf.predict import Predictor
@@ -278,7 +277,7 @@ def test_one_cycle_over_a_single_step_trains_it_at_a_useful_rate():
 
 
 def test_a_run_that_diverges_at_once_stops_with_the_fix(split_data, tmp_path):
-    with pytest.raises(loop.Diverged, match=r"training diverged in epoch \d: the .* became "
+    with pytest.raises(Diverged, match=r"training diverged in epoch \d: the .* became "
                                             r"(nan|inf|finite).*Lower the learning rate "
                                             r"\(--lr; this phase's was 1e\+30\)"):
         scratch(split_data, tmp_path / "run", train={"lr": 1e30, "amp": "off"})

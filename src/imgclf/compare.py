@@ -31,8 +31,7 @@ from imgclf.config import (
     build_config,
 )
 from imgclf.data.layout import require_folder
-from imgclf.engine.loop import Interrupted
-from imgclf.errors import ConfigError, RunFolderBusy
+from imgclf.errors import ConfigError, Interrupted, RunFolderBusy
 from imgclf.history import read_history
 from imgclf.leaderboard import METRICS, RANKED_BY, RUN_COLUMNS, SORT_KEYS, best_first, run_row
 from imgclf.machine import available_cores

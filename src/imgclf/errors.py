@@ -37,3 +37,12 @@ class RunFolderBusy(RunError):
 INPUT_ERRORS = (DataError, ConfigError, ModelError, WeightsUnavailableError)
 """Errors in what the user gave. Every process that torchrun starts on a machine finds the
 same one, so the command line lets the machine's first process alone report it."""
+
+
+class Interrupted(ImgclfError):
+    """Work was stopped by Ctrl-C or SIGTERM, with progress saved; the message says how to
+    go on."""
+
+
+class Diverged(ImgclfError):
+    """The training loss or the weights stopped being finite numbers."""

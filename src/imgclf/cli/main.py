@@ -13,9 +13,8 @@ from imgclf import __version__
 from imgclf.cli import audit, compare, evaluate, export, models, predict, report, train
 from imgclf.cli.common import setup_logging
 from imgclf.engine import dist
-from imgclf.engine.loop import Interrupted
 from imgclf.engine.runtime import flush_denormals
-from imgclf.errors import INPUT_ERRORS, ImgclfError
+from imgclf.errors import INPUT_ERRORS, ImgclfError, Interrupted
 from imgclf.machine import interrupted_by
 
 SUBCOMMANDS = (audit, train, evaluate, predict, compare, report, models, export)

@@ -31,7 +31,7 @@ from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
 from imgclf.engine.checkpoints import load_checkpoint, save_atomic
 from imgclf.engine.runtime import Runtime
-from imgclf.errors import ImgclfError
+from imgclf.errors import Diverged, Interrupted
 from imgclf.history import Monitor
 from imgclf.paths import open_for_writing
 
@@ -39,14 +39,6 @@ log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
                   "phase")
-
-
-class Interrupted(ImgclfError):
-    """Training was stopped with Ctrl-C after the last checkpoint was saved."""
-
-
-class Diverged(ImgclfError):
-    """The training loss or the weights stopped being finite numbers."""
 
 
 @dataclass
