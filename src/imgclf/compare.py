@@ -38,7 +38,13 @@ from imgclf.machine import available_cores
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     AUDIT_FILE,
+    BEST_CHECKPOINT,
     CONFIG_FILE,
+    ERROR_FILE,
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    LEADERBOARD_FILE,
+    LEADERBOARD_MD,
     METRICS_FILE,
     absolute,
     check_output_folder,
@@ -147,7 +153,7 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
         raise
     except Exception as exc:  # a failed run is recorded and the comparison goes on
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "error.txt", traceback.format_exc())
+        write_text(run_dir / ERROR_FILE, traceback.format_exc())
         log.error("run %s failed: %s", plan.name, exc)
         return run_row(plan.name, config.to_dict(), None, None, status="failed",
                        error=f"{type(exc).__name__}: {exc}")
@@ -199,10 +205,10 @@ def row_from_run(run_dir: Path) -> dict:
     metrics = read_run_metrics(run_dir / METRICS_FILE)
     _, config = read_run_config(run_dir / CONFIG_FILE)
     try:
-        epochs = len(read_history(run_dir / "history.csv"))
+        epochs = len(read_history(run_dir / HISTORY_FILE))
     except (OSError, csv.Error, ValueError) as exc:
         log.warning("%s could not be read (%s): the leaderboard leaves the run's epochs "
-                    "empty", run_dir / "history.csv", getattr(exc, "strerror", None) or exc)
+                    "empty", run_dir / HISTORY_FILE, getattr(exc, "strerror", None) or exc)
         epochs = None
     return run_row(run_dir.name, config, metrics, epochs)
 
@@ -242,7 +248,7 @@ def compare(
     # `imgclf train --out OUT/<run>`, to be kept).
     planned = {plan.name for plan in plans}
     check_output_folder(out, (data,), lambda names: bool(
-        names & {"leaderboard.csv", AUDIT_FILE}) or (
+        names & {LEADERBOARD_FILE, AUDIT_FILE}) or (
         names <= planned and all(is_run_folder(out / n) for n in names)))
     out.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out):  # one comparison at a time in ``out``
@@ -268,7 +274,7 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
             log.info("run %s already finished: kept", plan.name)
             rows[plan.name] = row_from_run(run_dir)
             continue
-        if (run_dir / "last.pt").exists() and not (run_dir / "error.txt").exists():
+        if (run_dir / LAST_CHECKPOINT).exists() and not (run_dir / ERROR_FILE).exists():
             log.info("run %s was interrupted: resumed from its last epoch", plan.name)
             resumable.add(plan.name)
         elif run_dir.exists():
@@ -380,7 +386,7 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
 
 def _clear_unfinished(run_dir: Path) -> None:
     """A run without metrics.json failed or was interrupted: start it again from scratch."""
-    for name in ("last.pt", "best.pt", "error.txt"):
+    for name in (LAST_CHECKPOINT, BEST_CHECKPOINT, ERROR_FILE):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -390,11 +396,11 @@ def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") ->
     ordered = [{**row, RANKED_BY: sort_by} for row in best_first(rows, sort_by)]
     extra = sorted({k for r in rows for k in r if k.startswith("top_")})
     columns = [*RUN_COLUMNS, *METRICS, *extra, RANKED_BY]
-    with open_for_writing(out / "leaderboard.csv", newline="") as fh:
+    with open_for_writing(out / LEADERBOARD_FILE, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(ordered)
-    write_text(out / "leaderboard.md", leaderboard_markdown(ordered, columns))
+    write_text(out / LEADERBOARD_MD, leaderboard_markdown(ordered, columns))
 
 
 def _cell(value) -> str:

@@ -18,8 +18,15 @@ from typing import Any
 
 import yaml
 
-from imgclf.errors import ConfigError
-from imgclf.paths import absolute, parse_problem, path_argument, read_run_config, write_text
+from imgclf.errors import ConfigError, RunError
+from imgclf.paths import (
+    CONFIG_FILE,
+    absolute,
+    parse_problem,
+    path_argument,
+    read_run_config,
+    write_text,
+)
 
 AUGMENT_PRESETS = ("none", "flip", "reference", "trivial", "randaugment")
 
@@ -286,11 +293,9 @@ def resume_config(out: str | Path | None, given: list[str], flag: str = "--out")
     """The settings of the interrupted run in ``out``, to resume it there (wherever it was
     started). ``given`` names any other settings passed along, which a resume refuses:
     it goes on with the ones the run started with."""
-    from imgclf.errors import RunError
-
     if out is None:
         raise RunError(f"resuming needs {flag} RUN_DIR, the folder of the run to continue.")
-    saved = Path(out) / "config.yaml"
+    saved = Path(out) / CONFIG_FILE
     if not saved.is_file():
         raise RunError(f"cannot resume: {saved} does not exist. Pass {flag} with the folder "
                        "of the interrupted run.")

@@ -26,7 +26,12 @@ from imgclf.errors import ConfigError, DataError, ImgclfError, RunError
 from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.paths import (
     CONFIG_FILE,
+    CONFUSION_MATRIX_FILE,
+    LEARNING_CURVES_FILE,
     METRICS_FILE,
+    PREDICTIONS_FILE,
+    ROC_CURVES_FILE,
+    SKIPPED_FILE,
     absolute,
     check_output_folder,
     enclosing_run,
@@ -40,8 +45,8 @@ from imgclf.predict import Predictor, run_folder
 
 log = logging.getLogger(__name__)
 
-EVALUATION_FILES = frozenset({METRICS_FILE, "predictions.csv", "learning_curves.png",
-                              "confusion_matrix.png", "roc_curves.png", "skipped.csv"})
+EVALUATION_FILES = frozenset({METRICS_FILE, PREDICTIONS_FILE, LEARNING_CURVES_FILE,
+                              CONFUSION_MATRIX_FILE, ROC_CURVES_FILE, SKIPPED_FILE})
 """What ``write_evaluation`` writes: a folder of only these may be written again."""
 
 
@@ -113,7 +118,7 @@ def write_evaluation(
     metrics.update(extra or {})
     if not dist.is_main():
         return metrics
-    with open_for_writing(out_dir / "predictions.csv", newline="") as fh:
+    with open_for_writing(out_dir / PREDICTIONS_FILE, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "predicted", "confidence",
                          *probability_columns(classes)])
@@ -122,12 +127,12 @@ def write_evaluation(
             writer.writerow([str(Path(path).resolve()), classes[int(y)], classes[k], f"{p[k]:.6f}",
                              *(f"{v:.6f}" for v in p)])
     if history:
-        plot_history(history, out_dir / "learning_curves.png", best_epoch=best)
+        plot_history(history, out_dir / LEARNING_CURVES_FILE, best_epoch=best)
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes,
-                          out_dir / "confusion_matrix.png", title=f"{split} split")
+                          out_dir / CONFUSION_MATRIX_FILE, title=f"{split} split")
     curves = roc_curves(labels, probs, classes)
     if curves:
-        plot_roc_curves(curves, out_dir / "roc_curves.png")
+        plot_roc_curves(curves, out_dir / ROC_CURVES_FILE)
     # Last: a run (or evaluation) folder with metrics.json holds all its files, so an
     # interruption before this point leaves the run unfinished, to be resumed.
     write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2))
@@ -230,7 +235,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         raise DataError(f"no readable images in {root}.")
     images, labels, _ = decode_split(labelled, predictor.prep.img_size,
                                      predictor.prep.interpolation)
-    write_skipped([(name, s) for s in labelled.skipped], out_dir / "skipped.csv")
+    write_skipped([(name, s) for s in labelled.skipped], out_dir / SKIPPED_FILE)
     metrics = write_evaluation(predictor.model, images, labels, labelled.paths,
                                predictor.classes, predictor.rt, out_dir, split=name,
                                extra={"data": str(absolute(root)),
@@ -249,5 +254,5 @@ def _held_out_validation(run_dir: Path, classes: list[str]) -> tuple[Split, str]
     """The validation images that the run in ``run_dir`` split off its training folder, drawn
     again as training drew them (same files, fraction and seed), and how they were drawn."""
 
-    data = prepare_run_data(load_config(run_dir / "config.yaml"), classes=classes)
+    data = prepare_run_data(load_config(run_dir / CONFIG_FILE), classes=classes)
     return data.splits["val"], data.val_source

@@ -37,14 +37,31 @@ METRICS_FILE = "metrics.json"
 """A run's or an evaluation's results: the last file each writes."""
 AUDIT_FILE = "audit.json"
 """The dataset audit that ``imgclf audit`` and ``compare`` write."""
-TRAINING_CHECKPOINTS = ("best.pt", "last.pt")
+BEST_CHECKPOINT = "best.pt"
+"""The weights of the epoch that scored best so far, while a run trains."""
+LAST_CHECKPOINT = "last.pt"
+"""The state after the last whole epoch, which ``--resume`` continues from."""
+TRAINING_CHECKPOINTS = (BEST_CHECKPOINT, LAST_CHECKPOINT)
 """Saved after every epoch while a run trains; ``MODEL_FILE`` appears when it finishes."""
-RUN_MARKERS = (MODEL_FILE, *TRAINING_CHECKPOINTS, "history.csv", METRICS_FILE)
+HISTORY_FILE = "history.csv"
+"""One row per epoch trained: losses, accuracies, learning rate, seconds."""
+RUN_MARKERS = (MODEL_FILE, *TRAINING_CHECKPOINTS, HISTORY_FILE, METRICS_FILE)
 """Files of a run that has trained; with ``CONFIG_FILE`` beside one, a folder is a run."""
 LEADERBOARD_FILE = "leaderboard.csv"
 """What marks a compare folder."""
-RUN_FILES = frozenset({CONFIG_FILE, *RUN_MARKERS, LEADERBOARD_FILE, "predictions.csv",
-                       "skipped.csv", AUDIT_FILE})
+LEADERBOARD_MD = "leaderboard.md"
+"""The leaderboard as a Markdown table, beside ``LEADERBOARD_FILE``."""
+PREDICTIONS_FILE = "predictions.csv"
+"""An evaluation's predictions, one row per image."""
+SKIPPED_FILE = "skipped.csv"
+"""The image files a run or an evaluation could not read, and why."""
+ERROR_FILE = "error.txt"
+"""The traceback of a compare run that failed."""
+LEARNING_CURVES_FILE = "learning_curves.png"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+ROC_CURVES_FILE = "roc_curves.png"
+RUN_FILES = frozenset({CONFIG_FILE, *RUN_MARKERS, LEADERBOARD_FILE, PREDICTIONS_FILE,
+                       SKIPPED_FILE, AUDIT_FILE})
 """Files that training, evaluation and comparison write into their folders under names an
 output file could have: written over, reports, comparisons and resuming could no longer
 read them."""
@@ -67,9 +84,9 @@ def class_of_column(column: str) -> str:
 
 SIGNATURES = {
     METRICS_FILE: '{\n  "n_samples": ',
-    "predictions.csv": "path,label,predicted,confidence,",
+    PREDICTIONS_FILE: "path,label,predicted,confidence,",
     LEADERBOARD_FILE: "run,method,backbone,",
-    "leaderboard.md": "| run | method | backbone |",
+    LEADERBOARD_MD: "| run | method | backbone |",
     AUDIT_FILE: '{\n  "root": ',
 }
 """How each of imgclf's result files begins: how imgclf tells its own files from a user's

@@ -9,6 +9,7 @@ from imgclf.cli.common import DATA_HELP, add_verbosity, overrides_from
 from imgclf.cli.train import add_training_options
 from imgclf.errors import ConfigError, RunError
 from imgclf.leaderboard import SORT_KEYS
+from imgclf.paths import LEADERBOARD_FILE, LEADERBOARD_MD
 
 
 def add_parser(subparsers) -> None:
@@ -53,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
                           f"{args.methods!r} has no transfer: add it, or leave --backbones out.")
     out = compare(args.data, methods, args.backbones, args.out, overrides,
                   sort_by=args.sort, workers=args.workers, audit=not args.no_audit)
-    print((out / "leaderboard.md").read_text())
-    print(f"leaderboard: {out / 'leaderboard.csv'}")
-    with open(out / "leaderboard.csv", newline="", encoding="utf-8") as fh:
+    print((out / LEADERBOARD_MD).read_text())
+    print(f"leaderboard: {out / LEADERBOARD_FILE}")
+    with open(out / LEADERBOARD_FILE, newline="", encoding="utf-8") as fh:
         if not any(row["status"] == "ok" for row in csv.DictReader(fh)):
             raise RunError(f"every run failed: the reasons are in the error column and in "
                            f"each run's error.txt under {out}.")

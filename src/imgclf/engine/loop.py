@@ -33,7 +33,7 @@ from imgclf.engine.checkpoints import load_checkpoint, save_atomic
 from imgclf.engine.runtime import Runtime
 from imgclf.errors import Diverged, Interrupted
 from imgclf.history import Monitor
-from imgclf.paths import open_for_writing
+from imgclf.paths import BEST_CHECKPOINT, HISTORY_FILE, LAST_CHECKPOINT, open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -293,19 +293,19 @@ def fit(
         save_atomic(payload, run_dir / name)
 
     if not start:
-        save("last.pt", 0)  # what an interruption during the first epoch resumes from
+        save(LAST_CHECKPOINT, 0)  # what an interruption during the first epoch resumes from
     try:
         for epoch in range(start, phase.epochs):
             row = {"epoch": offset + epoch + 1, **_run_epoch(phase, rt, epoch, monitor.monitor)}
             state.history.append(row)
             state.phase, state.epoch = phase.name, epoch + 1
             if dist.is_main():  # before last.pt: a run resumed from the one before rewrites it
-                write_history(state.history, run_dir / "history.csv")
+                write_history(state.history, run_dir / HISTORY_FILE)
             rng = rng_state(phase.train_loader)
             improved = monitor.update(row["epoch"], row.get(monitor.monitor, math.nan))
             if improved:
-                save("best.pt", epoch + 1)
-            save("last.pt", epoch + 1)
+                save(BEST_CHECKPOINT, epoch + 1)
+            save(LAST_CHECKPOINT, epoch + 1)
             if dist.is_main() and epoch_logger is not None:
                 epoch_logger(row)
             log.info(
@@ -333,10 +333,10 @@ def fit(
         saved = ("its last whole epoch is saved" if state.history else
                  "no epoch had finished; its starting point is saved")
         raise Interrupted(
-            f"training interrupted; {saved} in {run_dir / 'last.pt'}. Continue with --resume."
+            f"training interrupted; {saved} in {run_dir / LAST_CHECKPOINT}. Continue with --resume."
         ) from None
     state.done = True
-    save("last.pt", state.epoch)
+    save(LAST_CHECKPOINT, state.epoch)
     dist.barrier()
     best = _phase_best(run_dir, phase.name) if restore_best else None
     if best is not None:
@@ -349,6 +349,6 @@ def fit(
 def _phase_best(run_dir: Path, phase: str) -> dict | None:
     """best.pt when it holds this phase's best epoch (an earlier phase's best is not one of
     this phase's weights)."""
-    best = run_dir / "best.pt"
+    best = run_dir / BEST_CHECKPOINT
     checkpoint = load_checkpoint(best) if best.exists() else None
     return checkpoint if checkpoint is not None and checkpoint.get("phase") == phase else None

@@ -67,9 +67,12 @@ from imgclf.models.factory import (
 )
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
+    BEST_CHECKPOINT,
     CONFIG_FILE,
+    LAST_CHECKPOINT,
     METRICS_FILE,
     MODEL_FILE,
+    SKIPPED_FILE,
     cache_dir,
     cache_writable,
     check_output_folder,
@@ -429,17 +432,17 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     are known to be usable, so that a failed start leaves no empty run folder behind."""
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     if resume:
-        if not (run_dir / "last.pt").exists() and (run_dir / CONFIG_FILE).exists():
+        if not (run_dir / LAST_CHECKPOINT).exists() and (run_dir / CONFIG_FILE).exists():
             raise RunError(f"cannot resume: the run in {run_dir} stopped before it saved a "
                            "checkpoint (last.pt), so there is nothing to go on from: run the "
                            "same command again, without --resume.")
-        if not (run_dir / "last.pt").exists():
-            raise RunError(f"cannot resume: {run_dir / 'last.pt'} does not exist. "
+        if not (run_dir / LAST_CHECKPOINT).exists():
+            raise RunError(f"cannot resume: {run_dir / LAST_CHECKPOINT} does not exist. "
                            "Pass --out with the folder of the interrupted run.")
         if (run_dir / METRICS_FILE).exists():
             raise RunError(f"{run_dir} holds a finished run (metrics.json): there is nothing "
                            "to resume.")
-    elif (run_dir / "last.pt").exists():
+    elif (run_dir / LAST_CHECKPOINT).exists():
         raise RunError(f"{run_dir} already holds a run; use --resume to continue it, or "
                        "choose another --out.")
     d = config.data
@@ -460,7 +463,7 @@ def train(config: Config, resume: bool = False) -> Path:
         with contextlib.ExitStack() as held:
             return _train(config, resume, held)
     except KeyboardInterrupt:  # outside the epochs, whose own interruption says more
-        last = Path(config.out or ".") / "last.pt"
+        last = Path(config.out or ".") / LAST_CHECKPOINT
         if config.out and last.exists():
             raise Interrupted(f"training interrupted; its last checkpoint is saved in {last}. "
                               "Continue with --resume.") from None
@@ -514,7 +517,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         log.warning("data.val_fraction %g is not used: the data has its own validation "
                     "split (%s)", d.val_fraction, data.layout.val)
     contents = data.contents()  # the files as found, before any fails to decode
-    last = load_checkpoint(run_dir / "last.pt") if resume else None
+    last = load_checkpoint(run_dir / LAST_CHECKPOINT) if resume else None
     if last is not None:
         data.check_resumable(last.get("data"))
     config.make_paths_absolute()  # config.yaml resumes from any folder
@@ -534,7 +537,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         dist.barrier()
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
-        write_skipped(data.skipped, run_dir / "skipped.csv")
+        write_skipped(data.skipped, run_dir / SKIPPED_FILE)
     dist.barrier()
     meta = checkpoint_meta(config, data.classes, prep, source, contents)
     ctx = TrainingContext(config, data, model, prep, rt, run_dir, arrays, image_keys, meta)
@@ -543,7 +546,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"],
                          seconds=last.get("seconds", 0.0), trainable=last.get("trainable"),
                          features_by=last.get("features_by"))
-        best = run_dir / "best.pt"
+        best = run_dir / BEST_CHECKPOINT
         restore = state.done and config.train.restore_best and best.exists()
         model.load_state_dict((load_checkpoint(best) if restore else last)["model"])
     total, _ = count_parameters(model)

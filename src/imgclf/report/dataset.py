@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from imgclf.leaderboard import mapping
-from imgclf.paths import AUDIT_FILE
+from imgclf.paths import AUDIT_FILE, SKIPPED_FILE
 from imgclf.report import template as t
 from imgclf.report.folders import Run, sequence
 
@@ -173,7 +173,7 @@ def _skipped_html(run: Run) -> str:
             for (split, reason), n in counts.most_common()]
     files = _listed(run.skipped, lambda row: f"<code>{t.text(row.get('split') or '?')}:"
                                              f"{t.text(row.get('path') or '?')}</code>",
-                    len(run.skipped), "skipped.csv")
+                    len(run.skipped), SKIPPED_FILE)
     return (t.table(["split", "reason", "files"], rows, numeric=[2])
             + t.details(f"Skipped files: {len(run.skipped):,}", t.bullet_list(files, "problems")))
 

@@ -21,7 +21,15 @@ from imgclf.data.decode import DecodeError, decode_image
 from imgclf.history import best_epoch
 from imgclf.leaderboard import mapping
 from imgclf.metrics import roc_curves
-from imgclf.paths import METRICS_FILE, unescaped
+from imgclf.paths import (
+    CONFUSION_MATRIX_FILE,
+    HISTORY_FILE,
+    LEARNING_CURVES_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    ROC_CURVES_FILE,
+    unescaped,
+)
 from imgclf.plots import plot_confusion_matrix, plot_histories, plot_history, plot_roc_curves
 from imgclf.report import template as t
 from imgclf.report.folders import Predictions, Run
@@ -56,8 +64,8 @@ def learning_curves_figure(run: Run, tmp: Path) -> str:
                           str(train.get("mode") or "auto"), float(train.get("min_delta") or 0))
         return plot_history(run.history, path, best_epoch=best, title=run.name)
 
-    return _run_figure(run, "learning_curves.png", tmp, draw, "learning curves",
-                       "history.csv")
+    return _run_figure(run, LEARNING_CURVES_FILE, tmp, draw, "learning curves",
+                       HISTORY_FILE)
 
 
 def confusion_figure(run: Run, tmp: Path) -> str:
@@ -69,7 +77,7 @@ def confusion_figure(run: Run, tmp: Path) -> str:
         return plot_confusion_matrix(np.asarray(cm), run.classes, path,
                                      title=f"{split} split" if split else None)
 
-    return _run_figure(run, "confusion_matrix.png", tmp, draw, "confusion matrix",
+    return _run_figure(run, CONFUSION_MATRIX_FILE, tmp, draw, "confusion matrix",
                        METRICS_FILE)
 
 
@@ -85,7 +93,7 @@ def roc_figure(run: Run, tmp: Path) -> str:
         labels = [p.classes.index(label) for label in p.labels]
         return plot_roc_curves(roc_curves(labels, p.probs, p.classes), path)
 
-    return _run_figure(run, "roc_curves.png", tmp, draw, "ROC curves", "predictions.csv")
+    return _run_figure(run, ROC_CURVES_FILE, tmp, draw, "ROC curves", PREDICTIONS_FILE)
 
 
 def _run_figure(run: Run, filename: str, tmp: Path, draw: Callable[[Path], Path], alt: str,

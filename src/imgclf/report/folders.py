@@ -24,7 +24,13 @@ from imgclf.history import read_history
 from imgclf.leaderboard import RANKED_BY, SORT_KEYS, as_number, best_first, run_row
 from imgclf.paths import (
     AUDIT_FILE,
+    CONFIG_FILE,
+    ERROR_FILE,
+    HISTORY_FILE,
+    LEADERBOARD_FILE,
     METRICS_FILE,
+    PREDICTIONS_FILE,
+    SKIPPED_FILE,
     class_of_column,
     read_run_config,
     read_run_metrics,
@@ -123,9 +129,9 @@ def load_folder(folder: Path) -> Report:
         raise RunError(f"{folder} does not exist; {hint}.")
     if not folder.is_dir():
         raise RunError(f"{folder} is a file, not a folder; {hint}.")
-    if (folder / "leaderboard.csv").is_file():
+    if (folder / LEADERBOARD_FILE).is_file():
         return _load_compare(folder)
-    if (folder / METRICS_FILE).is_file() or (folder / "config.yaml").is_file():
+    if (folder / METRICS_FILE).is_file() or (folder / CONFIG_FILE).is_file():
         run = load_run(folder)
         return Report(folder, "run", [run], [_row_from_run(run)])
     raise RunError(f"{folder} is neither a run folder (no metrics.json or config.yaml) nor a "
@@ -133,14 +139,14 @@ def load_folder(folder: Path) -> Report:
 
 
 def _load_compare(folder: Path) -> Report:
-    rows = _read_leaderboard(folder / "leaderboard.csv")
+    rows = _read_leaderboard(folder / LEADERBOARD_FILE)
     # Ranked as leaderboard.csv was; in its order when it does not say by what (an older one).
     ranked_by = rows[0].get(RANKED_BY) if rows else None
     report = Report(folder, "compare", [], [], ranked_by if ranked_by in SORT_KEYS else None)
     listed = {str(row.get("run")) for row in rows}
     # Runs still training (or added since) have a folder but no leaderboard row yet.
     extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in listed
-                   and ((p / "config.yaml").is_file() or (p / METRICS_FILE).is_file()))
+                   and ((p / CONFIG_FILE).is_file() or (p / METRICS_FILE).is_file()))
     runs = {}
     for name in [str(row.get("run")) for row in rows] + extra:
         runs[name] = _load_compare_run(folder / name, name)
@@ -212,18 +218,18 @@ def load_run(folder: Path, name: str | None = None) -> Run:
     The other files are optional: a missing or unreadable one is noted on the run.
     """
     run = Run(name or folder.name, folder)
-    config_path, metrics_path = folder / "config.yaml", folder / METRICS_FILE
+    config_path, metrics_path = folder / CONFIG_FILE, folder / METRICS_FILE
     if config_path.is_file():
         run.config_text, run.config = read_run_config(config_path)
     if metrics_path.is_file():
         run.metrics = read_run_metrics(metrics_path)
-    if (folder / "error.txt").is_file():
-        run.error = read_text(folder / "error.txt")
+    if (folder / ERROR_FILE).is_file():
+        run.error = read_text(folder / ERROR_FILE)
     if not run.finished and not run.error:
         run.notes.append("no metrics.json: the run failed or has not finished")
-    run.history = _optional(run, "history.csv", _read_history) or []
-    run.predictions = _optional(run, "predictions.csv", _read_predictions)
-    run.skipped = _optional(run, "skipped.csv", _read_skipped)
+    run.history = _optional(run, HISTORY_FILE, _read_history) or []
+    run.predictions = _optional(run, PREDICTIONS_FILE, _read_predictions)
+    run.skipped = _optional(run, SKIPPED_FILE, _read_skipped)
     return run
 
 
