@@ -721,6 +721,26 @@ def test_onnx_runtime_and_pytorch_compute_the_same_features(split_data, tmp_path
     assert [m.split(", ")[-1] for m in messages] == ["PyTorch)"] * 2 + ["ONNX Runtime)"] * 2
 
 
+def test_a_seeded_head_trains_alike_whether_its_features_were_cached_or_computed(
+        split_data, tmp_path, caplog, monkeypatch):
+    exporting = export.OnnxModule.__init__
+
+    def drawing(self, *args, **kwargs):
+        torch.rand(1)  # as the export of some backbones (tf_efficientnet_lite0) draws
+        exporting(self, *args, **kwargs)
+
+    monkeypatch.setattr(export.OnnxModule, "__init__", drawing)
+    caplog.set_level(logging.INFO, logger="imgclf")
+    runs = [imgclf.train(split_data, method="transfer", out=tmp_path / name, model=BACKBONE,
+                         seed=3, train={"epochs": 2}) for name in ("computed", "cached")]
+    messages = _feature_messages(caplog)
+    assert [m.split(", ")[-1] for m in messages[:2]] == ["ONNX Runtime)"] * 2
+    assert [m.split(" (")[0] for m in messages[2:]] == ["frozen-backbone features: cache hit"] * 2
+    computed, cached = ((run / "history.csv").read_text().splitlines() for run in runs)
+    # The same losses and accuracies, epoch by epoch (the seconds differ).
+    assert [row.split(",")[:5] for row in computed] == [row.split(",")[:5] for row in cached]
+
+
 def test_features_default_to_onnx_runtime_on_a_cpu_where_it_is_installed(
         split_data, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="imgclf")

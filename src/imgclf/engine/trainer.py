@@ -214,11 +214,14 @@ def cached_features(body: Callable[[], nn.Module], images: np.ndarray, labels: n
                 log.info("frozen-backbone features: cache hit (%s)", path.name)
                 return kept, name
     tic = time.perf_counter()
-    module = body()
+    # Computing them leaves the random state as a cache hit does (the ONNX export draws
+    # from it): the same seed then trains the head alike either way.
+    with torch.random.fork_rng(devices=[]):
+        module = body()
+        loader = make_loader(ArrayDataset(images, labels), batch_size, shuffle=False, workers=0)
+        features, _ = run_inference(module, loader, _runtime_for(module, rt))
     used = "onnx" if isinstance(module, OnnxModule) else "torch"
     engine_name = "ONNX Runtime" if used == "onnx" else "PyTorch"
-    loader = make_loader(ArrayDataset(images, labels), batch_size, shuffle=False, workers=0)
-    features, _ = run_inference(module, loader, _runtime_for(module, rt))
     seconds = max(time.perf_counter() - tic, 1e-9)
     log.info("frozen-backbone features for %d images in %.1fs (%.0f images/s, %s)",
              len(images), seconds, len(images) / seconds, engine_name)
