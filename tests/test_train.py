@@ -576,9 +576,16 @@ def test_data_section_as_a_mapping_from_python(split_data, tmp_path, caplog):
 def test_training_into_a_finished_run_without_resume_raises(split_data, tmp_path):
     run = scratch(split_data, tmp_path / "run", epochs=1)
     before = (run / "model.pt").stat().st_mtime_ns
-    with pytest.raises(RunError, match=r"already holds a run; use --resume"):
+    with pytest.raises(RunError, match=r"already holds a finished run: choose another --out"):
         scratch(split_data, tmp_path / "run", epochs=1)
     assert (run / "model.pt").stat().st_mtime_ns == before
+    with pytest.raises(RunError, match=r"nothing to resume\. To train for more epochs, train "
+                                       r"a new run into another --out"):
+        imgclf.train(out=run, resume=True)
+    for name in ("metrics.json", "model.pt"):  # as a run stopped part-way leaves it
+        (run / name).unlink()
+    with pytest.raises(RunError, match=r"already holds an unfinished run; use --resume"):
+        scratch(split_data, tmp_path / "run", epochs=1)
 
 
 # --- transfer -----------------------------------------------------------------------------------

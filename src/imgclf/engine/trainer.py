@@ -444,10 +444,14 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
                            "Pass --out with the folder of the interrupted run.")
         if (run_dir / METRICS_FILE).exists():
             raise RunError(f"{run_dir} holds a finished run (metrics.json): there is nothing "
-                           "to resume.")
+                           "to resume. To train for more epochs, train a new run into "
+                           "another --out.")
+    elif (run_dir / METRICS_FILE).exists():
+        raise RunError(f"{run_dir} already holds a finished run: choose another --out, or "
+                       "delete that folder to train it again.")
     elif (run_dir / LAST_CHECKPOINT).exists():
-        raise RunError(f"{run_dir} already holds a run; use --resume to continue it, or "
-                       "choose another --out.")
+        raise RunError(f"{run_dir} already holds an unfinished run; use --resume to continue "
+                       "it, or choose another --out.")
     d = config.data
     # config.yaml marks a run folder, maybe of a run that failed before its first epoch.
     check_output_folder(run_dir, (d.data, d.train, d.val, d.test),
