@@ -466,3 +466,23 @@ def test_an_interruption_stops_the_workers_runs_and_starts_no_other(tmp_path, ma
     assert not (out / "transfer-tf_efficientnet_lite0").exists()  # never started
     assert not (out / "scratch-small_cnn" / "metrics.json").exists()
     assert not (out / "augment-small_cnn_wide" / "metrics.json").exists()
+
+
+def test_an_interrupted_comparison_says_which_runs_saved_their_progress(tmp_path):
+    from imgclf.compare import _comparison_interrupted
+
+    started, starting = tmp_path / "scratch-small_cnn", tmp_path / "augment-small_cnn_wide"
+    started.mkdir()
+    (started / "last.pt").write_bytes(b"")
+    assert str(_comparison_interrupted([started])) == (
+        "comparison interrupted during run scratch-small_cnn, whose progress is saved: run "
+        "the same imgclf compare command again to go on from there.")
+    assert str(_comparison_interrupted([starting])) == (
+        "comparison interrupted during run augment-small_cnn_wide, before it saved any "
+        "progress: run the same imgclf compare command again to start it.")
+    assert str(_comparison_interrupted([started, starting])) == (
+        "comparison interrupted during runs scratch-small_cnn, augment-small_cnn_wide: the "
+        "progress of scratch-small_cnn is saved, augment-small_cnn_wide had saved none yet. "
+        "Run the same imgclf compare command again to go on.")
+    assert "before any run started" in str(_comparison_interrupted([]))
+

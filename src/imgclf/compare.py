@@ -292,7 +292,7 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
                 rows[plan.name] = _run_one(plan, configs[plan.name], None,
                                            plan.name in resumable)
             except Interrupted:
-                raise _comparison_interrupted([plan]) from None
+                raise _comparison_interrupted([Path(configs[plan.name].out)]) from None
             write_leaderboard(list(rows.values()), out, sort_by)
     else:
         _train_in_workers(todo, configs, resumable, workers, rows,
@@ -328,14 +328,33 @@ def _train_in_workers(todo: list[RunPlan], configs: dict, resumable: set[str], w
             for worker in multiprocessing.active_children():
                 os.kill(worker.pid, signal.SIGTERM)
             pool.shutdown(cancel_futures=True)  # the running runs save and stop first
-            raise _comparison_interrupted(list(running.values())) from None
+            raise _comparison_interrupted(
+                [Path(configs[plan.name].out) for plan in running.values()]) from None
 
 
-def _comparison_interrupted(plans: list[RunPlan]) -> Interrupted:
-    names = ", ".join(plan.name for plan in plans)
-    runs = "run" if len(plans) == 1 else "runs"
-    return Interrupted(f"comparison interrupted during {runs} {names}, whose progress is "
-                       "saved: run the same imgclf compare command again to go on from there.")
+def _comparison_interrupted(run_dirs: list[Path]) -> Interrupted:
+    """What an interruption during the runs in ``run_dirs`` left, and how to go on."""
+    if not run_dirs:
+        return Interrupted("comparison interrupted before any run started: run the same "
+                           "imgclf compare command again.")
+    names = [run_dir.name for run_dir in run_dirs]
+    saved = [run_dir.name for run_dir in run_dirs if (run_dir / LAST_CHECKPOINT).exists()]
+    unsaved = [name for name in names if name not in saved]
+    during = f"comparison interrupted during {_runs(names)}"
+    if not unsaved:
+        return Interrupted(f"{during}, whose progress is saved: run the same imgclf compare "
+                           "command again to go on from there.")
+    if not saved:
+        return Interrupted(f"{during}, before {'it' if len(names) == 1 else 'they'} saved any "
+                           "progress: run the same imgclf compare command again to start "
+                           f"{'it' if len(names) == 1 else 'them'}.")
+    return Interrupted(f"{during}: the progress of {', '.join(saved)} is saved, "
+                       f"{', '.join(unsaved)} had saved none yet. Run the same imgclf compare "
+                       "command again to go on.")
+
+
+def _runs(names: list[str]) -> str:
+    return f"{'run' if len(names) == 1 else 'runs'} {', '.join(names)}"
 
 
 def _audited_root(audit_file: Path) -> str | None:
