@@ -224,6 +224,14 @@ def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_im
             "--img-size", "32", "--out", str(tmp_path / "cmp"), "--no-audit", "-q"]
     assert main(argv) == 2
     assert "error: every run failed" in capsys.readouterr().err
+    # Some failed: the leaderboard is written, and the status says not every run trained.
+    argv = ["compare", str(data), "--methods", "scratch,transfer", "--backbones",
+            "inception_v3", "--img-size", "32", "--epochs", "1", "--out",
+            str(tmp_path / "some"), "--no-audit", "-q"]
+    assert main(argv) == 1
+    assert "error: 1 of 2 runs failed (transfer-inception_v3): the reasons are in the error " \
+           "column" in capsys.readouterr().err
+    assert [r["status"] for r in leaderboard(tmp_path / "some")] == ["ok", "failed"]
 
 
 def test_a_folder_of_runs_alone_is_compared_into_and_its_runs_kept(compared, tmp_path):
@@ -287,8 +295,11 @@ def test_compare_command_refuses_backbones_without_transfer(tmp_path, make_image
     argv = ["compare", str(data), "--methods", "scratch", "--backbones", "resnet18",
             "--out", str(tmp_path / "cmp")]
     assert main(argv) == 2
-    assert "error: --backbones names the backbones of transfer runs, but --methods " \
-           "'scratch' has no transfer" in capsys.readouterr().err
+    assert "error: settings of transfer runs alone (backbones (--backbones)) are given, and " \
+           "the methods (scratch) have no transfer run" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
+    with pytest.raises(ConfigError, match=r"\(backbones \(--backbones\)\) are given"):
+        compare(str(data), "scratch", "resnet18", tmp_path / "cmp")  # as from Python
     assert not (tmp_path / "cmp").exists()
 
 

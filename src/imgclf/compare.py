@@ -229,18 +229,21 @@ def compare(
     if sort_by not in SORT_KEYS:
         raise ConfigError(f"cannot sort the leaderboard by {sort_by!r}; choose one of "
                           f"{', '.join(SORT_KEYS)}.")
-    methods, backbones = name_list(methods), resolve_backbones(backbones)
+    methods = name_list(methods)
     out = Path(out)
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
-    plans = plan_runs(methods, backbones, overrides.get("model", {}).get("name"))
-    for name in dict.fromkeys(plan.model for plan in plans):
-        check_model_name(name)  # a misspelt backbone stops the comparison before any run
     given = [f"{section}.{key}" for section, key in _transfer_settings_in(overrides)]
+    if backbones and name_list(backbones):
+        given.insert(0, "backbones (--backbones)")
     if given and "transfer" not in methods:
         raise ConfigError(f"settings of transfer runs alone ({', '.join(given)}) are given, "
                           f"and the methods ({', '.join(methods)}) have no transfer run: leave "
                           "them out, or add transfer.")
+    backbones = resolve_backbones(backbones)
+    plans = plan_runs(methods, backbones, overrides.get("model", {}).get("name"))
+    for name in dict.fromkeys(plan.model for plan in plans):
+        check_model_name(name)  # a misspelt backbone stops the comparison before any run
     # Settings that cannot work stop the comparison before any run.
     configs = {plan.name: _plan_config(plan, overrides, out) for plan in plans}
     require_folder("data", data)
