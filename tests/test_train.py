@@ -1026,6 +1026,14 @@ def test_class_weight_auto_on_imbalanced_data(tmp_path, make_image_folder, caplo
     assert 0 <= metrics_of(run)["balanced_accuracy"] <= 1
 
 
+def test_class_weights_are_logged_once_for_a_head_then_fine_tuning(split_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="imgclf")
+    run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                       train={"class_weight": "auto", "finetune": 1, "finetune_epochs": 1})
+    assert [r["phase"] for r in read_csv(run / "history.csv")] == ["head", "finetune"]
+    assert sum(r.message.startswith("class weights") for r in caplog.records) == 1
+
+
 def test_no_class_weights_by_default(flat_data, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     scratch(flat_data, tmp_path / "run", epochs=1)

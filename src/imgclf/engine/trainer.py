@@ -270,6 +270,12 @@ class TrainingContext:
     """The engine that computed the features the head trained on, once it has."""
 
     @functools.cached_property
+    def loss_fn(self) -> nn.Module:
+        """The phases' loss (``make_loss``), made once."""
+        return make_loss(self.config, self.arrays["train"][1], self.data.classes,
+                         self.rt.device)
+
+    @functools.cached_property
     def feature_module(self) -> nn.Module:
         """The frozen body as the features are computed (``_feature_module``), made once."""
         cfg = self.config
@@ -331,27 +337,32 @@ def _epochs(cfg: Config, phase: str) -> int:
         else cfg.train.epochs
 
 
+def _image_phase(ctx: TrainingContext, name: str, params: list, lr: float, epochs: int,
+                 schedule: str, before_epoch: Callable[[], None]) -> Phase:
+    """A phase that trains ``params`` (or parameter groups) of the classifier on images:
+    training batches augmented and mixed as the config says, validation ones plain."""
+    cfg = ctx.config
+    train_loader = _image_loader(ctx, "train", True, cfg.augment.preset)
+    optimizer = make_optimizer(params, cfg.train.optimizer, lr, cfg.train.weight_decay)
+    scheduler, per_step = make_scheduler(optimizer, schedule, epochs, len(train_loader),
+                                         monitor_for(cfg).mode)
+    return Phase(
+        name, _for_training(ctx.model, ctx.rt, cfg.train.sync_bn, cfg.train.compile),
+        train_loader, _image_loader(ctx, "val", False, "none"), optimizer, epochs,
+        ctx.loss_fn, scheduler, per_step,
+        mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
+        before_epoch=before_epoch,
+    )
+
+
 def _whole_model_phase(ctx: TrainingContext, name: str, frozen_body: bool) -> Phase:
     """The classifier trains on images (all of it, or its head with the body frozen)."""
-    cfg = ctx.config
-    model = ctx.model
+    cfg, model = ctx.config, ctx.model
     if frozen_body:
         set_trainable(model, 0)
     params = [p for p in model.parameters() if p.requires_grad]
-    train_loader = _image_loader(ctx, "train", True, cfg.augment.preset)
-    optimizer = make_optimizer(params, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
-    epochs = _epochs(cfg, name)
-    scheduler, per_step = make_scheduler(optimizer, cfg.train.schedule, epochs,
-                                         len(train_loader), monitor_for(cfg).mode)
-    module = _for_training(model, ctx.rt, cfg.train.sync_bn, cfg.train.compile)
-    return Phase(
-        name, module, train_loader, _image_loader(ctx, "val", False, "none"), optimizer,
-        epochs, make_loss(cfg, ctx.arrays["train"][1], ctx.data.classes,
-                                    ctx.rt.device),
-        scheduler, per_step,
-        mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
-        before_epoch=lambda: freeze_norm_stats(model),
-    )
+    return _image_phase(ctx, name, params, cfg.train.lr, _epochs(cfg, name), cfg.train.schedule,
+                        lambda: freeze_norm_stats(model))
 
 
 def _head_on_features_phase(ctx: TrainingContext) -> Phase:
@@ -378,38 +389,23 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
                                          len(train_loader), monitor_for(cfg).mode)
     feature_rt = ctx.rt.plain()
     return Phase("head", _for_training(head, feature_rt), train_loader, val_loader, optimizer,
-                 epochs,
-                 make_loss(cfg, ctx.arrays["train"][1], ctx.data.classes, ctx.rt.device),
-                 scheduler, per_step, runtime=feature_rt)
+                 epochs, ctx.loss_fn, scheduler, per_step, runtime=feature_rt)
 
 
 def _finetune_phase(ctx: TrainingContext) -> Phase:
-    cfg = ctx.config
-    body_params = set_trainable(ctx.model, cfg.train.finetune)
-    head_params = list(ctx.model.head.parameters())
+    cfg, model = ctx.config, ctx.model
+    body_params = set_trainable(model, cfg.train.finetune)
     # As fastai's fine_tune: the warmed-up head goes on at half its rate, the backbone at
     # the (lower) fine-tuning rate, both under a one-cycle schedule whose warm-up keeps the
     # first steps from wrecking what the head learnt.
     groups = [{"params": body_params, "lr": cfg.train.finetune_lr},
-              {"params": head_params, "lr": cfg.train.lr / 2}]
-    train_loader = _image_loader(ctx, "train", True, cfg.augment.preset)
-    optimizer = make_optimizer(groups, cfg.train.optimizer, cfg.train.finetune_lr,
-                               cfg.train.weight_decay)
-    scheduler, per_step = make_scheduler(optimizer, "onecycle", cfg.train.finetune_epochs,
-                                         len(train_loader), monitor_for(cfg).mode)
-    model = ctx.model
+              {"params": list(model.head.parameters()), "lr": cfg.train.lr / 2}]
     # Batches of 32 give noisy statistics; by default the unfrozen BatchNorm layers keep
     # the pretrained ones (Keras' advice for fine-tuning) while their scale and shift train.
     keep_stats = not cfg.train.finetune_norm_stats
-    return Phase(
-        "finetune", _for_training(model, ctx.rt, cfg.train.sync_bn, cfg.train.compile),
-        train_loader,
-        _image_loader(ctx, "val", False, "none"), optimizer, cfg.train.finetune_epochs,
-        make_loss(cfg, ctx.arrays["train"][1], ctx.data.classes, ctx.rt.device),
-        scheduler, per_step,
-        mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
-        before_epoch=lambda: freeze_norm_stats(model, trainable_too=keep_stats),
-    )
+    return _image_phase(ctx, "finetune", groups, cfg.train.finetune_lr,
+                        cfg.train.finetune_epochs, "onecycle",
+                        lambda: freeze_norm_stats(model, trainable_too=keep_stats))
 
 
 def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
