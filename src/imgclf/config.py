@@ -28,6 +28,8 @@ from imgclf.paths import (
     write_text,
 )
 
+INFERENCE_BATCH = 64
+"""Images per batch where no gradient is kept: evaluation, prediction, frozen features."""
 AUGMENT_PRESETS = ("none", "flip", "reference", "trivial", "randaugment")
 
 METHODS = ("scratch", "augment", "transfer")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf.config import INFERENCE_BATCH
 from imgclf.data.decode import DecodeError, decode_image
 from imgclf.data.layout import RUN_FOLDER
 from imgclf.data.prepare import find_unlabelled
@@ -193,7 +194,8 @@ class BasePredictor:
                               "(images * 255).round().astype(np.uint8).")
         return images
 
-    def predict(self, paths, batch_size: int = 64, tta: bool | None = None) -> list[Prediction]:
+    def predict(self, paths, batch_size: int = INFERENCE_BATCH,
+                tta: bool | None = None) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively): one
         ``Prediction`` per file, each file once, in the order found."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

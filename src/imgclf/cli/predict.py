@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from imgclf.config import INFERENCE_BATCH
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,7 +19,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="predictions.csv", metavar="FILE",
                         help="file to write, a .csv or .json name (default predictions.csv); "
                              "never one of the files imgclf wrote into a run or compare folder")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (64)")
+    parser.add_argument("--batch-size", type=int, default=INFERENCE_BATCH,
+                        help=f"images per batch ({INFERENCE_BATCH})")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--engine", choices=("torch", "onnx"), default="torch",
                         help="inference engine: torch, or onnx (ONNX Runtime, needs an export)")

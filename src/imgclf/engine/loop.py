@@ -26,6 +26,7 @@ from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from imgclf.config import INFERENCE_BATCH
 from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
@@ -151,7 +152,8 @@ def run_inference(module: nn.Module, loader, rt: Runtime) -> tuple[np.ndarray, n
 
 
 def predict_array(model: torch.nn.Module, images: np.ndarray, rt: Runtime,
-                  batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, float]:
+                  batch_size: int = INFERENCE_BATCH,
+                  tta: bool = False) -> tuple[np.ndarray, float]:
     """Class probabilities for uint8 images (N, H, W, 3), and images per second; ``tta``
     averages them with the mirrored images' (as ``imgclf predict --tta``)."""
     def probs_of(view: np.ndarray) -> np.ndarray:

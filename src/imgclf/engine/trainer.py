@@ -30,7 +30,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from imgclf.config import Config, DataSection, ModelSection
+from imgclf.config import INFERENCE_BATCH, Config, DataSection, ModelSection
 from imgclf.data.cache import load_cached_array
 from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.data.prepare import (
@@ -45,14 +45,13 @@ from imgclf.engine import dist
 from imgclf.engine.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from imgclf.engine.loop import (
     FitState,
-    Interrupted,
     Phase,
     fit,
     restore_rng_state,
     run_inference,
 )
 from imgclf.engine.runtime import Runtime, resolve_runtime
-from imgclf.errors import ConfigError, RunError
+from imgclf.errors import ConfigError, Interrupted, RunError
 from imgclf.evaluation import choose_tta, write_evaluation
 from imgclf.export import OnnxModule, onnxruntime_available
 from imgclf.history import Monitor, best_epoch
@@ -376,11 +375,13 @@ def _head_on_features_phase(ctx: TrainingContext) -> Phase:
         key_of = functools.partial(feature_key, ctx.image_keys[split], cfg, ctx.prep,
                                    ctx.meta["weights_source"], ctx.rt)
         features, ctx.features_by = cached_features(
-            lambda: ctx.feature_module, images, labels, key_of, engine, required, ctx.rt, 64,
+            lambda: ctx.feature_module, images, labels, key_of, engine, required, ctx.rt,
+            INFERENCE_BATCH,
             cfg.data.cache, ctx.model.body.num_features)
         feats[split] = ArrayDataset(features, labels, images=False)
     train_loader = make_loader(feats["train"], cfg.train.batch_size, True, cfg.seed, workers=0)
-    val_loader = make_loader(feats["val"], 256, False, cfg.seed, workers=0)
+    # Features are small: the validation pass takes them in batches of 4 x INFERENCE_BATCH.
+    val_loader = make_loader(feats["val"], 4 * INFERENCE_BATCH, False, cfg.seed, workers=0)
     head = ctx.model.head
     optimizer = make_optimizer(head.parameters(), cfg.train.optimizer, cfg.train.lr,
                                cfg.train.weight_decay)
