@@ -325,10 +325,8 @@ def _write_sidecar(out: Path, fmt: str, classes: list[str], prep: Preprocessing,
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, stable for large logits."""
-    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax in float32 of an exported model's logits, as PyTorch takes it."""
+    return torch.softmax(torch.from_numpy(logits).float(), 1).numpy()
 
 
 class OnnxPredictor(BasePredictor):

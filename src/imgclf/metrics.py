@@ -20,6 +20,7 @@ from sklearn.metrics import (
     accuracy_score,
     auc,
     cohen_kappa_score,
+    confusion_matrix,
     log_loss,
     matthews_corrcoef,
     precision_recall_fscore_support,
@@ -75,7 +76,7 @@ def compute_metrics(
     n_classes = len(names)
     all_labels = np.arange(n_classes)
     y_pred = probs.argmax(axis=1)
-    cm = _confusion(labels, y_pred, n_classes)
+    cm = confusion_matrix(labels, y_pred, labels=all_labels).astype(np.int64)
     undefined: dict[str, str] = {}
 
     # Macro averages run over the classes seen in y_true or y_pred (scikit-learn's default).
@@ -105,7 +106,7 @@ def compute_metrics(
             f"top_{k}": _top_k_accuracy(labels, probs, k) for k in ks if k < n_classes
         },
         "confusion_matrix": cm.tolist(),
-        "per_class": _per_class(cm, names),
+        "per_class": _per_class(labels, y_pred, cm, names),
         "class_names": list(names),
         "undefined": undefined,
     }
@@ -246,13 +247,6 @@ def _validate_top_k(top_k: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(k) for k in ks)
 
 
-def _confusion(labels: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """``(C, C)`` int64 confusion matrix, row = true class, column = predicted class."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (labels, y_pred), 1)
-    return cm
-
-
 def _balanced_accuracy(cm: np.ndarray) -> float:
     """Mean recall over classes with support, from the confusion matrix.
 
@@ -345,23 +339,18 @@ def _top_k_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
     return float(np.mean((ranked == labels[:, None]).any(axis=1)))
 
 
-def _per_class(cm: np.ndarray, names: list[str]) -> dict[str, dict[str, float | int]]:
+def _per_class(labels: np.ndarray, y_pred: np.ndarray, cm: np.ndarray,
+               names: list[str]) -> dict[str, dict[str, float | int]]:
     """One-vs-rest counts and precision/recall/F1 for every class (``zero_division=0``)."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, y_pred, labels=np.arange(len(names)), average=None, zero_division=0)
     n = int(cm.sum())
     table: dict[str, dict[str, float | int]] = {}
     for index, name in enumerate(names):
         tp = int(cm[index, index])
         fp = int(cm[:, index].sum()) - tp
         fn = int(cm[index, :].sum()) - tp
-        tn = n - tp - fp - fn
-        table[name] = {
-            "precision": tp / (tp + fp) if tp + fp else 0.0,
-            "recall": tp / (tp + fn) if tp + fn else 0.0,
-            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-            "support": tp + fn,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "tn": tn,
-        }
+        table[name] = {"precision": float(precision[index]), "recall": float(recall[index]),
+                       "f1": float(f1[index]), "support": int(support[index]),
+                       "tp": tp, "fp": fp, "fn": fn, "tn": n - tp - fp - fn}
     return table
