@@ -31,10 +31,10 @@ from imgclf.config import (
     build_config,
 )
 from imgclf.data.layout import require_folder
-from imgclf.errors import ConfigError, Interrupted, RunFolderBusy
+from imgclf.errors import ConfigError, Interrupted, RunError, RunFolderBusy
 from imgclf.history import read_history
 from imgclf.leaderboard import METRICS, RANKED_BY, RUN_COLUMNS, SORT_KEYS, best_first, run_row
-from imgclf.machine import available_cores
+from imgclf.machine import available_cores, signals_blocked, unblock_signals
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     AUDIT_FILE,
@@ -50,6 +50,7 @@ from imgclf.paths import (
     check_output_folder,
     is_run_folder,
     open_for_writing,
+    read_audit,
     read_run_config,
     read_run_metrics,
     run_folder_lock,
@@ -171,6 +172,7 @@ def _start_worker() -> None:
     waits, and stop its run while it trains (``_stopping_run``)."""
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _note_stop)
+    unblock_signals(signal.SIGINT)  # a Ctrl-C that came while it imported is noted now
 
 
 def _note_stop(signum, frame) -> None:
@@ -233,6 +235,8 @@ def compare(
     out = Path(out)
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
+    plans = plan_runs(methods, resolve_backbones(backbones),
+                      overrides.get("model", {}).get("name"))
     given = [f"{section}.{key}" for section, key in _transfer_settings_in(overrides)]
     if backbones and name_list(backbones):
         given.insert(0, "backbones (--backbones)")
@@ -240,8 +244,6 @@ def compare(
         raise ConfigError(f"settings of transfer runs alone ({', '.join(given)}) are given, "
                           f"and the methods ({', '.join(methods)}) have no transfer run: leave "
                           "them out, or add transfer.")
-    backbones = resolve_backbones(backbones)
-    plans = plan_runs(methods, backbones, overrides.get("model", {}).get("name"))
     for name in dict.fromkeys(plan.model for plan in plans):
         check_model_name(name)  # a misspelt backbone stops the comparison before any run
     # Settings that cannot work stop the comparison before any run.
@@ -320,8 +322,11 @@ def _train_in_workers(todo: list[RunPlan], configs: dict, resumable: set[str], w
             while waiting or running:
                 while waiting and len(running) < workers:
                     plan = waiting.pop(0)
-                    running[pool.submit(_run_one, plan, configs[plan.name], threads,
-                                        plan.name in resumable)] = plan
+                    # A worker it starts begins with Ctrl-C blocked (``_start_worker``).
+                    with signals_blocked(signal.SIGINT):
+                        future = pool.submit(_run_one, plan, configs[plan.name], threads,
+                                             plan.name in resumable)
+                    running[future] = plan
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for future in done:
                     rows[running[future].name] = future.result()
@@ -363,11 +368,12 @@ def _runs(names: list[str]) -> str:
 def _audited_root(audit_file: Path) -> str | None:
     """The dataset an earlier comparison's ``audit.json`` describes; None when there is
     none, or it cannot be read (it is then written anew)."""
-    try:
-        audit = json.loads(audit_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not audit_file.is_file():
         return None
-    return audit.get("root") if isinstance(audit, dict) else None
+    try:
+        return read_audit(audit_file).get("root")
+    except RunError:
+        return None
 
 
 def _earlier_runs(out: Path, named: set[str]) -> list[dict]:

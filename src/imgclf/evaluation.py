@@ -36,8 +36,10 @@ from imgclf.paths import (
     check_output_folder,
     enclosing_run,
     open_for_writing,
+    optional_path,
     path_argument,
     probability_columns,
+    read_run_metrics,
     write_text,
 )
 from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
@@ -154,9 +156,8 @@ def _training_folder(run_dir: Path) -> Path | None:
         d = load_config(config_file).data
     except ConfigError:
         return None  # settings this version of imgclf does not know
-    as_path = lambda v: Path(v) if v is not None else None  # noqa: E731
     try:
-        return detect_layout(as_path(d.data), as_path(d.train)).train
+        return detect_layout(optional_path(d.data), optional_path(d.train)).train
     except (ImgclfError, OSError, ValueError):
         return None
 
@@ -166,11 +167,13 @@ def _check_same_evaluation(out_dir: Path, root: Path, run_dir: Path | None) -> N
     ``run_dir`` (None: the folder is the run's own, wherever the run has moved): the
     default folder is named after the split, so a second dataset's test split would
     otherwise replace the first's, and ``--out`` may name any folder outside a run."""
+    if not (out_dir / METRICS_FILE).is_file():
+        return
     try:
-        earlier = json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
-        images, run = earlier["data"], earlier.get("run")
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no earlier evaluation here, or not one that names its images
+        earlier = read_run_metrics(out_dir / METRICS_FILE)
+        images, run = str(earlier["data"]), earlier.get("run")
+    except (RunError, KeyError):
+        return  # not an evaluation that names its images
     if Path(images).resolve() != root.resolve():
         raise RunError(f"{out_dir} holds the evaluation of {images}; choose another --out "
                        f"for {root}, or delete that folder.")

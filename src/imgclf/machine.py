@@ -52,6 +52,31 @@ def interrupts_deferred():
 
 
 @contextlib.contextmanager
+def signals_blocked(*signums: int):
+    """Within the block, ``signums`` are blocked in this thread: one that comes waits until
+    the block ends, unless another thread takes it. A process started within the block
+    (multiprocessing's spawn, a subprocess) begins with them blocked, until it calls
+    ``unblock_signals``: a Ctrl-C then waits until it can handle it, instead of stopping
+    it with a traceback while it imports its modules. Where there are no signal masks
+    (Windows), nothing changes."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def unblock_signals(*signums: int) -> None:
+    """Let ``signums`` through to this thread (blocked by ``signals_blocked`` when the
+    process started); one that came meanwhile is handled now."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+
+
+@contextlib.contextmanager
 def _handled(signums, handler):
     """Within the block, ``handler`` handles each signal of ``signums``; then their handlers
     are put back. Outside the main thread, where Python cannot set a handler, nothing

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import pickle
@@ -286,12 +287,18 @@ def read_run_config(path: Path) -> tuple[str, dict]:
 def read_run_metrics(path: Path) -> dict:
     """The metrics a run's or an evaluation's ``metrics.json`` holds; RunError when it is
     unreadable or damaged."""
-    import json
-
     return read_mapping(
         path, json.loads, json.JSONDecodeError, "JSON", "metrics",
         invalid_fix="evaluate the run again with `imgclf evaluate` or train it again",
         type_fix="evaluate the run again")[1]
+
+
+def read_audit(path: Path) -> dict:
+    """The report an ``audit.json`` holds; RunError when it is unreadable or damaged."""
+    return read_mapping(
+        path, json.loads, json.JSONDecodeError, "JSON", "audit results",
+        invalid_fix="write it again with `imgclf audit DATA --json FILE`",
+        type_fix="write it again with `imgclf audit DATA --json FILE`")[1]
 
 
 # What torch.load raises for a file it did not write, or one damaged since: the unpickler
@@ -323,6 +330,11 @@ def path_argument(value, what: str, error: type[ImgclfError] = ConfigError) -> P
         raise error(f"{what} is a file or folder, given as a str or Path; got "
                     f"{type(value).__name__} {value!r}.")
     return Path(value)
+
+
+def optional_path(value: str | os.PathLike | None) -> Path | None:
+    """``value`` as a Path, or None for a setting left out."""
+    return None if value is None else Path(value)
 
 
 def absolute(path: str | Path) -> Path:

@@ -50,7 +50,7 @@ from imgclf.data.layout import (
 )
 from imgclf.errors import ConfigError
 from imgclf.machine import available_cores
-from imgclf.paths import absolute
+from imgclf.paths import absolute, optional_path
 
 log = logging.getLogger(__name__)
 
@@ -407,8 +407,7 @@ def audit_dataset(
         raise ConfigError(f"workers must be a positive number of threads, got {workers}; "
                           "leave it out for one thread per CPU core.")
     start = time.perf_counter()
-    as_path = lambda v: Path(v) if v is not None else None  # noqa: E731
-    data, train, val, test = map(as_path, (data, train, val, test))
+    data, train, val, test = map(optional_path, (data, train, val, test))
     layout = detect_layout(data, train, val, test)
     classes = find_classes(layout.train)
     rel = _Relative(_report_root(data, layout))

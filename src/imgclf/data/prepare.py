@@ -29,7 +29,7 @@ from imgclf.data.layout import (
     warn_small_classes,
 )
 from imgclf.errors import DataError, RunError
-from imgclf.paths import absolute, open_for_writing
+from imgclf.paths import absolute, open_for_writing, optional_path
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ def prepare_data(
     ``classes`` fixes the class list (from a trained run); otherwise it is the sorted
     class folder names of the training split.
     """
-    as_path = lambda v: Path(v) if v is not None else None  # noqa: E731
-    layout = detect_layout(as_path(data), as_path(train), as_path(val), as_path(test))
+    layout = detect_layout(*map(optional_path, (data, train, val, test)))
     for note in layout.notes:
         log.warning("%s", note)
     if not classes:

@@ -11,7 +11,6 @@ own metrics.json or config.yaml cannot be read, raises :class:`~imgclf.errors.Ru
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from imgclf.paths import (
     PREDICTIONS_FILE,
     SKIPPED_FILE,
     class_of_column,
+    read_audit,
     read_run_config,
     read_run_metrics,
     read_text,
@@ -159,13 +159,10 @@ def _load_compare(folder: Path) -> Report:
     audit_path = folder / AUDIT_FILE
     if audit_path.is_file():
         try:
-            audit = json.loads(audit_path.read_text(encoding="utf-8"))
-            if not isinstance(audit, dict):
-                raise ValueError(f"it holds {type(audit).__name__}, not a mapping")
-            report.audit = audit
-        except (OSError, ValueError) as exc:
+            report.audit = read_audit(audit_path)
+        except RunError as exc:
             report.notes.append(f"audit.json could not be read: {exc}")
-            log.warning("%s could not be read: %s", audit_path, exc)
+            log.warning("%s", exc)
     return report
 
 
