@@ -17,6 +17,7 @@ from imgclf import compare as compare_module
 from imgclf.cli.main import main
 from imgclf.compare import compare, name_list, plan_runs, resolve_backbones
 from imgclf.errors import ConfigError, Interrupted, ModelError, RunError
+from imgclf.leaderboard import write_leaderboard
 
 OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs": 1}}
 RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-inception_v3"]
@@ -340,7 +341,7 @@ def test_leaderboard_is_ranked_by_the_sort_key_and_names_it(tmp_path, sort_by, r
             {"run": "a", "status": "ok", "accuracy": 0.9, "f1_macro": 0.5, "log_loss": 0.3},
             {"run": "b", "status": "ok", "accuracy": 0.8, "f1_macro": 0.7, "log_loss": 0.4},
             {"run": "c", "status": "ok", "accuracy": 0.7, "f1_macro": None, "log_loss": 0.2}]
-    compare_module.write_leaderboard(rows, tmp_path, sort_by)
+    write_leaderboard(rows, tmp_path, sort_by)
     written = leaderboard(tmp_path)
     assert [r["run"] for r in written] == ranked
     assert {r["ranked_by"] for r in written} == {sort_by}

@@ -377,7 +377,8 @@ def test_compare_report_ranks_runs_as_compare_sort_did(compare_dir):
     """`compare --sort f1_macro`: the page ranks by macro F1 as leaderboard.csv does (the
     run with the lower accuracy first), a run leaderboard.csv does not list yet takes its
     place by macro F1 too, failed runs come last, and the caption names the key."""
-    from imgclf.compare import row_from_run, write_leaderboard
+    from imgclf.compare import row_from_run
+    from imgclf.leaderboard import write_leaderboard
 
     for name, f1 in (("first", 0.9), ("second", 0.5)):
         set_metric(compare_dir / name, "f1_macro", f1)

@@ -33,7 +33,7 @@ from imgclf.config import (
 from imgclf.data.layout import require_folder
 from imgclf.errors import ConfigError, Interrupted, RunError, RunFolderBusy
 from imgclf.history import read_history
-from imgclf.leaderboard import METRICS, RANKED_BY, RUN_COLUMNS, SORT_KEYS, best_first, run_row
+from imgclf.leaderboard import SORT_KEYS, run_row, write_leaderboard
 from imgclf.machine import available_cores, signals_blocked, unblock_signals
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
@@ -44,12 +44,10 @@ from imgclf.paths import (
     HISTORY_FILE,
     LAST_CHECKPOINT,
     LEADERBOARD_FILE,
-    LEADERBOARD_MD,
     METRICS_FILE,
     absolute,
     check_output_folder,
     is_run_folder,
-    open_for_writing,
     read_audit,
     read_run_config,
     read_run_metrics,
@@ -416,30 +414,3 @@ def _clear_unfinished(run_dir: Path) -> None:
     """A run without metrics.json failed or was interrupted: start it again from scratch."""
     for name in (LAST_CHECKPOINT, BEST_CHECKPOINT, ERROR_FILE):
         (run_dir / name).unlink(missing_ok=True)
-
-
-def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") -> None:
-    """leaderboard.csv (every column) and leaderboard.md, best first by ``sort_by``, which
-    their last column names: `imgclf report` ranks the folder's runs by it too."""
-    ordered = [{**row, RANKED_BY: sort_by} for row in best_first(rows, sort_by)]
-    extra = sorted({k for r in rows for k in r if k.startswith("top_")})
-    columns = [*RUN_COLUMNS, *METRICS, *extra, RANKED_BY]
-    with open_for_writing(out / LEADERBOARD_FILE, newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(ordered)
-    write_text(out / LEADERBOARD_MD, leaderboard_markdown(ordered, columns))
-
-
-def _cell(value) -> str:
-    if value is None or value == "":
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value).replace("|", "\\|")
-
-
-def leaderboard_markdown(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """The leaderboard: a row per run, and the one rule that ranks the rows.
 
-`imgclf compare` writes the rows to leaderboard.csv and leaderboard.md, `imgclf report`
-shows a compare folder's rows on its page. Both build a run's row here, from the run's
+`imgclf compare` writes the rows to leaderboard.csv and leaderboard.md
+(``write_leaderboard``), `imgclf report` shows a compare folder's rows on its page. Both
+build a run's row here, from the run's
 config.yaml and metrics.json, and rank the rows here by the metric ``compare --sort``
 named (leaderboard.csv records it), so that the files and the page show the same runs in
 the same order. Kept free of torch and of the report's plotting libraries, which neither
@@ -10,7 +11,11 @@ caller needs for this.
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
+
+from imgclf.paths import LEADERBOARD_FILE, LEADERBOARD_MD, open_for_writing, write_text
 
 METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted",
            "f1_weighted", "precision_macro", "recall_macro", "f1_macro", "cohen_kappa", "mcc",
@@ -80,3 +85,31 @@ def as_number(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") -> None:
+    """leaderboard.csv (every column) and leaderboard.md, best first by ``sort_by``, which
+    their last column names: `imgclf report` ranks the folder's runs by it too."""
+    ordered = [{**row, RANKED_BY: sort_by} for row in best_first(rows, sort_by)]
+    extra = sorted({k for r in rows for k in r if k.startswith("top_")})
+    columns = [*RUN_COLUMNS, *METRICS, *extra, RANKED_BY]
+    with open_for_writing(out / LEADERBOARD_FILE, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(ordered)
+    write_text(out / LEADERBOARD_MD, leaderboard_markdown(ordered, columns))
+
+
+def _cell(value) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|")
+
+
+def leaderboard_markdown(rows: list[dict], columns: list[str]) -> str:
+    """``rows`` as a Markdown table of ``columns``."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
