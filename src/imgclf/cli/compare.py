@@ -8,6 +8,7 @@ import sys
 
 from imgclf.cli.common import DATA_HELP, add_verbosity, overrides_from
 from imgclf.cli.train import add_training_options
+from imgclf.config import DEFAULT_BACKBONE
 from imgclf.errors import RunError
 from imgclf.leaderboard import SORT_KEYS
 from imgclf.paths import LEADERBOARD_FILE, LEADERBOARD_MD
@@ -25,8 +26,8 @@ def add_parser(subparsers) -> None:
                         help="comma-separated methods (default scratch,augment,transfer)")
     parser.add_argument("--backbones", default=None,
                         help="comma-separated transfer backbones; 'offline' = every backbone "
-                             "with ImageNet weights on this machine (default "
-                             "tf_efficientnet_lite0)")
+                             f"with ImageNet weights on this machine (default "
+                             f"{DEFAULT_BACKBONE})")
     parser.add_argument("--out", required=True, help="compare folder (one subfolder per run)")
     parser.add_argument("--sort", default="accuracy",
                         help="what ranks the runs, best first, in the leaderboard and in "

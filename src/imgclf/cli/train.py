@@ -10,16 +10,17 @@ from imgclf.errors import RunError
 
 
 @functools.cache
-def _preset_training() -> dict:
-    """Each method's resolved training section, built once for all the help texts."""
-    return {m: build_config(m).train for m in METHODS}
+def _presets() -> dict:
+    """Each method's resolved settings, built once for all the help texts."""
+    return {m: build_config(m) for m in METHODS}
 
 
 def preset_default(key: str) -> str:
-    """The default of training setting ``key`` as help text, read from the method presets
-    so that the help cannot drift from them: "default 32", or, where the methods differ,
-    "default: by method, scratch 0.001, augment 0.001, transfer 0.0003"."""
-    values = {m: getattr(train, key) for m, train in _preset_training().items()}
+    """The default of setting ``key`` (``train.lr``, ``seed``) as help text, read from the
+    method presets so that the help cannot drift from them: "default 32", or, where the
+    methods differ, "default: by method, scratch 0.001, augment 0.001, transfer 0.0003"."""
+    values = {m: functools.reduce(getattr, key.split("."), config)
+              for m, config in _presets().items()}
     shown = {m: f"{v:g}" if isinstance(v, float) else str(v) for m, v in values.items()}
     if len(set(shown.values())) == 1:
         return f"default {shown[METHODS[0]]}"
@@ -33,8 +34,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", dest="data.train", default=argparse.SUPPRESS, metavar="FOLDER",
                         help="training split folder (instead of DATA)")
     parser.add_argument("--val", dest="data.val", default=argparse.SUPPRESS, metavar="FOLDER",
-                        help="validation split folder, instead of DATA's own (default: 20%% "
-                             "of train, stratified)")
+                        help="validation split folder, instead of DATA's own (default: "
+                             f"{100 * _presets()[METHODS[0]].data.val_fraction:g}%% of train, "
+                             "stratified)")
     parser.add_argument("--test", dest="data.test", default=argparse.SUPPRESS, metavar="FOLDER",
                         help="test split folder, instead of DATA's own")
 
@@ -74,31 +76,34 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
     t = parser.add_argument_group("training")
     option(t, "--epochs", dest="train.epochs", type=int,
-           help=f"maximum epochs ({preset_default('epochs')}; with --finetune, "
+           help=f"maximum epochs ({preset_default('train.epochs')}; with --finetune, "
                 "--warmup-epochs and --finetune-epochs instead)")
     option(t, "--batch-size", dest="train.batch_size", type=int,
-           help=f"batch size ({preset_default('batch_size')})")
-    option(t, "--lr", dest="train.lr", type=float, help=f"learning rate ({preset_default('lr')})")
+           help=f"batch size ({preset_default('train.batch_size')})")
+    option(t, "--lr", dest="train.lr", type=float,
+           help=f"learning rate ({preset_default('train.lr')})")
     option(t, "--optimizer", dest="train.optimizer",
-           help=f"optimiser ({preset_default('optimizer')})")
+           help=f"optimiser ({preset_default('train.optimizer')})")
     option(t, "--weight-decay", dest="train.weight_decay", type=float,
-           help=f"weight decay ({preset_default('weight_decay')})")
+           help=f"weight decay ({preset_default('train.weight_decay')})")
     option(t, "--schedule", dest="train.schedule",
-           help=f"learning-rate schedule ({preset_default('schedule')}; fine-tuning "
+           help=f"learning-rate schedule ({preset_default('train.schedule')}; fine-tuning "
                 "always uses onecycle)")
     option(t, "--label-smoothing", dest="train.label_smoothing", type=float,
-           help=f"label smoothing for the loss ({preset_default('label_smoothing')})")
+           help=f"label smoothing for the loss ({preset_default('train.label_smoothing')})")
     option(t, "--class-weight", dest="train.class_weight",
            help="auto weights the loss by inverse class frequency (for imbalanced data)")
     option(t, "--monitor", dest="train.monitor",
-           help="metric for early stopping and the best checkpoint (default val_loss)")
+           help="metric for early stopping and the best checkpoint "
+                f"({preset_default('train.monitor')})")
     option(t, "--mode", dest="train.mode",
-           help="whether the monitored metric should go down or up (default auto)")
+           help="whether the monitored metric should go down or up "
+                f"({preset_default('train.mode')})")
     option(t, "--min-delta", dest="train.min_delta", type=float,
            help="smallest change that counts as an improvement")
     option(t, "--patience", dest="train.patience", type=int,
            help="epochs without improvement before stopping (0: never stop early; "
-                f"{preset_default('patience')})")
+                f"{preset_default('train.patience')})")
     option(t, "--no-restore-best", dest="train.restore_best", action="store_const", const=False,
            help="keep the last epoch's weights rather than the best epoch's")
     option(t, "--finetune", dest="train.finetune",
@@ -107,12 +112,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                 "--finetune-epochs")
     option(t, "--warmup-epochs", dest="train.warmup_epochs", type=int,
            help="with --finetune: epochs of the head alone before the backbone unfreezes "
-                "(default 1, as fastai's fine_tune; without --finetune the head trains "
-                "for --epochs)")
+                f"({preset_default('train.warmup_epochs')}, as fastai's fine_tune; without "
+                "--finetune the head trains for --epochs)")
     option(t, "--finetune-epochs", dest="train.finetune_epochs", type=int,
-           help="epochs of fine-tuning (default 5)")
+           help=f"epochs of fine-tuning ({preset_default('train.finetune_epochs')})")
     option(t, "--finetune-lr", dest="train.finetune_lr", type=float,
-           help="backbone learning rate when fine-tuning (head: half of --lr; default 1e-4)")
+           help="backbone learning rate when fine-tuning (head: half of --lr; "
+                f"{preset_default('train.finetune_lr')})")
     option(t, "--finetune-norm-stats", dest="train.finetune_norm_stats", action="store_const",
            const=True, help="fine-tuning: let the unfrozen stages' BatchNorm layers update "
                             "their running statistics (default: keep the pretrained ones)")
@@ -136,7 +142,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
     r = parser.add_argument_group("data and runtime")
     option(r, "--val-fraction", dest="data.val_fraction", type=float,
-           help="share of train held out for validation when there is no val split (0.2)")
+           help="share of train held out for validation when there is no val split "
+                f"({preset_default('data.val_fraction')})")
     option(r, "--no-cache", dest="data.cache", action="store_const", const=False,
            help="do not keep decoded images and features in the user cache folder")
     option(r, "--loader-workers", dest="data.workers", type=int,
@@ -155,7 +162,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     option(r, "--sync-bn", dest="train.sync_bn", action="store_const", const=True,
            help="with torchrun: synchronise BatchNorm statistics across processes")
     option(r, "--seed", dest="seed", type=int,
-           help="random seed for the split, initialisation and shuffling (default 42)")
+           help="random seed for the split, initialisation and shuffling "
+                f"({preset_default('seed')})")
     parser.add_argument("--config", default=None,
                         help="YAML file of settings (sections data, augment, model, train)")
 
