@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,15 @@ def test_a_run_folder_is_locked_for_one_training_at_a_time(tmp_path):
     with run_folder_lock(tmp_path / "runs" / "a"):  # released
         pass
     assert not (tmp_path / "runs" / "a").exists()  # the lock lives in the cache folder
+
+
+def test_a_run_folder_is_locked_when_the_cache_folder_cannot_be_written_to(tmp_path,
+                                                                            monkeypatch):
+    (tmp_path / "cache").write_text("a file, not a folder")  # no folder can be made in it
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with run_folder_lock(tmp_path / "run"):
+        with pytest.raises(RunError, match="another imgclf process is training"), \
+                run_folder_lock(tmp_path / "run"):
+            pass
+    assert list((tmp_path / "tmp" / "imgclf-locks").glob("*.lock"))

@@ -154,8 +154,9 @@ def run_folder_lock(run_dir: Path):
     second training into the same folder, started before the first has written anything
     there, is refused instead of mixing the two runs' files. The lock is a file in the
     cache folder named for the run folder's real path, locked with ``flock``: the system
-    releases it when the process ends, however it ends. Where there is no ``flock``
-    (Windows) or the cache folder cannot be written to, nothing is locked."""
+    releases it when the process ends, however it ends. Where the cache folder cannot be
+    written to, the lock file is in the system's temporary folder; where neither can be,
+    or there is no ``flock`` (Windows), nothing is locked (with a warning)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover (Windows)
@@ -164,10 +165,17 @@ def run_folder_lock(run_dir: Path):
     import hashlib
 
     name = hashlib.sha256(os.fsencode(run_dir.resolve())).hexdigest()[:32]
-    try:
-        lock = open(cache_dir("locks") / f"{name}.lock", "a")  # noqa: SIM115 (held below)
-    except OSError:
-        log.debug("no lock for %s: the cache folder cannot be written to", run_dir)
+    lock = None
+    for folder in (cache_dir("locks"), Path(tempfile.gettempdir()) / "imgclf-locks"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = open(folder / f"{name}.lock", "a")  # noqa: SIM115 (held below)
+            break
+        except OSError:
+            continue
+    if lock is None:
+        log.warning("neither the cache folder nor the temporary folder can be written to: "
+                    "a second imgclf process training into %s would not be stopped", run_dir)
         yield
         return
     with lock:
