@@ -588,6 +588,18 @@ def test_training_into_a_finished_run_without_resume_raises(split_data, tmp_path
         scratch(split_data, tmp_path / "run", epochs=1)
 
 
+def test_resuming_a_run_whose_config_was_edited_in_the_models_shape_is_refused(split_data,
+                                                                                  tmp_path):
+    run = scratch(split_data, tmp_path / "run", epochs=1)
+    for name in ("metrics.json", "model.pt"):  # as a run stopped part-way leaves it
+        (run / name).unlink()
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("img_size: 32", "img_size: 48"))
+    with pytest.raises(RunError, match=r"config\.yaml no longer matches the run's last\.pt "
+                                       r"\(model\.img_size 48 against 32\): put back"):
+        imgclf.train(out=run, resume=True)
+
+
 # --- transfer -----------------------------------------------------------------------------------
 
 

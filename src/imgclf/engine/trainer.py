@@ -75,6 +75,7 @@ from imgclf.paths import (
     cache_dir,
     cache_writable,
     check_output_folder,
+    first_line,
     run_folder_lock,
     written_whole,
 )
@@ -427,6 +428,23 @@ def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
     return phases
 
 
+def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
+    """Refuse to resume a run whose config.yaml was edited since its last checkpoint in
+    what shapes the model (its weights would not fit)."""
+    saved, prep = last["model_config"], last["preprocessing"]
+    pairs = {"method": (config.method, last.get("method")),
+             "model.name": (config.model.name, saved.get("name")),
+             "model.head": (config.model.head, saved.get("head")),
+             "model.dropout": (config.model.dropout, saved.get("dropout")),
+             "model.img_size": (config.model.img_size, prep.get("img_size"))}
+    changed = [f"{key} {now} against {then}" for key, (now, then) in pairs.items()
+               if now != then]
+    if changed:
+        raise RunError(f"{run_dir / CONFIG_FILE} no longer matches the run's "
+                       f"{LAST_CHECKPOINT} ({'; '.join(changed)}): put back the settings the "
+                       "run started with, or train a new run into another --out.")
+
+
 def _prepare_run_dir(config: Config, resume: bool) -> Path:
     """The run folder, checked against ``resume``; created later, once the data and model
     are known to be usable, so that a failed start leaves no empty run folder behind."""
@@ -531,6 +549,8 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         pretrained=config.model.pretrained, weights=config.model.weights,
         head=config.model.head, dropout=config.model.dropout)
     config.model.img_size = prep.img_size
+    if last is not None:
+        _check_unchanged(config, last, run_dir)
     stages = config.train.finetune
     if stages not in (None, "all") and int(stages) > (groups := len(backbone_groups(model))):
         raise ConfigError(f"--finetune {stages}: {config.model.name} has {groups} stages to "
@@ -564,9 +584,15 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         phase = factory()
         monitor = monitor_for(config)
         if last is not None and state.phase == phase.name:
-            phase.optimizer.load_state_dict(last["optimizer"])
-            if phase.scheduler is not None and last.get("scheduler"):
-                phase.scheduler.load_state_dict(last["scheduler"])
+            try:
+                phase.optimizer.load_state_dict(last["optimizer"])
+                if phase.scheduler is not None and last.get("scheduler"):
+                    phase.scheduler.load_state_dict(last["scheduler"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise RunError(f"{run_dir / CONFIG_FILE} no longer matches the run's "
+                               f"{LAST_CHECKPOINT} ({first_line(exc)}): put back the settings "
+                               "the run started with, or train a new run into another "
+                               "--out.") from None
             monitor.load_state_dict(last["monitor"])
             restore_rng_state(last.get("rng"), phase.train_loader)
         _, state.trainable = count_parameters(model)
