@@ -485,6 +485,22 @@ def test_models_pattern_filters_every_list_and_prints_no_empty_section(capsys):
     assert capsys.readouterr().out.startswith("no model name matches 'no_such_net*'")
 
 
+def test_evaluate_refuses_a_cache_folder_inside_the_runs_training_data(
+        tmp_path, make_image_folder, capsys, monkeypatch):
+    data = make_image_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(24, 24), seed=1)
+    other = make_image_folder(tmp_path / "other", {"a": 2, "b": 2}, size=(24, 24), seed=2)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--epochs", "1", "--img-size", "24", "--out", str(run),
+                 "-q"]) == 0
+    capsys.readouterr()
+    before = sorted(data.rglob("*"))
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(data / "cache"))
+    assert main(["evaluate", str(run), str(other), "--out", str(tmp_path / "ev"), "-q"]) == 2
+    assert_clean_error(capsys, f"the cache folder {data / 'cache'} is inside the dataset "
+                               f"{data}; imgclf never writes into a dataset")
+    assert sorted(data.rglob("*")) == before
+
+
 def test_a_cache_folder_inside_the_dataset_is_refused(tmp_path, make_image_folder, capsys,
                                                       monkeypatch):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(24, 24))

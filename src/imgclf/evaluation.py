@@ -224,7 +224,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
         log.warning("%s has no test or val split: evaluating on the training split, "
                     "whose images the model has learnt from", data)
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
-    check_output_folder(out_dir, (data,), lambda names: names <= EVALUATION_FILES)
+    check_output_folder(out_dir, (data, *predictor.datasets),
+                        lambda names: names <= EVALUATION_FILES)
     inside = enclosing_run(out_dir)
     if inside is not None and not _same(inside, run_dir):
         # The report shows a run's evaluation folders as that run's.
