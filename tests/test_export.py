@@ -309,3 +309,16 @@ def test_export_writes_over_its_own_files(trained, tmp_path, fmt):
         assert run_cli(export_cli, ["export", str(run), "--format", fmt, "--out",
                                     str(tmp_path / f"m{path.suffix}"), "--no-check"]) == 0
     assert json.loads(sidecar_path(path).read_text())["file"] == path.name
+
+
+def test_a_copied_export_without_its_sidecar_points_to_its_run_folder(onnx_run, trained,
+                                                                      tmp_path, capsys):
+    away = tmp_path / "away"
+    away.mkdir()
+    shutil.copy(onnx_run / "model.onnx", away / "m.onnx")  # the sidecar left behind
+    assert main(["predict", str(away / "m.onnx"), str(trained[1]), "--engine", "onnx",
+                 "--out", str(tmp_path / "p.csv"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {away / 'm.onnx.json'} (classes and preprocessing of "
+                          "m.onnx) is missing; export again from its run folder (`imgclf "
+                          "export RUN_DIR --format onnx --out FILE`), or copy the sidecar")

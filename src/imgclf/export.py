@@ -46,6 +46,7 @@ from imgclf.paths import (
     check_output_file,
     enclosing_run,
     first_line,
+    is_run_folder,
     read_mapping,
     run_datasets,
     write_text,
@@ -349,8 +350,12 @@ class OnnxPredictor(BasePredictor):
             raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
                            f"`imgclf export {shlex.quote(str(path))} --format onnx`.")
         self.datasets = run_datasets(model_file.parent)
-        run_dir = shlex.quote(str(model_file.parent))
-        export_again = f"export again with `imgclf export {run_dir} --format onnx`"
+        if is_run_folder(model_file.parent):
+            export_again = (f"export again with `imgclf export "
+                            f"{shlex.quote(str(model_file.parent))} --format onnx`")
+        else:  # a copy of the export, away from its run
+            export_again = ("export again from its run folder (`imgclf export RUN_DIR "
+                            "--format onnx --out FILE`), or copy the sidecar along with it")
         info_file = sidecar_path(model_file)
         if not info_file.exists():
             raise RunError(f"{info_file} (classes and preprocessing of {model_file.name}) is "
