@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -279,7 +280,9 @@ def test_load_refuses_a_file_that_is_not_a_checkpoint(trained, tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.ReLU()), str(scripted))
     junk = tmp_path / "junk.pt"
     junk.write_text("junk\n")
-    for path in (run / "config.yaml", garbage, empty, junk, weights, scripted):
+    pickled = tmp_path / "pickled.pt"  # a plain pickle, not torch.save's archive
+    pickled.write_bytes(pickle.dumps({"state": "x"}, protocol=4))
+    for path in (run / "config.yaml", garbage, empty, junk, weights, scripted, pickled):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # and torch warns of nothing on the way
             with pytest.raises(RunError, match=rf"^{re.escape(str(path))} is not an imgclf "

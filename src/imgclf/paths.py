@@ -326,6 +326,9 @@ def load_torch_file(path: Path, damaged: ImgclfError) -> object:
             # torch warns that a TorchScript archive is one before refusing to read it;
             # ``damaged`` says it better.
             warnings.filterwarnings("ignore", ".*looks like a TorchScript archive", UserWarning)
+            # ... and that a plain pickle (not torch.save's archive) asks for an issue to be
+            # filed with PyTorch before its unpickler refuses it.
+            warnings.filterwarnings("ignore", ".*Detected pickle protocol", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except _TORCH_LOAD_ERRORS as exc:
         raise damaged from exc
