@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from imgclf.engine.runtime import flush_denormals, reuse_freed_memory
+from imgclf.errors import ConfigError
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -94,4 +95,15 @@ def test_a_device_other_than_the_cpu_or_a_cuda_gpu_is_refused(device):
 
     with pytest.raises(ConfigError, match=rf"^device {device!r} is not valid; use auto, cpu, "
                                           r"cuda or cuda:N\.$"):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7"])
+def test_a_cuda_device_without_a_gpu_is_named_as_given(device, monkeypatch):
+    import torch
+
+    from imgclf.engine.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=rf"^device '{device}' was asked for but no CUDA GPU"):
         resolve_device(device)

@@ -133,7 +133,8 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ConfigError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu."
+            f"device {str(device)!r} was asked for but no CUDA GPU is available; use "
+            "--device cpu."
         )
     if dev.type == "cuda" and dev.index is None:
         from imgclf.engine.dist import env_local_rank  # dist imports this module
