@@ -107,6 +107,20 @@ def test_a_linked_class_folder_is_part_of_the_dataset(tmp_path):
     check_output_folder(tmp_path / "elsewhere" / "run", [tmp_path / "data"], lambda names: True)
 
 
+def test_an_output_folder_that_cannot_be_created_is_refused_before_any_work(tmp_path):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # the superuser may write into a read-only folder, not into /sys
+        read_only = Path("/sys")
+    with pytest.raises(ConfigError, match=rf"run cannot be written \({read_only}: Permission "
+                                          r"denied\); choose another place"):
+        check_output_folder(read_only / "new" / "run", [], lambda names: True)
+    assert not (read_only / "new").exists()
+    check_output_folder(tmp_path / "a" / "run", [], lambda names: True)
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob("**/tmp*"))
+
+
 def test_an_output_file_that_cannot_be_created_is_refused_before_any_work(tmp_path):
     # A read-only folder: the superuser may write into one, not into /sys.
     read_only = tmp_path / "read-only"

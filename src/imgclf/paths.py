@@ -440,12 +440,13 @@ def check_output_file(path: str | Path, suffixes, datasets=(), example: str = ""
     return path
 
 
-def _check_writable(path: Path) -> None:
-    """Refuse a file that cannot be created where it is asked for (a read-only folder or file
-    system, a file where a folder should be), by creating and removing a temporary file in
-    the nearest folder that exists: ``os.access`` cannot tell for the superuser or on a
+def _check_writable(path: Path, folder: Path | None = None) -> None:
+    """Refuse a file (or, with ``folder`` the path itself, a folder) that cannot be created
+    where it is asked for (a read-only folder or file system, a file where a folder should
+    be), by creating and removing a temporary file in the nearest folder that exists from
+    ``folder`` (the file's) up: ``os.access`` cannot tell for the superuser or on a
     read-only mount. Folders still missing are left for the writer to create."""
-    folder = path.absolute().parent
+    folder = (folder or path.parent).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
@@ -476,6 +477,7 @@ def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
     if dataset is not None:
         raise ConfigError(f"the cache folder {cache_root()} is inside the dataset {dataset}; "
                           f"imgclf never writes into a dataset: point {CACHE_ENV} elsewhere.")
+    _check_writable(folder, folder)  # now, not after the data is read
     names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     theirs = [name for name in names & SIGNATURES.keys()
               if not written_by_imgclf(folder / name)]
