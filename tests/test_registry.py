@@ -276,3 +276,12 @@ def test_small_cnn_is_a_single_group():
     assert not any(p.requires_grad for p in model.body.parameters())
     set_trainable(model, 1)
     assert all(p.requires_grad for p in model.body.parameters())
+
+
+def test_normalising_gives_x_minus_mean_over_std_and_leaves_the_input_alone():
+    model, _, _ = create_model("small_cnn", 2, img_size=32, pretrained=False)
+    for x in (torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
+              torch.rand(2, 3, 32, 32) * 255):  # float pixels, as a batch-wise warp gives
+        before = x.clone()
+        assert torch.equal(model.normalise(x), (x.float() - model.mean) / model.std)
+        assert torch.equal(x, before)

@@ -48,7 +48,9 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(prep.std).view(1, 3, 1, 1) * 255.0)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        # In place on one float copy: the same values as (x - mean) / std, with one
+        # image-sized tensor made instead of three (1-3% of a small CNN's training step).
+        return x.to(torch.float32, copy=True).sub_(self.mean).div_(self.std)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.normalise(x))
