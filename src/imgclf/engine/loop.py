@@ -9,6 +9,7 @@ metrics are gathered across ranks, and only rank 0 writes.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 import sys
@@ -268,31 +269,15 @@ def fit(
     if start:
         log.info("resuming phase %s at epoch %d", phase.name, start + 1)
     offset = sum(1 for row in state.history if row.get("phase") != phase.name)
-
-    def numbered(run_epoch: int) -> str:
-        """An epoch as the per-epoch log lines count it, within its phase (history.csv and
-        the learning curves count across the run)."""
-        if not offset:
-            return f"epoch {run_epoch}"
-        return f"{phase.name} epoch {run_epoch - offset}, epoch {run_epoch} of the run"
-
+    numbered = functools.partial(_epoch_name, phase.name, offset)
     # The random state as the last whole epoch left it (or as the phase began): a resumed
     # run starts the next epoch from it, so that it trains as an uninterrupted one would.
     rng = rng_state(phase.train_loader)
 
     def save(name: str, epoch: int) -> None:
-        if not dist.is_main():
-            return
-        payload = dict(meta, model=model.state_dict())
-        payload.update(
-            optimizer=phase.optimizer.state_dict(),
-            scheduler=phase.scheduler.state_dict() if phase.scheduler is not None else None,
-            monitor=monitor.state_dict(), history=state.history,
-            phase=phase.name, epoch=epoch, phase_done=state.done, rng=rng,
-            seconds=state.elapsed(), trainable=state.trainable,
-            features_by=state.features_by,
-        )
-        save_atomic(payload, run_dir / name)
+        if dist.is_main():
+            save_atomic(_checkpoint(meta, model, phase, monitor, state, epoch, rng),
+                        run_dir / name)
 
     if not start:
         save(LAST_CHECKPOINT, 0)  # what an interruption during the first epoch resumes from
@@ -310,12 +295,7 @@ def fit(
             save(LAST_CHECKPOINT, epoch + 1)
             if dist.is_main() and epoch_logger is not None:
                 epoch_logger(row)
-            log.info(
-                "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs%s",
-                epoch + 1, phase.epochs, row["loss"], row["accuracy"],
-                row.get("val_loss", math.nan), row.get("val_accuracy", math.nan),
-                row["seconds"], "  *" if improved else "",
-            )
+            _log_epoch(row, epoch + 1, phase.epochs, improved)
             if dist.broadcast_flag(monitor.should_stop):
                 log.info("early stopping: %s did not improve for %d epochs (best %.4f at "
                          "%s)", monitor.monitor, monitor.patience, monitor.best,
@@ -346,6 +326,33 @@ def fit(
         log.info("restored best weights (%s, %s %.4f)", numbered(monitor.best_epoch),
                  monitor.monitor, monitor.best)
     return state
+
+
+def _epoch_name(phase: str, offset: int, run_epoch: int) -> str:
+    """An epoch as the per-epoch log lines count it, within its phase (history.csv and the
+    learning curves count across the run); ``offset`` epochs came in earlier phases."""
+    if not offset:
+        return f"epoch {run_epoch}"
+    return f"{phase} epoch {run_epoch - offset}, epoch {run_epoch} of the run"
+
+
+def _checkpoint(meta: dict, model: nn.Module, phase: Phase, monitor: Monitor,
+                state: FitState, epoch: int, rng: dict) -> dict:
+    """What best.pt and last.pt hold: ``meta``, the whole model's weights, and what a
+    resumed run needs to train on as an uninterrupted one would."""
+    return dict(
+        meta, model=model.state_dict(), optimizer=phase.optimizer.state_dict(),
+        scheduler=phase.scheduler.state_dict() if phase.scheduler is not None else None,
+        monitor=monitor.state_dict(), history=state.history, phase=phase.name, epoch=epoch,
+        phase_done=state.done, rng=rng, seconds=state.elapsed(), trainable=state.trainable,
+        features_by=state.features_by,
+    )
+
+
+def _log_epoch(row: dict, epoch: int, epochs: int, improved: bool) -> None:
+    log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs%s",
+             epoch, epochs, row["loss"], row["accuracy"], row.get("val_loss", math.nan),
+             row.get("val_accuracy", math.nan), row["seconds"], "  *" if improved else "")
 
 
 def _phase_best(run_dir: Path, phase: str) -> dict | None:
