@@ -428,6 +428,33 @@ def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
     return phases
 
 
+def _resumed(last: dict, model: nn.Module, run_dir: Path, restore_best: bool) -> FitState:
+    """Where the interrupted run of ``last`` (its last.pt) stood; ``model`` gets the weights
+    it goes on from: the last epoch's, or the best epoch's once its phase was done."""
+    state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"],
+                     seconds=last.get("seconds", 0.0), trainable=last.get("trainable"),
+                     features_by=last.get("features_by"))
+    best = run_dir / BEST_CHECKPOINT
+    restore = state.done and restore_best and best.exists()
+    model.load_state_dict((load_checkpoint(best) if restore else last)["model"])
+    return state
+
+
+def _resume_phase(phase: Phase, monitor: Monitor, last: dict, run_dir: Path) -> None:
+    """The phase the run was interrupted in goes on from ``last``: its optimiser, schedule,
+    early stopping and random states as they were."""
+    try:
+        phase.optimizer.load_state_dict(last["optimizer"])
+        if phase.scheduler is not None and last.get("scheduler"):
+            phase.scheduler.load_state_dict(last["scheduler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise RunError(f"{run_dir / CONFIG_FILE} no longer matches the run's "
+                       f"{LAST_CHECKPOINT} ({first_line(exc)}): put back the settings the run "
+                       "started with, or train a new run into another --out.") from None
+    monitor.load_state_dict(last["monitor"])
+    restore_rng_state(last.get("rng"), phase.train_loader)
+
+
 def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
     """Refuse to resume a run whose config.yaml was edited since its last checkpoint in
     what shapes the model (its weights would not fit)."""
@@ -565,14 +592,8 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     dist.barrier()
     meta = checkpoint_meta(config, data.classes, prep, source, contents)
     ctx = TrainingContext(config, data, model, prep, rt, run_dir, arrays, image_keys, meta)
-    state = FitState()
-    if last is not None:
-        state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"],
-                         seconds=last.get("seconds", 0.0), trainable=last.get("trainable"),
-                         features_by=last.get("features_by"))
-        best = run_dir / BEST_CHECKPOINT
-        restore = state.done and config.train.restore_best and best.exists()
-        model.load_state_dict((load_checkpoint(best) if restore else last)["model"])
+    state = FitState() if last is None else _resumed(last, model, run_dir,
+                                                     config.train.restore_best)
     total, _ = count_parameters(model)
     log.info("model %s (%s), %s parameters, on %s", config.model.name, source, f"{total:,}",
              rt.describe())
@@ -584,17 +605,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         phase = factory()
         monitor = monitor_for(config)
         if last is not None and state.phase == phase.name:
-            try:
-                phase.optimizer.load_state_dict(last["optimizer"])
-                if phase.scheduler is not None and last.get("scheduler"):
-                    phase.scheduler.load_state_dict(last["scheduler"])
-            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-                raise RunError(f"{run_dir / CONFIG_FILE} no longer matches the run's "
-                               f"{LAST_CHECKPOINT} ({first_line(exc)}): put back the settings "
-                               "the run started with, or train a new run into another "
-                               "--out.") from None
-            monitor.load_state_dict(last["monitor"])
-            restore_rng_state(last.get("rng"), phase.train_loader)
+            _resume_phase(phase, monitor, last, run_dir)
         _, state.trainable = count_parameters(model)
         state.features_by = ctx.features_by or state.features_by
         log.info("phase %s: %s trainable parameters", phase.name, f"{state.trainable:,}")
