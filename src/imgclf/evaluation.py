@@ -196,33 +196,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     predictor = Predictor(run, device=device)
     tta = predictor.resolve_tta(tta)
     run_dir = run_folder(run)  # RUN/model.pt may be given
-    trained_on = _training_folder(run_dir)
-    layout = detect_layout(Path(data), need_train=False)
-    for note in layout.notes:
-        log.warning("%s", note)
-    held_out: Split | None = None
-    if layout.kind == "single":  # a folder of classes: all of it, named after it
-        name, root = absolute(layout.train).name, layout.train
-    else:
-        name = split or next(n for n in ("test", "val", "train") if getattr(layout, n))
-        root = getattr(layout, name)
-    if split == "val" and root in (None, layout.train) and _same(layout.train, trained_on):
-        # The run's own training folder, with no val/: the images it held out, drawn again.
-        held_out, how = _held_out_validation(run_dir, predictor.classes)
-        name, root = "val", layout.train
-        log.info("%s has no val split: evaluating the run's validation images, %s", data, how)
-    elif layout.kind == "single" and split is not None:
-        log.warning("%s has no split folders: evaluating all of it, not a %s split",
-                    data, split)
-    elif root is None:
-        raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
-    if held_out is None and _same(root, trained_on):
-        log.warning("%s is the folder %s was trained on: these figures are on images the "
-                    "model has learnt from (with any validation images it held out of that "
-                    "folder), not on new ones", root, run_dir)
-    elif name == "train" and split is None:
-        log.warning("%s has no test or val split: evaluating on the training split, "
-                    "whose images the model has learnt from", data)
+    name, root, held_out = _chosen_split(data, split, run_dir, predictor.classes)
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data, *predictor.datasets),
                         lambda names: names <= EVALUATION_FILES)
@@ -248,6 +222,41 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
                                       "skipped_files": len(labelled.skipped)},
                                tta=tta)
     return metrics, out_dir
+
+
+def _chosen_split(data: Path, split: str | None, run_dir: Path,
+                  classes: list[str]) -> tuple[str, Path, Split | None]:
+    """What ``evaluate_folder`` evaluates of ``data``: the split's name and folder, and, for
+    the run's own training folder without a val split, the validation images the run held
+    out of it (else None). Warns when the images are ones the model learnt from."""
+    trained_on = _training_folder(run_dir)
+    layout = detect_layout(data, need_train=False)
+    for note in layout.notes:
+        log.warning("%s", note)
+    held_out: Split | None = None
+    if layout.kind == "single":  # a folder of classes: all of it, named after it
+        name, root = absolute(layout.train).name, layout.train
+    else:
+        name = split or next(n for n in ("test", "val", "train") if getattr(layout, n))
+        root = getattr(layout, name)
+    if split == "val" and root in (None, layout.train) and _same(layout.train, trained_on):
+        # The run's own training folder, with no val/: the images it held out, drawn again.
+        held_out, how = _held_out_validation(run_dir, classes)
+        name, root = "val", layout.train
+        log.info("%s has no val split: evaluating the run's validation images, %s", data, how)
+    elif layout.kind == "single" and split is not None:
+        log.warning("%s has no split folders: evaluating all of it, not a %s split",
+                    data, split)
+    elif root is None:
+        raise DataError(f"{data} has no {name} split; found: {', '.join(layout.splits())}.")
+    if held_out is None and _same(root, trained_on):
+        log.warning("%s is the folder %s was trained on: these figures are on images the "
+                    "model has learnt from (with any validation images it held out of that "
+                    "folder), not on new ones", root, run_dir)
+    elif name == "train" and split is None:
+        log.warning("%s has no test or val split: evaluating on the training split, "
+                    "whose images the model has learnt from", data)
+    return name, root, held_out
 
 
 def _same(folder: Path | None, other: Path | None) -> bool:
