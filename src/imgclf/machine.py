@@ -26,6 +26,16 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def env_rank() -> int:
+    """The rank torchrun assigned this process, readable before the process group exists."""
+    return int(os.environ.get("RANK", 0))
+
+
+def env_local_rank() -> int:
+    """The process's rank among those torchrun started on this machine (0 when alone)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 @contextlib.contextmanager
 def interrupted_by(*signums: int):
     """Within the block, each signal of ``signums`` raises KeyboardInterrupt, as Ctrl-C's

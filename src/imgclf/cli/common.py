@@ -8,7 +8,7 @@ import logging
 import sys
 
 from imgclf.config import CHOICES
-from imgclf.engine import dist
+from imgclf.machine import env_rank
 
 DATA_HELP = ("dataset folder: class subfolders, or train/ val/ test/ splits (Kaggle's "
              "seg_train/seg_train layout works too)")
@@ -28,7 +28,7 @@ def setup_logging(verbosity: int = 0) -> None:
     debug lines too, and with -vv the libraries' (matplotlib's font search alone is
     hundreds of lines)."""
     level = logging.WARNING if verbosity < 0 else logging.INFO
-    if dist.env_rank() != 0 and verbosity <= 0:  # rank 0 logs for all: warnings once
+    if env_rank() != 0 and verbosity <= 0:  # rank 0 logs for all: warnings once
         level = logging.ERROR
     logging.basicConfig(level=logging.DEBUG if verbosity > 1 else level, format="%(message)s",
                         stream=sys.stderr, force=True)

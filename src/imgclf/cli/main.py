@@ -12,10 +12,9 @@ import sys
 from imgclf import __version__
 from imgclf.cli import audit, compare, evaluate, export, models, predict, report, train
 from imgclf.cli.common import setup_logging
-from imgclf.engine import dist
 from imgclf.engine.runtime import flush_denormals
 from imgclf.errors import INPUT_ERRORS, ImgclfError, Interrupted
-from imgclf.machine import interrupted_by
+from imgclf.machine import env_local_rank, interrupted_by
 
 SUBCOMMANDS = (audit, train, evaluate, predict, compare, report, models, export)
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 130
     except ImgclfError as exc:
-        if not isinstance(exc, INPUT_ERRORS) or dist.env_local_rank() == 0:
+        if not isinstance(exc, INPUT_ERRORS) or env_local_rank() == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

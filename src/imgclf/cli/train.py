@@ -202,8 +202,8 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.cli.common import print_headline
-    from imgclf.engine.dist import env_rank
     from imgclf.engine.trainer import train
+    from imgclf.machine import env_rank
     from imgclf.paths import METRICS_FILE, read_run_metrics
 
     if args.resume:

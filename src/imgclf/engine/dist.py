@@ -13,7 +13,7 @@ import torch.distributed as td
 
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import ConfigError, RunError
-from imgclf.machine import available_cores
+from imgclf.machine import available_cores, env_local_rank
 
 
 def is_distributed() -> bool:
@@ -108,13 +108,3 @@ def init_from_env(device: str = "auto") -> bool:
 def shutdown() -> None:
     if is_distributed():
         td.destroy_process_group()
-
-
-def env_rank() -> int:
-    """The rank torchrun assigned, readable before the process group exists."""
-    return int(os.environ.get("RANK", 0))
-
-
-def env_local_rank() -> int:
-    """The process's rank among those torchrun started on this machine (0 when alone)."""
-    return int(os.environ.get("LOCAL_RANK", 0))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from imgclf.errors import ConfigError
-from imgclf.machine import switched_on
+from imgclf.machine import env_local_rank, switched_on
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,6 @@ def resolve_device(device: str = "auto") -> torch.device:
             "--device cpu."
         )
     if dev.type == "cuda" and dev.index is None:
-        from imgclf.engine.dist import env_local_rank  # dist imports this module
-
         dev = torch.device("cuda", env_local_rank())
     return dev
 
