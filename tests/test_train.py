@@ -588,6 +588,19 @@ def test_training_into_a_finished_run_without_resume_raises(split_data, tmp_path
         scratch(split_data, tmp_path / "run", epochs=1)
 
 
+def test_a_run_or_comparison_inside_another_runs_folder_is_refused(split_data, tmp_path):
+    from imgclf.compare import compare
+
+    run = scratch(split_data, tmp_path / "run", epochs=1)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RunError, match=r"run/nested would be inside .*run, the folder of "
+                                       r"another run; choose --out outside any run folder"):
+        scratch(split_data, run / "nested", epochs=1)
+    with pytest.raises(RunError, match=r"run/cmp would be inside .*run, the folder of a run"):
+        compare(str(split_data), "scratch", None, run / "cmp")
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_resuming_a_run_whose_config_was_edited_in_the_models_shape_is_refused(split_data,
                                                                                   tmp_path):
     run = scratch(split_data, tmp_path / "run", epochs=1)

@@ -75,6 +75,7 @@ from imgclf.paths import (
     cache_dir,
     cache_writable,
     check_output_folder,
+    enclosing_run,
     first_line,
     run_folder_lock,
     written_whole,
@@ -498,6 +499,10 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     # config.yaml marks a run folder, maybe of a run that failed before its first epoch.
     check_output_folder(run_dir, (d.data, d.train, d.val, d.test),
                         lambda names: CONFIG_FILE in names)
+    inside = enclosing_run(run_dir)
+    if inside is not None:  # its reports, evaluations and exports would mix with that run's
+        raise RunError(f"{run_dir} would be inside {inside}, the folder of another run; "
+                       "choose --out outside any run folder.")
     return run_dir
 
 
