@@ -136,6 +136,24 @@ def test_ctrl_c_while_the_command_loads_exits_quietly(monkeypatch, capsys):
     assert capsys.readouterr().err == "interrupted\n"
 
 
+def test_ctrl_c_while_the_process_exits_after_its_command_is_ignored():
+    # Python's clean-up at exit (multiprocessing joins compare's workers there) must run
+    # whole: a Ctrl-C then printed a traceback from within an atexit callback.
+    probe = ("import atexit, os, signal, time\n"
+             "def cleanup():\n"
+             "    os.kill(os.getpid(), signal.SIGINT)\n"
+             "    time.sleep(0.2)\n"
+             "    print('clean-up ran whole', flush=True)\n"
+             "atexit.register(cleanup)  # as multiprocessing's, registered on its import\n"
+             "from imgclf.cli import run\n"
+             "run(['--version'])\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "clean-up ran whole"
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
 # --- errors: status 2, one 'error:' line, no traceback ------------------------------------------
 
 
