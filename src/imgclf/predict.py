@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from imgclf.config import INFERENCE_BATCH
 from imgclf.data.decode import DecodeError, decode_image
@@ -283,7 +282,6 @@ class Predictor(BasePredictor):
         self.rt: Runtime = resolve_runtime(device, "off", channels_last=True)
         self.model = self.rt.place(self.model)
 
-    @torch.inference_mode()
     def _probs(self, images: np.ndarray) -> np.ndarray:
         return predict_array(self.model, images, self.rt)[0]
 
