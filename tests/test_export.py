@@ -322,3 +322,16 @@ def test_a_copied_export_without_its_sidecar_points_to_its_run_folder(onnx_run, 
     assert err.startswith(f"error: {away / 'm.onnx.json'} (classes and preprocessing of "
                           "m.onnx) is missing; export again from its run folder (`imgclf "
                           "export RUN_DIR --format onnx --out FILE`), or copy the sidecar")
+
+
+def test_a_folder_that_is_no_run_is_told_to_give_the_onnx_file(onnx_run, trained, tmp_path,
+                                                                 capsys):
+    away = tmp_path / "away"
+    away.mkdir()
+    shutil.copy(onnx_run / "model.onnx", away / "m.onnx")
+    assert main(["predict", str(away), str(trained[1]), "--engine", "onnx",
+                 "--out", str(tmp_path / "p.csv"), "-q"]) == 2
+    assert capsys.readouterr().err == (f"error: {away} is not a run folder and has no "
+                                       "model.onnx: give the .onnx file itself, or the folder "
+                                       "of the run it was exported from.\n")
+

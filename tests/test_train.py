@@ -607,10 +607,14 @@ def test_resuming_a_run_whose_config_was_edited_in_the_models_shape_is_refused(s
     for name in ("metrics.json", "model.pt"):  # as a run stopped part-way leaves it
         (run / name).unlink()
     config = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(config.replace("img_size: 32", "img_size: 48"))
-    with pytest.raises(RunError, match=r"config\.yaml no longer matches the run's last\.pt "
-                                       r"\(model\.img_size 48 against 32\): put back"):
-        imgclf.train(out=run, resume=True)
+    for edited, named in (("img_size: 32", r"model\.img_size 48 against 32"),
+                          ("optimizer: adam", r"train\.optimizer sgd against adam")):
+        changed = {"img_size: 32": "img_size: 48", "optimizer: adam": "optimizer: sgd"}[edited]
+        assert edited in config
+        (run / "config.yaml").write_text(config.replace(edited, changed))
+        with pytest.raises(RunError, match=rf"config\.yaml no longer matches the run's "
+                                           rf"last\.pt \({named}\): put back"):
+            imgclf.train(out=run, resume=True)
 
 
 # --- transfer -----------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def _start_worker() -> None:
     waits, and stop its run while it trains (``_stopping_run``)."""
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _note_stop)
-    unblock_signals(signal.SIGINT)  # a Ctrl-C that came while it imported is noted now
+    unblock_signals(*_STOP_SIGNALS)  # a signal that came while it imported is noted now
 
 
 def _note_stop(signum, frame) -> None:
@@ -325,8 +325,11 @@ def _train_in_workers(todo: list[RunPlan], configs: dict, resumable: set[str], w
             while waiting or running:
                 while waiting and len(running) < workers:
                     plan = waiting.pop(0)
-                    # A worker it starts begins with Ctrl-C blocked (``_start_worker``).
-                    with signals_blocked(signal.SIGINT):
+                    # A worker it starts begins with Ctrl-C and SIGTERM blocked, until
+                    # ``_start_worker`` handles them: killed while it imports, it would
+                    # leave the pool to a race in its shutdown (CPython gh-132969: a
+                    # traceback from the pool's thread, or a hang).
+                    with signals_blocked(*_STOP_SIGNALS):
                         future = pool.submit(_run_one, plan, configs[plan.name], threads,
                                              plan.name in resumable)
                     running[future] = plan

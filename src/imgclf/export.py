@@ -346,9 +346,13 @@ class OnnxPredictor(BasePredictor):
             raise RunError(f"{path} is not an ONNX file; give the run folder or its "
                            f"{DEFAULT_FILES['onnx']}.")
         model_file = path / DEFAULT_FILES["onnx"] if path.is_dir() else path
-        if not model_file.exists():
+        if not model_file.exists() and is_run_folder(path):
             raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
                            f"`imgclf export {shlex.quote(str(path))} --format onnx`.")
+        if not model_file.exists():
+            raise RunError(f"{path} is not a run folder and has no {DEFAULT_FILES['onnx']}: "
+                           "give the .onnx file itself, or the folder of the run it was "
+                           "exported from.")
         self.datasets = run_datasets(model_file.parent)
         if is_run_folder(model_file.parent):
             export_again = (f"export again with `imgclf export "

@@ -295,6 +295,7 @@ def checkpoint_meta(config: Config, classes: list[str], prep: Preprocessing, sou
         "model_config": {"name": config.model.name, "head": config.model.head,
                          "dropout": config.model.dropout, "num_classes": len(classes)},
         "method": config.method,
+        "training": {"optimizer": config.train.optimizer, "schedule": config.train.schedule},
         "weights_source": source,
         "data": data,
     }
@@ -458,13 +459,18 @@ def _resume_phase(phase: Phase, monitor: Monitor, last: dict, run_dir: Path) -> 
 
 def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
     """Refuse to resume a run whose config.yaml was edited since its last checkpoint in
-    what shapes the model (its weights would not fit)."""
+    what shapes the model (its weights would not fit) or its optimiser and schedule (their
+    saved states would not)."""
     saved, prep = last["model_config"], last["preprocessing"]
     pairs = {"method": (config.method, last.get("method")),
              "model.name": (config.model.name, saved.get("name")),
              "model.head": (config.model.head, saved.get("head")),
              "model.dropout": (config.model.dropout, saved.get("dropout")),
              "model.img_size": (config.model.img_size, prep.get("img_size"))}
+    training = last.get("training")  # not in checkpoints of imgclf before it
+    if training is not None:
+        pairs.update({f"train.{key}": (getattr(config.train, key), training.get(key))
+                      for key in ("optimizer", "schedule")})
     changed = [f"{key} {now} against {then}" for key, (now, then) in pairs.items()
                if now != then]
     if changed:
