@@ -498,3 +498,14 @@ def test_an_interrupted_comparison_says_which_runs_saved_their_progress(tmp_path
         "Run the same imgclf compare command again to go on.")
     assert "before any run started" in str(_comparison_interrupted([]))
 
+
+
+def test_an_interruption_outside_any_run_says_the_finished_runs_are_kept(tmp_path,
+                                                                         monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_module, "plan_runs", interrupted)
+    with pytest.raises(Interrupted, match=r"^comparison interrupted; its finished runs are "
+                                          r"kept: run the same imgclf compare command again"):
+        compare(str(tmp_path), "scratch", None, tmp_path / "cmp")

@@ -227,6 +227,16 @@ def compare(
     """Train every combination, then write leaderboard.csv and leaderboard.md in ``out``.
     ``methods`` and ``backbones`` are lists or comma-separated names (``resolve_backbones``:
     ``offline`` is every backbone whose weights are installed)."""
+    try:
+        return _compare(data, methods, backbones, out, overrides, sort_by, workers, audit)
+    except KeyboardInterrupt:  # between runs, or before the first: nothing is lost
+        raise Interrupted("comparison interrupted; its finished runs are kept: run the same "
+                          "imgclf compare command again to go on.") from None
+
+
+def _compare(data: str, methods: str | list[str], backbones: str | list[str] | None,
+             out: str | Path, overrides: dict | None, sort_by: str, workers: int,
+             audit: bool) -> Path:
     if sort_by not in SORT_KEYS:
         raise ConfigError(f"cannot sort the leaderboard by {sort_by!r}; choose one of "
                           f"{', '.join(SORT_KEYS)}.")
