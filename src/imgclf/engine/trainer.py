@@ -450,9 +450,7 @@ def _resume_phase(phase: Phase, monitor: Monitor, last: dict, run_dir: Path) -> 
         if phase.scheduler is not None and last.get("scheduler"):
             phase.scheduler.load_state_dict(last["scheduler"])
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise RunError(f"{run_dir / CONFIG_FILE} no longer matches the run's "
-                       f"{LAST_CHECKPOINT} ({first_line(exc)}): put back the settings the run "
-                       "started with, or train a new run into another --out.") from None
+        raise _edited(run_dir, first_line(exc)) from None
     monitor.load_state_dict(last["monitor"])
     restore_rng_state(last.get("rng"), phase.train_loader)
 
@@ -474,9 +472,14 @@ def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
     changed = [f"{key} {now} against {then}" for key, (now, then) in pairs.items()
                if now != then]
     if changed:
-        raise RunError(f"{run_dir / CONFIG_FILE} no longer matches the run's "
-                       f"{LAST_CHECKPOINT} ({'; '.join(changed)}): put back the settings the "
-                       "run started with, or train a new run into another --out.")
+        raise _edited(run_dir, "; ".join(changed))
+
+
+def _edited(run_dir: Path, what: str) -> RunError:
+    """The error of a resume whose config.yaml no longer fits the run's last.pt (``what``)."""
+    return RunError(f"{run_dir / CONFIG_FILE} no longer matches the run's {LAST_CHECKPOINT} "
+                    f"({what}): put back the settings the run started with, or train a new "
+                    "run into another --out.")
 
 
 def _prepare_run_dir(config: Config, resume: bool) -> Path:
