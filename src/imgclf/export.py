@@ -46,7 +46,6 @@ from imgclf.paths import (
     check_output_file,
     enclosing_run,
     first_line,
-    is_run_folder,
     read_mapping,
     run_datasets,
     write_text,
@@ -346,7 +345,8 @@ class OnnxPredictor(BasePredictor):
             raise RunError(f"{path} is not an ONNX file; give the run folder or its "
                            f"{DEFAULT_FILES['onnx']}.")
         model_file = path / DEFAULT_FILES["onnx"] if path.is_dir() else path
-        if not model_file.exists() and is_run_folder(path):
+        exportable = (model_file.parent / MODEL_FILE).is_file()  # what `imgclf export` takes
+        if not model_file.exists() and exportable:
             raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
                            f"`imgclf export {shlex.quote(str(path))} --format onnx`.")
         if not model_file.exists():
@@ -354,7 +354,7 @@ class OnnxPredictor(BasePredictor):
                            "give the .onnx file itself, or the folder of the run it was "
                            "exported from.")
         self.datasets = run_datasets(model_file.parent)
-        if is_run_folder(model_file.parent):
+        if exportable:
             export_again = (f"export again with `imgclf export "
                             f"{shlex.quote(str(model_file.parent))} --format onnx`")
         else:  # a copy of the export, away from its run
