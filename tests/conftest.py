@@ -19,6 +19,7 @@ import colorsys
 import io
 import shutil
 import struct
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,10 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # Removed after the test: converted weights and feature caches would fill a small disk.
     cache = tmp_path_factory.mktemp("imgclf-cache")
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(cache))
+    # And a temporary folder of its own: where the cache cannot be written to, run-folder
+    # locks fall back to the system's temporary folder, which a test must not fill.
+    (cache / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(cache / "tmp"))
     yield
     shutil.rmtree(cache, ignore_errors=True)
 
