@@ -947,3 +947,21 @@ def test_classes_named_like_columns_get_columns_of_their_own(tmp_path, make_imag
     (run / "roc_curves.png").unlink()
     write_report(run)
     assert "cannot be drawn again" not in caplog.text
+
+
+def test_predicts_batch_size_is_the_models_batch(trained, tmp_path):
+    run, data = trained
+    image = next((data / "test").rglob("*.png"))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(70):  # more than the inference batch of evaluation
+        shutil.copy(image, folder / f"{i:03d}{image.suffix}")
+    predictor = imgclf.load(run, device="cpu")
+    batches = []
+    predictor.model.register_forward_hook(lambda module, args, out: batches.append(len(out)))
+    assert len(predictor.predict(folder, batch_size=70)) == 70
+    assert batches == [70]
+    batches.clear()
+    predictor.predict(folder, batch_size=32)
+    assert batches == [32, 32, 6]
+

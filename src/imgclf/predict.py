@@ -283,7 +283,9 @@ class Predictor(BasePredictor):
         self.model = self.rt.place(self.model)
 
     def _probs(self, images: np.ndarray) -> np.ndarray:
-        return predict_array(self.model, images, self.rt)[0]
+        # One forward pass over what the caller hands over, as ONNX Runtime's predictor
+        # makes: ``predict``'s batch size is the model's.
+        return predict_array(self.model, images, self.rt, batch_size=max(len(images), 1))[0]
 
 
 def load(run: str | Path, device: str = "auto") -> Predictor:
