@@ -303,7 +303,7 @@ def fit(
                 break
     except Diverged as exc:
         where = numbered(offset + (state.epoch if state.phase == phase.name else 0) + 1)
-        if not (restore_best and _phase_best(run_dir, phase.name)):
+        if not (restore_best and phase_best(run_dir, phase.name)):
             raise Diverged(f"training diverged in {where}: {exc}. Lower the learning rate "
                            f"(--lr; this phase's was {phase.optimizer.defaults['lr']:g}) "
                            "and train again.") from None
@@ -320,7 +320,7 @@ def fit(
     state.done = True
     save(LAST_CHECKPOINT, state.epoch)
     dist.barrier()
-    best = _phase_best(run_dir, phase.name) if restore_best else None
+    best = phase_best(run_dir, phase.name) if restore_best else None
     if best is not None:
         model.load_state_dict(best["model"])
         log.info("restored best weights (%s, %s %.4f)", numbered(monitor.best_epoch),
@@ -355,7 +355,7 @@ def _log_epoch(row: dict, epoch: int, epochs: int, improved: bool) -> None:
              row.get("val_accuracy", math.nan), row["seconds"], "  *" if improved else "")
 
 
-def _phase_best(run_dir: Path, phase: str) -> dict | None:
+def phase_best(run_dir: Path, phase: str) -> dict | None:
     """best.pt when it holds this phase's best epoch (an earlier phase's best is not one of
     this phase's weights)."""
     best = run_dir / BEST_CHECKPOINT

@@ -47,6 +47,7 @@ from imgclf.engine.loop import (
     FitState,
     Phase,
     fit,
+    phase_best,
     restore_rng_state,
     run_inference,
 )
@@ -66,7 +67,6 @@ from imgclf.models.factory import (
 )
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
-    BEST_CHECKPOINT,
     CONFIG_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
@@ -432,13 +432,13 @@ def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
 
 def _resumed(last: dict, model: nn.Module, run_dir: Path, restore_best: bool) -> FitState:
     """Where the interrupted run of ``last`` (its last.pt) stood; ``model`` gets the weights
-    it goes on from: the last epoch's, or the best epoch's once its phase was done."""
+    it goes on from: the last epoch's, or, once its phase was done, that phase's best
+    epoch's, as ``fit`` restored them."""
     state = FitState(last["history"], last["phase"], last["epoch"], last["phase_done"],
                      seconds=last.get("seconds", 0.0), trainable=last.get("trainable"),
                      features_by=last.get("features_by"))
-    best = run_dir / BEST_CHECKPOINT
-    restore = state.done and restore_best and best.exists()
-    model.load_state_dict((load_checkpoint(best) if restore else last)["model"])
+    best = phase_best(run_dir, state.phase) if state.done and restore_best else None
+    model.load_state_dict((best or last)["model"])
     return state
 
 
