@@ -19,11 +19,11 @@ import pytest
 import torch
 
 import imgclf
-from imgclf import export
 from imgclf.config import build_config, load_config
 from imgclf.engine import loop, trainer
 from imgclf.engine.trainer import train
 from imgclf.errors import ConfigError, DataError, Diverged, Interrupted, RunError
+from imgclf.models import onnx
 from imgclf.models.factory import Classifier
 from imgclf.paths import cache_dir
 from imgclf.predict import Predictor
@@ -759,13 +759,13 @@ def test_onnx_runtime_and_pytorch_compute_the_same_features(split_data, tmp_path
 
 def test_a_seeded_head_trains_alike_whether_its_features_were_cached_or_computed(
         split_data, tmp_path, caplog, monkeypatch):
-    exporting = export.OnnxModule.__init__
+    exporting = onnx.OnnxModule.__init__
 
     def drawing(self, *args, **kwargs):
         torch.rand(1)  # as the export of some backbones (tf_efficientnet_lite0) draws
         exporting(self, *args, **kwargs)
 
-    monkeypatch.setattr(export.OnnxModule, "__init__", drawing)
+    monkeypatch.setattr(onnx.OnnxModule, "__init__", drawing)
     caplog.set_level(logging.INFO, logger="imgclf")
     runs = [imgclf.train(split_data, method="transfer", out=tmp_path / name, model=BACKBONE,
                          seed=3, train={"epochs": 2}) for name in ("computed", "cached")]
@@ -797,7 +797,7 @@ def test_a_backbone_onnx_runtime_cannot_run_falls_back_to_pytorch_unless_asked_f
     def fail(*args, **kwargs):
         raise torch.onnx.errors.UnsupportedOperatorError("aten::odd", 17, "not supported")
 
-    monkeypatch.setattr(export, "_write_onnx", fail)
+    monkeypatch.setattr(onnx, "write_onnx", fail)
     caplog.set_level(logging.INFO, logger="imgclf")
     run = imgclf.train(split_data, method="transfer", out=tmp_path / "auto", model=BACKBONE,
                        train={"epochs": 1})
@@ -824,7 +824,7 @@ def test_a_backbone_onnx_runtime_cannot_run_falls_back_to_pytorch_unless_asked_f
 def test_features_from_onnx_runtime_that_differ_from_pytorchs_are_not_used(
         split_data, tmp_path, caplog, monkeypatch):
     # An export whose outputs drift from PyTorch's is caught before any image is run.
-    monkeypatch.setattr(export.OnnxModule, "forward",
+    monkeypatch.setattr(onnx.OnnxModule, "forward",
                         lambda self, x: torch.ones(len(x), 1280))
     caplog.set_level(logging.INFO, logger="imgclf")
     imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
@@ -850,7 +850,7 @@ def test_a_head_on_onnx_runtime_features_is_evaluated_over_onnx_runtime(
     run = imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
                        train={"epochs": 1, "tta": "on"})
     assert isinstance(seen[0], trainer.HeadOverFeatures)
-    assert isinstance(seen[0].features, export.OnnxModule)
+    assert isinstance(seen[0].features, onnx.OnnxModule)
     assert metrics_of(run)["evaluated_by"] == "ONNX Runtime (frozen backbone), PyTorch (head)"
     # The saved PyTorch model gives the same probabilities, mirror images included.
     imgclf.evaluate(run, split_data, out=tmp_path / "torch")

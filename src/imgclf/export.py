@@ -7,45 +7,42 @@ with the class names and preprocessing, so the file can be used without imgclf: 
 take the softmax of the logits. ``"torchscript"`` writes ``RUN/model.torchscript.pt`` (load
 with ``torch.jit.load``) and its sidecar the same way.
 
-ONNX goes through torch's TorchScript-based exporter (``dynamo=False``). The default
-(torch.export-based) exporter needs the ``onnxscript`` package, which imgclf does not depend
-on; the TorchScript-based one needs nothing more. torch has deprecated it, so every export
-is checked numerically against PyTorch unless ``check=False``.
-
-The input size is fixed per run, so timm's TF-"same" convolutions (tf_efficientnet_*),
-which work out their padding from the input's shape on every call, are exported with that
-padding fixed (``fixed_same_padding``): ONNX Runtime then folds it into the convolutions
-instead of running separate, shape-computing padding steps between them.
+ONNX files are written and run as ``imgclf.models.onnx`` does (torch's TorchScript-based
+exporter, TF-"same" padding fixed for the run's input size); torch has deprecated that
+exporter, so every export is checked numerically against PyTorch unless ``check=False``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import importlib.util
 import json
 import logging
 import shlex
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
-from torch import nn
 
 from imgclf import __version__
-from imgclf.errors import ConfigError, ImgclfError, RunError
-from imgclf.machine import available_cores
+from imgclf.errors import ConfigError, RunError
 from imgclf.models.factory import Classifier, Preprocessing
+from imgclf.models.onnx import (
+    CHECK_BATCH,
+    INPUT_NAME,
+    ONNX_OPSET,
+    OUTPUT_NAME,
+    TRACE_BATCH,
+    fixed_same_padding,
+    onnx_session,
+    quiet_torch_deprecations,
+    random_images,
+    write_onnx,
+)
 from imgclf.paths import (
     MODEL_FILE,
     TRAINING_CHECKPOINTS,
     begins_with,
     check_output_file,
     enclosing_run,
-    first_line,
     read_mapping,
     run_datasets,
     write_text,
@@ -62,17 +59,7 @@ SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts")}
 MAGIC = {"onnx": "\x08", "torchscript": "PK\x03\x04"}
 """How each format's file begins: an ONNX model's first field (``ir_version``), and the zip
 archive that ``torch.jit.save`` writes."""
-# Opset 17 is read by every ONNX Runtime since 1.14 and by most other runtimes.
-ONNX_OPSET = 17
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
-FEATURES_NAME = "features"
 TOLERANCE = 1e-4  # max |difference| of probabilities that ``check`` accepts
-FEATURE_TOLERANCE = 1e-3  # an OnnxModule's max |difference|, over its largest |output|
-# The check runs a batch size other than the one traced, so a batch size frozen into the
-# graph fails the check instead of failing later at prediction time.
-_TRACE_BATCH = 2
-_CHECK_BATCH = 3
 
 
 def sidecar_path(model_file: str | Path) -> Path:
@@ -99,126 +86,19 @@ def _check_export_files(out: Path, fmt: str, datasets) -> None:
                       what="an export's sidecar")
 
 
-@contextlib.contextmanager
-def _quiet_torch_deprecations():
-    """Hide torch's notices that the TorchScript-based tools are deprecated: a user of
-    ``imgclf export`` cannot act on them, and the numerical check guards the result."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r".*legacy TorchScript-based ONNX export",
-                                DeprecationWarning)
-        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
-        # Fixed padding is exported as a Pad whose amounts pass through a reversing Slice;
-        # ONNX Runtime folds it all into the convolution, so the exporter's notice that it
-        # could not fold the Slice itself says nothing useful.
-        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
-        yield
-
-
-def _random_images(batch: int, size: int, seed: int) -> torch.Tensor:
-    """Whole-number pixel values in 0-255 as float32, like decoded images."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (batch, 3, size, size), generator=generator).float()
-
-
-def fixed_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` whose TF-"same" convolutions pad by the amounts that inputs of
-    ``example``'s size need, rather than working them out from each input's shape.
-
-    timm's ``Conv2dSameExport`` does this: it fixes its padding on its first call, which
-    here is a forward pass over ``example``. The outputs are the same for that input size.
-    """
-    model = copy.deepcopy(model)
-    for name, conv in list(model.named_modules()):
-        if type(conv) is Conv2dSame:
-            fixed = Conv2dSameExport(conv.in_channels, conv.out_channels, conv.kernel_size,
-                                     conv.stride, 0, conv.dilation, conv.groups,
-                                     conv.bias is not None)
-            fixed.load_state_dict(conv.state_dict())
-            model.set_submodule(name, fixed)
-    with torch.no_grad():
-        model(example)
-    return model
-
-
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path,
-                output: str = OUTPUT_NAME) -> None:
-    with _quiet_torch_deprecations(), torch.no_grad():
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=[INPUT_NAME], output_names=[output],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, output: {0: "batch"}},
-            do_constant_folding=True,
-        )
-
-
 def _write_torchscript(model: Classifier, example: torch.Tensor, path: Path) -> None:
     # trace, not script: timm models are not all scriptable, and the check below stands in
     # for trace's own check_trace.
-    with _quiet_torch_deprecations(), torch.no_grad():
+    with quiet_torch_deprecations(), torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path))
-
-
-def _onnx_session(path: Path, threads: int | None = None, fix: str = ""):
-    """An ONNX Runtime session on the CPU for the model in ``path``. A file that ONNX Runtime
-    cannot load (damaged, or not an ONNX model) raises RunError naming it, then ``fix``."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ImgclfError("ONNX Runtime is not installed; install it with "
-                          "`pip install 'imgclf[onnx]'` (or `pip install onnxruntime`).") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or available_cores()
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ONNX Runtime's errors have no common type
-        message = (f"ONNX Runtime cannot load {path}: it is damaged or not an ONNX model "
-                   f"({first_line(exc)})")
-        raise RunError(f"{message}; {fix}." if fix else f"{message}.") from exc
-
-
-def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-class OnnxModule(nn.Module):
-    """``module`` (images in, one tensor out) exported to ONNX and run by ONNX Runtime on the
-    CPU, for inference loops that take a module: on a CPU it runs a timm backbone about
-    twice as fast as PyTorch (BENCHMARKS.md). Inputs must be ``img_size`` square, in any
-    batch size. The export is checked against ``module`` on random images first, and
-    raises RunError when the outputs differ by more than ``FEATURE_TOLERANCE`` of their
-    largest magnitude. Inference only: nothing flows back through it.
-    """
-
-    def __init__(self, module: nn.Module, img_size: int, threads: int | None = None):
-        super().__init__()
-        module = module.eval()
-        example = _random_images(_TRACE_BATCH, img_size, seed=0)
-        with tempfile.TemporaryDirectory(prefix="imgclf-onnx-") as folder:
-            path = Path(folder) / "module.onnx"
-            _write_onnx(fixed_same_padding(module, example), example, path, FEATURES_NAME)
-            self.session = _onnx_session(path, threads)
-        images = _random_images(_CHECK_BATCH, img_size, seed=1)
-        with torch.no_grad():
-            expected = module(images).float().numpy()
-        got = self(images).numpy()
-        scale = max(float(np.abs(expected).max()), 1.0)
-        diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else np.nan
-        if not diff <= FEATURE_TOLERANCE * scale:  # also catches NaN
-            raise RunError(f"ONNX Runtime's outputs differ from PyTorch's by up to {diff:.3g} "
-                           f"(allowed {FEATURE_TOLERANCE * scale:.3g}).")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        images = x.to(torch.float32, memory_format=torch.contiguous_format).numpy()
-        return torch.from_numpy(self.session.run([FEATURES_NAME], {INPUT_NAME: images})[0])
 
 
 def _run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
     """Logits from an exported file, the way a user of that format would get them."""
     if fmt == "onnx":
-        return _onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
-    with _quiet_torch_deprecations():
+        return onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    with quiet_torch_deprecations():
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return module(images).numpy()
@@ -229,13 +109,13 @@ def check_export(model: Classifier, path: Path, fmt: str, img_size: int) -> floa
 
     Raises RunError when it exceeds ``TOLERANCE``.
     """
-    images = _random_images(_CHECK_BATCH, img_size, seed=1)
+    images = random_images(CHECK_BATCH, img_size, seed=1)
     with torch.no_grad():
         expected = torch.softmax(model(images).float(), 1).numpy()
     got = softmax(_run_exported(path, fmt, images))
     if got.shape != expected.shape:
         raise RunError(f"the exported {fmt} model gives outputs of shape {got.shape} for "
-                       f"{_CHECK_BATCH} images, PyTorch gives {expected.shape}.")
+                       f"{CHECK_BATCH} images, PyTorch gives {expected.shape}.")
     diff = float(np.abs(got - expected).max())
     if not diff <= TOLERANCE:  # also catches NaN
         raise RunError(f"the exported {fmt} model's probabilities differ from PyTorch's by "
@@ -243,7 +123,7 @@ def check_export(model: Classifier, path: Path, fmt: str, img_size: int) -> floa
                        "Try the other format, or pass --no-check (check=False) to save it "
                        "anyway.")
     log.info("%s export matches PyTorch: max |probability difference| %.2g on %d random "
-             "images (allowed %g)", fmt, diff, _CHECK_BATCH, TOLERANCE)
+             "images (allowed %g)", fmt, diff, CHECK_BATCH, TOLERANCE)
     return diff
 
 
@@ -279,9 +159,9 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     model, prep, classes, meta = load_model(ckpt)
     model = model.cpu().eval()
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = _write_onnx if fmt == "onnx" else _write_torchscript
+    writer = write_onnx if fmt == "onnx" else _write_torchscript
     with written_whole(out) as tmp:
-        example = _random_images(_TRACE_BATCH, prep.img_size, seed=0)
+        example = random_images(TRACE_BATCH, prep.img_size, seed=0)
         writer(fixed_same_padding(model, example), example, tmp)
         diff = check_export(model, tmp, fmt, prep.img_size) if check else None
         # The sidecar first: an export stopped in between leaves no model without the
@@ -374,7 +254,7 @@ class OnnxPredictor(BasePredictor):
         except (KeyError, TypeError, ValueError):
             raise RunError(f"{info_file} lacks the classes or preprocessing of "
                            f"{model_file.name}, or holds them damaged; {export_again}.") from None
-        self.session = _onnx_session(model_file, threads, fix=export_again)
+        self.session = onnx_session(model_file, threads, fix=export_again)
 
     def _probs(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)

@@ -54,7 +54,6 @@ from imgclf.engine.loop import (
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, Interrupted, RunError
 from imgclf.evaluation import choose_tta, write_evaluation
-from imgclf.export import OnnxModule, onnxruntime_available
 from imgclf.history import Monitor, best_epoch
 from imgclf.models.factory import (
     Classifier,
@@ -65,6 +64,7 @@ from imgclf.models.factory import (
     freeze_norm_stats,
     set_trainable,
 )
+from imgclf.models.onnx import OnnxModule, onnxruntime_available
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
     CONFIG_FILE,
