@@ -24,6 +24,7 @@ from imgclf.config import build_config
 from imgclf.errors import ModelError, WeightsUnavailableError
 from imgclf.models import weights
 from imgclf.models.factory import create_model
+from imgclf.predict import load_model
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -48,6 +49,28 @@ def isolated_caches(tmp_path, monkeypatch):
     return tmp_path / "imgclf" / "weights"
 
 
+
+
+@pytest.mark.parametrize("tf_weights", [True, False])
+def test_a_model_rebuilt_from_its_checkpoint_has_the_layers_its_weights_need(tmp_path,
+                                                                              tf_weights):
+    # A run trained from the TF Inception-v3 weights has TF's pooling; predict, evaluate
+    # and export rebuild its model from model.pt, whose parameters fit timm's stock blocks
+    # as well.
+    source = weights.OFFLINE_SOURCES["inception_v3"].description
+    trained, prep, _ = create_model("inception_v3", 3, img_size=75, pretrained=False)
+    if tf_weights:
+        weights.use_tf_inception_pooling(trained.body)  # as create_backbone does for them
+    torch.save({"classes": ["a", "b", "c"], "preprocessing": prep.to_dict(),
+                "model_config": {"name": "inception_v3", "head": "reference", "dropout": 0.2,
+                                 "num_classes": 3},
+                "weights_source": source if tf_weights else "random init",
+                "model": trained.state_dict()}, tmp_path / "model.pt")
+    rebuilt, *_ = load_model(tmp_path)
+    assert type(rebuilt.body.Mixed_7c) is type(trained.body.Mixed_7c)
+    images = torch.rand(2, 3, 75, 75, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(images), trained.eval()(images))
 
 
 @pytest.fixture

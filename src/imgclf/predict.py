@@ -82,7 +82,8 @@ def load_model(run: str | Path) -> tuple[Classifier, Preprocessing, list[str], d
     cfg = ckpt["model_config"]
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     model, _, _ = create_model(cfg["name"], cfg["num_classes"], img_size=prep.img_size,
-                               pretrained=False, head=cfg["head"], dropout=cfg["dropout"])
+                               pretrained=False, head=cfg["head"], dropout=cfg["dropout"],
+                               source=ckpt.get("weights_source"))
     model.load_state_dict(ckpt["model"])
     model.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler")}

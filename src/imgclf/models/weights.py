@@ -671,14 +671,17 @@ def _timm_data_config(model: torch.nn.Module) -> dict:
 
 
 def create_backbone(
-    model_name: str, weights: str | os.PathLike | None = None, pretrained: bool = True
+    model_name: str, weights: str | os.PathLike | None = None, pretrained: bool = True,
+    source: str | None = None,
 ) -> tuple[torch.nn.Module, dict, str]:
     """A timm feature extractor (``num_classes=0``: returns pooled features) with ImageNet weights.
 
     Returns ``(model, data_config, source)``: the data config (mean, std, input_size,
     interpolation, crop_pct) is what the loaded weights expect, so preprocessing follows the
     weights rather than timm's default tag. ``pretrained=False`` gives random init, timm's
-    default data config and source ``"random init"``.
+    default data config and source ``"random init"``; with ``source``, the description of
+    the weights the model is rebuilt to load (a checkpoint's ``weights_source``), it has the
+    layers those weights need (TF pooling for TF Inception-v3) and their data config.
     """
     if not pretrained:
         if weights is not None:
@@ -688,12 +691,19 @@ def create_backbone(
             )
         check_model_name(model_name)
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
-        return model, _timm_data_config(model), "random init"
+        offline = OFFLINE_SOURCES.get(model_name)
+        if offline is None or source != offline.description:
+            return model, _timm_data_config(model), "random init"
+        return _adapted(model, offline), offline.data_config(), source
     resolved = _resolve(model_name, weights)
     model = timm.create_model(model_name, pretrained=False, num_classes=0)
     _load_backbone(model, resolved.state_dict, resolved.description)
     if resolved.source is None:
         return model, _timm_data_config(model), resolved.description
-    if resolved.source.adapt is not None:
-        resolved.source.adapt(model)
-    return model, resolved.source.data_config(), resolved.description
+    return _adapted(model, resolved.source), resolved.source.data_config(), resolved.description
+
+
+def _adapted(model: torch.nn.Module, source: OfflineSource) -> torch.nn.Module:
+    if source.adapt is not None:
+        source.adapt(model)
+    return model
