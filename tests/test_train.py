@@ -671,6 +671,24 @@ def test_a_weights_file_given_relative_is_saved_absolute(split_data, tmp_path, m
     assert load_ckpt(out / "model.pt")["weights_source"].endswith("mine.safetensors")
 
 
+def test_a_weights_file_written_over_gets_features_of_its_own(split_data, tmp_path, caplog):
+    import safetensors.torch
+    import timm
+
+    caplog.set_level(logging.INFO, logger="imgclf")
+    weights = tmp_path / "mine.safetensors"
+    model = {**BACKBONE, "pretrained": True, "weights": str(weights)}
+    runs = []
+    for seed in (0, 1):  # the same file name, other weights in it
+        torch.manual_seed(seed)
+        safetensors.torch.save_file(timm.create_model(BACKBONE["name"]).state_dict(), weights)
+        runs.append(imgclf.train(split_data, method="transfer", out=tmp_path / f"run{seed}",
+                                 model=model, seed=0, train={"epochs": 1}))
+    assert not any("cache hit" in m for m in _feature_messages(caplog))
+    first, second = ((run / "history.csv").read_text().splitlines()[1] for run in runs)
+    assert first.split(",")[:5] != second.split(",")[:5]  # losses and accuracies
+
+
 def test_feature_cache_is_not_shared_by_different_random_backbones(tmp_path, make_image_folder,
                                                                    caplog):
     # Given splits, so the images (and their cache key) do not depend on the seed.
