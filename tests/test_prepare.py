@@ -102,6 +102,18 @@ def test_a_class_with_one_image_keeps_it_for_training(tmp_path, make_image_folde
         prepare_data(make_image_folder(tmp_path / "single", {"a": 1, "b": 1}))
 
 
+def test_a_large_validation_fraction_leaves_every_class_a_training_image(
+        tmp_path, make_image_folder, caplog):
+    # Stratified, 80% of 14 images would send both of b's to validation (seed 0).
+    make_image_folder(tmp_path, {"a": 12, "b": 2})
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.prepare"):
+        data = prepare_data(tmp_path, val_fraction=0.8, seed=0)
+    train, val = data.splits["train"], data.splits["val"]
+    assert set(train.labels) == {0, 1}
+    assert (len(train), len(val)) == (2, 12)
+    assert "cannot be stratified (it would leave some class no training image)" in caplog.text
+
+
 def test_validation_fraction_that_leaves_no_training_image(tmp_path, make_image_folder):
     make_image_folder(tmp_path, {"a": 3, "b": 3})
     with pytest.raises(DataError, match="leaves no images on one side of 6 training images"):

@@ -133,23 +133,19 @@ def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
         raise DataError(f"a validation fraction of {fraction:g} leaves no images on one side "
                         f"of {len(train)} training images; choose one between 0 and 1 that "
                         "does, or give a val/ folder.")
+    tr = None
     if min(counts.values()) >= 2 and min(n_val, len(train) - n_val) >= len(counts):
         tr, va = train_test_split(indices, test_size=n_val, stratify=labels, random_state=seed)
         how = "stratified"
+        # scikit-learn rounds each class's share: at large fractions a small class can go
+        # to validation whole.
+        if len(set(labels[tr])) < len(counts):
+            tr, why = None, "it would leave some class no training image"
     else:
         why = ("some class has a single image" if min(counts.values()) < 2 else
                f"it cannot hold every one of {len(counts)} classes on both sides")
-        rng = np.random.default_rng(seed)
-        kept = np.array([rng.choice(np.flatnonzero(labels == c)) for c in sorted(counts)])
-        rest = np.setdiff1d(indices, kept)
-        if not len(rest):
-            raise DataError(f"every class of the {len(train)} training images has a single "
-                            "image: none is left for validation. Add images, or give a "
-                            "val/ folder.")
-        n_val = min(n_val, len(rest))
-        tr, va = (train_test_split(rest, test_size=n_val, random_state=seed)
-                  if n_val < len(rest) else ([], rest))
-        tr = np.concatenate([kept, tr]).astype(int)
+    if tr is None:
+        tr, va, n_val = _keeping_one_per_class(indices, labels, n_val, seed)
         how = "random, one image of each class kept for training"
         log.warning("a %g%% validation split of %d images cannot be stratified (%s): "
                     "%d validation images drawn at random, each class keeping one or more "
@@ -157,6 +153,23 @@ def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
     new_train = train.subset(sorted(tr), "train")
     new_train.skipped = train.skipped
     return new_train, train.subset(sorted(va), "val"), how
+
+
+def _keeping_one_per_class(indices: np.ndarray, labels: np.ndarray, n_val: int,
+                           seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(train, val, validation size): one image of each class drawn for training, then
+    validation drawn at random from the rest."""
+    rng = np.random.default_rng(seed)
+    kept = np.array([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+    rest = np.setdiff1d(indices, kept)
+    if not len(rest):
+        raise DataError(f"every class of the {len(indices)} training images has a single "
+                        "image: none is left for validation. Add images, or give a val/ "
+                        "folder.")
+    n_val = min(n_val, len(rest))
+    tr, va = (train_test_split(rest, test_size=n_val, random_state=seed)
+              if n_val < len(rest) else ([], rest))
+    return np.concatenate([kept, tr]).astype(int), np.asarray(va), n_val
 
 
 def prepare_data(
