@@ -529,6 +529,30 @@ def test_stopped_between_its_history_and_checkpoint_a_run_resumes_whole(
     assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1, 2]
 
 
+def test_stopped_after_its_checkpoint_a_run_that_stops_early_resumes_to_its_end(
+        split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    # No epoch after the first improves by min_delta: early stopping ends epoch 2.
+    config = build_config("scratch", None, {
+        "data": {"data": str(split_data)}, "out": str(out), "model": {"img_size": 32},
+        "train": {"epochs": 5, "patience": 1, "min_delta": 100.0}})
+    real_log = loop._log_epoch
+
+    def stop_after_saving_the_second_epoch(row, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt  # Ctrl-C after last.pt, before the early stop
+        real_log(row, epoch, *args)
+
+    monkeypatch.setattr(loop, "_log_epoch", stop_after_saving_the_second_epoch)
+    with pytest.raises(Interrupted):
+        train(config)
+    monkeypatch.undo()
+    run = imgclf.train(out=out, resume=True)
+    assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1, 2]
+    uninterrupted = train(dataclasses.replace(config, out=str(tmp_path / "whole")))
+    assert [int(r["epoch"]) for r in read_csv(uninterrupted / "history.csv")] == [1, 2]
+
+
 def test_an_interrupted_checkpoint_leaves_no_temporary_file(tmp_path, monkeypatch):
     from imgclf.engine.checkpoints import save_atomic
 

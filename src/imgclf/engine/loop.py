@@ -281,8 +281,13 @@ def fit(
 
     if not start:
         save(LAST_CHECKPOINT, 0)  # what an interruption during the first epoch resumes from
+    # Interrupted after last.pt was saved and before early stopping ended the phase, a
+    # resumed phase ends where it would have.
+    stopped = bool(start) and monitor.should_stop
+    if stopped:
+        _log_early_stop(monitor, numbered)
     try:
-        for epoch in range(start, phase.epochs):
+        for epoch in range(start, start if stopped else phase.epochs):
             row = {"epoch": offset + epoch + 1, **_run_epoch(phase, rt, epoch, monitor.monitor)}
             state.history.append(row)
             state.phase, state.epoch = phase.name, epoch + 1
@@ -297,9 +302,7 @@ def fit(
                 epoch_logger(row)
             _log_epoch(row, epoch + 1, phase.epochs, improved)
             if dist.broadcast_flag(monitor.should_stop):
-                log.info("early stopping: %s did not improve for %d epochs (best %.4f at "
-                         "%s)", monitor.monitor, monitor.patience, monitor.best,
-                         numbered(monitor.best_epoch))
+                _log_early_stop(monitor, numbered)
                 break
     except Diverged as exc:
         where = numbered(offset + (state.epoch if state.phase == phase.name else 0) + 1)
@@ -347,6 +350,11 @@ def _checkpoint(meta: dict, model: nn.Module, phase: Phase, monitor: Monitor,
         phase_done=state.done, rng=rng, seconds=state.elapsed(), trainable=state.trainable,
         features_by=state.features_by,
     )
+
+
+def _log_early_stop(monitor: Monitor, numbered: Callable[[int], str]) -> None:
+    log.info("early stopping: %s did not improve for %d epochs (best %.4f at %s)",
+             monitor.monitor, monitor.patience, monitor.best, numbered(monitor.best_epoch))
 
 
 def _log_epoch(row: dict, epoch: int, epochs: int, improved: bool) -> None:
