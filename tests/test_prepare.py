@@ -188,6 +188,42 @@ def test_an_interrupted_decoding_leaves_nothing_in_the_cache(tmp_path, make_imag
     assert load_images(paths, (24, 24)).array.shape == (3, 24, 24, 3)
 
 
+@pytest.mark.parametrize("cache_writable", [True, False])
+def test_an_image_that_failed_to_decode_is_tried_again(tmp_path, make_image_folder,
+                                                       monkeypatch, cache_writable):
+    # As when a file is made readable, or a Pillow plugin for its format installed: the
+    # file's size and time, and so the cache key, stay as they were.
+    from imgclf.data import cache
+    from imgclf.data.decode import DecodeError
+
+    folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
+    paths = sorted((folder / "a").iterdir())
+    real_decode = cache.decode_image
+
+    def failing_for_the_second(path, *args):
+        if path == paths[1]:
+            raise DecodeError(path, "cannot read: Permission denied")
+        return real_decode(path, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cache, "decode_image", failing_for_the_second)
+        first = load_images(paths, (24, 24))
+    assert first.failures == {paths[1]: "cannot read: Permission denied"}
+    if not cache_writable:
+        monkeypatch.setattr(cache, "cache_writable", lambda folder: False)
+    again = load_images(paths, (24, 24))
+    whole = load_images(paths, (24, 24), use_cache=False)
+    assert again.failures == {} and again.paths == paths and again.digests == whole.digests
+    assert np.array_equal(again.array, whole.array)
+    # Written into the cache entry where it can be: read from there next time.
+    with monkeypatch.context() as patched:
+        patched.setattr(cache, "decode_image", failing_for_the_second)
+        third = load_images(paths, (24, 24))
+    assert (third.failures == {}) is cache_writable
+    if cache_writable:
+        assert np.array_equal(third.array, whole.array)
+
+
 @pytest.mark.parametrize("damage", ["none", "one short"])
 def test_an_image_cache_record_without_every_files_digest_is_decoded_again(
         tmp_path, make_image_folder, caplog, damage):

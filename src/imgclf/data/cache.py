@@ -146,6 +146,41 @@ def _read_cached_images(data_file: Path, meta_file: Path,
     return None if array is None else (array, digests, failures)
 
 
+def _decode_failures_again(paths: list[Path], size: tuple[int, int], interpolation: str,
+                           cached: tuple[np.ndarray, list, dict], data_file: Path,
+                           meta_file: Path) -> tuple[np.ndarray, list, dict]:
+    """A cache entry's images that failed to decode, tried again: a file made readable
+    since, or of a format whose Pillow plugin was installed since, leaves the cache key as
+    it was. Those that decode now are written into the entry when the cache can be written,
+    and are (array, digests, failures) in any case."""
+    array, digests, failures = cached
+    rows = sorted(failures)
+    decoded = np.empty((len(rows), *array.shape[1:]), dtype=np.uint8)
+    still = _decode_all([paths[i] for i in rows], size, interpolation, decoded)
+    fixed = [j for j in range(len(rows)) if j not in still]
+    if not fixed:
+        return cached
+    log.info("%d image(s) that had failed to decode now decode", len(fixed))
+    failures = {rows[j]: reason for j, reason in still.items()}
+    digests = list(digests)
+    for j, digest in zip(fixed, _digests([paths[rows[j]] for j in fixed], {}), strict=True):
+        digests[rows[j]] = digest
+    rewritten = [rows[j] for j in fixed]
+    try:
+        entry = np.load(data_file, mmap_mode="r+") if cache_writable(data_file.parent) else None
+    except OSError:  # the folder can be written, the entry not
+        entry = None
+    if entry is None:
+        array = np.array(array)
+        array[rewritten] = decoded[fixed]
+        return array, digests, failures
+    entry[rewritten] = decoded[fixed]
+    entry.flush()  # the rows first: a row the record lists as failed is never read
+    _write_meta(meta_file, {"failures": failures, "shape": entry.shape, "digests": digests})
+    del entry
+    return np.load(data_file, mmap_mode="r"), digests, failures
+
+
 def load_images(
     paths: list[Path],
     size: tuple[int, int],
@@ -162,6 +197,9 @@ def load_images(
     if cached is not None:
         array, digests, failures = cached
         log.debug("image cache hit %s (%d images)", key, len(paths))
+        if failures:
+            array, digests, failures = _decode_failures_again(
+                paths, size, interpolation, cached, data_file, meta_file)
     else:
         use_cache = use_cache and cache_writable(folder)
         log.info("decoding %d images at %dx%d%s", len(paths), *size,
