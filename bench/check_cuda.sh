@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA path, end to end, on the bundled sample: each method, fine-tuning under
-# torch.compile, torchrun with NCCL, evaluate, predict (with TTA and through ONNX), then
+# torch.compile, torchrun (one process), evaluate, predict (with TTA and through ONNX), then
 # the test suite with the GPU visible. Each step prints its exit status; the script exits
 # with the number of steps that failed.
 #

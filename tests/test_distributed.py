@@ -126,10 +126,12 @@ def test_device_cpu_uses_gloo_even_with_a_gpu_present(torchrun_env):
     assert torchrun_env == ["gloo"]
 
 
-def test_one_process_per_gpu_uses_nccl(torchrun_env, monkeypatch):
+def test_one_process_per_gpu_uses_nccl_and_gloo_for_cpu_tensors(torchrun_env, monkeypatch):
+    # The loop's totals, early-stopping flag and gathered outputs are CPU tensors, which
+    # NCCL alone refuses ("No backend type associated with device type cpu").
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert dist.init_from_env("auto")
-    assert torchrun_env == ["nccl"]
+    assert torchrun_env == ["cpu:gloo,cuda:nccl"]
 
 
 def test_cuda_asked_for_without_a_gpu_is_refused_before_joining(torchrun_env, monkeypatch):

@@ -81,8 +81,10 @@ def init_from_env(device: str = "auto") -> bool:
     """Join the process group that torchrun describes in the environment, if any.
 
     NCCL when the run uses GPUs (``device`` resolves to CUDA, as in ``resolve_runtime``),
-    each process on the GPU of its local rank; gloo on CPU, each process with its share of
-    the cores. Returns True when this call started the group (the caller then shuts it down).
+    each process on the GPU of its local rank, with gloo beside it for the CPU tensors the
+    loop reduces and gathers (NCCL carries CUDA tensors only); gloo on CPU, each process
+    with its share of the cores. Returns True when this call started the group (the caller
+    then shuts it down).
     """
     if not launched_by_torchrun() or is_distributed():
         return False
@@ -97,7 +99,7 @@ def init_from_env(device: str = "auto") -> bool:
                 "with --device cpu."
             )
         torch.cuda.set_device(local_rank)
-        backend = "nccl"
+        backend = "cpu:gloo,cuda:nccl"
     else:
         backend = "gloo"
         torch.set_num_threads(max(1, available_cores() // local_world))
