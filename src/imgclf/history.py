@@ -62,9 +62,10 @@ class Monitor:
 
 def best_epoch(history: Sequence[Mapping[str, object]], monitor: str = "val_loss",
                mode: str = "auto", min_delta: float = 0.0) -> int | None:
-    """The epoch whose weights training kept as best: a :class:`Monitor` replayed over the
-    last phase's epochs (each phase has its own, and the final weights are the last
-    phase's best), so a tie goes to the earlier epoch. None when no epoch has a value."""
+    """The epoch whose weights training kept as best (best.pt): a :class:`Monitor` replayed
+    over the last phase's epochs (each phase has its own, and the final weights are the last
+    phase's best unless ``restore_best`` was off), so a tie goes to the earlier epoch. None
+    when no epoch has a value."""
     last_phase = history[-1].get("phase") if history else None
     tracker = Monitor(monitor, mode, min_delta)
     for row in history:
