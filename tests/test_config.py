@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import yaml
 
@@ -85,6 +86,19 @@ def test_yaml_exponent_floats_are_read_as_numbers(tmp_path):
     config = build_config("scratch", file)
     assert config.train.lr == pytest.approx(1e-3)
     assert config.train.finetune_lr == pytest.approx(5e-5)
+
+
+def test_numpy_scalars_are_taken_as_pythons():
+    # As a notebook's sweep gives them: for epochs in np.arange(1, 4).
+    config = build_config("scratch", None, {
+        "seed": np.int64(3), "data": {"val_fraction": np.float32(0.25)},
+        "train": {"epochs": np.int64(2), "lr": np.float32(1e-3),
+                  "restore_best": np.bool_(False)}})
+    assert (config.seed, config.train.epochs, config.train.restore_best) == (3, 2, False)
+    assert type(config.seed) is int and type(config.train.lr) is float
+    assert config.data.val_fraction == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match=r"train\.epochs must be an integer, got 2\.5"):
+        build_config("scratch", None, {"train": {"epochs": np.float64(2.5)}})
 
 
 def test_overrides_are_not_mutated():

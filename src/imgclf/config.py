@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from imgclf.errors import ConfigError, RunError
@@ -190,8 +191,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 
     Numbers are accepted for floats, and so are numeric strings: PyYAML reads ``1e-3``
     (no dot) as a string. Paths and integers are accepted for strings (``finetune: 2``),
-    and so are booleans as "on" and "off": PyYAML reads ``tta: off`` as false.
+    and so are booleans as "on" and "off": PyYAML reads ``tta: off`` as false. NumPy's
+    scalars count as Python's (``epochs=np.int64(5)`` from a sweep over ``np.arange``).
     """
+    if isinstance(value, np.generic):
+        value = value.item()
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return value
