@@ -107,9 +107,16 @@ def test_predict_takes_paths_and_points_arrays_to_predict_arrays(trained, mixed_
     run, _ = trained
     predictor = imgclf.load(run, device="cpu")
     image = np.zeros((32, 32, 3), np.uint8)
-    with pytest.raises(ConfigError, match="got ndarray; for images already in memory use "
-                                          "predict_arrays"):
+    with pytest.raises(ConfigError, match="for images already in memory use predict_arrays "
+                                          r".*, got ndarray\.$"):
         predictor.predict([image])
+    with pytest.raises(ConfigError, match=r"in memory use predict_arrays .*, got an array of "
+                                          r"uint8 values\.$"):
+        predictor.predict(image[None])
+    # File names in a set, a generator or an array are paths all the same.
+    one = mixed_folder / "nested" / "deep.png"
+    for paths in ({one}, (p for p in [one]), np.array([str(one)])):
+        assert [p.path for p in predictor.predict(paths, batch_size=np.int64(2))] == [one]
     # a non-image named on its own is an error row, not left out
     [notes] = predictor.predict([mixed_folder / "notes.txt"])
     assert notes.error == "not a recognised image format"
@@ -169,6 +176,10 @@ def test_predict_arrays_checks_its_input(trained):
         r"got an array of shape \(32, 32, 3\) \(one image: pass images\[None\]\)": good[0],
         r"got 4 channel\(s\) on the last axis .*convert them to RGB": np.zeros((2, 32, 32, 4),
                                                                               np.uint8),
+        r"shape \(2, 32, 32\) \(greyscale images\? give them three channels: "
+        r"np\.repeat\(images\[\.\.\., None\], 3, axis=-1\)\)": good[..., 0],
+        r"the channels come first: move them last with images\.transpose\(0, 2, 3, 1\)":
+            good.transpose(0, 3, 1, 2),
         r"this model takes 32x32 images, got 24x32 .*resize them to 32x32": good[:, :24],
         r"got dtype float32; for floats in 0-1 pass": good.astype(np.float32) / 255,
     }
@@ -188,6 +199,9 @@ def test_predict_arrays_checks_its_input(trained):
     from_file = predictor.predict([path])[0].probs
     advised = decode_image(path, (32, 32), predictor.prep.interpolation)[None]
     np.testing.assert_allclose(predictor.predict_arrays(advised)[0], from_file, atol=1e-6)
+    # An empty batch has no rows, as from ONNX Runtime.
+    for tta in (False, True):
+        assert predictor.predict_arrays(good[:0], tta=tta).shape == (0, 3)
 
 
 def test_csv_columns_and_error_rows(trained, mixed_folder, tmp_path):

@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import shlex
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -166,20 +168,29 @@ class BasePredictor:
         ``prep.img_size``. Any other array raises ConfigError (a ValueError) saying what to
         change (floats are refused rather than guessed at: 0-1 and 0-255 floats look
         alike). ``tta`` averages a mirrored view."""
-        return tta_average(self._probs, self._check_images(images), self.resolve_tta(tta))
+        images = self._check_images(images)
+        if not len(images):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return tta_average(self._probs, images, self.resolve_tta(tta))
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         size = self.prep.img_size
         wanted = f"uint8 RGB images of shape (N, {size}, {size}, 3)"
         if images.ndim != 4:
-            single = " (one image: pass images[None])" if images.ndim == 3 else ""
+            hint = ""
+            if images.ndim == 3:
+                hint = (" (one image: pass images[None])" if images.shape[-1] == 3 else
+                        " (greyscale images? give them three channels: "
+                        "np.repeat(images[..., None], 3, axis=-1))")
             raise ConfigError(f"images: expected {wanted}, got an array of shape "
-                              f"{images.shape}{single}.")
+                              f"{images.shape}{hint}.")
         if images.shape[3] != 3:
+            fix = ("the channels come first: move them last with "
+                   "images.transpose(0, 2, 3, 1)" if images.shape[1] == 3 else
+                   "convert them to RGB first, e.g. with PIL's image.convert('RGB')")
             raise ConfigError(f"images: expected {wanted}, got {images.shape[3]} channel(s) "
-                              f"on the last axis (shape {images.shape}); convert them to RGB "
-                              "first, e.g. with PIL's image.convert('RGB').")
+                              f"on the last axis (shape {images.shape}); {fix}.")
         if images.shape[1:3] != (size, size):
             raise ConfigError(f"images: this model takes {size}x{size} images, got "
                               f"{images.shape[1]}x{images.shape[2]} (height x width); resize "
@@ -198,15 +209,21 @@ class BasePredictor:
                 tta: bool | None = None) -> list[Prediction]:
         """Predict every image among ``paths`` (files or folders, walked recursively): one
         ``Prediction`` per file, each file once, in the order found."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool | np.bool_) or not isinstance(batch_size, Integral) \
+                or batch_size < 1:
             raise ConfigError(f"batch size must be a whole number, at least 1, got "
                               f"{batch_size!r}.")
-        paths = paths if isinstance(paths, (list, tuple)) else [paths]
+        batch_size = int(batch_size)
+        in_memory = ("predict takes image files and folders (str or Path); for images already "
+                     "in memory use predict_arrays (uint8 arrays of shape (N, size, size, 3))")
+        if isinstance(paths, np.ndarray) and paths.dtype.kind not in "US":
+            raise ConfigError(f"{in_memory}, got an array of {paths.dtype} values.")
+        if isinstance(paths, str | os.PathLike) or not isinstance(paths, Iterable):
+            paths = [paths]
+        paths = list(paths)  # a set, a generator, an array of file names
         for item in paths:
-            if not isinstance(item, (str, os.PathLike)):
-                raise ConfigError(f"predict takes image files and folders (str or Path), got "
-                                  f"{type(item).__name__}; for images already in memory use "
-                                  "predict_arrays (uint8 arrays of shape (N, size, size, 3)).")
+            if not isinstance(item, str | os.PathLike):
+                raise ConfigError(f"{in_memory}, got {type(item).__name__}.")
         # Files found in folders that are not images by name or content (notes, CSVs) are
         # left out, as the training data's are, and so are run folders (walking them warned);
         # a damaged image is listed with its error.
