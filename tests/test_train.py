@@ -279,7 +279,9 @@ def test_one_cycle_over_a_single_step_trains_it_at_a_useful_rate():
 def test_a_run_that_diverges_at_once_stops_with_the_fix(split_data, tmp_path):
     with pytest.raises(Diverged, match=r"training diverged in epoch \d: the .* became "
                                             r"(nan|inf|finite).*Lower the learning rate "
-                                            r"\(--lr; this phase's was 1e\+30\)"):
+                                            r"\(--lr; this phase's was 1e\+30\) and train "
+                                            r"again, into another --out or after deleting "
+                                            r".*run \(resuming it would keep this rate\)\.$"):
         scratch(split_data, tmp_path / "run", train={"lr": 1e30, "amp": "off"})
     assert not (tmp_path / "run" / "metrics.json").exists()
 
@@ -551,6 +553,26 @@ def test_stopped_after_its_checkpoint_a_run_that_stops_early_resumes_to_its_end(
     assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1, 2]
     uninterrupted = train(dataclasses.replace(config, out=str(tmp_path / "whole")))
     assert [int(r["epoch"]) for r in read_csv(uninterrupted / "history.csv")] == [1, 2]
+
+
+def test_interrupted_while_saving_its_first_epoch_a_run_says_what_it_saved(
+        split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = build_config("scratch", None, {
+        "data": {"data": str(split_data)}, "out": str(out), "model": {"img_size": 32},
+        "train": {"epochs": 2, "patience": 0}})
+    calls, real_save = [], loop.save_atomic
+
+    def stop_saving_epoch_one(payload, path):
+        calls.append(path.name)
+        if len(calls) == 2:  # last.pt at the start, then epoch 1's best.pt
+            raise KeyboardInterrupt
+        real_save(payload, path)
+
+    monkeypatch.setattr(loop, "save_atomic", stop_saving_epoch_one)
+    with pytest.raises(Interrupted, match="no epoch had finished; its starting point is saved"):
+        train(config)
+    assert load_ckpt(out / "last.pt")["epoch"] == 0
 
 
 def test_an_interrupted_checkpoint_leaves_no_temporary_file(tmp_path, monkeypatch):

@@ -274,10 +274,15 @@ def fit(
     # run starts the next epoch from it, so that it trains as an uninterrupted one would.
     rng = rng_state(phase.train_loader)
 
+    last_saved = start  # this phase's epochs that last.pt holds
+
     def save(name: str, epoch: int) -> None:
+        nonlocal last_saved
         if dist.is_main():
             save_atomic(_checkpoint(meta, model, phase, monitor, state, epoch, rng),
                         run_dir / name)
+        if name == LAST_CHECKPOINT:
+            last_saved = epoch
 
     if not start:
         save(LAST_CHECKPOINT, 0)  # what an interruption during the first epoch resumes from
@@ -309,13 +314,15 @@ def fit(
         if not (restore_best and phase_best(run_dir, phase.name)):
             raise Diverged(f"training diverged in {where}: {exc}. Lower the learning rate "
                            f"(--lr; this phase's was {phase.optimizer.defaults['lr']:g}) "
-                           "and train again.") from None
+                           f"and train again, into another --out or after deleting {run_dir} "
+                           "(resuming it would keep this rate).") from None
         log.warning("training diverged in %s: %s. Training stops there; the best epoch's "
                     "weights are kept (a lower learning rate, --lr, may train further).",
                     where, exc)
     except KeyboardInterrupt:
-        # The weights are part-way through an epoch: last.pt keeps the last whole one.
-        saved = ("its last whole epoch is saved" if state.history else
+        # The weights are part-way through an epoch (or its checkpoints): last.pt keeps
+        # the last whole one.
+        saved = ("its last whole epoch is saved" if offset + last_saved else
                  "no epoch had finished; its starting point is saved")
         raise Interrupted(
             f"training interrupted; {saved} in {run_dir / LAST_CHECKPOINT}. Continue with --resume."
