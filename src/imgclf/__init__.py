@@ -29,6 +29,9 @@ def train(data=None, method: str | None = None, config=None, resume: bool = Fals
     section, e.g. ``train={"epochs": 5}``, ``model={"name": "mobilenetv2_100"}``, or
     top-level ``out="runs/x"``, ``seed=1``. ``resume=True`` with ``out`` alone continues
     the interrupted run in that folder with its own settings.
+
+    As Keras' ``set_random_seed`` and fastai's ``set_seed`` do, training seeds Python's,
+    NumPy's and PyTorch's global random generators with the run's seed (default 42).
     """
     from imgclf.config import build_config, resume_config
     from imgclf.engine.trainer import train as _train
