@@ -56,7 +56,7 @@ def main() -> None:
     print(f"warm (read cache into memory):        {_rate(n, warm)}")
 
     labels = [split.labels[i] for i in decoded.kept]
-    rt = resolve_runtime("cpu", training=True)
+    rt = resolve_runtime("cpu")
     for preset, name in (("none", "small_cnn"), ("reference", "small_cnn"),
                          ("reference", "small_cnn_wide")):
         ds = ArrayDataset(decoded.array, labels, create_transform(preset, size))

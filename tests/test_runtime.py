@@ -21,7 +21,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 PROBE = """
 import resource, torch
 from imgclf.engine.runtime import resolve_runtime
-resolve_runtime("cpu", training=True)
+resolve_runtime("cpu")
 def step():
     torch.empty(16 * 2**20).fill_(1.0)
 for _ in range(10):
@@ -34,7 +34,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.skipif(not GLIBC, reason="freed memory is kept for reuse only under glibc")
-def test_cpu_training_reuses_freed_memory_instead_of_faulting_it_in():
+def test_cpu_runtime_reuses_freed_memory_instead_of_faulting_it_in():
     def faults(**setting) -> int:
         env = {k: v for k, v in os.environ.items() if k != "IMGCLF_KEEP_FREED_MEMORY"}
         out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
@@ -75,12 +75,7 @@ print(bool(((x * 1.0).view(torch.int32) == 0).all()))
     ("from imgclf.cli.main import main\nmain([])", True),  # the command, before any work
     ("import os\nos.environ['IMGCLF_FLUSH_DENORMALS'] = '0'\n"
      "from imgclf.engine.runtime import flush_denormals\nflush_denormals()", False),
-    ("from imgclf.engine.runtime import resolve_runtime\n"
-     "resolve_runtime('cpu', training=True)", True),
-    # A program that loads a model to predict keeps its own floating-point behaviour.
-    ("from imgclf.engine.runtime import resolve_runtime\nresolve_runtime('cpu')", False),
-], ids=["default", "flush_denormals", "imgclf command", "turned off", "training",
-        "prediction"])
+], ids=["default", "flush_denormals", "imgclf command", "turned off"])
 def test_denormals_are_flushed_in_every_thread(setup, flushed):
     env = {k: v for k, v in os.environ.items() if k != "IMGCLF_FLUSH_DENORMALS"}
     out = subprocess.run([sys.executable, "-c", DENORMALS.format(setup=setup)],

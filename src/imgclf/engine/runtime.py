@@ -108,7 +108,7 @@ def flush_denormals() -> bool:
     The flags belong to each thread, and a new thread copies them from the thread that
     starts it: this must run before PyTorch's first parallel operation starts its thread
     pool, or only the calling thread gets them. The ``imgclf`` command calls it first
-    thing, and ``resolve_runtime`` calls it for CPU training. ``IMGCLF_FLUSH_DENORMALS=0`` in
+    thing, and ``resolve_runtime`` calls it for CPU runs. ``IMGCLF_FLUSH_DENORMALS=0`` in
     the environment turns it off; returns whether the flags are set.
     """
     if not switched_on("IMGCLF_FLUSH_DENORMALS"):
@@ -141,16 +141,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True,
-                    training: bool = False) -> Runtime:
+def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
     """Pick CUDA when present, else CPU; bf16 autocast where the hardware runs it natively.
 
-    For ``training`` on CPU, large freed tensors are kept for reuse (``reuse_freed_memory``)
-    and denormal values are flushed to zero (``flush_denormals``). Both hold for the whole
-    process, so a program that only loads a model to predict is left as it was.
+    On CPU, large freed tensors are kept for reuse (``reuse_freed_memory``) and denormal
+    values are flushed to zero (``flush_denormals``).
     """
     dev = resolve_device(device)
-    if training and dev.type == "cpu":
+    if dev.type == "cpu":
         reuse_freed_memory()
         flush_denormals()
     if amp == "auto":

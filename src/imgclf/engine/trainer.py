@@ -570,8 +570,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     """``train`` in one process; ``held`` keeps the run folder's lock to the end."""
     _check_method_model(config)
     seed_everything(config.seed)
-    rt = resolve_runtime(config.train.device, config.train.amp, config.train.channels_last,
-                         training=True)
+    rt = resolve_runtime(config.train.device, config.train.amp, config.train.channels_last)
     run_dir = _prepare_run_dir(config, resume)
     config.out = str(run_dir)  # the folder chosen when none was given
     if dist.is_main():  # after the checks: they refuse a cache folder inside the dataset
