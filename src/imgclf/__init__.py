@@ -61,7 +61,11 @@ def train(data=None, method: str | None = None, config=None, resume: bool = Fals
 
 
 def load(run_dir, device: str = "auto"):
-    """A predictor for a trained run: ``load(run).predict(paths)``."""
+    """A predictor for a trained run: ``load(run).predict(paths)``.
+
+    On a CPU it has malloc keep freed memory for reuse and flushes denormal floats to
+    zero, for the whole process, as training does (README, "Training options").
+    """
     from imgclf.predict import load as _load
 
     return _load(run_dir, device=device)
