@@ -214,6 +214,8 @@ def test_an_image_that_failed_to_decode_is_tried_again(tmp_path, make_image_fold
     again = load_images(paths, (24, 24))
     whole = load_images(paths, (24, 24), use_cache=False)
     assert again.failures == {} and again.paths == paths and again.digests == whole.digests
+    # What is computed from the images (the frozen features) is keyed by what they hold.
+    assert first.key != again.key == whole.key
     assert np.array_equal(again.array, whole.array)
     # Written into the cache entry where it can be: read from there next time.
     with monkeypatch.context() as patched:

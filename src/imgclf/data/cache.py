@@ -44,6 +44,8 @@ class DecodedImages:
     kept: list[int]
     failures: dict[Path, str]
     key: str
+    """Identifies what ``array`` holds: the cache entry's key, and which of its files failed
+    (one of them decoding on a later run changes it, and so keys what is computed from it)."""
     digests: list[str | None]
     """``file_digest`` of each of ``paths`` (None where the file could not be read again)."""
 
@@ -181,6 +183,13 @@ def _decode_failures_again(paths: list[Path], size: tuple[int, int], interpolati
     return np.load(data_file, mmap_mode="r"), digests, failures
 
 
+def _contents_key(key: str, failures: dict[int, str]) -> str:
+    if not failures:
+        return key  # as it was before failures counted: features cached then stay valid
+    failed = json.dumps(sorted(failures)).encode()
+    return f"{key[:16]}{hashlib.sha256(failed + key.encode()).hexdigest()[:16]}"
+
+
 def load_images(
     paths: list[Path],
     size: tuple[int, int],
@@ -225,6 +234,6 @@ def load_images(
         paths=[paths[i] for i in kept],
         kept=kept,
         failures={paths[i]: reason for i, reason in failures.items()},
-        key=key,
+        key=_contents_key(key, failures),
         digests=[digests[i] for i in kept],
     )
