@@ -714,7 +714,8 @@ def test_a_weights_file_given_relative_is_saved_absolute(split_data, tmp_path, m
     config = load_config(out / "config.yaml")  # serves from any working folder
     assert config.model.weights == str(tmp_path / "mine.safetensors")
     assert config.data.data == str(split_data)
-    assert load_ckpt(out / "model.pt")["weights_source"].endswith("mine.safetensors")
+    assert re.fullmatch(rf"weights file {re.escape(str(tmp_path))}/mine\.safetensors "
+                        r"\(sha256 [0-9a-f]{16}\)", load_ckpt(out / "model.pt")["weights_source"])
 
 
 def test_a_weights_file_written_over_gets_features_of_its_own(split_data, tmp_path, caplog):

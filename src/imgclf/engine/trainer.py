@@ -31,7 +31,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from imgclf.config import INFERENCE_BATCH, Config, DataSection, ModelSection
-from imgclf.data.cache import file_identity, load_cached_array
+from imgclf.data.cache import load_cached_array
 from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.data.prepare import (
     PreparedData,
@@ -240,10 +240,9 @@ def feature_key(image_key: str, config: Config, prep: Preprocessing, source: str
     # A randomly initialised backbone is only the same backbone under the same seed.
     init = config.seed if source == "random init" else None
     precision = "onnx float32" if engine == "onnx" else str(rt.amp_dtype)
-    ident = [image_key, config.model.name, source, init, prep.to_dict(), precision]
-    if config.model.weights:  # its source names the file, not what it holds
-        ident.append(file_identity(Path(config.model.weights)))
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+    ident = json.dumps([image_key, config.model.name, source, init, prep.to_dict(),
+                        precision], sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
 def default_run_dir(config: Config) -> Path:
@@ -593,6 +592,9 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     config.model.img_size = prep.img_size
     if last is not None:
         _check_unchanged(config, last, run_dir)
+        # The weights come from last.pt: those the run began from, whatever the weights
+        # file holds now.
+        source = last.get("weights_source", source)
     stages = config.train.finetune
     if stages not in (None, "all") and int(stages) > (groups := len(backbone_groups(model))):
         raise ConfigError(f"--finetune {stages}: {config.model.name} has {groups} stages to "

@@ -623,7 +623,10 @@ def _resolve(model_name: str, weights: str | os.PathLike | None) -> _Resolved:
     check_model_name(model_name)
     if weights is not None:
         path = Path(weights)
-        return _Resolved(_read_weights_file(path), f"weights file {path}")
+        state = _read_weights_file(path)
+        # The digest tells the file's weights apart from others saved under its name later:
+        # frozen features are cached by source.
+        return _Resolved(state, f"weights file {path} (sha256 {_sha256(path)[:16]})")
 
     tried = []
     source = OFFLINE_SOURCES.get(model_name)
