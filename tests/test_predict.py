@@ -115,8 +115,11 @@ def test_predict_takes_paths_and_points_arrays_to_predict_arrays(trained, mixed_
         predictor.predict(image[None])
     # File names in a set, a generator or an array are paths all the same.
     one = mixed_folder / "nested" / "deep.png"
-    for paths in ({one}, (p for p in [one]), np.array([str(one)])):
+    for paths in ({one}, (p for p in [one]), np.array([str(one)]),
+                  np.array([str(one)], dtype=object), np.array(str(one))):
         assert [p.path for p in predictor.predict(paths, batch_size=np.int64(2))] == [one]
+    with pytest.raises(ConfigError, match=r"\(str or Path\).*, got bytes\.$"):
+        predictor.predict(bytes(one))
     # a non-image named on its own is an error row, not left out
     [notes] = predictor.predict([mixed_folder / "notes.txt"])
     assert notes.error == "not a recognised image format"

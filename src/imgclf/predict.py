@@ -207,8 +207,9 @@ class BasePredictor:
 
     def predict(self, paths, batch_size: int = INFERENCE_BATCH,
                 tta: bool | None = None) -> list[Prediction]:
-        """Predict every image among ``paths`` (files or folders, walked recursively): one
-        ``Prediction`` per file, each file once, in the order found."""
+        """Predict every image among ``paths`` (a file or folder, or any iterable of them;
+        folders are walked recursively): one ``Prediction`` per file, each file once, in
+        the order found."""
         if isinstance(batch_size, bool | np.bool_) or not isinstance(batch_size, Integral) \
                 or batch_size < 1:
             raise ConfigError(f"batch size must be a whole number, at least 1, got "
@@ -216,11 +217,13 @@ class BasePredictor:
         batch_size = int(batch_size)
         in_memory = ("predict takes image files and folders (str or Path); for images already "
                      "in memory use predict_arrays (uint8 arrays of shape (N, size, size, 3))")
-        if isinstance(paths, np.ndarray) and paths.dtype.kind not in "US":
-            raise ConfigError(f"{in_memory}, got an array of {paths.dtype} values.")
-        if isinstance(paths, str | os.PathLike) or not isinstance(paths, Iterable):
+        if isinstance(paths, np.ndarray):
+            if paths.dtype.kind in "biufc":
+                raise ConfigError(f"{in_memory}, got an array of {paths.dtype} values.")
+            paths = paths.ravel().tolist()  # file names, as pandas' .to_numpy() gives them
+        if isinstance(paths, str | os.PathLike | bytes) or not isinstance(paths, Iterable):
             paths = [paths]
-        paths = list(paths)  # a set, a generator, an array of file names
+        paths = list(paths)  # a set, a generator, a pandas Series
         for item in paths:
             if not isinstance(item, str | os.PathLike):
                 raise ConfigError(f"{in_memory}, got {type(item).__name__}.")
