@@ -104,14 +104,21 @@ def test_a_class_with_one_image_keeps_it_for_training(tmp_path, make_image_folde
 
 def test_a_large_validation_fraction_leaves_every_class_a_training_image(
         tmp_path, make_image_folder, caplog):
-    # Stratified, 80% of 14 images would send both of b's to validation (seed 0).
+    # Stratified, 80% of 14 images sends both of b's to validation (seed 0): one goes back.
     make_image_folder(tmp_path, {"a": 12, "b": 2})
-    with caplog.at_level(logging.WARNING, logger="imgclf.data.prepare"):
+    with caplog.at_level(logging.INFO, logger="imgclf.data.prepare"):
         data = prepare_data(tmp_path, val_fraction=0.8, seed=0)
     train, val = data.splits["train"], data.splits["val"]
-    assert set(train.labels) == {0, 1}
-    assert (len(train), len(val)) == (2, 12)
-    assert "cannot be stratified (it would leave some class no training image)" in caplog.text
+    assert sorted(train.labels) == [0, 1] and sorted(val.labels) == [0] * 11 + [1]
+    assert "took every image of 1 class(es): one image of each moved back" in caplog.text
+    assert "validation: 80% of train (stratified" in data.summary()
+    # Stratification is kept where it can be: many small classes stay on both sides.
+    make_image_folder(tmp_path / "many", {"a": 40, "b": 2, "c": 2, "d": 2, "e": 2})
+    for seed in range(5):
+        data = prepare_data(tmp_path / "many", val_fraction=0.6, seed=seed)
+        train, val = data.splits["train"], data.splits["val"]
+        assert set(train.labels) == set(val.labels) == {0, 1, 2, 3, 4}
+        assert (len(train), len(val)) == (19, 29)
 
 
 def test_validation_fraction_that_leaves_no_training_image(tmp_path, make_image_folder):

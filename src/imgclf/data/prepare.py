@@ -121,8 +121,8 @@ def _found_line(splits: dict[str, Split], layout: Layout) -> str:
 def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split, str]:
     """Seeded split of ``fraction`` of ``train`` for validation; returns (train, val, how
     it was drawn). Stratified, as scikit-learn's train_test_split, when every class has
-    images enough for both sides; otherwise one image of each class stays in training, so
-    that no class goes unlearnt, and validation is drawn at random from the rest."""
+    images enough for both sides; otherwise one image of each class stays in training, and
+    validation is drawn at random from the rest. Either way no class goes unlearnt."""
     if len(train) < 2:
         raise DataError(f"training split has {len(train)} image(s); need at least 2 to split.")
     indices = np.arange(len(train))
@@ -133,18 +133,13 @@ def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
         raise DataError(f"a validation fraction of {fraction:g} leaves no images on one side "
                         f"of {len(train)} training images; choose one between 0 and 1 that "
                         "does, or give a val/ folder.")
-    tr = None
     if min(counts.values()) >= 2 and min(n_val, len(train) - n_val) >= len(counts):
         tr, va = train_test_split(indices, test_size=n_val, stratify=labels, random_state=seed)
+        tr, va = _every_class_trained(tr, va, labels, seed)
         how = "stratified"
-        # scikit-learn rounds each class's share: at large fractions a small class can go
-        # to validation whole.
-        if len(set(labels[tr])) < len(counts):
-            tr, why = None, "it would leave some class no training image"
     else:
         why = ("some class has a single image" if min(counts.values()) < 2 else
                f"it cannot hold every one of {len(counts)} classes on both sides")
-    if tr is None:
         tr, va, n_val = _keeping_one_per_class(indices, labels, n_val, seed)
         how = "random, one image of each class kept for training"
         log.warning("a %g%% validation split of %d images cannot be stratified (%s): "
@@ -153,6 +148,32 @@ def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
     new_train = train.subset(sorted(tr), "train")
     new_train.skipped = train.skipped
     return new_train, train.subset(sorted(va), "val"), how
+
+
+def _every_class_trained(tr: np.ndarray, va: np.ndarray, labels: np.ndarray,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified split with one image of each class it left out of training (scikit-learn
+    rounds each class's share: at large fractions a small class can go to validation whole)
+    moved there from validation, and one of the class with most training images moved the
+    other way, so that both sides keep their sizes."""
+    missing = sorted(set(labels.tolist()) - set(labels[tr].tolist()))
+    if not missing:
+        return tr, va
+    rng = np.random.default_rng(seed)
+    tr, va = list(tr), list(va)
+    for c in missing:
+        counts = Counter(labels[tr].tolist())
+        largest = max(sorted(counts), key=counts.__getitem__)
+        to_train = int(rng.choice([i for i in va if labels[i] == c]))
+        to_val = int(rng.choice([i for i in tr if labels[i] == largest]))
+        va.remove(to_train)
+        tr.append(to_train)
+        tr.remove(to_val)
+        va.append(to_val)
+    log.info("the stratified validation split took every image of %d class(es): one image "
+             "of each moved back to training, and as many of the largest classes' to "
+             "validation", len(missing))
+    return np.array(tr), np.array(va)
 
 
 def _keeping_one_per_class(indices: np.ndarray, labels: np.ndarray, n_val: int,
