@@ -277,13 +277,25 @@ def test_one_cycle_over_a_single_step_trains_it_at_a_useful_rate():
 
 
 def test_a_run_that_diverges_at_once_stops_with_the_fix(split_data, tmp_path):
-    with pytest.raises(Diverged, match=r"training diverged in epoch \d: the .* became "
-                                            r"(nan|inf|finite).*Lower the learning rate "
+    with pytest.raises(Diverged, match=r"training diverged in epoch \d: the .* (became "
+                                            r"(nan|inf)|stopped being finite).*Lower the "
+                                            r"learning rate "
                                             r"\(--lr; this phase's was 1e\+30\) and train "
                                             r"again, into another --out or after deleting "
                                             r".*run \(resuming it would keep this rate\)\.$"):
         scratch(split_data, tmp_path / "run", train={"lr": 1e30, "amp": "off"})
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_fine_tuning_phase_that_diverges_names_its_own_rate(split_data, tmp_path):
+    # Huge but finite weights: the outputs overflow, in validation first.
+    with pytest.raises(Diverged, match=r"training diverged in finetune epoch 1, epoch 2 of the "
+                                       r"run: the outputs on the validation images stopped "
+                                       r"being finite numbers\. Lower the learning rate "
+                                       r"\(--finetune-lr; this phase's was 1e\+30\)"):
+        imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
+                     train={"finetune": "all", "warmup_epochs": 1, "finetune_epochs": 1,
+                            "finetune_lr": 1e30, "amp": "off"})
 
 
 def test_a_run_that_diverges_later_keeps_its_best_epoch(split_data, tmp_path, monkeypatch,

@@ -60,6 +60,8 @@ class Phase:
     before_epoch: Callable[[], None] | None = None
     runtime: Runtime | None = None
     """Overrides the run's runtime (a head over cached features needs no autocast)."""
+    lr_option: str = "--lr"
+    """The option that sets this phase's learning rate, for the advice when it diverges."""
 
 
 @dataclass
@@ -179,10 +181,13 @@ def _gather_in_order(logits, labels, loader):
 
 
 def evaluate(module: nn.Module, loader, rt: Runtime) -> dict[str, float]:
-    """Validation loss (plain cross-entropy) and accuracy."""
+    """Validation loss (plain cross-entropy) and accuracy. Raises Diverged when the outputs
+    are not finite: weights grown huge but still finite overflow there."""
     logits, labels = run_inference(module, loader, rt)
     if len(labels) == 0:
         return {"val_loss": math.nan, "val_accuracy": math.nan}
+    if not np.isfinite(logits).all():
+        raise Diverged("the outputs on the validation images stopped being finite numbers")
     t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
     return {
         "val_loss": float(F.cross_entropy(t_logits, t_labels)),
@@ -313,12 +318,13 @@ def fit(
         where = numbered(offset + (state.epoch if state.phase == phase.name else 0) + 1)
         if not (restore_best and phase_best(run_dir, phase.name)):
             raise Diverged(f"training diverged in {where}: {exc}. Lower the learning rate "
-                           f"(--lr; this phase's was {phase.optimizer.defaults['lr']:g}) "
+                           f"({phase.lr_option}; this phase's was "
+                           f"{phase.optimizer.defaults['lr']:g}) "
                            f"and train again, into another --out or after deleting {run_dir} "
                            "(resuming it would keep this rate).") from None
         log.warning("training diverged in %s: %s. Training stops there; the best epoch's "
-                    "weights are kept (a lower learning rate, --lr, may train further).",
-                    where, exc)
+                    "weights are kept (a lower learning rate, %s, may train further).",
+                    where, exc, phase.lr_option)
     except KeyboardInterrupt:
         # The weights are part-way through an epoch (or its checkpoints): last.pt keeps
         # the last whole one.

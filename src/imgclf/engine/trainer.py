@@ -340,7 +340,8 @@ def _epochs(cfg: Config, phase: str) -> int:
 
 
 def _image_phase(ctx: TrainingContext, name: str, params: list, lr: float, epochs: int,
-                 schedule: str, before_epoch: Callable[[], None]) -> Phase:
+                 schedule: str, before_epoch: Callable[[], None],
+                 lr_option: str = "--lr") -> Phase:
     """A phase that trains ``params`` (or parameter groups) of the classifier on images:
     training batches augmented and mixed as the config says, validation ones plain."""
     cfg = ctx.config
@@ -353,7 +354,7 @@ def _image_phase(ctx: TrainingContext, name: str, params: list, lr: float, epoch
         train_loader, _image_loader(ctx, "val", False, "none"), optimizer, epochs,
         ctx.loss_fn, scheduler, per_step,
         mixer=create_batch_mixer(len(ctx.data.classes), cfg.augment.mixup, cfg.augment.cutmix),
-        before_epoch=before_epoch,
+        before_epoch=before_epoch, lr_option=lr_option,
     )
 
 
@@ -409,7 +410,8 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
     keep_stats = not cfg.train.finetune_norm_stats
     return _image_phase(ctx, "finetune", groups, cfg.train.finetune_lr,
                         cfg.train.finetune_epochs, "onecycle",
-                        lambda: freeze_norm_stats(model, trainable_too=keep_stats))
+                        lambda: freeze_norm_stats(model, trainable_too=keep_stats),
+                        "--finetune-lr")
 
 
 def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
