@@ -96,7 +96,8 @@ def test_numpy_scalars_are_taken_as_pythons():
                   "restore_best": np.bool_(False)}})
     assert (config.seed, config.train.epochs, config.train.restore_best) == (3, 2, False)
     assert type(config.seed) is int and type(config.train.lr) is float
-    assert config.data.val_fraction == pytest.approx(0.25)
+    assert config.data.val_fraction == 0.25 and config.train.lr == 0.001  # as written
+    assert build_config("scratch", None, {"train": {"epochs": np.array(4)}}).train.epochs == 4
     with pytest.raises(ConfigError, match=r"train\.epochs must be an integer, got 2\.5"):
         build_config("scratch", None, {"train": {"epochs": np.float64(2.5)}})
 

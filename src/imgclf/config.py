@@ -194,7 +194,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     and so are booleans as "on" and "off": PyYAML reads ``tta: off`` as false. NumPy's
     scalars count as Python's (``epochs=np.int64(5)`` from a sweep over ``np.arange``).
     """
-    if isinstance(value, np.generic):
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, np.floating):  # np.float32(1e-3) as written, not 0.00100000004749
+        value = float(str(value))
+    elif isinstance(value, np.generic):
         value = value.item()
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
