@@ -61,6 +61,12 @@ def scratch(data, out, epochs: int = 2, **options):
     return imgclf.train(data, **sections, out=out)
 
 
+def scratch_config(data, out, **train):
+    """The config of a tiny scratch run on ``data`` into ``out``, ``train`` its settings."""
+    return build_config("scratch", None, {"data": {"data": str(data)}, "out": str(out),
+                                          "model": {"img_size": 32}, "train": train})
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -336,9 +342,7 @@ def test_train_refuses_arguments_of_the_wrong_kind(split_data, tmp_path):
 
 def test_resume_after_interruption(split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    config = build_config("scratch", None, {
-        "data": {"data": str(split_data)}, "out": str(out),
-        "model": {"img_size": 32}, "train": {"epochs": 3}})
+    config = scratch_config(split_data, out, epochs=3)
     calls = interrupt_on_call(monkeypatch, 2)
     with pytest.raises(Interrupted, match=r"last whole epoch is saved in .*last\.pt.*--resume"):
         train(config)
@@ -417,9 +421,7 @@ def test_resumed_run_trains_as_an_uninterrupted_one(uninterrupted, tmp_path, mon
 def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_path,
                                                              monkeypatch, make_image_folder):
     out = tmp_path / "run"
-    config = build_config("scratch", None, {
-        "data": {"data": str(split_data)}, "out": str(out),
-        "model": {"img_size": 32}, "train": {"epochs": 2}})
+    config = scratch_config(split_data, out, epochs=2)
     interrupt_on_call(monkeypatch, 2)
     with pytest.raises(Interrupted):
         train(config)
@@ -525,9 +527,7 @@ def test_resume_without_a_checkpoint_raises(split_data, tmp_path):
 def test_stopped_between_its_history_and_checkpoint_a_run_resumes_whole(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    config = build_config("scratch", None, {
-        "data": {"data": str(split_data)}, "out": str(out),
-        "model": {"img_size": 32}, "train": {"epochs": 2, "patience": 0}})
+    config = scratch_config(split_data, out, epochs=2, patience=0)
     real_write = loop.write_history
 
     def stop_writing_the_second_epoch(history, path):
@@ -547,9 +547,7 @@ def test_stopped_after_its_checkpoint_a_run_that_stops_early_resumes_to_its_end(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     # No epoch after the first improves by min_delta: early stopping ends epoch 2.
-    config = build_config("scratch", None, {
-        "data": {"data": str(split_data)}, "out": str(out), "model": {"img_size": 32},
-        "train": {"epochs": 5, "patience": 1, "min_delta": 100.0}})
+    config = scratch_config(split_data, out, epochs=5, patience=1, min_delta=100.0)
     real_log = loop._log_epoch
 
     def stop_after_saving_the_second_epoch(row, epoch, *args):
@@ -570,9 +568,7 @@ def test_stopped_after_its_checkpoint_a_run_that_stops_early_resumes_to_its_end(
 def test_interrupted_while_saving_its_first_epoch_a_run_says_what_it_saved(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    config = build_config("scratch", None, {
-        "data": {"data": str(split_data)}, "out": str(out), "model": {"img_size": 32},
-        "train": {"epochs": 2, "patience": 0}})
+    config = scratch_config(split_data, out, epochs=2, patience=0)
     calls, real_save = [], loop.save_atomic
 
     def stop_saving_epoch_one(payload, path):
