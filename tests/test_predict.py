@@ -626,6 +626,24 @@ def test_evaluate_refuses_to_overwrite_or_write_into_the_data(trained, tmp_path)
         evaluate_folder(run, data, split="validation")
 
 
+def test_predictions_go_into_the_predicting_run_or_outside_any(trained, tmp_path):
+    trained_run, data = trained
+    other = shutil.copytree(trained_run, tmp_path / "other")
+    images = data / "test" / "red"
+    before = sorted(p.name for p in other.rglob("*"))
+    for out in (other / "new.csv", other / "sub" / "new.json"):
+        assert main(["predict", str(trained_run), str(images), "--out", str(out), "-q"]) == 2
+        with pytest.raises(RunError, match=r"would be inside .*other, the folder of another "
+                                           r"run; write predictions into the predicting run's "
+                                           r"folder or outside any run folder"):
+            imgclf.load(trained_run).write([], out)
+    assert sorted(p.name for p in other.rglob("*")) == before
+    for out in (trained_run / "sub" / "new.csv", tmp_path / "new.csv"):
+        assert main(["predict", str(trained_run), str(images), "--out", str(out), "-q"]) == 0
+        assert out.read_text().startswith("path,predicted,confidence,")
+    shutil.rmtree(trained_run / "sub")
+
+
 def test_evaluate_keeps_each_runs_evaluations_apart(trained, tmp_path):
     trained_run, data = trained
     first = shutil.copytree(trained_run, tmp_path / "first")

@@ -638,7 +638,8 @@ def test_training_into_a_finished_run_without_resume_raises(split_data, tmp_path
         imgclf.train(out=run, resume=True)
     for name in ("metrics.json", "model.pt"):  # as a run stopped part-way leaves it
         (run / name).unlink()
-    with pytest.raises(RunError, match=r"already holds an unfinished run; use --resume"):
+    with pytest.raises(RunError, match=r"already holds an unfinished run, or one still training; "
+                                       r"use --resume"):
         scratch(split_data, tmp_path / "run", epochs=1)
 
 
@@ -650,7 +651,7 @@ def test_a_run_or_comparison_inside_another_runs_folder_is_refused(split_data, t
     with pytest.raises(RunError, match=r"run/nested would be inside .*run, the folder of "
                                        r"another run; choose --out outside any run folder"):
         scratch(split_data, run / "nested", epochs=1)
-    with pytest.raises(RunError, match=r"run/cmp would be inside .*run, the folder of a run"):
+    with pytest.raises(RunError, match=r"run/cmp would be inside .*run, the folder of another run"):
         compare(str(split_data), "scratch", None, run / "cmp")
     assert sorted(p.name for p in run.iterdir()) == before
 

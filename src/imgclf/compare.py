@@ -47,7 +47,7 @@ from imgclf.paths import (
     METRICS_FILE,
     absolute,
     check_output_folder,
-    enclosing_run,
+    check_outside_other_runs,
     is_run_folder,
     read_audit,
     read_run_config,
@@ -264,10 +264,7 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
     check_output_folder(out, (data,), lambda names: bool(
         names & {LEADERBOARD_FILE, AUDIT_FILE}) or (
         names <= planned and all(is_run_folder(out / n) for n in names)))
-    inside = enclosing_run(out)
-    if inside is not None:
-        raise RunError(f"{out} would be inside {inside}, the folder of a run; choose --out "
-                       "outside any run folder.")
+    check_outside_other_runs(out, None, "choose --out outside any run folder")
     out.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out):  # one comparison at a time in ``out``
         return _train_and_rank(plans, configs, data, out, sort_by, workers, audit)

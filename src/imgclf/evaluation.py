@@ -34,6 +34,7 @@ from imgclf.paths import (
     SKIPPED_FILE,
     absolute,
     check_output_folder,
+    check_outside_other_runs,
     enclosing_run,
     open_for_writing,
     optional_path,
@@ -200,11 +201,10 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data, *predictor.datasets),
                         lambda names: names <= EVALUATION_FILES)
+    # The report shows a run's evaluation folders as that run's.
+    check_outside_other_runs(out_dir, run_dir,
+                             f"evaluate into {run_dir} (the default) or outside any run folder")
     inside = enclosing_run(out_dir)
-    if inside is not None and not _same(inside, run_dir):
-        # The report shows a run's evaluation folders as that run's.
-        raise RunError(f"{out_dir} would be inside {inside}, the folder of another run; "
-                       f"evaluate into {run_dir} (the default) or outside any run folder.")
     labelled = (held_out if held_out is not None
                 else scan_split(name, root, predictor.classes, source="the model"))
     # After the scan, so that classes the model lacks are named first.

@@ -42,7 +42,7 @@ from imgclf.paths import (
     TRAINING_CHECKPOINTS,
     begins_with,
     check_output_file,
-    enclosing_run,
+    check_outside_other_runs,
     read_mapping,
     run_datasets,
     write_text,
@@ -151,11 +151,9 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
     datasets = run_datasets(ckpt.parent)
     _check_export_files(out, fmt, datasets)
-    folder = enclosing_run(out)
-    if folder is not None and folder.resolve() != ckpt.parent.resolve():
-        # `predict --engine onnx` that run would answer with this run's model and classes.
-        raise ConfigError(f"{out} would be inside {folder}, the folder of another run; "
-                          "export into this run's folder or outside any run folder.")
+    # `predict --engine onnx` that run would answer with this run's model and classes.
+    check_outside_other_runs(out, ckpt.parent,
+                             "export into this run's folder or outside any run folder")
     model, prep, classes, meta = load_model(ckpt)
     model = model.cpu().eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +231,8 @@ class OnnxPredictor(BasePredictor):
             raise RunError(f"{path} is not a run folder and has no {DEFAULT_FILES['onnx']}: "
                            "give the .onnx file itself, or the folder of the run it was "
                            "exported from.")
-        self.datasets = run_datasets(model_file.parent)
+        self.folder = model_file.parent
+        self.datasets = run_datasets(self.folder)
         if exportable:
             export_again = (f"export again with `imgclf export "
                             f"{shlex.quote(str(model_file.parent))} --format onnx`")

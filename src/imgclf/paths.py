@@ -368,6 +368,15 @@ def enclosing_run(path: str | Path) -> Path | None:
     return next((folder for folder in absolute(path).parents if is_run_folder(folder)), None)
 
 
+def check_outside_other_runs(path: str | Path, own: Path | None, fix: str) -> None:
+    """Refuse ``path`` inside a run folder other than ``own`` (the run whose output it is;
+    None for a new run or comparison): that run's reports would show it as the run's own.
+    ``fix`` says where to write instead."""
+    inside = enclosing_run(path)
+    if inside is not None and (own is None or inside.resolve() != Path(own).resolve()):
+        raise RunError(f"{path} would be inside {inside}, the folder of another run; {fix}.")
+
+
 def run_datasets(folder: str | Path) -> list[Path]:
     """The dataset folders that the run ``folder`` (or each run of a compare folder) was
     trained on, as its config.yaml names them; none where there is no readable config."""

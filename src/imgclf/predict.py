@@ -37,6 +37,7 @@ from imgclf.paths import (
     MODEL_FILE,
     TRAINING_CHECKPOINTS,
     check_output_file,
+    check_outside_other_runs,
     open_for_writing,
     path_argument,
     probability_columns,
@@ -115,15 +116,18 @@ def run_folder(run: str | Path) -> Path:
     return Path(run) if Path(run).is_dir() else Path(run).parent
 
 
-def output_format(path: str | Path, datasets=()) -> str:
+def output_format(path: str | Path, datasets=(), run: Path | None = None) -> str:
     """"csv" or "json": the format a predictions file named ``path`` is written in.
 
     ConfigError for a name that predictions are not written to: a folder, another suffix,
     a file that imgclf wrote into a run or compare folder, a place inside one of
-    ``datasets``, or an existing file that is not earlier predictions (``check_output_file``).
+    ``datasets``, or an existing file that is not earlier predictions (``check_output_file``);
+    RunError for a place inside the folder of another run than ``run``, the predicting one.
     """
     path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv",
                              starts=PREDICTIONS_START, what="a predictions file")
+    check_outside_other_runs(path, run, "write predictions into the predicting run's folder "
+                                        "or outside any run folder")
     return path.suffix.lower().lstrip(".")
 
 
@@ -140,6 +144,9 @@ class BasePredictor:
     meta: dict
     datasets: list[Path]
     """The run's training data, where predictions are never written."""
+    folder: Path
+    """The folder of the run (or of the exported model): predictions may be written there,
+    not into another run's."""
 
     @property
     def tta(self) -> bool:
@@ -269,7 +276,7 @@ class BasePredictor:
         probability column per class as ``probability_columns`` names them, then error).
         Parent folders are created; the file appears whole or not at all."""
         path = Path(path)
-        kind = output_format(path, self.datasets)
+        kind = output_format(path, self.datasets, self.folder)
         with open_for_writing(path, newline="") as fh:
             if kind == "json":
                 json.dump([self._record(p) for p in predictions], fh, indent=1,
@@ -303,7 +310,8 @@ class Predictor(BasePredictor):
 
     def __init__(self, run: str | Path, device: str = "auto"):
         self.model, self.prep, self.classes, self.meta = load_model(run)
-        self.datasets = run_datasets(run_folder(run))
+        self.folder = run_folder(run)
+        self.datasets = run_datasets(self.folder)
         self.rt: Runtime = resolve_runtime(device, "off", channels_last=True)
         self.model = self.rt.place(self.model)
 

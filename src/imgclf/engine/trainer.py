@@ -76,7 +76,7 @@ from imgclf.paths import (
     cache_dir,
     cache_writable,
     check_output_folder,
-    enclosing_run,
+    check_outside_other_runs,
     first_line,
     run_folder_lock,
     written_whole,
@@ -506,16 +506,14 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
         raise RunError(f"{run_dir} already holds a finished run: choose another --out, or "
                        "delete that folder to train it again.")
     elif (run_dir / LAST_CHECKPOINT).exists():
-        raise RunError(f"{run_dir} already holds an unfinished run; use --resume to continue "
-                       "it, or choose another --out.")
+        # Or a run still training: its lock is taken only after these checks.
+        raise RunError(f"{run_dir} already holds an unfinished run, or one still training; "
+                       "use --resume to continue an interrupted one, or choose another --out.")
     d = config.data
     # config.yaml marks a run folder, maybe of a run that failed before its first epoch.
     check_output_folder(run_dir, (d.data, d.train, d.val, d.test),
                         lambda names: CONFIG_FILE in names)
-    inside = enclosing_run(run_dir)
-    if inside is not None:  # its reports, evaluations and exports would mix with that run's
-        raise RunError(f"{run_dir} would be inside {inside}, the folder of another run; "
-                       "choose --out outside any run folder.")
+    check_outside_other_runs(run_dir, None, "choose --out outside any run folder")
     return run_dir
 
 
