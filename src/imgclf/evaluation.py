@@ -253,9 +253,10 @@ def _chosen_split(data: Path, split: str | None, run_dir: Path,
         log.warning("%s is the folder %s was trained on: these figures are on images the "
                     "model has learnt from (with any validation images it held out of that "
                     "folder), not on new ones", root, run_dir)
-    elif name == "train" and split is None:
-        log.warning("%s has no test or val split: evaluating on the training split, "
-                    "whose images the model has learnt from", data)
+    elif name == "train" and split is None:  # not the run's own: maybe other images
+        log.warning("%s has no test or val split: evaluating its train split (if it holds "
+                    "images the model learnt from, the figures overstate how it does on new "
+                    "ones)", data)
     return name, root, held_out
 
 
