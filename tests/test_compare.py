@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 
 import pytest
@@ -278,6 +279,23 @@ def test_leaderboard_keeps_runs_of_an_earlier_comparison(compared, tmp_path):
     compare(str(data), ["scratch"], [], out, OVERRIDES)
     # Both finished runs; the failed one left no finished folder.
     assert sorted(r["run"] for r in leaderboard(out)) == sorted(RUNS[:2])
+
+
+def test_leaderboard_leaves_out_runs_on_other_data(compared, tmp_path, caplog):
+    import yaml
+
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    # As `imgclf train OTHER --out cmp/...` leaves it: a finished run on other images.
+    config_file = out / "transfer-mobilenetv2_100" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["data"]["data"] = str(tmp_path / "other-data")
+    config_file.write_text(yaml.safe_dump(config))
+    with caplog.at_level(logging.WARNING, logger="imgclf.compare"):
+        compare(str(data), ["scratch"], [], out, OVERRIDES)
+    assert [r["run"] for r in leaderboard(out)] == ["scratch-small_cnn"]
+    assert "run transfer-mobilenetv2_100 in " in caplog.text
+    assert "was trained on other data (data.data): left out of the leaderboard" in caplog.text
 
 
 def test_a_model_given_is_the_network_of_the_scratch_and_augment_runs():

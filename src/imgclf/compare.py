@@ -312,7 +312,8 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
     else:
         _train_in_workers(todo, configs, resumable, workers, rows,
                           lambda: write_leaderboard(list(rows.values()), out, sort_by))
-    ordered = [rows[p.name] for p in plans] + _earlier_runs(out, set(rows))
+    ordered = [rows[p.name] for p in plans] + _earlier_runs(out, set(rows),
+                                                             configs[plans[0].name])
     write_leaderboard(ordered, out, sort_by)
     return out
 
@@ -389,12 +390,24 @@ def _audited_root(audit_file: Path) -> str | None:
         return None
 
 
-def _earlier_runs(out: Path, named: set[str]) -> list[dict]:
+DATA_PATH_SETTINGS = tuple(key for key in PATH_SETTINGS if key.startswith("data."))
+"""Where a run's images come from: runs that differ in them are not ranked together."""
+
+def _earlier_runs(out: Path, named: set[str], config) -> list[dict]:
     """Leaderboard rows of finished runs an earlier comparison left in ``out`` that this
-    one did not ask for: the leaderboard, like the report, shows every run in the folder."""
+    one did not ask for: the leaderboard, like the report, shows every run in the folder,
+    but for runs on other data than ``config``'s (one of this comparison's runs), whose
+    figures are on other images."""
     rows = []
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in named):
-        if (run_dir / METRICS_FILE).exists() and (run_dir / CONFIG_FILE).exists():
+        if not ((run_dir / METRICS_FILE).exists() and (run_dir / CONFIG_FILE).exists()):
+            continue
+        other_data = [key for key in _changed_settings(run_dir, config)
+                      if key in DATA_PATH_SETTINGS]
+        if other_data:
+            log.warning("run %s in %s was trained on other data (%s): left out of the "
+                        "leaderboard", run_dir.name, out, ", ".join(other_data))
+        else:
             rows.append(row_from_run(run_dir))
     return rows
 
