@@ -436,9 +436,16 @@ def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_pa
     with pytest.raises(RunError, match=r"the run began with the classes a, b, c; the data "
                                        r"now has a, b, c, d"):
         imgclf.train(out=out, resume=True)
-    assert (out / "last.pt").read_bytes() == before  # nothing lost: restored, it resumes
     shutil.rmtree(split_data / "train" / "d")
     shutil.move(moved, image)
+    original = image.read_bytes()
+    other = next((split_data / "train" / "b").iterdir()).read_bytes()
+    image.write_bytes(other + b"\0" * (len(other) == len(original)))  # b's image as a's
+    with pytest.raises(RunError, match=r"cannot resume: some of the data's files were written "
+                                       r"over since the run began"):
+        imgclf.train(out=out, resume=True)
+    image.write_bytes(original)
+    assert (out / "last.pt").read_bytes() == before  # nothing lost: restored, it resumes
     assert (imgclf.train(out=out, resume=True) / "metrics.json").exists()
 
 

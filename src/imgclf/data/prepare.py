@@ -70,16 +70,19 @@ class PreparedData:
 
     def contents(self) -> dict:
         """What a resumed run checks it still trains on: the classes, the number of files,
-        and a digest of each split's files (by their path within the split's folder, so a
-        dataset named by another path still matches) with their classes."""
-        digest = hashlib.sha256()
+        a digest of each split's files (by their path within the split's folder, so a
+        dataset named by another path still matches) with their classes, and one of their
+        sizes (an image written over with another is caught; a copy of the dataset is not
+        refused for its files' new times)."""
+        digest, sizes = hashlib.sha256(), hashlib.sha256()
         for name, split in sorted(self.splits.items()):
             for path, label in zip(split.paths, split.labels, strict=True):
                 relative = os.path.relpath(path, split.root) if split.root else str(path)
                 digest.update(f"{name}\0{label}\0{relative}\n".encode(errors="surrogateescape"))
+                sizes.update(f"{_size(path)}\n".encode())
         return {"classes": list(self.classes),
                 "files": sum(len(split) for split in self.splits.values()),
-                "digest": digest.hexdigest()}
+                "digest": digest.hexdigest(), "sizes": sizes.hexdigest()}
 
     def check_resumable(self, began: dict | None) -> None:
         """RunError unless the data holds the files that a run began with (``began``, from
@@ -97,6 +100,11 @@ class PreparedData:
                            f"({began['files']} files then, {now['files']} now), so it would go "
                            "on training and validating on other images. Restore the dataset "
                            "as it was, or start a new run (another --out).")
+        if began.get("sizes", now["sizes"]) != now["sizes"]:  # not in older checkpoints
+            raise RunError("cannot resume: some of the data's files were written over since "
+                           "the run began (the same names, other sizes), so it would go on "
+                           "training and validating on other images. Restore the dataset as "
+                           "it was, or start a new run (another --out).")
 
     def recount(self) -> None:
         """After decoding dropped files: the report and the small-class warnings again,
@@ -109,6 +117,13 @@ class PreparedData:
                                 "reasons. Replace them, or remove the class folder.")
         log.info("after decoding, %s", self.summary())
         self.few = warn_small_classes(self.splits["train"], self.classes, logged=self.few)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # gone since the scan: decoding reports it
+        return -1
 
 
 def _found_line(splits: dict[str, Split], layout: Layout) -> str:
