@@ -75,7 +75,9 @@ print(bool(((x * 1.0).view(torch.int32) == 0).all()))
     ("from imgclf.cli.main import main\nmain([])", True),  # the command, before any work
     ("import os\nos.environ['IMGCLF_FLUSH_DENORMALS'] = '0'\n"
      "from imgclf.engine.runtime import flush_denormals\nflush_denormals()", False),
-], ids=["default", "flush_denormals", "imgclf command", "turned off"])
+    # What training, imgclf.load and imgclf.evaluate call on a CPU.
+    ("from imgclf.engine.runtime import resolve_runtime\nresolve_runtime('cpu')", True),
+], ids=["default", "flush_denormals", "imgclf command", "turned off", "cpu runtime"])
 def test_denormals_are_flushed_in_every_thread(setup, flushed):
     env = {k: v for k, v in os.environ.items() if k != "IMGCLF_FLUSH_DENORMALS"}
     out = subprocess.run([sys.executable, "-c", DENORMALS.format(setup=setup)],

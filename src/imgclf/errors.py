@@ -45,4 +45,4 @@ class Interrupted(ImgclfError):
 
 
 class Diverged(ImgclfError):
-    """The training loss or the weights stopped being finite numbers."""
+    """The training loss, the weights or the validation outputs stopped being finite."""
