@@ -268,8 +268,7 @@ def test_export_refuses_the_runs_own_files_and_the_dataset(trained, tmp_path):
             ("onnx", other / "sub" / "m.onnx", f"would be inside {other}, the folder of another"),
             ("onnx", test_images / "m.onnx", "would be inside the dataset"),
             ("onnx", tmp_path, "is a folder: give a file name such as")):
-        with pytest.raises(RunError if "folder of another" in message else ConfigError,
-                           match=message):
+        with pytest.raises(ConfigError, match=message):
             export_model(run, fmt, out)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert sorted((p.name, p.read_bytes()) for p in other.iterdir() if p.is_file()) == others

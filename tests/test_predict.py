@@ -632,8 +632,10 @@ def test_predictions_go_into_the_predicting_run_or_outside_any(trained, tmp_path
     trained_run, data = trained
     other = shutil.copytree(trained_run, tmp_path / "other")
     images = data / "test" / "red"
+    (other / "evals").mkdir()
     before = sorted(p.name for p in other.rglob("*"))
-    for out in (other / "new.csv", other / "sub" / "new.json"):
+    (tmp_path / "link").symlink_to(other / "evals")  # a path that does not show the run
+    for out in (other / "new.csv", other / "sub" / "new.json", tmp_path / "link" / "new.csv"):
         assert main(["predict", str(trained_run), str(images), "--out", str(out), "-q"]) == 2
         with pytest.raises(RunError, match=r"would be inside .*other, the folder of another "
                                            r"run; write predictions into the predicting run's "
@@ -644,6 +646,11 @@ def test_predictions_go_into_the_predicting_run_or_outside_any(trained, tmp_path
         assert main(["predict", str(trained_run), str(images), "--out", str(out), "-q"]) == 0
         assert out.read_text().startswith("path,predicted,confidence,")
     shutil.rmtree(trained_run / "sub")
+    # A model.pt kept in a subfolder of its run predicts into that run.
+    kept = other / "kept" / "model.pt"
+    kept.parent.mkdir()
+    shutil.copy(other / "model.pt", kept)
+    assert main(["predict", str(kept), str(images), "--out", str(other / "new.csv"), "-q"]) == 0
 
 
 def test_evaluate_keeps_each_runs_evaluations_apart(trained, tmp_path):

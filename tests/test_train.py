@@ -298,7 +298,8 @@ def test_a_fine_tuning_phase_that_diverges_names_its_own_rate(split_data, tmp_pa
     with pytest.raises(Diverged, match=r"training diverged in finetune epoch 1, epoch 2 of the "
                                        r"run: the outputs on the validation images stopped "
                                        r"being finite numbers\. Lower the learning rate "
-                                       r"\(--finetune-lr; this phase's was 1e\+30\)"):
+                                       r"\(--finetune-lr, and --lr, whose half the head "
+                                       r"trains at; this phase's was 1e\+30\)"):
         imgclf.train(split_data, method="transfer", out=tmp_path / "run", model=BACKBONE,
                      train={"finetune": "all", "warmup_epochs": 1, "finetune_epochs": 1,
                             "finetune_lr": 1e30, "amp": "off"})

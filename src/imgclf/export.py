@@ -153,7 +153,8 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
     _check_export_files(out, fmt, datasets)
     # `predict --engine onnx` that run would answer with this run's model and classes.
     check_outside_other_runs(out, ckpt.parent,
-                             "export into this run's folder or outside any run folder")
+                             "export into this run's folder or outside any run folder",
+                             ConfigError)
     model, prep, classes, meta = load_model(ckpt)
     model = model.cpu().eval()
     out.parent.mkdir(parents=True, exist_ok=True)

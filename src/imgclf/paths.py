@@ -368,13 +368,18 @@ def enclosing_run(path: str | Path) -> Path | None:
     return next((folder for folder in absolute(path).parents if is_run_folder(folder)), None)
 
 
-def check_outside_other_runs(path: str | Path, own: Path | None, fix: str) -> None:
-    """Refuse ``path`` inside a run folder other than ``own`` (the run whose output it is;
-    None for a new run or comparison): that run's reports would show it as the run's own.
-    ``fix`` says where to write instead."""
-    inside = enclosing_run(path)
-    if inside is not None and (own is None or inside.resolve() != Path(own).resolve()):
-        raise RunError(f"{path} would be inside {inside}, the folder of another run; {fix}.")
+def check_outside_other_runs(path: str | Path, own: Path | None, fix: str,
+                             error: type[ImgclfError] = RunError) -> None:
+    """Raise ``error`` for a ``path`` inside a run folder other than ``own`` (the run whose
+    output it is, or a folder inside it; None for a new run or comparison): that run's
+    reports would show it as the run's own. ``fix`` says where to write instead. The path
+    is checked as given and with its links followed."""
+    if own is not None and not is_run_folder(own):  # a model.pt kept in a subfolder
+        own = enclosing_run(own) or own
+    for where in (path, Path(path).resolve()):
+        inside = enclosing_run(where)
+        if inside is not None and (own is None or inside.resolve() != Path(own).resolve()):
+            raise error(f"{path} would be inside {inside}, the folder of another run; {fix}.")
 
 
 def run_datasets(folder: str | Path) -> list[Path]:

@@ -61,7 +61,7 @@ class Phase:
     runtime: Runtime | None = None
     """Overrides the run's runtime (a head over cached features needs no autocast)."""
     lr_option: str = "--lr"
-    """The option that sets this phase's learning rate, for the advice when it diverges."""
+    """The options that set this phase's learning rates, for the advice when it diverges."""
 
 
 @dataclass

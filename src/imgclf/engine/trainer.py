@@ -413,7 +413,7 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
     return _image_phase(ctx, "finetune", groups, cfg.train.finetune_lr,
                         cfg.train.finetune_epochs, "onecycle",
                         lambda: freeze_norm_stats(model, trainable_too=keep_stats),
-                        "--finetune-lr")
+                        "--finetune-lr, and --lr, whose half the head trains at")
 
 
 def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
