@@ -486,7 +486,8 @@ def _load_backbone(model: torch.nn.Module, state: StateDict, label: str) -> None
     model.load_state_dict(state, strict=True)
 
 
-def _read_weights_file(path: Path) -> StateDict:
+def _read_weights_file(path: Path) -> tuple[StateDict, str]:
+    """The state dict a weights file holds, and the file's sha256."""
     if not path.is_file():
         problem = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise WeightsUnavailableError(
@@ -500,6 +501,7 @@ def _read_weights_file(path: Path) -> StateDict:
             ".safetensors or torch .pth/.pt file holding plain tensors.")
 
     try:
+        digest = _sha256(path)
         if path.suffix == ".safetensors":
             state = safetensors.torch.load_file(path)
         else:
@@ -517,7 +519,7 @@ def _read_weights_file(path: Path) -> StateDict:
             f"weights={str(path)!r} holds {type(state).__name__}, not a state dict of tensors "
             "(also looked under 'state_dict' and 'model')."
         )
-    return state
+    return state, digest
 
 
 def _hub_host(cfg: PretrainedCfg) -> str | None:
@@ -630,10 +632,10 @@ def _resolve(model_name: str, weights: str | os.PathLike | None) -> _Resolved:
     check_model_name(model_name)
     if weights is not None:
         path = Path(weights)
-        state = _read_weights_file(path)
+        state, digest = _read_weights_file(path)
         # The digest tells the file's weights apart from others saved under its name later:
         # frozen features are cached by source.
-        return _Resolved(state, f"weights file {path} (sha256 {_sha256(path)[:16]})")
+        return _Resolved(state, f"weights file {path} (sha256 {digest[:16]})")
 
     tried = []
     source = OFFLINE_SOURCES.get(model_name)
