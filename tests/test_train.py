@@ -735,6 +735,27 @@ def test_a_weights_file_given_relative_is_saved_absolute(split_data, tmp_path, m
                         r"\(sha256 [0-9a-f]{16}\)", load_ckpt(out / "model.pt")["weights_source"])
 
 
+def test_a_resumed_run_takes_its_weights_from_its_checkpoint_alone(split_data, tmp_path,
+                                                                   monkeypatch):
+    import safetensors.torch
+    import timm
+
+    weights = tmp_path / "mine.safetensors"
+    safetensors.torch.save_file(timm.create_model(BACKBONE["name"]).state_dict(), weights)
+    options = {"model": {**BACKBONE, "pretrained": True, "weights": str(weights)},
+               "train": {"epochs": 2, "patience": 0, "feature_engine": "torch"}}
+    whole = imgclf.train(split_data, method="transfer", out=tmp_path / "whole", **options)
+    interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        imgclf.train(split_data, method="transfer", out=tmp_path / "part", **options)
+    monkeypatch.undo()
+    weights.unlink()  # the backbone's weights are in last.pt
+    part = imgclf.train(out=tmp_path / "part", resume=True)
+    a, b = load_ckpt(whole / "model.pt"), load_ckpt(part / "model.pt")
+    assert a["weights_source"] == b["weights_source"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_checkpoints_name_the_layer_change_their_weights_need():
     from imgclf.models.weights import OFFLINE_SOURCES
 

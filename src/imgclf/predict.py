@@ -31,8 +31,7 @@ from imgclf.engine.loop import predict_array
 from imgclf.engine.runtime import Runtime, resolve_runtime
 from imgclf.errors import ConfigError, RunError
 from imgclf.machine import available_cores
-from imgclf.models.factory import Classifier, Preprocessing, create_model
-from imgclf.models.weights import adaptation
+from imgclf.models.factory import Classifier, Preprocessing, model_from_checkpoint
 from imgclf.paths import (
     MODEL_FILE,
     TRAINING_CHECKPOINTS,
@@ -83,14 +82,7 @@ def load_model(run: str | Path) -> tuple[Classifier, Preprocessing, list[str], d
         log.warning("%s has no %s: its training has not finished, so %s, saved during "
                     "training, is used%s; its results will differ from the finished run's",
                     run, MODEL_FILE, path.name, trained)
-    cfg = ckpt["model_config"]
-    prep = Preprocessing.from_dict(ckpt["preprocessing"])
-    # Checkpoints before model_config named it were told by their weights' source.
-    adapt = cfg["adapt"] if "adapt" in cfg else adaptation(cfg["name"],
-                                                           ckpt.get("weights_source"))
-    model, _, _ = create_model(cfg["name"], cfg["num_classes"], img_size=prep.img_size,
-                               pretrained=False, head=cfg["head"], dropout=cfg["dropout"],
-                               adapt=adapt)
+    model, prep = model_from_checkpoint(ckpt)
     model.load_state_dict(ckpt["model"])
     model.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler")}

@@ -62,6 +62,7 @@ from imgclf.models.factory import (
     count_parameters,
     create_model,
     freeze_norm_stats,
+    model_from_checkpoint,
     set_trainable,
 )
 from imgclf.models.onnx import OnnxModule, onnxruntime_available
@@ -587,16 +588,18 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         data.check_resumable(last.get("data"))
     config.make_paths_absolute()  # config.yaml resumes from any folder
     log.info(data.summary())
-    model, prep, source = create_model(
-        config.model.name, len(data.classes), img_size=config.model.img_size,
-        pretrained=config.model.pretrained, weights=config.model.weights,
-        head=config.model.head, dropout=config.model.dropout)
-    config.model.img_size = prep.img_size
-    if last is not None:
+    if last is None:
+        model, prep, source = create_model(
+            config.model.name, len(data.classes), img_size=config.model.img_size,
+            pretrained=config.model.pretrained, weights=config.model.weights,
+            head=config.model.head, dropout=config.model.dropout)
+    else:
         _check_unchanged(config, last, run_dir)
-        # The weights come from last.pt: those the run began from, whatever the weights
-        # file holds now.
-        source = last.get("weights_source", source)
+        # Its weights come from last.pt: whatever weights the backbone's source holds now,
+        # or whether it is there at all.
+        model, prep = model_from_checkpoint(last)
+        source = last.get("weights_source", "")
+    config.model.img_size = prep.img_size
     stages = config.train.finetune
     if stages not in (None, "all") and int(stages) > (groups := len(backbone_groups(model))):
         raise ConfigError(f"--finetune {stages}: {config.model.name} has {groups} stages to "

@@ -113,6 +113,22 @@ def create_model(
     return classifier, prep, source
 
 
+def model_from_checkpoint(ckpt: dict) -> tuple[Classifier, Preprocessing]:
+    """The model that a checkpoint's weights fit, built without loading any, and its
+    preprocessing: as ``model_config`` and ``preprocessing`` say, with the layer change
+    its backbone's weights needed (older checkpoints tell it by their weights' source)."""
+    from imgclf.models.weights import adaptation
+
+    cfg = ckpt["model_config"]
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    adapt = cfg["adapt"] if "adapt" in cfg else adaptation(cfg["name"],
+                                                           ckpt.get("weights_source"))
+    model, _, _ = create_model(cfg["name"], cfg["num_classes"], img_size=prep.img_size,
+                               pretrained=False, head=cfg["head"], dropout=cfg["dropout"],
+                               adapt=adapt)
+    return model, prep
+
+
 def _check_input_size(name: str, body: nn.Module, size: int) -> None:
     """Refuse an image size under the backbone's own that its convolutions and poolings
     cannot take, naming the smallest that runs: timm does not record it, so it is found by
