@@ -759,6 +759,19 @@ def test_evaluate_a_plain_folder_of_classes(trained, tmp_path, make_image_folder
     assert (out / "metrics.json").exists()
 
 
+def test_evaluate_val_refuses_validation_images_it_cannot_draw_again(trained, tmp_path):
+    run, data = trained
+    first = next((data / "train" / "red").iterdir())
+    added = shutil.copy(first, first.with_name("added-since.png"))  # the folder changed
+    try:
+        with pytest.raises(RunError, match=r"validation images of .* cannot be drawn again: "
+                                           r"the files of its training folder, or how imgclf "
+                                           r"splits them, changed since the run trained"):
+            evaluate_folder(run, data, split="val", out=tmp_path / "ev")
+    finally:
+        Path(added).unlink()
+
+
 def test_evaluate_val_draws_the_runs_own_validation_images_again(trained, tmp_path, caplog):
     run, data = trained  # trained on train/ with 20% of it held out for validation
     with caplog.at_level(logging.INFO, logger="imgclf"):

@@ -430,8 +430,9 @@ def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_pa
     before = (out / "last.pt").read_bytes()
     image = next((split_data / "train" / "a").iterdir())
     moved = shutil.move(image, tmp_path / image.name)
-    with pytest.raises(RunError, match=r"cannot resume: the data's files changed since the run "
-                                       r"began \(33 files then, 32 now\)"):
+    with pytest.raises(RunError, match=r"cannot resume: the data's files, or how they are "
+                                       r"split into training and validation, changed since the "
+                                       r"run began \(33 files then, 32 now\)"):
         imgclf.train(out=out, resume=True)
     make_image_folder(split_data / "train", {"d": 2}, size=(32, 32), seed=5)
     with pytest.raises(RunError, match=r"the run began with the classes a, b, c; the data "

@@ -197,7 +197,8 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     predictor = Predictor(run, device=device)
     tta = predictor.resolve_tta(tta)
     run_dir = run_folder(run)  # RUN/model.pt may be given
-    name, root, held_out = _chosen_split(data, split, run_dir, predictor.classes)
+    name, root, held_out = _chosen_split(data, split, run_dir, predictor.classes,
+                                         predictor.meta.get("data"))
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
     check_output_folder(out_dir, (data, *predictor.datasets),
                         lambda names: names <= EVALUATION_FILES)
@@ -224,11 +225,12 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     return metrics, out_dir
 
 
-def _chosen_split(data: Path, split: str | None, run_dir: Path,
-                  classes: list[str]) -> tuple[str, Path, Split | None]:
+def _chosen_split(data: Path, split: str | None, run_dir: Path, classes: list[str],
+                  began: dict | None) -> tuple[str, Path, Split | None]:
     """What ``evaluate_folder`` evaluates of ``data``: the split's name and folder, and, for
     the run's own training folder without a val split, the validation images the run held
-    out of it (else None). Warns when the images are ones the model learnt from."""
+    out of it (else None; ``began`` is its checkpoint's record of its data). Warns when
+    the images are ones the model learnt from."""
     trained_on = _training_folder(run_dir)
     layout = detect_layout(data, need_train=False)
     for note in layout.notes:
@@ -241,7 +243,7 @@ def _chosen_split(data: Path, split: str | None, run_dir: Path,
         root = getattr(layout, name)
     if split == "val" and root in (None, layout.train) and _same(layout.train, trained_on):
         # The run's own training folder, with no val/: the images it held out, drawn again.
-        held_out, how = _held_out_validation(run_dir, classes)
+        held_out, how = _held_out_validation(run_dir, classes, began)
         name, root = "val", layout.train
         log.info("%s has no val split: evaluating the run's validation images, %s", data, how)
     elif layout.kind == "single" and split is not None:
@@ -264,9 +266,16 @@ def _same(folder: Path | None, other: Path | None) -> bool:
     return folder is not None and other is not None and folder.resolve() == other.resolve()
 
 
-def _held_out_validation(run_dir: Path, classes: list[str]) -> tuple[Split, str]:
+def _held_out_validation(run_dir: Path, classes: list[str],
+                         began: dict | None) -> tuple[Split, str]:
     """The validation images that the run in ``run_dir`` split off its training folder, drawn
-    again as training drew them (same files, fraction and seed), and how they were drawn."""
-
+    again as training drew them (same files, fraction and seed), and how they were drawn.
+    RunError when they are not the run's: its checkpoint's record of the data it trained
+    on (``began``; None in older checkpoints) names other files or another split."""
     data = prepare_run_data(load_config(run_dir / CONFIG_FILE), classes=classes)
+    if began is not None and began.get("digest") != data.contents()["digest"]:
+        raise RunError(f"the validation images of {run_dir} cannot be drawn again: the files "
+                       "of its training folder, or how imgclf splits them, changed since the "
+                       "run trained, so they would not be the images it held out. Evaluate on "
+                       "a test split or a folder of new images instead.")
     return data.splits["val"], data.val_source

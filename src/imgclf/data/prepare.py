@@ -96,7 +96,8 @@ class PreparedData:
                            f"{', '.join(now['classes'])}. Restore the dataset as it was, or "
                            "start a new run (another --out).")
         if began["digest"] != now["digest"]:
-            raise RunError(f"cannot resume: the data's files changed since the run began "
+            raise RunError(f"cannot resume: the data's files, or how they are split into "
+                           f"training and validation, changed since the run began "
                            f"({began['files']} files then, {now['files']} now), so it would go "
                            "on training and validating on other images. Restore the dataset "
                            "as it was, or start a new run (another --out).")
