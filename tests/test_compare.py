@@ -291,8 +291,9 @@ def test_leaderboard_leaves_out_runs_on_other_data(compared, tmp_path, caplog):
     config = yaml.safe_load(config_file.read_text())
     config["data"]["data"] = str(tmp_path / "other-data")
     config_file.write_text(yaml.safe_dump(config))
+    (tmp_path / "link").symlink_to(data)  # the same data by another name: not other data
     with caplog.at_level(logging.WARNING, logger="imgclf.compare"):
-        compare(str(data), ["scratch"], [], out, OVERRIDES)
+        compare(str(tmp_path / "link"), ["scratch"], [], out, OVERRIDES)
     assert [r["run"] for r in leaderboard(out)] == ["scratch-small_cnn"]
     assert "run transfer-mobilenetv2_100 in " in caplog.text
     assert "was trained on other data (data.data): left out of the leaderboard" in caplog.text

@@ -414,8 +414,8 @@ def _earlier_runs(out: Path, named: set[str], config) -> list[dict]:
 
 def _changed_settings(run_dir: Path, config) -> list[str]:
     """The settings (dotted keys) in which ``run_dir``'s saved config differs from
-    ``config``, where the run folder itself may be; dataset paths compare as absolute
-    paths, and an image size left to the model matches the one the run resolved."""
+    ``config``, where the run folder itself may be; dataset paths compare with their
+    links followed, and an image size left to the model matches the one the run resolved."""
 
     def flat(tree: dict, prefix: str = "") -> dict:
         items = {}
@@ -434,7 +434,7 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
     for key in PATH_SETTINGS:
         for side in (saved, wanted):
             if side.get(key) is not None:
-                side[key] = str(absolute(side[key]))
+                side[key] = str(Path(side[key]).resolve())  # one folder, by any name
     return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
 
