@@ -451,6 +451,27 @@ def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_pa
     assert (imgclf.train(out=out, resume=True) / "metrics.json").exists()
 
 
+def test_resuming_a_run_whose_dataset_moved_says_where_to_name_it(split_data, tmp_path,
+                                                                   monkeypatch):
+    out = tmp_path / "run"
+    interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        train(scratch_config(split_data, out, epochs=2))
+    monkeypatch.undo()
+    moved = shutil.move(split_data, tmp_path / "moved")
+    try:
+        with pytest.raises(RunError, match=r"cannot resume: the run's data\.data folder .* \(as "
+                                           r".*run/config\.yaml names it\) does not exist\. If "
+                                           r"the dataset moved, write its new place as "
+                                           r"data\.data in .*config\.yaml, then resume\.$"):
+            imgclf.train(out=out, resume=True)
+        config = (out / "config.yaml").read_text().replace(str(split_data), str(moved))
+        (out / "config.yaml").write_text(config)  # as the message says
+        assert (imgclf.train(out=out, resume=True) / "metrics.json").exists()
+    finally:
+        shutil.move(moved, split_data)
+
+
 def test_resume_in_the_finetune_phase(split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = build_config("transfer", None, {

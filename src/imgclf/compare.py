@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.config import (
+    DATA_PATH_SETTINGS,
     DEFAULT_BACKBONE,
     METHODS,
     PATH_SETTINGS,
@@ -389,9 +390,6 @@ def _audited_root(audit_file: Path) -> str | None:
     except RunError:
         return None
 
-
-DATA_PATH_SETTINGS = tuple(key for key in PATH_SETTINGS if key.startswith("data."))
-"""Where a run's images come from: runs that differ in them are not ranked together."""
 
 def _earlier_runs(out: Path, named: set[str], config) -> list[dict]:
     """Leaderboard rows of finished runs an earlier comparison left in ``out`` that this

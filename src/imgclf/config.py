@@ -121,6 +121,8 @@ CHOICES = {
 offered by the command line's options."""
 PATH_SETTINGS = ("data.data", "data.train", "data.val", "data.test", "model.weights")
 """The settings that name a file or folder, relative to the working folder unless absolute."""
+DATA_PATH_SETTINGS = tuple(key for key in PATH_SETTINGS if key.startswith("data."))
+"""Where a run's images come from."""
 
 
 @dataclass
@@ -314,6 +316,12 @@ def resume_config(out: str | Path | None, given: list[str], flag: str = "--out")
                        f"({saved}); give only {flag} with it.")
     config = load_config(saved)
     config.out = str(out)
+    for dotted in DATA_PATH_SETTINGS:
+        folder = getattr(config.data, dotted.split(".")[1])
+        if folder is not None and not Path(folder).is_dir():
+            raise RunError(f"cannot resume: the run's {dotted} folder {folder} (as {saved} "
+                           f"names it) does not exist. If the dataset moved, write its new "
+                           f"place as {dotted} in {saved}, then resume.")
     return config
 
 
