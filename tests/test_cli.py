@@ -395,7 +395,8 @@ def test_sigterm_stops_training_as_ctrl_c_does(tmp_path, make_image_folder):
             command.kill()
     assert command.returncode == 130
     err = err.decode()
-    assert "training interrupted; " in err and "last.pt. Continue with --resume." in err
+    assert "training interrupted; " in err
+    assert f"last.pt. Continue with `imgclf train --resume --out {run}`" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in run.iterdir() if "tmp" in p.name) == []
     before = signal.getsignal(signal.SIGTERM)

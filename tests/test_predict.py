@@ -646,6 +646,14 @@ def test_predictions_go_into_the_predicting_run_or_outside_any(trained, tmp_path
         assert main(["predict", str(trained_run), str(images), "--out", str(out), "-q"]) == 0
         assert out.read_text().startswith("path,predicted,confidence,")
     shutil.rmtree(trained_run / "sub")
+    # Another run's own file names are refused as another run's folder, whose advice works.
+    with pytest.raises(RunError, match="the folder of another run"):
+        imgclf.load(trained_run).write([], other / "predictions.csv")
+    # A name the run writes, not written yet, is named for what it is.
+    with pytest.raises(ConfigError, match=r"leaderboard\.csv is the name of the leaderboard"
+                                          r"\.csv that imgclf writes into .*; give this file "
+                                          r"another name, e\.g\. .*new-leaderboard\.csv"):
+        imgclf.load(trained_run).write([], trained_run / "leaderboard.csv")
     # A model.pt kept in a subfolder of its run predicts into that run.
     kept = other / "kept" / "model.pt"
     kept.parent.mkdir()

@@ -517,8 +517,10 @@ def test_interrupted_while_writing_its_results_the_run_resumes_to_them(split_dat
 
     with monkeypatch.context() as m:
         m.setattr("imgclf.evaluation.plot_confusion_matrix", ctrl_c)
-        with pytest.raises(Interrupted, match=r"training interrupted; its last checkpoint is "
-                                              r"saved in .*last\.pt\. Continue with --resume"):
+        with pytest.raises(Interrupted, match=r"^interrupted; the run's last checkpoint is "
+                                              r"saved in .*last\.pt\. Continue with `imgclf "
+                                              r"train --resume --out .*part` \(in Python: "
+                                              r"imgclf\.train\(out=RUN_DIR, resume=True\)\)\.$"):
             run(tmp_path / "part")
     part = tmp_path / "part"
     assert not (part / "metrics.json").exists()  # not finished: it resumes, and compare too

@@ -440,9 +440,10 @@ def check_output_file(path: str | Path, suffixes, datasets=(), example: str = ""
                           f"accordingly, e.g. {path.with_name(example)}.")
     folder = path.absolute().parent
     if path.name in RUN_FILES and results_folder(folder):
-        raise ConfigError(f"{path} would replace the {path.name} that imgclf wrote into "
-                          f"{folder}; give this file another name, e.g. "
-                          f"{path.with_name('new-' + path.name)}.")
+        written = ("would replace the {} that imgclf wrote into" if path.exists() else
+                   "is the name of the {} that imgclf writes into")
+        raise ConfigError(f"{path} {written.format(path.name)} {folder}; give this file "
+                          f"another name, e.g. {path.with_name('new-' + path.name)}.")
     dataset = _dataset_holding(path, datasets)
     if dataset is not None:
         raise ConfigError(f"{path} would be inside the dataset {dataset}; imgclf never "

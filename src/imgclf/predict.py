@@ -116,11 +116,12 @@ def output_format(path: str | Path, datasets=(), run: Path | None = None) -> str
     ``datasets``, or an existing file that is not earlier predictions (``check_output_file``);
     RunError for a place inside the folder of another run than ``run``, the predicting one.
     """
-    path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv",
-                             starts=PREDICTIONS_START, what="a predictions file")
+    # Another run's folder first: the next check's advice would name a file in it.
     check_outside_other_runs(path, run, "write predictions into the predicting run's folder "
                                         "or outside any run folder")
-    return path.suffix.lower().lstrip(".")
+    path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv",
+                             starts=PREDICTIONS_START, what="a predictions file")
+    return Path(path).suffix.lower().lstrip(".")
 
 
 class BasePredictor:

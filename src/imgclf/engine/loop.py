@@ -12,6 +12,7 @@ import csv
 import functools
 import logging
 import math
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -330,9 +331,8 @@ def fit(
         # the last whole one.
         saved = ("its last whole epoch is saved" if offset + last_saved else
                  "no epoch had finished; its starting point is saved")
-        raise Interrupted(
-            f"training interrupted; {saved} in {run_dir / LAST_CHECKPOINT}. Continue with --resume."
-        ) from None
+        raise Interrupted(f"training interrupted; {saved} in {run_dir / LAST_CHECKPOINT}. "
+                          f"{resume_advice(run_dir)}") from None
     state.done = True
     save(LAST_CHECKPOINT, state.epoch)
     dist.barrier()
@@ -363,6 +363,12 @@ def _checkpoint(meta: dict, model: nn.Module, phase: Phase, monitor: Monitor,
         phase_done=state.done, rng=rng, seconds=state.elapsed(), trainable=state.trainable,
         features_by=state.features_by,
     )
+
+
+def resume_advice(run_dir: Path) -> str:
+    """How to go on with the interrupted run in ``run_dir``, from the shell and Python."""
+    return (f"Continue with `imgclf train --resume --out {shlex.quote(str(run_dir))}` (in "
+            "Python: imgclf.train(out=RUN_DIR, resume=True)).")
 
 
 def _log_early_stop(monitor: Monitor, numbered: Callable[[int], str]) -> None:

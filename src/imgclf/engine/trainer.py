@@ -49,6 +49,7 @@ from imgclf.engine.loop import (
     fit,
     phase_best,
     restore_rng_state,
+    resume_advice,
     run_inference,
 )
 from imgclf.engine.runtime import Runtime, resolve_runtime
@@ -531,8 +532,8 @@ def train(config: Config, resume: bool = False) -> Path:
     except KeyboardInterrupt:  # outside the epochs, whose own interruption says more
         last = Path(config.out or ".") / LAST_CHECKPOINT
         if config.out and last.exists():
-            raise Interrupted(f"training interrupted; its last checkpoint is saved in {last}. "
-                              "Continue with --resume.") from None
+            raise Interrupted(f"interrupted; the run's last checkpoint is saved in {last}. "
+                              f"{resume_advice(last.parent)}") from None
         raise Interrupted("training interrupted before its first checkpoint, so there is "
                           "nothing to resume: run the same command again.") from None
     finally:
