@@ -373,6 +373,24 @@ def set_metric(run: Path, key: str, value: float) -> None:
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
+def test_compare_report_leaves_out_runs_on_other_data(compare_dir, trained, tmp_path):
+    import yaml
+
+    from imgclf.report.folders import load_folder
+
+    for name, data in (("later", None), ("elsewhere", str(tmp_path / "other-data"))):
+        run = shutil.copytree(trained[0], compare_dir / name)  # not in leaderboard.csv
+        if data:
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config["data"]["data"] = data
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+    report = load_folder(compare_dir)
+    ranked = [str(row["run"]) for row in report.rows]
+    assert "later" in ranked and "elsewhere" not in ranked  # as compare ranks them
+    assert ("run elsewhere was trained on other data than the compared runs (data.data): "
+            "not ranked with them") in report.notes
+
+
 def test_compare_report_ranks_runs_as_compare_sort_did(compare_dir):
     """`compare --sort f1_macro`: the page ranks by macro F1 as leaderboard.csv does (the
     run with the lower accuracy first), a run leaderboard.csv does not list yet takes its

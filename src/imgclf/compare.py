@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.config import (
-    DATA_PATH_SETTINGS,
     DEFAULT_BACKBONE,
     METHODS,
     PATH_SETTINGS,
     TRANSFER_SETTINGS,
     build_config,
+    other_data,
 )
 from imgclf.data.layout import require_folder
 from imgclf.errors import ConfigError, Interrupted, RunError, RunFolderBusy
@@ -400,11 +400,10 @@ def _earlier_runs(out: Path, named: set[str], config) -> list[dict]:
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in named):
         if not ((run_dir / METRICS_FILE).exists() and (run_dir / CONFIG_FILE).exists()):
             continue
-        other_data = [key for key in _changed_settings(run_dir, config)
-                      if key in DATA_PATH_SETTINGS]
-        if other_data:
+        other = other_data(read_run_config(run_dir / CONFIG_FILE)[1], config.to_dict())
+        if other:
             log.warning("run %s in %s was trained on other data (%s): left out of the "
-                        "leaderboard", run_dir.name, out, ", ".join(other_data))
+                        "leaderboard", run_dir.name, out, ", ".join(other))
         else:
             rows.append(row_from_run(run_dir))
     return rows

@@ -125,6 +125,18 @@ DATA_PATH_SETTINGS = tuple(key for key in PATH_SETTINGS if key.startswith("data.
 """Where a run's images come from."""
 
 
+def other_data(one: dict, other: dict) -> list[str]:
+    """The ``DATA_PATH_SETTINGS`` in which two run configs (as their config.yaml holds
+    them) name other folders, links followed: runs on other data are not ranked together."""
+    def folders(config: dict) -> dict[str, str]:
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
+        return {key: str(Path(data[key.split(".")[1]]).resolve()) for key in DATA_PATH_SETTINGS
+                if data.get(key.split(".")[1])}
+
+    mine, theirs = folders(one), folders(other)
+    return [key for key in DATA_PATH_SETTINGS if mine.get(key) != theirs.get(key)]
+
+
 @dataclass
 class Config:
     method: str = "scratch"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.config import other_data
 from imgclf.errors import RunError
 from imgclf.history import read_history
 from imgclf.leaderboard import RANKED_BY, SORT_KEYS, as_number, best_first, run_row
@@ -150,7 +151,15 @@ def _load_compare(folder: Path) -> Report:
     runs = {}
     for name in [str(row.get("run")) for row in rows] + extra:
         runs[name] = _load_compare_run(folder / name, name)
+    compared = next((run.config for run in (runs[str(row.get("run"))] for row in rows)
+                     if isinstance(run.config.get("data"), dict)), None)
     for name in extra:
+        other = other_data(runs[name].config, compared) if compared and runs[name].config \
+            else []
+        if other:  # as compare leaves it out of the leaderboard
+            report.notes.append(f"run {name} was trained on other data than the compared "
+                                f"runs ({', '.join(other)}): not ranked with them")
+            continue
         runs[name].notes.append("not in leaderboard.csv (still running, or added after it "
                                 "was written)")
         rows.append(_row_from_run(runs[name]))
