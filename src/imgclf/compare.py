@@ -26,10 +26,10 @@ from pathlib import Path
 from imgclf.config import (
     DEFAULT_BACKBONE,
     METHODS,
-    PATH_SETTINGS,
     TRANSFER_SETTINGS,
     build_config,
     other_data,
+    resolved_paths,
 )
 from imgclf.data.layout import require_folder
 from imgclf.errors import ConfigError, Interrupted, RunError, RunFolderBusy
@@ -396,11 +396,11 @@ def _earlier_runs(out: Path, named: set[str], config) -> list[dict]:
     one did not ask for: the leaderboard, like the report, shows every run in the folder,
     but for runs on other data than ``config``'s (one of this comparison's runs), whose
     figures are on other images."""
-    rows = []
+    rows, ours = [], config.to_dict()
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in named):
         if not ((run_dir / METRICS_FILE).exists() and (run_dir / CONFIG_FILE).exists()):
             continue
-        other = other_data(read_run_config(run_dir / CONFIG_FILE)[1], config.to_dict())
+        other = other_data(read_run_config(run_dir / CONFIG_FILE)[1], ours)
         if other:
             log.warning("run %s in %s was trained on other data (%s): left out of the "
                         "leaderboard", run_dir.name, out, ", ".join(other))
@@ -423,15 +423,12 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
                 items[f"{prefix}{key}"] = value
         return items
 
-    saved = flat(read_run_config(run_dir / CONFIG_FILE)[1])
-    wanted = flat(config.to_dict())
+    saved_tree, wanted_tree = read_run_config(run_dir / CONFIG_FILE)[1], config.to_dict()
+    saved = {**flat(saved_tree), **resolved_paths(saved_tree)}
+    wanted = {**flat(wanted_tree), **resolved_paths(wanted_tree)}
     saved.pop("out", None), wanted.pop("out", None)
     if wanted.get("model.img_size") is None:
         wanted["model.img_size"] = saved.get("model.img_size")
-    for key in PATH_SETTINGS:
-        for side in (saved, wanted):
-            if side.get(key) is not None:
-                side[key] = str(Path(side[key]).resolve())  # one folder, by any name
     return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
 

@@ -125,15 +125,22 @@ DATA_PATH_SETTINGS = tuple(key for key in PATH_SETTINGS if key.startswith("data.
 """Where a run's images come from."""
 
 
+def resolved_paths(config: dict) -> dict[str, str]:
+    """The ``PATH_SETTINGS`` that a run config (as its config.yaml holds it) sets, each as
+    the path it names with links followed: one folder compares equal by any name."""
+    found = {}
+    for dotted in PATH_SETTINGS:
+        section, key = dotted.split(".")
+        values = config.get(section)
+        if isinstance(values, dict) and values.get(key):
+            found[dotted] = str(Path(values[key]).resolve())
+    return found
+
+
 def other_data(one: dict, other: dict) -> list[str]:
     """The ``DATA_PATH_SETTINGS`` in which two run configs (as their config.yaml holds
     them) name other folders, links followed: runs on other data are not ranked together."""
-    def folders(config: dict) -> dict[str, str]:
-        data = config.get("data") if isinstance(config.get("data"), dict) else {}
-        return {key: str(Path(data[key.split(".")[1]]).resolve()) for key in DATA_PATH_SETTINGS
-                if data.get(key.split(".")[1])}
-
-    mine, theirs = folders(one), folders(other)
+    mine, theirs = resolved_paths(one), resolved_paths(other)
     return [key for key in DATA_PATH_SETTINGS if mine.get(key) != theirs.get(key)]
 
 

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.predict import output_format, run_folder
 
     # Before the model loads and runs: a wrong name fails at once.
-    output_format(args.out, run_datasets(run_folder(args.run)), run_folder(args.run))
+    folder = run_folder(args.run)
+    output_format(args.out, run_datasets(folder), folder)
     if args.engine == "onnx":
         from imgclf.export import OnnxPredictor
 
