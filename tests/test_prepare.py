@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -14,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from imgclf.data.cache import load_images
 from imgclf.data.decode import file_digest
 from imgclf.data.prepare import copies_of_training_images, decode_split, prepare_data
-from imgclf.errors import DataError
+from imgclf.errors import DataError, RunError
 from imgclf.paths import cache_dir
 
 
@@ -250,3 +251,32 @@ def test_an_image_cache_record_without_every_files_digest_is_decoded_again(
     assert load_images(paths, (24, 24)).digests == fresh.digests
     assert "damaged" in caplog.text
     assert json.loads(meta_file.read_text())["digests"] == fresh.digests
+
+
+def test_resuming_on_changed_data_names_the_files_that_changed(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "train", {"a": 6, "b": 6})
+    make_image_folder(tmp_path / "test", {"a": 2, "b": 2})
+    began = prepare_data(tmp_path).contents()
+    first, second = sorted((tmp_path / "train" / "a").iterdir())[:2]
+    first.rename(tmp_path / "train" / "b" / first.name)  # the same name, in another class
+    second.unlink()
+    (tmp_path / "test" / "b" / "new.png").write_bytes(next((tmp_path / "test" / "a").iterdir())
+                                                      .read_bytes())
+    with pytest.raises(RunError) as changed:
+        prepare_data(tmp_path).check_resumable(began)
+    message = str(changed.value)
+    assert "(16 files then, 16 now; gone: " in message
+    for kind, name in (("gone", f"a/{first.name}"), ("gone", f"a/{second.name}"),
+                       ("new", f"b/{first.name}"), ("new", "test/b/new.png")):
+        assert re.search(rf"; {kind}: [^;]*{re.escape(name)}", message), (kind, name, message)
+    assert "test/" not in message.replace("test/b/new.png", "")
+    # Another draw of the validation images moves files between training and validation.
+    moved = prepare_data(tmp_path, seed=7)
+    began = prepare_data(tmp_path).contents()
+    with pytest.raises(RunError, match=r"; moved to another split: (train|val)/./[^;]* and \d+ "
+                                       r"more\), so it would"):
+        moved.check_resumable(began)
+    assert prepare_data(tmp_path).check_resumable(began) is None
+    listing = dict(began, listing=None)  # a checkpoint from before the listing
+    with pytest.raises(RunError, match=r"\(16 files then, 16 now\), so it would"):
+        moved.check_resumable(listing)

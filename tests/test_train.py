@@ -21,6 +21,7 @@ import torch
 import imgclf
 from imgclf.config import build_config, load_config
 from imgclf.engine import loop, trainer
+from imgclf.engine.checkpoints import load_checkpoint
 from imgclf.engine.trainer import train
 from imgclf.errors import ConfigError, DataError, Diverged, Interrupted, RunError
 from imgclf.models import onnx
@@ -432,7 +433,8 @@ def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_pa
     moved = shutil.move(image, tmp_path / image.name)
     with pytest.raises(RunError, match=r"cannot resume: the data's files, or how they are "
                                        r"split into training and validation, changed since the "
-                                       r"run began \(33 files then, 32 now\)"):
+                                       r"run began \(33 files then, 32 now; gone: "
+                                       rf"(train|val)/a/{image.name}[;)]"):
         imgclf.train(out=out, resume=True)
     make_image_folder(split_data / "train", {"d": 2}, size=(32, 32), seed=5)
     with pytest.raises(RunError, match=r"the run began with the classes a, b, c; the data "
@@ -444,11 +446,16 @@ def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_pa
     other = next((split_data / "train" / "b").iterdir()).read_bytes()
     image.write_bytes(other + b"\0" * (len(other) == len(original)))  # b's image as a's
     with pytest.raises(RunError, match=r"cannot resume: some of the data's files were written "
-                                       r"over since the run began"):
+                                       r"over since the run began \(the same names, other "
+                                       rf"sizes; of another size: (train|val)/a/{image.name}\)"):
         imgclf.train(out=out, resume=True)
     image.write_bytes(original)
     assert (out / "last.pt").read_bytes() == before  # nothing lost: restored, it resumes
     assert (imgclf.train(out=out, resume=True) / "metrics.json").exists()
+    # The data's file names stay in the run's checkpoints, out of the model to be shared.
+    assert "listing" in load_checkpoint(out / "last.pt")["data"]
+    assert set(load_checkpoint(out / "model.pt")["data"]) == {"classes", "files", "digest",
+                                                              "sizes"}
 
 
 def test_resuming_a_run_whose_dataset_moved_says_where_to_name_it(split_data, tmp_path,

@@ -73,16 +73,19 @@ class PreparedData:
         a digest of each split's files (by their path within the split's folder, so a
         dataset named by another path still matches) with their classes, and one of their
         sizes (an image written over with another is caught; a copy of the dataset is not
-        refused for its files' new times)."""
-        digest, sizes = hashlib.sha256(), hashlib.sha256()
+        refused for its files' new times). ``listing`` holds each file's split, path (its
+        class folder in it) and size, to name what changed."""
+        digest, sizes, listing = hashlib.sha256(), hashlib.sha256(), []
         for name, split in sorted(self.splits.items()):
             for path, label in zip(split.paths, split.labels, strict=True):
                 relative = os.path.relpath(path, split.root) if split.root else str(path)
+                size = _size(path)
                 digest.update(f"{name}\0{label}\0{relative}\n".encode(errors="surrogateescape"))
-                sizes.update(f"{_size(path)}\n".encode())
+                sizes.update(f"{size}\n".encode())
+                listing.append([name, relative, size])
         return {"classes": list(self.classes),
                 "files": sum(len(split) for split in self.splits.values()),
-                "digest": digest.hexdigest(), "sizes": sizes.hexdigest()}
+                "digest": digest.hexdigest(), "sizes": sizes.hexdigest(), "listing": listing}
 
     def check_resumable(self, began: dict | None) -> None:
         """RunError unless the data holds the files that a run began with (``began``, from
@@ -95,17 +98,18 @@ class PreparedData:
                            f"{', '.join(began['classes'])}; the data now has "
                            f"{', '.join(now['classes'])}. Restore the dataset as it was, or "
                            "start a new run (another --out).")
+        changed = _changes(began.get("listing"), now["listing"])
         if began["digest"] != now["digest"]:
             raise RunError(f"cannot resume: the data's files, or how they are split into "
                            f"training and validation, changed since the run began "
-                           f"({began['files']} files then, {now['files']} now), so it would go "
-                           "on training and validating on other images. Restore the dataset "
-                           "as it was, or start a new run (another --out).")
+                           f"({began['files']} files then, {now['files']} now{changed}), so it "
+                           "would go on training and validating on other images. Restore the "
+                           "dataset as it was, or start a new run (another --out).")
         if began.get("sizes", now["sizes"]) != now["sizes"]:  # not in older checkpoints
-            raise RunError("cannot resume: some of the data's files were written over since "
-                           "the run began (the same names, other sizes), so it would go on "
-                           "training and validating on other images. Restore the dataset as "
-                           "it was, or start a new run (another --out).")
+            raise RunError(f"cannot resume: some of the data's files were written over since "
+                           f"the run began (the same names, other sizes{changed}), so it would "
+                           "go on training and validating on other images. Restore the dataset "
+                           "as it was, or start a new run (another --out).")
 
     def recount(self) -> None:
         """After decoding dropped files: the report and the small-class warnings again,
@@ -118,6 +122,34 @@ class PreparedData:
                                 "reasons. Replace them, or remove the class folder.")
         log.info("after decoding, %s", self.summary())
         self.few = warn_small_classes(self.splits["train"], self.classes, logged=self.few)
+
+
+def _changes(began: list | None, now: list, shown: int = 3) -> str:
+    """'; gone: train/a/x.png; ...': the files that differ between two ``contents``
+    listings, a few of each kind named; empty without the run's listing (older checkpoints)."""
+    if began is None:
+        return ""
+    then = {(name, relative): size for name, relative, size in began}
+    found = {(name, relative): size for name, relative, size in now}
+    # A file gone from training and new in validation, or back: validation drawn otherwise.
+    moved = ({relative for name, relative in then.keys() - found.keys() if name != "test"}
+             & {relative for name, relative in found.keys() - then.keys() if name != "test"})
+    kinds: dict[str, list[str]] = {"gone": [], "new": [], "moved to another split": [],
+                                   "of another size": []}
+    for key in sorted(then.keys() | found.keys()):
+        where = "/".join(key)
+        if key[0] != "test" and key[1] in moved:
+            if key in found:
+                kinds["moved to another split"].append(where)
+        elif key not in found:
+            kinds["gone"].append(where)
+        elif key not in then:
+            kinds["new"].append(where)
+        elif then[key] != found[key]:
+            kinds["of another size"].append(where)
+    return "".join(f"; {kind}: {', '.join(files[:shown])}"
+                   + (f" and {len(files) - shown} more" if len(files) > shown else "")
+                   for kind, files in kinds.items() if files)
 
 
 def _size(path: Path) -> int:

@@ -675,8 +675,10 @@ def _write_results(ctx: TrainingContext, state: FitState, train_seconds: float, 
     images, labels = ctx.arrays[eval_split]
     if dist.is_main():
         # The final weights (the best epoch's, when restoring best) without training state:
-        # what evaluate, predict and export load.
-        save_atomic(dict(ctx.meta, model=ctx.model.state_dict(), tta=tta),
+        # what evaluate, predict and export load. The data's file names stay in the run's
+        # checkpoints, where resuming names what changed, and out of a model to be shared.
+        data_record = {k: v for k, v in ctx.meta["data"].items() if k != "listing"}
+        save_atomic(dict(ctx.meta, data=data_record, model=ctx.model.state_dict(), tta=tta),
                     run_dir / MODEL_FILE)
     write_evaluation(judge, images, labels, data.splits[eval_split].paths, data.classes,
                      judge_rt, run_dir, split=eval_split, history=state.history, tta=tta,
