@@ -18,7 +18,7 @@ from imgclf import compare as compare_module
 from imgclf.cli.main import main
 from imgclf.compare import compare, name_list, plan_runs, resolve_backbones
 from imgclf.errors import ConfigError, Interrupted, ModelError, RunError
-from imgclf.leaderboard import write_leaderboard
+from imgclf.leaderboard import leaderboard_markdown, write_leaderboard
 
 OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs": 1}}
 RUNS = ["scratch-small_cnn", "transfer-mobilenetv2_100", "transfer-inception_v3"]
@@ -528,3 +528,13 @@ def test_an_interruption_outside_any_run_says_the_finished_runs_are_kept(tmp_pat
     with pytest.raises(Interrupted, match=r"^comparison interrupted; its finished runs are "
                                           r"kept: run the same imgclf compare command again"):
         compare(str(tmp_path), "scratch", None, tmp_path / "cmp")
+
+
+def test_a_failed_runs_error_stays_in_its_leaderboard_row():
+    rows = [{"run": "a", "status": "failed",
+             "error": "RuntimeError: Error(s) in loading state_dict:\n\tsize | <mismatch>"},
+            {"run": "b", "status": "ok", "accuracy": 0.5}]
+    lines = leaderboard_markdown(rows, ["run", "status", "error", "accuracy"]).splitlines()
+    assert lines[2:] == [
+        "| a | failed | RuntimeError: Error(s) in loading state_dict: size \\| \\<mismatch> |  |",
+        "| b | ok |  | 0.5000 |"]

@@ -12,12 +12,15 @@ import pytest
 
 from imgclf.errors import ConfigError, RunError
 from imgclf.paths import (
+    PREDICTION_FIELDS,
     RUN_MARKERS,
     cache_dir,
     check_output_file,
     check_output_folder,
+    class_of_column,
     is_run_folder,
     open_for_writing,
+    probability_columns,
     run_folder_lock,
     unescaped,
     write_text,
@@ -187,3 +190,13 @@ def test_a_run_folder_is_locked_when_the_cache_folder_cannot_be_written_to(tmp_p
                 run_folder_lock(tmp_path / "run"):
             pass
     assert list((tmp_path / "tmp" / "imgclf-locks").glob("*.lock"))
+
+
+@pytest.mark.parametrize("classes", [
+    ["a", "label"], ["a", "label (probability)"], ["label", "label (probability)"],
+    ["x (probability)", "x"], ["path (probability) (probability)", "path (probability)"]])
+def test_probability_columns_are_unique_and_read_back_as_their_classes(classes):
+    columns = probability_columns(classes)
+    assert len(set(columns)) == len(classes)
+    assert not set(columns) & set(PREDICTION_FIELDS)
+    assert [class_of_column(c) for c in columns] == classes

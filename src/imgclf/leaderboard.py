@@ -101,11 +101,12 @@ def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") ->
 
 
 def _cell(value) -> str:
+    """A value as Markdown table text: on one line, with pipes and tags' '<' escaped."""
     if value is None or value == "":
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value).replace("|", "\\|")
+    return " ".join(str(value).split()).replace("|", "\\|").replace("<", "\\<")
 
 
 def leaderboard_markdown(rows: list[dict], columns: list[str]) -> str:

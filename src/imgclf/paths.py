@@ -70,17 +70,22 @@ PREDICTION_FIELDS = ("path", "label", "predicted", "confidence", "error")
 """The columns of predictions files (evaluation's, predict's) besides one per class."""
 
 
+PROBABILITY = " (probability)"
+
+
 def probability_columns(classes: list[str]) -> list[str]:
     """A predictions file's probability columns, one per class and named by it; a class
-    named like one of ``PREDICTION_FIELDS`` is ``<class> (probability)``, so that a reader
-    by column name (pandas, ``csv.DictReader``) finds every column."""
-    return [f"{c} (probability)" if c in PREDICTION_FIELDS else c for c in classes]
+    named like one of ``PREDICTION_FIELDS``, or ending in ``" (probability)"``, is
+    ``<class> (probability)``, so that a reader by column name (pandas,
+    ``csv.DictReader``) finds every column and each reads back as its class."""
+    return [c + PROBABILITY if c in PREDICTION_FIELDS or c.endswith(PROBABILITY) else c
+            for c in classes]
 
 
 def class_of_column(column: str) -> str:
     """The class of a probability column (``probability_columns`` read back)."""
-    name = column.removesuffix(" (probability)")
-    return name if name in PREDICTION_FIELDS else column
+    name = column.removesuffix(PROBABILITY)
+    return name if name in PREDICTION_FIELDS or name.endswith(PROBABILITY) else column
 
 
 SIGNATURES = {
