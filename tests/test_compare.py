@@ -17,7 +17,7 @@ import pytest
 from imgclf import compare as compare_module
 from imgclf.cli.main import main
 from imgclf.compare import compare, name_list, plan_runs, resolve_backbones
-from imgclf.errors import ConfigError, Interrupted, ModelError, RunError
+from imgclf.errors import ConfigError, DataError, Interrupted, ModelError, RunError
 from imgclf.leaderboard import leaderboard_markdown, write_leaderboard
 
 OVERRIDES = {"model": {"pretrained": False, "img_size": 32}, "train": {"epochs": 1}}
@@ -220,7 +220,12 @@ def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_im
                                          r"mobilenetv2_100"):
         compare(str(data), ["scratch", "transfer"], ["mobilenetv2_10"], tmp_path / "cmp",
                 OVERRIDES)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine"]
+    # Data that no run could train on: one error, before any run.
+    broken = make_image_folder(tmp_path / "broken" / "train", {"a": 4, "b": 4}, size=(32, 32))
+    make_image_folder(tmp_path / "broken" / "test", {"a": 1, "c": 1}, size=(32, 32))
+    with pytest.raises(DataError, match=r"test split .* has class folder\(s\) \['c'\]"):
+        compare(str(broken.parent), ["scratch", "augment"], [], tmp_path / "cmp", OVERRIDES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "data", "mine"]
     assert sorted(p.name for p in data.iterdir()) == ["a", "b"]
     argv = ["compare", str(data), "--methods", "transfer", "--backbones", "inception_v3",
             "--img-size", "32", "--out", str(tmp_path / "cmp"), "--no-audit", "-q"]

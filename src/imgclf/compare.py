@@ -32,6 +32,7 @@ from imgclf.config import (
     resolved_paths,
 )
 from imgclf.data.layout import require_folder
+from imgclf.data.prepare import prepare_run_data
 from imgclf.errors import ConfigError, Interrupted, RunError, RunFolderBusy
 from imgclf.history import read_history
 from imgclf.leaderboard import SORT_KEYS, run_row, write_leaderboard
@@ -259,6 +260,8 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
     # Settings that cannot work stop the comparison before any run.
     configs = {plan.name: _plan_config(plan, overrides, out) for plan in plans}
     require_folder("data", data)
+    # As do data that no run could train on (one DataError, not one failed run each).
+    prepare_run_data(configs[plans[0].name])
     # An earlier comparison's folder, or one of this comparison's runs alone (trained with
     # `imgclf train --out OUT/<run>`, to be kept).
     planned = {plan.name for plan in plans}
