@@ -574,3 +574,17 @@ def test_a_validation_split_without_a_class_folder_is_warned_of(tmp_path, make_i
                               "image of class 'dog'"]
     assert split.warnings[0] in caplog.text
     assert scan_split("train", val, ["cat", "dog"]).warnings == []  # its folders are the classes
+
+
+def test_class_folders_alike_but_for_case_or_spaces_are_noted(tmp_path, make_image_folder):
+    make_image_folder(tmp_path / "train", {"sea": 1, "sea ": 1, "Sea": 1, "forest": 1})
+    make_image_folder(tmp_path / "test", {"sea": 1, "Forest": 1})
+    notes = detect_layout(tmp_path).notes
+    assert notes == [
+        f"the class folders 'Sea', 'sea', 'sea ' in {tmp_path / 'train'} differ only in case "
+        "or spaces: they are 3 classes. Merge them if they are one",
+        "the test split's class folder 'Forest' differs from the training class 'forest' "
+        "only in case or spaces: rename it to match"]
+    make_image_folder(tmp_path / "plain" / "train", {"a": 1, "b": 1})
+    make_image_folder(tmp_path / "plain" / "test", {"a": 1, "b": 1})
+    assert detect_layout(tmp_path / "plain").notes == []

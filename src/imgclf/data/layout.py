@@ -165,6 +165,35 @@ def _left_out_notes(layout: Layout, root: Path | None) -> list[str]:
     return notes
 
 
+def _look_alike(name: str) -> str:
+    """A class name without its case and runs of spaces: names alike so look one in reports."""
+    return " ".join(_same_name(name).split()).casefold()
+
+
+def _look_alike_notes(layout: Layout) -> list[str]:
+    """A note for class folders whose names differ only in case or spaces: in the training
+    split, classes that look like one; in another, a folder that is not the training class
+    it looks like (an error then names it as a class training lacks)."""
+    if layout.train is None:
+        return []
+    alike: dict[str, list[str]] = {}
+    for sub in _subdirs(layout.train):
+        alike.setdefault(_look_alike(sub.name), []).append(sub.name)
+    notes = [f"the class folders {', '.join(map(repr, names))} in {layout.train} differ only "
+             f"in case or spaces: they are {len(names)} classes. Merge them if they are one"
+             for names in alike.values() if len(names) > 1]
+    exact = {_same_name(name) for names in alike.values() for name in names}
+    for split in ("val", "test"):
+        root = getattr(layout, split)
+        for sub in _subdirs(root) if root is not None else ():
+            like = alike.get(_look_alike(sub.name))
+            if like and _same_name(sub.name) not in exact:
+                notes.append(f"the {split} split's class folder {sub.name!r} differs from the "
+                             f"training class {like[0]!r} only in case or spaces: rename it "
+                             "to match")
+    return notes
+
+
 def _holds_files(folder: Path) -> bool:
     """Whether ``folder`` itself holds files other than hidden and system ones."""
     return any(p.is_file() and not is_hidden_or_system(p, folder) for p in folder.iterdir())
@@ -258,7 +287,7 @@ def detect_layout(
             )
         else:
             layout = Layout(root, val and Path(val), test and Path(test), kind="single")
-    layout.notes += _left_out_notes(layout, root)
+    layout.notes += _left_out_notes(layout, root) + _look_alike_notes(layout)
     return layout
 
 
