@@ -306,6 +306,12 @@ def test_what_training_stops_on_is_listed(tmp_path, make_image_folder, bad_image
            "have" in report["problems"]
     assert report["splits"]["test"]["classes"] == {"cat": 1, "dog": 0, "empty": 0, "alien": 1}
     assert report["splits"]["test"]["images"] == 2  # the unknown class is audited too
+    # A class that a split lacks is a dash in its column, the counts aligned to the right.
+    table = format_audit(report).split("Images per class")[1].splitlines()
+    assert [line.split() for line in table[2:6]] == [
+        ["cat", "2", "0", "1"], ["dog", "2", "0", "0"], ["empty", "0", "0", "0"],
+        ["alien", "-", "-", "1"]]
+    assert len({len(line) for line in [table[1], *table[2:6]]}) == 1  # under "test"
     assert report["warnings"] == [
         "class 'cat' has only 2 training image(s); results for it will be unreliable",
         "class 'dog' has only 2 training image(s); results for it will be unreliable",
@@ -391,3 +397,11 @@ def test_cli_every_option_has_help():
     for action in audit_parser._actions:
         assert action.help and action.help != argparse.SUPPRESS, action.dest
     assert "near-duplicates" in audit_parser.format_help()
+
+
+def test_a_class_name_with_spaces_at_an_end_is_quoted_in_the_counts(tmp_path,
+                                                                      make_image_folder):
+    make_image_folder(tmp_path, {"sea": 3, "sea ": 3})
+    text = format_audit(audit_dataset(tmp_path, near_duplicates=False))
+    assert re.search(r"^  sea\s+3$", text, re.M) and re.search(r"^  'sea '\s+3$", text, re.M)
+    assert "the class folders 'sea', 'sea ' in" in text

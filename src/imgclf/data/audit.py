@@ -524,7 +524,8 @@ def _format_counts(report: dict) -> list[str]:
     names = list(report["splits"])
     columns = [report["splits"][n] for n in names]
     unknown = [cls for c in columns for cls in c.get("unknown_classes", [])]
-    rows = [[cls, *(c["classes"].get(cls, "-") for c in columns)]
+    # A name with spaces at an end is quoted, so that 'sea ' does not read as 'sea'.
+    rows = [[repr(cls) if cls != cls.strip() else cls, *(c["classes"].get(cls) for c in columns)]
             for cls in [*report["classes"], *dict.fromkeys(unknown)]]
     rows.append(["total", *(c["images"] for c in columns)])
     rows.append(["unreadable", *(c["unreadable"] for c in columns)])
