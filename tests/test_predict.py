@@ -207,6 +207,23 @@ def test_predict_arrays_checks_its_input(trained):
         assert predictor.predict_arrays(good[:0], tta=tta).shape == (0, 3)
 
 
+def test_predict_arrays_runs_a_batch_at_a_time(trained, monkeypatch):
+    run, _ = trained
+    predictor = Predictor(run, device="cpu")
+    images = np.random.default_rng(4).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    whole = predictor.predict_arrays(images, tta=True)
+    seen = []
+    probs_of = predictor._probs
+    monkeypatch.setattr(predictor, "_probs", lambda batch: seen.append(len(batch))
+                        or probs_of(batch))
+    np.testing.assert_allclose(predictor.predict_arrays(images, tta=True, batch_size=2), whole,
+                               atol=1e-6)
+    assert seen == [2, 2, 2, 2, 1, 1]  # each batch, then its mirror image
+    for wrong in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="batch size must be a whole number"):
+            predictor.predict_arrays(images, batch_size=wrong)
+
+
 def test_csv_columns_and_error_rows(trained, mixed_folder, tmp_path):
     run, _ = trained
     predictor = imgclf.load(run, device="cpu")

@@ -166,16 +166,19 @@ class BasePredictor:
         """Probabilities (N, classes) for uint8 images (N, H, W, 3), already checked."""
         raise NotImplementedError
 
-    def predict_arrays(self, images: np.ndarray, tta: bool | None = None) -> np.ndarray:
-        """Probabilities (N, classes) for a batch of RGB images as ``predict`` decodes files:
-        uint8 pixel values 0-255, shape (N, img_size, img_size, 3) with the run's
-        ``prep.img_size``. Any other array raises ConfigError (a ValueError) saying what to
-        change (floats are refused rather than guessed at: 0-1 and 0-255 floats look
-        alike). ``tta`` averages a mirrored view."""
+    def predict_arrays(self, images: np.ndarray, tta: bool | None = None,
+                       batch_size: int = INFERENCE_BATCH) -> np.ndarray:
+        """Probabilities (N, classes) for RGB images as ``predict`` decodes files: uint8
+        pixel values 0-255, shape (N, img_size, img_size, 3) with the run's
+        ``prep.img_size``, run ``batch_size`` at a time. Any other array raises ConfigError
+        (a ValueError) saying what to change (floats are refused rather than guessed at:
+        0-1 and 0-255 floats look alike). ``tta`` averages a mirrored view."""
         images = self._check_images(images)
+        batch_size, tta = _batch_size(batch_size), self.resolve_tta(tta)
         if not len(images):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return tta_average(self._probs, images, self.resolve_tta(tta))
+        return np.concatenate([tta_average(self._probs, images[start:start + batch_size], tta)
+                               for start in range(0, len(images), batch_size)])
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -214,11 +217,7 @@ class BasePredictor:
         """Predict every image among ``paths`` (a file or folder, or any iterable of them;
         folders are walked recursively): one ``Prediction`` per file, each file once, in
         the order found."""
-        if isinstance(batch_size, bool | np.bool_) or not isinstance(batch_size, Integral) \
-                or batch_size < 1:
-            raise ConfigError(f"batch size must be a whole number, at least 1, got "
-                              f"{batch_size!r}.")
-        batch_size = int(batch_size)
+        batch_size = _batch_size(batch_size)
         in_memory = ("predict takes image files and folders (str or Path); for images already "
                      "in memory use predict_arrays (uint8 arrays of shape (N, size, size, 3))")
         if isinstance(paths, np.ndarray):
@@ -250,8 +249,9 @@ class BasePredictor:
                 chunk = files[start:start + batch_size]
                 decoded = list(pool.map(self._decode, chunk))
                 good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-                probs = (self.predict_arrays(np.stack([decoded[i] for i in good]), tta)
-                         if good else np.zeros((0, len(self.classes))))
+                probs = (self.predict_arrays(np.stack([decoded[i] for i in good]), tta,
+                                             batch_size) if good
+                         else np.zeros((0, len(self.classes))))
                 by_index = dict(zip(good, probs, strict=False))
                 for i, path in enumerate(chunk):
                     if i in by_index:
@@ -312,6 +312,13 @@ class Predictor(BasePredictor):
         # One forward pass over what the caller hands over, as ONNX Runtime's predictor
         # makes: ``predict``'s batch size is the model's.
         return predict_array(self.model, images, self.rt, batch_size=max(len(images), 1))[0]
+
+
+def _batch_size(value) -> int:
+    """A batch size as given to ``predict`` or ``predict_arrays``, checked."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Integral) or value < 1:
+        raise ConfigError(f"batch size must be a whole number, at least 1, got {value!r}.")
+    return int(value)
 
 
 def load(run: str | Path, device: str = "auto") -> Predictor:
