@@ -283,6 +283,12 @@ def test_no_offline_source_and_hub_offline_fails_fast_listing_offline_backbones(
     assert "--no-pretrained, or model={'pretrained': False} in imgclf.train" in message
     assert not build_config("transfer", overrides={"model": {"pretrained": False}}).model.pretrained
     assert build_config("transfer", overrides={"model": {"weights": "w.pth"}}).model.weights
+    # A tagged name is other weights than the package's, whose untagged name it gives.
+    tagged = next(iter(weights.OFFLINE_SOURCES)) + ".in1k"
+    with pytest.raises(WeightsUnavailableError, match=r"no pip package known to imgclf ships "
+                       rf"its weights \(the package's weights are {tagged[:-5]}'s, without "
+                       r"the tag\)"):
+        weights.create_backbone(tagged)
 
 
 def test_hub_weights_already_cached_load_offline(monkeypatch, isolated_caches):
