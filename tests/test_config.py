@@ -191,7 +191,10 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     ({"train": {"label_smoothing": 1.0}}, r"train\.label_smoothing must be in \[0, 1\)"),
     ({"train": {"tta": "yes"}}, r"train\.tta must be off, on or auto, got 'yes'"),
     ({"model": {"head": "lineer"}}, r"model\.head must be reference or linear, got 'lineer'"),
-    ({"data": {"val_fraction": 1.5}}, r"data\.val_fraction must be between 0 and 1"),
+    ({"data": {"val_fraction": 1.5}}, r"data\.val_fraction must be more than 0 and less "
+                                      r"than 1, got 1\.5"),
+    ({"data": {"val_fraction": 0}}, r"data\.val_fraction must be more than 0 and less than 1, "
+                                    r"got 0"),
     ({"train": {"patience": -1}}, r"train\.patience must be >= 0 \(0: no early stopping\)"),
     ({"train": {"min_delta": -0.1}}, r"train\.min_delta must be >= 0, got -0\.1"),
     ({"augment": {"mixup": -1}}, r"augment\.mixup must be >= 0, got -1"),

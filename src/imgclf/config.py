@@ -386,7 +386,8 @@ def validate(config: Config) -> None:
          f"train.weight_decay must be >= 0 and finite, got {t.weight_decay}"),
         (0 <= config.seed < 2**32, f"seed must be in 0..{2**32 - 1}, got {config.seed}"),
         (0 < config.data.val_fraction < 1,
-         f"data.val_fraction must be between 0 and 1, got {config.data.val_fraction}"),
+         f"data.val_fraction must be more than 0 and less than 1, got "
+         f"{config.data.val_fraction}"),
         (0 <= t.label_smoothing < 1,
          f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
         (t.patience >= 0, f"train.patience must be >= 0 (0: no early stopping), got "
