@@ -199,6 +199,35 @@ def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path,
     assert not (out / "scratch-small_cnn" / "error.txt").exists()
 
 
+def test_a_run_at_its_models_own_size_resumes_and_so_does_one_whose_resume_failed(
+        tmp_path, make_image_folder, caplog):
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32))
+    out = tmp_path / "cmp"
+    overrides = {"train": {"epochs": 1}}  # no image size: small_cnn's 150
+    compare(str(data), ["scratch"], [], out, overrides)
+    run = out / "scratch-small_cnn"
+    (run / "metrics.json").unlink()  # as if stopped after its epochs
+    with caplog.at_level(logging.INFO, logger="imgclf.compare"):
+        compare(str(data), ["scratch"], [], out, overrides)
+    assert "run scratch-small_cnn was interrupted: resumed from its last epoch" in caplog.text
+    assert leaderboard(out)[0]["status"] == "ok"
+    # A resume refused (an image written over), then the image put back: resumed again.
+    (run / "metrics.json").unlink()
+    image = next((data / "a").iterdir())
+    original = image.read_bytes()
+    image.write_bytes(original + b"\0")
+    compare(str(data), ["scratch"], [], out, overrides)
+    assert "some of the data's files were written over" in leaderboard(out)[0]["error"]
+    assert (run / "last.pt").exists()
+    image.write_bytes(original)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="imgclf.compare"):
+        compare(str(data), ["scratch"], [], out, overrides)
+    assert ("run scratch-small_cnn failed last time (error.txt says why): resumed from its "
+            "last epoch") in caplog.text
+    assert leaderboard(out)[0]["status"] == "ok" and not (run / "error.txt").exists()
+
+
 def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_image_folder,
                                                               capsys):
     data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32))

@@ -159,6 +159,7 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
         log.error("run %s failed: %s", plan.name, exc)
         return run_row(plan.name, config.to_dict(), None, None, status="failed",
                        error=f"{type(exc).__name__}: {exc}")
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a failure it resumed after
     return row_from_run(run_dir)
 
 
@@ -293,8 +294,11 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
             log.info("run %s already finished: kept", plan.name)
             rows[plan.name] = row_from_run(run_dir)
             continue
-        if (run_dir / LAST_CHECKPOINT).exists() and not (run_dir / ERROR_FILE).exists():
-            log.info("run %s was interrupted: resumed from its last epoch", plan.name)
+        if (run_dir / LAST_CHECKPOINT).exists():
+            # Interrupted, or failed (a refused resume, say): its saved epochs are kept.
+            how = (f"failed last time ({ERROR_FILE} says why)"
+                   if (run_dir / ERROR_FILE).exists() else "was interrupted")
+            log.info("run %s %s: resumed from its last epoch", plan.name, how)
             resumable.add(plan.name)
         elif run_dir.exists():
             _clear_unfinished(run_dir)
@@ -436,6 +440,7 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
 
 
 def _clear_unfinished(run_dir: Path) -> None:
-    """A run without metrics.json failed or was interrupted: start it again from scratch."""
-    for name in (LAST_CHECKPOINT, BEST_CHECKPOINT, ERROR_FILE):
+    """A run without metrics.json that saved no epoch (last.pt) failed or was interrupted
+    before: start it again from scratch."""
+    for name in (BEST_CHECKPOINT, ERROR_FILE):
         (run_dir / name).unlink(missing_ok=True)
