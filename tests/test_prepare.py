@@ -253,30 +253,38 @@ def test_an_image_cache_record_without_every_files_digest_is_decoded_again(
     assert json.loads(meta_file.read_text())["digests"] == fresh.digests
 
 
-def test_resuming_on_changed_data_names_the_files_that_changed(tmp_path, make_image_folder):
+def test_resuming_on_changed_data_names_the_files_that_changed(tmp_path, make_image_folder,
+                                                                caplog):
     make_image_folder(tmp_path / "train", {"a": 6, "b": 6})
     make_image_folder(tmp_path / "test", {"a": 2, "b": 2})
     began = prepare_data(tmp_path).contents()
+    # The test split alone: training goes on, with a warning naming the files.
+    new = tmp_path / "test" / "b" / "new.png"
+    new.write_bytes(next((tmp_path / "test" / "a").iterdir()).read_bytes())
+    with caplog.at_level(logging.WARNING, logger="imgclf.data.prepare"):
+        assert prepare_data(tmp_path).check_resumable(began) is None
+    assert ("the test split changed since the run began (new: b/new.png (test)): the run's "
+            "figures will be on the test images as they are now") in caplog.text
     first, second = sorted((tmp_path / "train" / "a").iterdir())[:2]
     first.rename(tmp_path / "train" / "b" / first.name)  # the same name, in another class
     second.unlink()
-    (tmp_path / "test" / "b" / "new.png").write_bytes(next((tmp_path / "test" / "a").iterdir())
-                                                      .read_bytes())
     with pytest.raises(RunError) as changed:
         prepare_data(tmp_path).check_resumable(began)
     message = str(changed.value)
     assert "(16 files then, 16 now; gone: " in message
-    for kind, name in (("gone", f"a/{first.name}"), ("gone", f"a/{second.name}"),
-                       ("new", f"b/{first.name}"), ("new", "test/b/new.png")):
+    for kind, name in (("gone", f"a/{first.name} (training)"),
+                       ("gone", f"a/{second.name} (training)"), ("new", "b/new.png (test)")):
         assert re.search(rf"; {kind}: [^;]*{re.escape(name)}", message), (kind, name, message)
-    assert "test/" not in message.replace("test/b/new.png", "")
+    assert re.search(rf"; new: [^;]*b/{re.escape(first.name)} \((training|validation)\)",
+                     message)
     # Another draw of the validation images moves files between training and validation.
+    new.unlink()
     moved = prepare_data(tmp_path, seed=7)
     began = prepare_data(tmp_path).contents()
-    with pytest.raises(RunError, match=r"; moved to another split: (train|val)/./[^;]* and \d+ "
-                                       r"more\), so it would"):
+    with pytest.raises(RunError, match=r"; moved: ./[^;]* \((training to validation|validation "
+                                       r"to training)\)[^;]* and \d+ more\), so it would"):
         moved.check_resumable(began)
     assert prepare_data(tmp_path).check_resumable(began) is None
     listing = dict(began, listing=None)  # a checkpoint from before the listing
-    with pytest.raises(RunError, match=r"\(16 files then, 16 now\), so it would"):
+    with pytest.raises(RunError, match=r"\(15 files then, 15 now\), so it would"):
         moved.check_resumable(listing)

@@ -88,8 +88,10 @@ class PreparedData:
                 "digest": digest.hexdigest(), "sizes": sizes.hexdigest(), "listing": listing}
 
     def check_resumable(self, began: dict | None) -> None:
-        """RunError unless the data holds the files that a run began with (``began``, from
-        ``contents`` as its checkpoint saved it; None for a checkpoint without the record)."""
+        """RunError unless the data holds the training and validation files that a run
+        began with (``began``, from ``contents`` as its checkpoint saved it; None for a
+        checkpoint without the record); other test files are a warning (with the run's
+        listing: older checkpoints refuse them too)."""
         if began is None:
             return
         now = self.contents()
@@ -99,6 +101,12 @@ class PreparedData:
                            f"{', '.join(now['classes'])}. Restore the dataset as it was, or "
                            "start a new run (another --out).")
         changed = _changes(began.get("listing"), now["listing"])
+        if began.get("listing") is not None and _trained_on(began["listing"]) == _trained_on(
+                now["listing"]):
+            if changed:  # the test split alone, which training does not see
+                log.warning("the test split changed since the run began (%s): the run's "
+                            "figures will be on the test images as they are now", changed[2:])
+            return
         if began["digest"] != now["digest"]:
             raise RunError(f"cannot resume: the data's files, or how they are split into "
                            f"training and validation, changed since the run began "
@@ -124,29 +132,39 @@ class PreparedData:
         self.few = warn_small_classes(self.splits["train"], self.classes, logged=self.few)
 
 
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def _trained_on(listing: list) -> list:
+    """The training and validation files of a ``contents`` listing."""
+    return [entry for entry in listing if entry[0] != "test"]
+
+
 def _changes(began: list | None, now: list, shown: int = 3) -> str:
-    """'; gone: train/a/x.png; ...': the files that differ between two ``contents``
-    listings, a few of each kind named; empty without the run's listing (older checkpoints)."""
+    """'; gone: forest/x.jpg (training); ...': the files that differ between two
+    ``contents`` listings, each by its path in its split's folder, a few of each kind
+    named; empty without the run's listing (older checkpoints)."""
     if began is None:
         return ""
     then = {(name, relative): size for name, relative, size in began}
     found = {(name, relative): size for name, relative, size in now}
     # A file gone from training and new in validation, or back: validation drawn otherwise.
-    moved = ({relative for name, relative in then.keys() - found.keys() if name != "test"}
-             & {relative for name, relative in found.keys() - then.keys() if name != "test"})
-    kinds: dict[str, list[str]] = {"gone": [], "new": [], "moved to another split": [],
-                                   "of another size": []}
-    for key in sorted(then.keys() | found.keys()):
-        where = "/".join(key)
-        if key[0] != "test" and key[1] in moved:
-            if key in found:
-                kinds["moved to another split"].append(where)
+    left = {relative for name, relative in then.keys() - found.keys() if name != "test"}
+    arrived = {relative: name for name, relative in found.keys() - then.keys() if name != "test"}
+    moved = left & arrived.keys()
+    kinds: dict[str, list[str]] = {"gone": [], "new": [], "moved": [], "of another size": []}
+    for key in sorted(then.keys() | found.keys(), key=lambda key: key[1]):
+        name, relative = key
+        if name != "test" and relative in moved:
+            if key in then:
+                kinds["moved"].append(f"{relative} ({SPLIT_WORDS[name]} to "
+                                      f"{SPLIT_WORDS[arrived[relative]]})")
         elif key not in found:
-            kinds["gone"].append(where)
+            kinds["gone"].append(f"{relative} ({SPLIT_WORDS[name]})")
         elif key not in then:
-            kinds["new"].append(where)
+            kinds["new"].append(f"{relative} ({SPLIT_WORDS[name]})")
         elif then[key] != found[key]:
-            kinds["of another size"].append(where)
+            kinds["of another size"].append(f"{relative} ({SPLIT_WORDS[name]})")
     return "".join(f"; {kind}: {', '.join(files[:shown])}"
                    + (f" and {len(files) - shown} more" if len(files) > shown else "")
                    for kind, files in kinds.items() if files)
