@@ -18,6 +18,7 @@ from imgclf.data.layout import (
     find_classes,
     scan_folder,
     scan_split,
+    shown,
     skipped_hint,
     summarize,
     warn_small_classes,
@@ -588,3 +589,13 @@ def test_class_folders_alike_but_for_case_or_spaces_are_noted(tmp_path, make_ima
     make_image_folder(tmp_path / "plain" / "train", {"a": 1, "b": 1})
     make_image_folder(tmp_path / "plain" / "test", {"a": 1, "b": 1})
     assert detect_layout(tmp_path / "plain").notes == []
+
+
+def test_a_class_name_with_spaces_at_an_end_is_quoted_in_messages(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"sea": 2})
+    (tmp_path / "sea ").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"Class folder '{tmp_path / 'sea '}' holds "
+                                                  "no readable images")):
+        scan_split("train", tmp_path, ["sea", "sea "])
+    assert [shown(name) for name in ("sea", "sea ", " sea", "deep sea")] == [
+        "sea", "'sea '", "' sea'", "deep sea"]

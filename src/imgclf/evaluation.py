@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from imgclf.config import load_config
-from imgclf.data.layout import Split, detect_layout, scan_split
+from imgclf.data.layout import Split, detect_layout, scan_split, shown
 from imgclf.data.prepare import decode_split, prepare_run_data, write_skipped
 from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
@@ -83,8 +83,8 @@ def _warn_of_absent_classes(metrics: dict, classes: list[str], split: str) -> No
     absent = [c for c in classes if metrics["per_class"][c]["support"] == 0]
     if not absent:
         return
-    predicted = [c for c in absent if metrics["per_class"][c]["fp"] > 0]
-    left_out = [c for c in absent if c not in predicted]
+    predicted = [shown(c) for c in absent if metrics["per_class"][c]["fp"] > 0]
+    left_out = [shown(c) for c in absent if metrics["per_class"][c]["fp"] == 0]
     ways = []
     if predicted:
         ways.append(f"{', '.join(predicted)} (predicted for some images) "
@@ -92,7 +92,8 @@ def _warn_of_absent_classes(metrics: dict, classes: list[str], split: str) -> No
     if left_out:
         ways.append(f"{', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} left out")
     log.warning("the %s split has no images of %s: in the macro averages %s (balanced "
-                "accuracy leaves them all out)", split, ", ".join(absent), "; ".join(ways))
+                "accuracy leaves them all out)", split, ", ".join(map(shown, absent)),
+                "; ".join(ways))
 
 
 def write_evaluation(

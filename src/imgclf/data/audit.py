@@ -45,6 +45,7 @@ from imgclf.data.layout import (
     is_hidden_or_system,
     scan_folder,
     scan_split,
+    shown,
     small_classes,
     unknown_classes,
 )
@@ -524,8 +525,7 @@ def _format_counts(report: dict) -> list[str]:
     names = list(report["splits"])
     columns = [report["splits"][n] for n in names]
     unknown = [cls for c in columns for cls in c.get("unknown_classes", [])]
-    # A name with spaces at an end is quoted, so that 'sea ' does not read as 'sea'.
-    rows = [[repr(cls) if cls != cls.strip() else cls, *(c["classes"].get(cls) for c in columns)]
+    rows = [[shown(cls), *(c["classes"].get(cls) for c in columns)]
             for cls in [*report["classes"], *dict.fromkeys(unknown)]]
     rows.append(["total", *(c["images"] for c in columns)])
     rows.append(["unreadable", *(c["unreadable"] for c in columns)])

@@ -165,6 +165,12 @@ def _left_out_notes(layout: Layout, root: Path | None) -> list[str]:
     return notes
 
 
+def shown(name: str) -> str:
+    """A class name as messages and tables show it: quoted when it has spaces at an end,
+    so that 'sea ' does not read as sea."""
+    return repr(name) if name != name.strip() else name
+
+
 def _look_alike(name: str) -> str:
     """A class name without its case and runs of spaces: names alike so look one in reports."""
     return " ".join(_same_name(name).split()).casefold()
@@ -436,8 +442,8 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
         split.skipped.extend(skipped)
         if folder is not None and not images and name == "train" and strict:
             raise DataError(
-                f"Class folder {folder} holds no readable images{skipped_hint(skipped)}. "
-                "Add images or remove the folder."
+                f"Class folder {shown(str(folder))} holds no readable images"
+                f"{skipped_hint(skipped)}. Add images or remove the folder."
             )
         if not images and name != "train":
             why = (f"class folder {folder} holds no readable images{skipped_hint(skipped)}"
