@@ -185,6 +185,8 @@ def test_predict_arrays_checks_its_input(trained):
             good.transpose(0, 3, 1, 2),
         r"this model takes 32x32 images, got 24x32 .*resize them to 32x32": good[:, :24],
         r"got dtype float32; for floats in 0-1 pass": good.astype(np.float32) / 255,
+        r"got dtype int64; for whole numbers 0-255 pass images\.astype\(np\.uint8\)":
+            good.astype(np.int64),
     }
     for match, images in wrong.items():
         with pytest.raises(ConfigError, match=match) as raised:

@@ -207,9 +207,11 @@ class BasePredictor:
                               f"{self.prep.interpolation!r}) gives exactly what predict() "
                               "sees).")
         if images.dtype != np.uint8:
+            fix = ("for whole numbers 0-255 pass images.astype(np.uint8)"
+                   if images.dtype.kind in "iub" else
+                   "for floats in 0-1 pass (images * 255).round().astype(np.uint8)")
             raise ConfigError(f"images: expected {wanted} with values 0-255, got dtype "
-                              f"{images.dtype}; for floats in 0-1 pass "
-                              "(images * 255).round().astype(np.uint8).")
+                              f"{images.dtype}; {fix}.")
         return images
 
     def predict(self, paths, batch_size: int = INFERENCE_BATCH,
