@@ -208,7 +208,7 @@ class BasePredictor:
                               "sees).")
         if images.dtype != np.uint8:
             fix = ("for whole numbers 0-255 pass images.astype(np.uint8)"
-                   if images.dtype.kind in "iub" else
+                   if images.dtype.kind in "iu" else
                    "for floats in 0-1 pass (images * 255).round().astype(np.uint8)")
             raise ConfigError(f"images: expected {wanted} with values 0-255, got dtype "
                               f"{images.dtype}; {fix}.")
