@@ -129,7 +129,7 @@ def test_onnx_predictor_matches_predictor(onnx_run, trained, tmp_path, tta):
 
     assert predictor.classes == sorted(CLASSES)
     assert [p.path for p in got] == [p.path for p in expected]
-    assert [p.label for p in got] == [p.label for p in expected]
+    assert [p.predicted for p in got] == [p.predicted for p in expected]
     assert [p.error for p in got] == [p.error for p in expected]
     assert sum(p.error is not None for p in got) == 1
     good = [(g, e) for g, e in zip(got, expected, strict=True) if g.error is None]

@@ -92,15 +92,15 @@ def test_predict_gives_one_row_per_file_and_error_rows(trained, mixed_folder):
     for name, reason in ERRORS.items():
         p = by_name[name]
         assert reason in p.error
-        assert p.label is None and p.confidence is None and p.probs is None
+        assert p.predicted is None and p.confidence is None and p.probs is None
     good = [p for p in predictions if p.error is None]
     assert len(good) == GOOD
     for p in good:
-        assert p.label in CLASSES
+        assert p.predicted in CLASSES
         assert p.probs.shape == (3,)
         assert p.probs.sum() == pytest.approx(1.0, abs=1e-5)
         assert p.confidence == pytest.approx(float(p.probs.max()))
-        assert p.label == CLASSES[int(p.probs.argmax())]
+        assert p.predicted == CLASSES[int(p.probs.argmax())] == p.label  # its earlier name
 
 
 def test_predict_takes_paths_and_points_arrays_to_predict_arrays(trained, mixed_folder):
@@ -140,8 +140,8 @@ def test_predict_takes_files_and_reports_missing_ones(trained, mixed_folder):
                                                             .index(one)].probs, atol=1e-6)
     small_batches = predictor.predict([mixed_folder], batch_size=1)
     large_batch = predictor.predict([mixed_folder], batch_size=64)
-    assert [(p.path, p.label, p.error) for p in small_batches] == \
-        [(p.path, p.label, p.error) for p in large_batch]
+    assert [(p.path, p.predicted, p.error) for p in small_batches] == \
+        [(p.path, p.predicted, p.error) for p in large_batch]
 
 
 def test_predict_lists_each_file_once_in_the_order_found(trained, mixed_folder):
@@ -390,7 +390,7 @@ def test_folder_walks_leave_run_folders_out(trained, mixed_folder, make_run_fold
     named = [old / "learning_curves.png", plots[-1]]
     predictions = predictor.predict([mixed_folder, *named])
     assert [p.path for p in predictions[-2:]] == named
-    assert all(p.error is None and p.label in CLASSES for p in predictions[-2:])
+    assert all(p.error is None and p.predicted in CLASSES for p in predictions[-2:])
 
 
 def test_predict_command_on_a_folder_of_runs(trained, make_run_folder, tmp_path, capsys):

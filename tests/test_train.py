@@ -149,7 +149,7 @@ def test_scratch_run_writes_config_history_metrics_checkpoints_and_plots(split_d
     predicted = {str(p.path): p for p in predictor.predict([split_data / "test"])}
     for row in predictions:
         p = predicted[row["path"]]
-        assert p.label == row["predicted"]
+        assert p.predicted == row["predicted"]
         assert p.confidence == pytest.approx(float(row["confidence"]), abs=1e-4)
 
     for plot in ("learning_curves.png", "confusion_matrix.png", "roc_curves.png"):
@@ -1247,4 +1247,4 @@ def test_compile_trains_through_torch_compile_and_saves_plain_weights(split_data
     assert not [key for key in weights if "_orig_mod" in key]
     assert metrics_of(run)["split"] == "test"
     predictions = Predictor(run, device="cpu").predict([split_data / "test"])
-    assert len(predictions) == 9 and {p.label for p in predictions} <= {"a", "b", "c"}
+    assert len(predictions) == 9 and {p.predicted for p in predictions} <= {"a", "b", "c"}

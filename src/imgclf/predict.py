@@ -92,11 +92,19 @@ def load_model(run: str | Path) -> tuple[Classifier, Preprocessing, list[str], d
 
 @dataclass
 class Prediction:
+    """One file's prediction: its class, that class's probability and every class's (in
+    the model's class order), or the reason it could not be read."""
+
     path: Path
-    label: str | None
+    predicted: str | None
     confidence: float | None
     probs: np.ndarray | None
     error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        """The predicted class, ``predicted`` (its earlier name)."""
+        return self.predicted
 
 
 PREDICTIONS_START = ("path,predicted,confidence,", '[\n {\n  "path": ')
@@ -286,7 +294,7 @@ class BasePredictor:
                         writer.writerow([str(p.path), "", "", *[""] * len(self.classes),
                                          p.error])
                     else:
-                        writer.writerow([str(p.path), p.label, f"{p.confidence:.6f}",
+                        writer.writerow([str(p.path), p.predicted, f"{p.confidence:.6f}",
                                          *(f"{v:.6f}" for v in p.probs), ""])
         return path
 
@@ -294,7 +302,7 @@ class BasePredictor:
         if p.error:
             return {"path": str(p.path), "predicted": None, "confidence": None,
                     "probabilities": None, "error": p.error}
-        return {"path": str(p.path), "predicted": p.label, "confidence": round(p.confidence, 6),
+        return {"path": str(p.path), "predicted": p.predicted, "confidence": round(p.confidence, 6),
                 "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p.probs,
                                                                           strict=True)},
                 "error": None}

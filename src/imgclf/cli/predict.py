@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(args.run, device=args.device)
     predictions = predictor.predict(args.paths, batch_size=args.batch_size, tta=args.tta)
     errors = [p for p in predictions if p.error]
-    counts = Counter(p.label for p in predictions if not p.error)
+    counts = Counter(p.predicted for p in predictions if not p.error)
     for p in errors[:10]:
         print(f"  could not read {p.path}: {p.error}")
     if not counts:  # nothing to write: an earlier file of that name stays as it was
