@@ -10,7 +10,7 @@ import yaml
 
 from imgclf.cli.main import build_parser
 from imgclf.cli.train import config_from_args
-from imgclf.config import Config, build_config, data_folders, load_config, other_data
+from imgclf.config import Config, build_config, load_config
 from imgclf.errors import ConfigError, RunError
 
 
@@ -292,26 +292,3 @@ def test_load_config_names_a_damaged_file_on_one_line(tmp_path, text, match):
     with pytest.raises(RunError, match=rf"^{re.escape(str(path))} {match}") as info:
         load_config(path)
     assert "\n" not in str(info.value)
-
-
-def test_runs_take_the_same_data_by_any_settings_that_find_its_folders(tmp_path,
-                                                                      make_image_folder):
-    for split in ("train", "test"):
-        make_image_folder(tmp_path / "d" / split, {"a": 1, "b": 1}, size=(8, 8))
-    (tmp_path / "link").symlink_to(tmp_path / "d")
-    whole = {"data": {"data": str(tmp_path / "d")}}
-    assert data_folders(whole) == {"data.train": str(tmp_path / "d" / "train"),
-                                   "data.test": str(tmp_path / "d" / "test")}
-    for same in ({"data": {"train": str(tmp_path / "d" / "train"),
-                           "test": str(tmp_path / "link" / "test")}},
-                 {"data": {"data": str(tmp_path / "link")}}):
-        assert other_data(whole, same) == []
-    no_test = {"data": {"train": str(tmp_path / "d" / "train")}}
-    assert other_data(whole, no_test) == ["data.test"]
-    classes = {"data": {"data": str(tmp_path / "d" / "train")}}  # its classes, as one folder
-    assert other_data(whole, classes) == ["data.test"]
-    # A dataset no longer there: compared by the settings that name it.
-    gone = {"data": {"data": str(tmp_path / "gone")}}
-    assert data_folders(gone) is None
-    assert other_data(whole, gone) == ["data.data"]
-    assert other_data(gone, {"data": {"data": str(tmp_path / "gone")}}) == []

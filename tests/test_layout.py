@@ -14,8 +14,10 @@ from imgclf.data import decode
 from imgclf.data.decode import DecodeError, decode_image, probe
 from imgclf.data.layout import (
     Skipped,
+    data_folders,
     detect_layout,
     find_classes,
+    other_data,
     scan_folder,
     scan_split,
     shown,
@@ -599,3 +601,26 @@ def test_a_class_name_with_spaces_at_an_end_is_quoted_in_messages(tmp_path, make
         scan_split("train", tmp_path, ["sea", "sea "])
     assert [shown(name) for name in ("sea", "sea ", " sea", "deep sea")] == [
         "sea", "'sea '", "' sea'", "deep sea"]
+
+
+def test_runs_take_the_same_data_by_any_settings_that_find_its_folders(tmp_path,
+                                                                      make_image_folder):
+    for split in ("train", "test"):
+        make_image_folder(tmp_path / "d" / split, {"a": 1, "b": 1}, size=(8, 8))
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    whole = {"data": {"data": str(tmp_path / "d")}}
+    assert data_folders(whole) == {"data.train": str(tmp_path / "d" / "train"),
+                                   "data.test": str(tmp_path / "d" / "test")}
+    for same in ({"data": {"train": str(tmp_path / "d" / "train"),
+                           "test": str(tmp_path / "link" / "test")}},
+                 {"data": {"data": str(tmp_path / "link")}}):
+        assert other_data(whole, same) == []
+    no_test = {"data": {"train": str(tmp_path / "d" / "train")}}
+    assert other_data(whole, no_test) == ["data.test"]
+    classes = {"data": {"data": str(tmp_path / "d" / "train")}}  # its classes, as one folder
+    assert other_data(whole, classes) == ["data.test"]
+    # A dataset no longer there: compared by the settings that name it.
+    gone = {"data": {"data": str(tmp_path / "gone")}}
+    assert data_folders(gone) is None
+    assert other_data(whole, gone) == ["data.data"]
+    assert other_data(gone, {"data": {"data": str(tmp_path / "gone")}}) == []

@@ -28,10 +28,9 @@ from imgclf.config import (
     METHODS,
     TRANSFER_SETTINGS,
     build_config,
-    other_data,
     resolved_paths,
 )
-from imgclf.data.layout import require_folder
+from imgclf.data.layout import other_data, require_folder
 from imgclf.data.prepare import prepare_run_data
 from imgclf.errors import ConfigError, Interrupted, RunError, RunFolderBusy
 from imgclf.history import read_history

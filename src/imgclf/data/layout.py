@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgclf.config import DATA_PATH_SETTINGS, resolved_paths
 from imgclf.data.decode import IMAGE_EXTENSIONS, SYSTEM_FILES, DecodeError, probe
 from imgclf.errors import DataError
 from imgclf.paths import absolute, is_run_folder
@@ -493,3 +494,32 @@ def summarize(split: Split) -> str:
     if split.skipped:
         text += f", {len(split.skipped)} skipped"
     return text + ")"
+
+
+def data_folders(config: dict) -> dict[str, str] | None:
+    """Where a run config's (as its config.yaml holds it) images come from: the training,
+    validation and test folders its data settings find (``detect_layout``), as
+    ``data.train``, ``data.val`` and ``data.test``, links followed; so ``DATA`` and
+    ``--train DATA/train --test DATA/test`` name the same folders. None where the settings
+    find no dataset (it moved, say)."""
+    section = config.get("data") if isinstance(config.get("data"), dict) else {}
+    try:
+        layout = detect_layout(*(Path(section[key]) if section.get(key) else None
+                                 for key in ("data", "train", "val", "test")))
+    except (DataError, OSError):
+        return None
+    return {f"data.{split}": str(folder.resolve()) for split in ("train", "val", "test")
+            if (folder := getattr(layout, split)) is not None}
+
+
+def other_data(one: dict, other: dict) -> list[str]:
+    """Where two run configs (as their config.yaml holds them) take images from other
+    folders: the splits (``data_folders``) whose folders differ, or, where either finds no
+    dataset, the ``DATA_PATH_SETTINGS`` that name others. Runs on other data are not
+    ranked together."""
+    found = data_folders(one), data_folders(other)
+    if None in found:
+        found = tuple({key: path for key, path in resolved_paths(config).items()
+                       if key in DATA_PATH_SETTINGS} for config in (one, other))
+    mine, theirs = found
+    return sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))

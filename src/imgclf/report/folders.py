@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.config import other_data
+from imgclf.data.layout import other_data
 from imgclf.errors import RunError
 from imgclf.history import read_history
 from imgclf.leaderboard import RANKED_BY, SORT_KEYS, as_number, best_first, run_row
