@@ -133,8 +133,17 @@ def test_settings_other_than_the_kept_runs_are_an_error(compared, tmp_path):
                                           r"\(train.epochs\)"):
         compare(str(data), ["scratch"], [], out, changed)
     other = shutil.copytree(data, tmp_path / "other")
-    with pytest.raises(ConfigError, match=r"other settings \(data.data\)"):
+    with pytest.raises(ConfigError, match=r"other settings \(data.train\)"):
         compare(str(other), ["scratch"], [], out, OVERRIDES)
+    # The same folder named otherwise, as `imgclf train --train D` names it: kept.
+    import yaml
+
+    config_file = out / "scratch-small_cnn" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["data"].update(data=None, train=str(data))
+    config_file.write_text(yaml.safe_dump(config))
+    compare(str(data), ["scratch"], [], out, OVERRIDES)
+    assert leaderboard(out)[0]["status"] == "ok"
 
 
 @pytest.mark.parametrize("name, damaged, message", [

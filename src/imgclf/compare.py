@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.config import (
+    DATA_PATH_SETTINGS,
     DEFAULT_BACKBONE,
     METHODS,
     TRANSFER_SETTINGS,
@@ -417,8 +418,10 @@ def _earlier_runs(out: Path, named: set[str], config) -> list[dict]:
 
 def _changed_settings(run_dir: Path, config) -> list[str]:
     """The settings (dotted keys) in which ``run_dir``'s saved config differs from
-    ``config``, where the run folder itself may be; dataset paths compare with their
-    links followed, and an image size left to the model matches the one the run resolved."""
+    ``config``, where the run folder itself may be; the data compares by the folders its
+    settings find (``other_data``: ``DATA`` and ``--train DATA/train --test DATA/test``
+    alike), other paths with their links followed, and an image size left to the model
+    matches the one the run resolved."""
 
     def flat(tree: dict, prefix: str = "") -> dict:
         items = {}
@@ -430,12 +433,13 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
         return items
 
     saved_tree, wanted_tree = read_run_config(run_dir / CONFIG_FILE)[1], config.to_dict()
-    saved = {**flat(saved_tree), **resolved_paths(saved_tree)}
-    wanted = {**flat(wanted_tree), **resolved_paths(wanted_tree)}
-    saved.pop("out", None), wanted.pop("out", None)
+    saved, wanted = ({key: value for key, value in {**flat(tree), **resolved_paths(tree)}.items()
+                      if key != "out" and key not in DATA_PATH_SETTINGS}
+                     for tree in (saved_tree, wanted_tree))
     if wanted.get("model.img_size") is None:
         wanted["model.img_size"] = saved.get("model.img_size")
-    return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    changed = {k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k)}
+    return sorted(changed | set(other_data(saved_tree, wanted_tree)))
 
 
 def _clear_unfinished(run_dir: Path) -> None:
