@@ -265,6 +265,13 @@ def test_resuming_on_changed_data_names_the_files_that_changed(tmp_path, make_im
         assert prepare_data(tmp_path).check_resumable(began) is None
     assert ("the test split changed since the run began (new: b/new.png (test)): the run's "
             "figures will be on the test images as they are now") in caplog.text
+    # Without a test split, the figures would be on validation: refused.
+    (tmp_path / "test").rename(tmp_path / "elsewhere")
+    with pytest.raises(RunError, match=r"the data's test split was removed since the run "
+                                       r"began \(gone: a/a_000\.\w+ \(test\), .* and 1 more\), "
+                                       "so its figures would be on another split"):
+        prepare_data(tmp_path).check_resumable(began)
+    (tmp_path / "elsewhere").rename(tmp_path / "test")
     first, second = sorted((tmp_path / "train" / "a").iterdir())[:2]
     first.rename(tmp_path / "train" / "b" / first.name)  # the same name, in another class
     second.unlink()

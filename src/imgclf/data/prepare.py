@@ -74,7 +74,7 @@ class PreparedData:
         dataset named by another path still matches) with their classes, and one of their
         sizes (an image written over with another is caught; a copy of the dataset is not
         refused for its files' new times). ``listing`` holds each file's split, path (its
-        class folder in it) and size, to name what changed."""
+        class folder in it) and size, to name what changed (``_entries`` reads it)."""
         digest, sizes, listing = hashlib.sha256(), hashlib.sha256(), []
         for name, split in sorted(self.splits.items()):
             for path, label in zip(split.paths, split.labels, strict=True):
@@ -82,10 +82,13 @@ class PreparedData:
                 size = _size(path)
                 digest.update(f"{name}\0{label}\0{relative}\n".encode(errors="surrogateescape"))
                 sizes.update(f"{size}\n".encode())
-                listing.append([name, relative, size])
+                listing.append(f"{name}\0{relative}\0{size}")
+        # The listing as one string: a checkpoint saves and loads it at once, where a list
+        # of a million entries would take seconds.
         return {"classes": list(self.classes),
                 "files": sum(len(split) for split in self.splits.values()),
-                "digest": digest.hexdigest(), "sizes": sizes.hexdigest(), "listing": listing}
+                "digest": digest.hexdigest(), "sizes": sizes.hexdigest(),
+                "listing": "\0".join(listing)}
 
     def check_resumable(self, began: dict | None) -> None:
         """RunError unless the data holds the training and validation files that a run
@@ -100,10 +103,18 @@ class PreparedData:
                            f"{', '.join(began['classes'])}; the data now has "
                            f"{', '.join(now['classes'])}. Restore the dataset as it was, or "
                            "start a new run (another --out).")
-        changed = _changes(began.get("listing"), now["listing"])
-        if began.get("listing") is not None and _trained_on(began["listing"]) == _trained_on(
-                now["listing"]):
-            if changed:  # the test split alone, which training does not see
+        then = None if began.get("listing") is None else _entries(began["listing"])
+        found = _entries(now["listing"])
+        changed = _changes(then, found)
+        if then is not None and _trained_on(then) == _trained_on(found):
+            tested = [any(name == "test" for name, _, _ in entries) for entries in (then, found)]
+            if tested[0] != tested[1]:
+                raise RunError(f"cannot resume: the data's test split was "
+                               f"{'removed' if tested[0] else 'added'} since the run began "
+                               f"({changed[2:]}), so its figures would be on another split "
+                               "than it began to be judged on. Restore the dataset as it was, "
+                               "or start a new run (another --out).")
+            if changed:  # the test images alone, which training does not see
                 log.warning("the test split changed since the run began (%s): the run's "
                             "figures will be on the test images as they are now", changed[2:])
             return
@@ -135,15 +146,21 @@ class PreparedData:
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
 
-def _trained_on(listing: list) -> list:
-    """The training and validation files of a ``contents`` listing."""
-    return [entry for entry in listing if entry[0] != "test"]
+def _entries(listing: str) -> list[tuple[str, str, int]]:
+    """(split, path in its folder, size) of each file in a ``contents`` listing."""
+    parts = listing.split("\0") if listing else []
+    return list(zip(parts[0::3], parts[1::3], map(int, parts[2::3]), strict=True))
+
+
+def _trained_on(entries: list) -> list:
+    """The training and validation files among ``_entries``."""
+    return [entry for entry in entries if entry[0] != "test"]
 
 
 def _changes(began: list | None, now: list, shown: int = 3) -> str:
     """'; gone: forest/x.jpg (training); ...': the files that differ between two
-    ``contents`` listings, each by its path in its split's folder, a few of each kind
-    named; empty without the run's listing (older checkpoints)."""
+    ``_entries`` lists, each by its path in its split's folder, a few of each kind named;
+    empty without the run's listing (older checkpoints)."""
     if began is None:
         return ""
     then = {(name, relative): size for name, relative, size in began}
