@@ -208,6 +208,10 @@ def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path,
     assert not (out / "scratch-small_cnn" / "error.txt").exists()
 
 
+def interrupted_training(config, resume=False):
+    raise Interrupted("training interrupted")
+
+
 def test_a_run_at_its_models_own_size_resumes_and_so_does_one_whose_resume_failed(
         tmp_path, make_image_folder, caplog):
     data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32))
@@ -226,9 +230,18 @@ def test_a_run_at_its_models_own_size_resumes_and_so_does_one_whose_resume_faile
     original = image.read_bytes()
     image.write_bytes(original + b"\0")
     compare(str(data), ["scratch"], [], out, overrides)
-    assert "some of the data's files were written over" in leaderboard(out)[0]["error"]
-    assert (run / "last.pt").exists()
+    error = leaderboard(out)[0]["error"]
+    assert "some of the data's files were written over" in error
+    assert error.endswith(f"To train it from scratch instead, delete {run}.")
+    assert (run / "last.pt").exists() and (run / "error.txt").exists()
     image.write_bytes(original)
+    # Interrupted on the next try, it is an interrupted run, not a failed one.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("imgclf.engine.trainer.train", interrupted_training)
+        with pytest.raises(Interrupted):
+            compare(str(data), ["scratch"], [], out, overrides)
+    assert not (run / "error.txt").exists()
+    (run / "error.txt").write_text("as the refused resume left it\n")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="imgclf.compare"):
         compare(str(data), ["scratch"], [], out, overrides)

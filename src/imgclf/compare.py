@@ -148,6 +148,7 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
     from imgclf.engine.trainer import train
 
     run_dir = Path(config.out)
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's, resumed after
     try:
         with _stopping_run() if in_worker else contextlib.nullcontext():
             train(config, resume=resume)
@@ -156,10 +157,11 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
     except Exception as exc:  # a failed run is recorded and the comparison goes on
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / ERROR_FILE, traceback.format_exc())
-        log.error("run %s failed: %s", plan.name, exc)
+        # The next comparison resumes it again: say how to start over instead.
+        again = f" To train it from scratch instead, delete {run_dir}." if resume else ""
+        log.error("run %s failed: %s%s", plan.name, exc, again)
         return run_row(plan.name, config.to_dict(), None, None, status="failed",
-                       error=f"{type(exc).__name__}: {exc}")
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a failure it resumed after
+                       error=f"{type(exc).__name__}: {exc}{again}")
     return row_from_run(run_dir)
 
 
@@ -261,8 +263,6 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
     # Settings that cannot work stop the comparison before any run.
     configs = {plan.name: _plan_config(plan, overrides, out) for plan in plans}
     require_folder("data", data)
-    # As do data that no run could train on (one DataError, not one failed run each).
-    prepare_run_data(configs[plans[0].name])
     # An earlier comparison's folder, or one of this comparison's runs alone (trained with
     # `imgclf train --out OUT/<run>`, to be kept).
     planned = {plan.name for plan in plans}
@@ -270,6 +270,9 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
         names & {LEADERBOARD_FILE, AUDIT_FILE}) or (
         names <= planned and all(is_run_folder(out / n) for n in names)))
     check_outside_other_runs(out, None, "choose --out outside any run folder")
+    if not all((out / name / METRICS_FILE).exists() for name in planned):
+        # Data that no run could train on: one DataError, not a failed run each.
+        prepare_run_data(configs[plans[0].name])
     out.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out):  # one comparison at a time in ``out``
         return _train_and_rank(plans, configs, data, out, sort_by, workers, audit)
