@@ -601,6 +601,8 @@ def test_a_class_name_with_spaces_at_an_end_is_quoted_in_messages(tmp_path, make
         scan_split("train", tmp_path, ["sea", "sea "])
     assert [shown(name) for name in ("sea", "sea ", " sea", "deep sea")] == [
         "sea", "'sea '", "' sea'", "deep sea"]
+    assert shown(tmp_path / " sea") == repr(str(tmp_path / " sea"))
+    assert shown(tmp_path / "sea") == str(tmp_path / "sea")
 
 
 def test_runs_take_the_same_data_by_any_settings_that_find_its_folders(tmp_path,

@@ -166,10 +166,11 @@ def _left_out_notes(layout: Layout, root: Path | None) -> list[str]:
     return notes
 
 
-def shown(name: str) -> str:
-    """A class name as messages and tables show it: quoted when it has spaces at an end,
-    so that 'sea ' does not read as sea."""
-    return repr(name) if name != name.strip() else name
+def shown(name: str | Path) -> str:
+    """A class name, or a class folder's path, as messages and tables show it: quoted when
+    the name has spaces at an end, so that 'sea ' does not read as sea."""
+    last = name.name if isinstance(name, Path) else name
+    return repr(str(name)) if last != last.strip() else str(name)
 
 
 def _look_alike(name: str) -> str:
@@ -443,11 +444,12 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
         split.skipped.extend(skipped)
         if folder is not None and not images and name == "train" and strict:
             raise DataError(
-                f"Class folder {shown(str(folder))} holds no readable images"
+                f"Class folder {shown(folder)} holds no readable images"
                 f"{skipped_hint(skipped)}. Add images or remove the folder."
             )
         if not images and name != "train":
-            why = (f"class folder {folder} holds no readable images{skipped_hint(skipped)}"
+            why = (f"class folder {shown(folder)} holds no readable images"
+                   f"{skipped_hint(skipped)}"
                    if folder is not None else f"{root} has no folder of class {cls!r}")
             split.warnings.append(f"{why}: the {name} split has no image of class {cls!r}")
             if strict:
