@@ -284,11 +284,11 @@ def test_no_offline_source_and_hub_offline_fails_fast_listing_offline_backbones(
     assert not build_config("transfer", overrides={"model": {"pretrained": False}}).model.pretrained
     assert build_config("transfer", overrides={"model": {"weights": "w.pth"}}).model.weights
     # A tagged name is other weights than the package's, whose untagged name it gives.
-    tagged = next(iter(weights.OFFLINE_SOURCES)) + ".in1k"
+    name, source = next(iter(weights.OFFLINE_SOURCES.items()))
     with pytest.raises(WeightsUnavailableError, match=r"no pip package known to imgclf ships "
-                       rf"its weights \(the package's weights are {tagged[:-5]}'s, without "
-                       r"the tag\)"):
-        weights.create_backbone(tagged)
+                       rf"its weights \(pip package {source.package} ships {name}'s: name it "
+                       r"without the tag\)"):
+        weights.create_backbone(name + ".in1k")
 
 
 def test_hub_weights_already_cached_load_offline(monkeypatch, isolated_caches):

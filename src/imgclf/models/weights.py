@@ -649,10 +649,10 @@ def _resolve(model_name: str, weights: str | os.PathLike | None) -> _Resolved:
             f"its offline weights need pip package {source.package}, which is not installed"
         )
     else:
-        untagged = model_name.partition(".")[0]
+        untagged = OFFLINE_SOURCES.get(model_name.partition(".")[0])
         tried.append("no pip package known to imgclf ships its weights" + (
-            f" (the package's weights are {untagged}'s, without the tag)"
-            if untagged != model_name and untagged in OFFLINE_SOURCES else ""))
+            f" (pip package {untagged.package} ships {model_name.partition('.')[0]}'s: "
+            "name it without the tag)" if untagged is not None else ""))
     state, outcome = _hub_state_dict(model_name)
     if state is not None:
         return _Resolved(state, outcome)
