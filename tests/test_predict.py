@@ -797,6 +797,14 @@ def test_evaluate_val_refuses_validation_images_it_cannot_draw_again(trained, tm
             evaluate_folder(run, data, split="val", out=tmp_path / "ev")
     finally:
         Path(added).unlink()
+    # Another test split leaves the validation images as they were.
+    test_image = next((data / "test" / "red").iterdir())
+    added = shutil.copy(test_image, test_image.with_name("added-since.png"))
+    try:
+        metrics, _ = evaluate_folder(run, data, split="val", out=tmp_path / "ev")
+        assert metrics["split"] == "val"
+    finally:
+        Path(added).unlink()
 
 
 def test_evaluate_val_draws_the_runs_own_validation_images_again(trained, tmp_path, caplog):

@@ -456,7 +456,7 @@ def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_pa
     # The data's file names stay in the run's checkpoints, out of the model to be shared.
     assert "listing" in load_checkpoint(out / "last.pt")["data"]
     assert set(load_checkpoint(out / "model.pt")["data"]) == {"classes", "files", "digest",
-                                                              "sizes"}
+                                                              "sizes", "trained_on"}
 
 
 def test_resuming_a_run_whose_dataset_moved_says_where_to_name_it(split_data, tmp_path,

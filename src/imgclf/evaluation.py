@@ -274,7 +274,8 @@ def _held_out_validation(run_dir: Path, classes: list[str],
     RunError when they are not the run's: its checkpoint's record of the data it trained
     on (``began``; None in older checkpoints) names other files or another split."""
     data = prepare_run_data(load_config(run_dir / CONFIG_FILE), classes=classes)
-    if began is not None and began.get("digest") != data.contents()["digest"]:
+    key = "trained_on" if began is not None and "trained_on" in began else "digest"  # older
+    if began is not None and began.get(key) != data.contents()[key]:
         raise RunError(f"the validation images of {run_dir} cannot be drawn again: the files "
                        "of its training folder, or how imgclf splits them, changed since the "
                        "run trained, so they would not be the images it held out. Evaluate on "

@@ -74,8 +74,11 @@ class PreparedData:
         dataset named by another path still matches) with their classes, and one of their
         sizes (an image written over with another is caught; a copy of the dataset is not
         refused for its files' new times). ``listing`` holds each file's split, path (its
-        class folder in it) and size, to name what changed (``_entries`` reads it)."""
-        digest, sizes, listing = hashlib.sha256(), hashlib.sha256(), []
+        class folder in it) and size, to name what changed (``_entries`` reads it);
+        ``trained_on`` is a digest of the training and validation files' alone, which
+        model.pt keeps without the listing."""
+        digest, sizes, trained_on, listing = (hashlib.sha256(), hashlib.sha256(),
+                                              hashlib.sha256(), [])
         for name, split in sorted(self.splits.items()):
             for path, label in zip(split.paths, split.labels, strict=True):
                 relative = os.path.relpath(path, split.root) if split.root else str(path)
@@ -83,12 +86,14 @@ class PreparedData:
                 digest.update(f"{name}\0{label}\0{relative}\n".encode(errors="surrogateescape"))
                 sizes.update(f"{size}\n".encode())
                 listing.append(f"{name}\0{relative}\0{size}")
+                if name != "test":
+                    trained_on.update(f"{listing[-1]}\n".encode(errors="surrogateescape"))
         # The listing as one string: a checkpoint saves and loads it at once, where a list
         # of a million entries would take seconds.
         return {"classes": list(self.classes),
                 "files": sum(len(split) for split in self.splits.values()),
                 "digest": digest.hexdigest(), "sizes": sizes.hexdigest(),
-                "listing": "\0".join(listing)}
+                "trained_on": trained_on.hexdigest(), "listing": "\0".join(listing)}
 
     def check_resumable(self, began: dict | None) -> None:
         """RunError unless the data holds the training and validation files that a run
