@@ -111,7 +111,7 @@ class PreparedData:
         then = None if began.get("listing") is None else _entries(began["listing"])
         found = _entries(now["listing"])
         changed = _changes(then, found)
-        if then is not None and _trained_on(then) == _trained_on(found):
+        if then is not None and began.get("trained_on") == now["trained_on"]:
             tested = [any(name == "test" for name, _, _ in entries) for entries in (then, found)]
             if tested[0] != tested[1]:
                 raise RunError(f"cannot resume: the data's test split was "
@@ -155,11 +155,6 @@ def _entries(listing: str) -> list[tuple[str, str, int]]:
     """(split, path in its folder, size) of each file in a ``contents`` listing."""
     parts = listing.split("\0") if listing else []
     return list(zip(parts[0::3], parts[1::3], map(int, parts[2::3]), strict=True))
-
-
-def _trained_on(entries: list) -> list:
-    """The training and validation files among ``_entries``."""
-    return [entry for entry in entries if entry[0] != "test"]
 
 
 def _changes(began: list | None, now: list, shown: int = 3) -> str:
