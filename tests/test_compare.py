@@ -355,6 +355,27 @@ def test_leaderboard_leaves_out_runs_on_other_data(compared, tmp_path, caplog):
     assert "was trained on other data (data.data): left out of the leaderboard" in caplog.text
 
 
+def test_runs_evaluated_on_other_images_are_warned_of(compared, tmp_path, caplog):
+    from imgclf.report.folders import load_folder
+
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    rows = {row["run"]: row for row in leaderboard(out)}
+    assert (rows["scratch-small_cnn"]["split"], rows["scratch-small_cnn"]["n_samples"]) == (
+        "val", "4")
+    # As a kept run scored before its test images changed.
+    metrics_file = out / "transfer-mobilenetv2_100" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "n_samples": 5}))
+    with caplog.at_level(logging.WARNING, logger="imgclf.compare"):
+        compare(str(data), ["scratch"], [], out, OVERRIDES)
+    note = ("the runs were evaluated on different images (val split, 4 images: "
+            "scratch-small_cnn; val split, 5 images: transfer-mobilenetv2_100), so their "
+            "figures do not compare")
+    assert note in caplog.text
+    assert any(n.startswith(note) for n in load_folder(out).notes), load_folder(out).notes
+
+
 def test_a_model_given_is_the_network_of_the_scratch_and_augment_runs():
     plans = plan_runs(["scratch", "augment", "transfer"], ["resnet18"], "small_cnn")
     assert [(p.name, p.model) for p in plans] == [

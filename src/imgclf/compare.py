@@ -35,7 +35,7 @@ from imgclf.data.layout import other_data, require_folder
 from imgclf.data.prepare import prepare_run_data
 from imgclf.errors import ConfigError, Interrupted, RunError, RunFolderBusy
 from imgclf.history import read_history
-from imgclf.leaderboard import SORT_KEYS, run_row, write_leaderboard
+from imgclf.leaderboard import SORT_KEYS, evaluated_apart, run_row, write_leaderboard
 from imgclf.machine import available_cores, signals_blocked, unblock_signals
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.paths import (
@@ -325,6 +325,9 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
                           lambda: write_leaderboard(list(rows.values()), out, sort_by))
     ordered = [rows[p.name] for p in plans] + _earlier_runs(out, set(rows),
                                                              configs[plans[0].name])
+    apart = evaluated_apart(ordered)
+    if apart:
+        log.warning("%s", apart)
     write_leaderboard(ordered, out, sort_by)
     return out
 

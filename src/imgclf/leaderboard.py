@@ -22,8 +22,8 @@ METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weight
            "roc_auc", "log_loss")
 """The scalar metrics of metrics.json, in the leaderboard's column order."""
 RUN_COLUMNS = ("run", "method", "backbone", "img_size", "params_total", "params_trainable",
-               "epochs", "train_seconds", "inference_images_per_second", "tta", "status",
-               "error")
+               "epochs", "train_seconds", "inference_images_per_second", "tta", "split",
+               "n_samples", "status", "error")
 """The leaderboard's columns before the metrics (and the top-k accuracies after them)."""
 RANKED_BY = "ranked_by"
 """The leaderboard's last column: the key its rows are ranked by, on every row."""
@@ -53,11 +53,31 @@ def run_row(name: str, config: dict, metrics: dict | None, epochs: int | None,
         "train_seconds": results.get("train_seconds"),
         "inference_images_per_second": results.get("inference_images_per_second"),
         "tta": results.get("tta", False) if metrics is not None else None,
+        "split": results.get("split"), "n_samples": results.get("n_samples"),
         "status": status, "error": error,
     }
     row.update({key: results.get(key) for key in METRICS})
     row.update(mapping(results.get("top_k_accuracy")))
     return row
+
+
+def evaluated_apart(rows: list[dict]) -> str | None:
+    """A note when finished runs among ``rows`` were evaluated on other images (another
+    split, or the same split holding other images since), whose figures do not compare;
+    None when they all were on the same."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and row.get("split"):
+            seen.setdefault((str(row["split"]), str(row.get("n_samples"))), []).append(
+                str(row.get("run")))
+    if len(seen) < 2:
+        return None
+    groups = "; ".join(f"{split} split, {count} images: {', '.join(runs)}"
+                       for (split, count), runs in sorted(
+                           seen.items(), key=lambda item: (item[0][0], as_number(item[0][1]) or 0)))
+    return (f"the runs were evaluated on different images ({groups}), so their figures do "
+            "not compare: train the others again on the data as it is now (delete their "
+            "folders)")
 
 
 def best_first(rows: list[dict], sort_by: str | None) -> list[dict]:

@@ -21,7 +21,14 @@ import numpy as np
 from imgclf.data.layout import other_data
 from imgclf.errors import RunError
 from imgclf.history import read_history
-from imgclf.leaderboard import RANKED_BY, SORT_KEYS, as_number, best_first, run_row
+from imgclf.leaderboard import (
+    RANKED_BY,
+    SORT_KEYS,
+    as_number,
+    best_first,
+    evaluated_apart,
+    run_row,
+)
 from imgclf.paths import (
     AUDIT_FILE,
     CONFIG_FILE,
@@ -165,6 +172,9 @@ def _load_compare(folder: Path) -> Report:
         rows.append(_row_from_run(runs[name]))
     report.rows = best_first(rows, report.ranked_by)
     report.runs = [runs[str(row.get("run"))] for row in report.rows]
+    apart = evaluated_apart([_row_from_run(run) for run in report.runs])
+    if apart:  # as compare warns
+        report.notes.append(apart)
     audit_path = folder / AUDIT_FILE
     if audit_path.is_file():
         try:
