@@ -222,7 +222,7 @@ def test_a_run_at_its_models_own_size_resumes_and_so_does_one_whose_resume_faile
     (run / "metrics.json").unlink()  # as if stopped after its epochs
     with caplog.at_level(logging.INFO, logger="imgclf.compare"):
         compare(str(data), ["scratch"], [], out, overrides)
-    assert "run scratch-small_cnn was interrupted: resumed from its last epoch" in caplog.text
+    assert "run scratch-small_cnn was interrupted: resuming it from its last epoch" in caplog.text
     assert leaderboard(out)[0]["status"] == "ok"
     # A resume refused (an image written over), then the image put back: resumed again.
     (run / "metrics.json").unlink()
@@ -245,8 +245,8 @@ def test_a_run_at_its_models_own_size_resumes_and_so_does_one_whose_resume_faile
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="imgclf.compare"):
         compare(str(data), ["scratch"], [], out, overrides)
-    assert ("run scratch-small_cnn failed last time (error.txt says why): resumed from its "
-            "last epoch") in caplog.text
+    assert ("run scratch-small_cnn failed last time (error.txt says why): resuming it from "
+            "its last epoch") in caplog.text
     assert leaderboard(out)[0]["status"] == "ok" and not (run / "error.txt").exists()
 
 

@@ -263,12 +263,12 @@ def test_resuming_on_changed_data_names_the_files_that_changed(tmp_path, make_im
     new.write_bytes(next((tmp_path / "test" / "a").iterdir()).read_bytes())
     with caplog.at_level(logging.WARNING, logger="imgclf.data.prepare"):
         assert prepare_data(tmp_path).check_resumable(began) is None
-    assert ("the test split changed since the run began (new: b/new.png (test)): the run's "
+    assert ("the test split changed since the run last trained (new: b/new.png (test)): its "
             "figures will be on the test images as they are now") in caplog.text
     # Without a test split, the figures would be on validation: refused.
     (tmp_path / "test").rename(tmp_path / "elsewhere")
     with pytest.raises(RunError, match=r"the data's test split was removed since the run "
-                                       r"began \(gone: a/a_000\.\w+ \(test\), .* and 1 more\), "
+                                       r"last trained \(gone: a/a_000\.\w+ \(test\), .* and 1 more\), "
                                        "so its figures would be on another split"):
         prepare_data(tmp_path).check_resumable(began)
     (tmp_path / "elsewhere").rename(tmp_path / "test")
@@ -278,10 +278,12 @@ def test_resuming_on_changed_data_names_the_files_that_changed(tmp_path, make_im
     with pytest.raises(RunError) as changed:
         prepare_data(tmp_path).check_resumable(began)
     message = str(changed.value)
-    assert "(16 files then, 16 now; gone: " in message
+    # Named: the training and validation files alone (the new test image is no reason).
+    assert "(12 training and validation files then, 11 now; gone: " in message
     for kind, name in (("gone", f"a/{first.name} (training)"),
-                       ("gone", f"a/{second.name} (training)"), ("new", "b/new.png (test)")):
+                       ("gone", f"a/{second.name} (training)")):
         assert re.search(rf"; {kind}: [^;]*{re.escape(name)}", message), (kind, name, message)
+    assert "(test)" not in message
     assert re.search(rf"; new: [^;]*b/{re.escape(first.name)} \((training|validation)\)",
                      message)
     # Another draw of the validation images moves files between training and validation.

@@ -433,7 +433,8 @@ def test_resume_refuses_data_that_changed_since_the_run_began(split_data, tmp_pa
     moved = shutil.move(image, tmp_path / image.name)
     with pytest.raises(RunError, match=r"cannot resume: the data's files, or how they are "
                                        r"split into training and validation, changed since the "
-                                       r"run began \(33 files then, 32 now; gone: "
+                                       r"run began \(24 training and validation files then, "
+                                       r"23 now; gone: "
                                        rf"a/{image.name} \((training|validation)\)[;)]"):
         imgclf.train(out=out, resume=True)
     make_image_folder(split_data / "train", {"d": 2}, size=(32, 32), seed=5)

@@ -301,7 +301,7 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
             # Interrupted, or failed (a refused resume, say): its saved epochs are kept.
             how = (f"failed last time ({ERROR_FILE} says why)"
                    if (run_dir / ERROR_FILE).exists() else "was interrupted")
-            log.info("run %s %s: resumed from its last epoch", plan.name, how)
+            log.info("run %s %s: resuming it from its last epoch", plan.name, how)
             resumable.add(plan.name)
         elif run_dir.exists():
             _clear_unfinished(run_dir)

@@ -110,25 +110,34 @@ class PreparedData:
                            "start a new run (another --out).")
         then = None if began.get("listing") is None else _entries(began["listing"])
         found = _entries(now["listing"])
-        changed = _changes(then, found)
         if then is not None and began.get("trained_on") == now["trained_on"]:
+            # The test images alone, which training does not see (the checkpoint's record
+            # is of the data its session last trained on).
+            changed = _changes(then, found)[2:]
             tested = [any(name == "test" for name, _, _ in entries) for entries in (then, found)]
             if tested[0] != tested[1]:
                 raise RunError(f"cannot resume: the data's test split was "
-                               f"{'removed' if tested[0] else 'added'} since the run began "
-                               f"({changed[2:]}), so its figures would be on another split "
+                               f"{'removed' if tested[0] else 'added'} since the run last "
+                               f"trained ({changed}), so its figures would be on another split "
                                "than it began to be judged on. Restore the dataset as it was, "
                                "or start a new run (another --out).")
-            if changed:  # the test images alone, which training does not see
-                log.warning("the test split changed since the run began (%s): the run's "
-                            "figures will be on the test images as they are now", changed[2:])
+            if changed:
+                log.warning("the test split changed since the run last trained (%s): its "
+                            "figures will be on the test images as they are now", changed)
             return
+        if then is not None:  # name the training and validation files alone
+            then, found = ([entry for entry in entries if entry[0] != "test"]
+                           for entries in (then, found))
+            files = f"{len(then)} training and validation files then, {len(found)} now"
+        else:
+            files = f"{began['files']} files then, {now['files']} now"
+        changed = _changes(then, found)
         if began["digest"] != now["digest"]:
             raise RunError(f"cannot resume: the data's files, or how they are split into "
                            f"training and validation, changed since the run began "
-                           f"({began['files']} files then, {now['files']} now{changed}), so it "
-                           "would go on training and validating on other images. Restore the "
-                           "dataset as it was, or start a new run (another --out).")
+                           f"({files}{changed}), so it would go on training and validating on "
+                           "other images. Restore the dataset as it was, or start a new run "
+                           "(another --out).")
         if began.get("sizes", now["sizes"]) != now["sizes"]:  # not in older checkpoints
             raise RunError(f"cannot resume: some of the data's files were written over since "
                            f"the run began (the same names, other sizes{changed}), so it would "
