@@ -268,8 +268,8 @@ def test_resuming_on_changed_data_names_the_files_that_changed(tmp_path, make_im
     # Without a test split, the figures would be on validation: refused.
     (tmp_path / "test").rename(tmp_path / "elsewhere")
     with pytest.raises(RunError, match=r"the data's test split was removed since the run "
-                                       r"last trained \(gone: a/a_000\.\w+ \(test\), .* and 1 more\), "
-                                       "so its figures would be on another split"):
+                                       r"last trained \(gone: a/a_000\.\w+ \(test\), .* and 1 "
+                                       r"more\), so its figures would be on another split"):
         prepare_data(tmp_path).check_resumable(began)
     (tmp_path / "elsewhere").rename(tmp_path / "test")
     first, second = sorted((tmp_path / "train" / "a").iterdir())[:2]
