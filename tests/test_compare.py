@@ -182,6 +182,18 @@ def test_a_damaged_audit_is_written_anew(compared, tmp_path):
     assert again == audit
 
 
+def test_the_audit_is_written_again_when_runs_train_on_the_data_again(compared, tmp_path):
+    source, data = compared
+    out = shutil.copytree(source, tmp_path / "cmp")
+    audit = json.loads((out / "audit.json").read_text())
+    (out / "audit.json").write_text(json.dumps({**audit, "marker": 1}, indent=2))
+    compare(str(data), ["scratch"], [], out, OVERRIDES)  # nothing to train: kept
+    assert json.loads((out / "audit.json").read_text())["marker"] == 1
+    (out / "scratch-small_cnn" / "metrics.json").unlink()  # as if interrupted: resumed
+    compare(str(data), ["scratch"], [], out, OVERRIDES)
+    assert "marker" not in json.loads((out / "audit.json").read_text())
+
+
 def test_interrupted_run_stops_the_comparison_and_is_resumed(compared, tmp_path, monkeypatch):
     source, data = compared
     out = shutil.copytree(source, tmp_path / "cmp")

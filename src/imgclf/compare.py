@@ -307,7 +307,8 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
             _clear_unfinished(run_dir)
         todo.append(plan)
     audit_file = out / AUDIT_FILE
-    if audit and _audited_root(audit_file) != str(absolute(data)):
+    # Audited again for runs trained now, which train on the data as it is now.
+    if audit and (todo or _audited_root(audit_file) != str(absolute(data))):
         from imgclf.data.audit import audit_dataset
 
         write_text(audit_file, json.dumps(audit_dataset(Path(data)), indent=2))
