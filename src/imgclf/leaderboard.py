@@ -72,12 +72,12 @@ def evaluated_apart(rows: list[dict]) -> str | None:
                 str(row.get("run")))
     if len(seen) < 2:
         return None
-    groups = "; ".join(f"{split} split, {count} images: {', '.join(runs)}"
-                       for (split, count), runs in sorted(
-                           seen.items(), key=lambda item: (item[0][0], as_number(item[0][1]) or 0)))
+    order = sorted(seen, key=lambda where: (where[0], as_number(where[1]) or 0))
+    groups = "; ".join(f"{split} split, {count} images: {', '.join(seen[(split, count)])}"
+                       for split, count in order)
     return (f"the runs were evaluated on different images ({groups}), so their figures do "
-            "not compare: train the others again on the data as it is now (delete their "
-            "folders)")
+            "not compare: delete the folders of those evaluated on images that have changed "
+            "since, and compare again to train them on the data as it is")
 
 
 def best_first(rows: list[dict], sort_by: str | None) -> list[dict]:
