@@ -30,6 +30,7 @@ from imgclf.config import (
     TRANSFER_SETTINGS,
     build_config,
     resolved_paths,
+    resume_config,
 )
 from imgclf.data.layout import other_data, require_folder
 from imgclf.data.prepare import prepare_run_data
@@ -303,6 +304,9 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
                    if (run_dir / ERROR_FILE).exists() else "was interrupted")
             log.info("run %s %s: resuming it from its last epoch", plan.name, how)
             resumable.add(plan.name)
+            # With its own settings, as `imgclf train --resume` does: the ones asked for,
+            # as checked above, with the image size it resolved where none was asked for.
+            configs[plan.name] = resume_config(run_dir, [])
         elif run_dir.exists():
             _clear_unfinished(run_dir)
         todo.append(plan)

@@ -470,9 +470,7 @@ def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
              "model.name": (config.model.name, saved.get("name")),
              "model.head": (config.model.head, saved.get("head")),
              "model.dropout": (config.model.dropout, saved.get("dropout")),
-             # None (compare's, unless told): the model's own size, which the run resolved.
-             "model.img_size": (config.model.img_size or prep.get("img_size"),
-                                prep.get("img_size"))}
+             "model.img_size": (config.model.img_size, prep.get("img_size"))}
     training = last.get("training")  # not in checkpoints of imgclf before it
     if training is not None:
         pairs.update({f"train.{key}": (getattr(config.train, key), training.get(key))
