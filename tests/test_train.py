@@ -584,6 +584,27 @@ def test_stopped_between_its_history_and_checkpoint_a_run_resumes_whole(
     assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1, 2]
 
 
+def test_stopped_before_its_checkpoint_a_run_s_history_lists_the_epochs_it_saved(
+        split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = scratch_config(split_data, out, epochs=3, patience=0)
+    real_save = loop.save_atomic
+
+    def stop_saving_the_second_epoch(checkpoint, path):
+        if path.name == "last.pt" and checkpoint["epoch"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C after epoch 2's history row, before last.pt
+        real_save(checkpoint, path)
+
+    monkeypatch.setattr(loop, "save_atomic", stop_saving_the_second_epoch)
+    with pytest.raises(Interrupted, match="its last whole epoch is saved"):
+        train(config)
+    monkeypatch.undo()
+    assert [int(r["epoch"]) for r in read_csv(out / "history.csv")] == [1]
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 1
+    run = imgclf.train(out=out, resume=True)
+    assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1, 2, 3]
+
+
 def test_stopped_after_its_checkpoint_a_run_that_stops_early_resumes_to_its_end(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"

@@ -331,6 +331,10 @@ def fit(
         # the last whole one.
         saved = ("its last whole epoch is saved" if offset + last_saved else
                  "no epoch had finished; its starting point is saved")
+        if dist.is_main() and len(state.history) > offset + last_saved:
+            # Stopped between an epoch's history row and its last.pt: history.csv lists
+            # the epochs last.pt holds, which a resumed run goes on from.
+            write_history(state.history[:offset + last_saved], run_dir / HISTORY_FILE)
         raise Interrupted(f"training interrupted; {saved} in {run_dir / LAST_CHECKPOINT}. "
                           f"{resume_advice(run_dir)}") from None
     state.done = True
