@@ -793,7 +793,9 @@ def test_evaluate_val_refuses_validation_images_it_cannot_draw_again(trained, tm
     try:
         with pytest.raises(RunError, match=r"validation images of .* cannot be drawn again: "
                                            r"the files of its training folder, or how imgclf "
-                                           r"splits them, changed since the run trained"):
+                                           r"splits them, changed since the run trained; "
+                                           r"new: red/added-since\.png \((training|"
+                                           r"validation)\).*, so they would not be"):
             evaluate_folder(run, data, split="val", out=tmp_path / "ev")
     finally:
         Path(added).unlink()

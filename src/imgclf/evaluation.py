@@ -17,9 +17,15 @@ import torch
 
 from imgclf.config import load_config
 from imgclf.data.layout import Split, detect_layout, scan_split, shown
-from imgclf.data.prepare import decode_split, prepare_run_data, write_skipped
+from imgclf.data.prepare import (
+    decode_split,
+    prepare_run_data,
+    training_changes,
+    write_skipped,
+)
 from imgclf.data.transforms import tta_average
 from imgclf.engine import dist
+from imgclf.engine.checkpoints import load_checkpoint
 from imgclf.engine.loop import predict_array
 from imgclf.engine.runtime import Runtime
 from imgclf.errors import ConfigError, DataError, ImgclfError, RunError
@@ -27,6 +33,7 @@ from imgclf.metrics import compute_metrics, roc_curves
 from imgclf.paths import (
     CONFIG_FILE,
     CONFUSION_MATRIX_FILE,
+    LAST_CHECKPOINT,
     LEARNING_CURVES_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -275,9 +282,23 @@ def _held_out_validation(run_dir: Path, classes: list[str],
     on (``began``; None in older checkpoints) names other files or another split."""
     data = prepare_run_data(load_config(run_dir / CONFIG_FILE), classes=classes)
     key = "trained_on" if began is not None and "trained_on" in began else "digest"  # older
-    if began is not None and began.get(key) != data.contents()[key]:
+    now = data.contents()
+    if began is not None and began.get(key) != now[key]:
         raise RunError(f"the validation images of {run_dir} cannot be drawn again: the files "
                        "of its training folder, or how imgclf splits them, changed since the "
-                       "run trained, so they would not be the images it held out. Evaluate on "
-                       "a test split or a folder of new images instead.")
+                       f"run trained{training_changes(_listed(run_dir, began), now)}, so they "
+                       "would not be the images it held out. Evaluate on a test split or a "
+                       "folder of new images instead.")
     return data.splits["val"], data.val_source
+
+
+def _listed(run_dir: Path, began: dict) -> dict | None:
+    """The run's last.pt's record of its data, with the file listing that model.pt leaves
+    out, when it is the record of the same training files as ``began`` (model.pt's)."""
+    try:
+        last = load_checkpoint(run_dir / LAST_CHECKPOINT).get("data")
+    except (RunError, OSError):  # no last.pt, or not one imgclf can read
+        return None
+    same = isinstance(last, dict) and "trained_on" in began \
+        and last.get("trained_on") == began["trained_on"]
+    return last if same else None

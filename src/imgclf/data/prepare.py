@@ -126,8 +126,7 @@ class PreparedData:
                             "figures will be on the test images as they are now", changed)
             return
         if then is not None:  # name the training and validation files alone
-            then, found = ([entry for entry in entries if entry[0] != "test"]
-                           for entries in (then, found))
+            then, found = map(_training_entries, (then, found))
             files = f"{len(then)} training and validation files then, {len(found)} now"
         else:
             files = f"{began['files']} files then, {now['files']} now"
@@ -164,6 +163,19 @@ def _entries(listing: str) -> list[tuple[str, str, int]]:
     """(split, path in its folder, size) of each file in a ``contents`` listing."""
     parts = listing.split("\0") if listing else []
     return list(zip(parts[0::3], parts[1::3], map(int, parts[2::3]), strict=True))
+
+
+def _training_entries(entries: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    return [entry for entry in entries if entry[0] != "test"]
+
+
+def training_changes(began: dict | None, now: dict) -> str:
+    """``_changes`` between the training and validation files of two ``contents`` records
+    (empty where ``began`` has no listing)."""
+    if began is None or began.get("listing") is None:
+        return ""
+    return _changes(*(_training_entries(_entries(record["listing"]))
+                      for record in (began, now)))
 
 
 def _changes(began: list | None, now: list, shown: int = 3) -> str:
