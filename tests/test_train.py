@@ -500,6 +500,56 @@ def test_resume_in_the_finetune_phase(split_data, tmp_path, monkeypatch):
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
 
 
+def test_resumed_between_its_phases_a_run_trains_as_an_uninterrupted_one(
+        split_data, tmp_path, monkeypatch):
+    # Stopped after the head phase ended and before the fine-tuning phase saved its start:
+    # the fine-tuning phase draws its dropout masks as it would have without the stop.
+    def config(out):
+        return build_config("transfer", None, {
+            "data": {"data": str(split_data)}, "out": str(out),
+            "model": {**BACKBONE, "dropout": 0.5},
+            "train": {"epochs": 1, "finetune": "1", "finetune_epochs": 2, "patience": 0,
+                      "tta": "off", "amp": "off", "device": "cpu"}})
+
+    whole = train(config(tmp_path / "whole"))
+    real_save = loop.save_atomic
+
+    def stop_as_fine_tuning_starts(checkpoint, path):
+        if path.name == "last.pt" and checkpoint["phase"] == "finetune":
+            raise KeyboardInterrupt
+        real_save(checkpoint, path)
+
+    monkeypatch.setattr(loop, "save_atomic", stop_as_fine_tuning_starts)
+    with pytest.raises(Interrupted):
+        train(config(tmp_path / "part"))
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=False)["phase_done"]
+    part = train(load_config(tmp_path / "part" / "config.yaml"), resume=True)
+    columns = ("phase", "loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[r[c] for c in columns] for r in read_csv(part / "history.csv")] == \
+        [[r[c] for c in columns] for r in read_csv(whole / "history.csv")]
+
+
+def test_resuming_a_run_whose_config_no_longer_plans_its_phase_is_refused(
+        split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = build_config("transfer", None, {
+        "data": {"data": str(split_data)}, "out": str(out), "model": BACKBONE,
+        "train": {"epochs": 1, "finetune": "1", "finetune_epochs": 2}})
+    interrupt_on_call(monkeypatch, 2)  # in the finetune phase
+    with pytest.raises(Interrupted):
+        train(config)
+    monkeypatch.undo()
+    saved = (out / "config.yaml").read_text()
+    edited = re.sub(r"(?m)^(\s*finetune:).*$", r"\1 null", saved)
+    assert edited != saved
+    (out / "config.yaml").write_text(edited)
+    with pytest.raises(RunError, match=r"config\.yaml no longer matches the run's last\.pt "
+                                       r"\(it stopped in a finetune phase, which train\.freeze "
+                                       r"and train\.finetune as they are now leave out\)"):
+        imgclf.train(out=out, resume=True)
+
+
 def test_the_restored_epoch_is_named_as_the_log_numbered_it(split_data, tmp_path, caplog):
     config = build_config("transfer", None, {
         "data": {"data": str(split_data)}, "out": str(tmp_path / "run"), "model": BACKBONE,

@@ -623,7 +623,15 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     state.started = time.perf_counter()
     logger = _tensorboard_logger(config, run_dir)
     plan = plan_phases(ctx)
-    start = [name for name, _ in plan].index(state.phase) + state.done if state.phase else 0
+    names = [name for name, _ in plan]
+    if state.phase and state.phase not in names:
+        raise _edited(run_dir, f"it stopped in a {state.phase} phase, which train.freeze and "
+                               f"train.finetune as they are now leave out")
+    start = names.index(state.phase) + state.done if state.phase else 0
+    if last is not None and state.done:
+        # The next phase starts from the random state the done one left, as it would have
+        # (its loader's own generator is seeded afresh).
+        restore_rng_state(last.get("rng"), None)
     for _, factory in plan[start:]:
         phase = factory()
         monitor = monitor_for(config)
