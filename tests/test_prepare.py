@@ -178,6 +178,23 @@ def test_a_damaged_image_cache_entry_is_decoded_again(tmp_path, make_image_folde
         assert "damaged" not in caplog.text, how
 
 
+def test_images_too_many_for_memory_stay_on_disk_when_a_file_fails(tmp_path, make_image_folder,
+                                                                    monkeypatch):
+    from imgclf.data import cache
+
+    folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
+    (folder / "a" / "broken.png").write_bytes(b"not an image")
+    paths = sorted((folder / "a").iterdir())
+    in_memory = load_images(paths, (24, 24), use_cache=False)
+    assert not isinstance(in_memory.array, np.memmap) and len(in_memory.failures) == 1
+    monkeypatch.setattr(cache, "_physical_memory", lambda: 1000)  # far too little for them
+    for attempt in ("decoded", "from the cache"):
+        decoded = load_images(paths, (24, 24))
+        assert isinstance(decoded.array, np.memmap), attempt
+        assert np.array_equal(decoded.array, in_memory.array), attempt
+        assert decoded.paths == in_memory.paths and len(decoded.failures) == 1, attempt
+
+
 def test_an_interrupted_decoding_leaves_nothing_in_the_cache(tmp_path, make_image_folder,
                                                              monkeypatch):
     from imgclf.data import cache

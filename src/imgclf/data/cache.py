@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,22 @@ def cache_key(paths: list[Path], size: tuple[int, int], interpolation: str) -> s
     for path in paths:
         digest.update(repr(file_identity(path)).encode())
     return digest.hexdigest()[:32]
+
+
+def _rows_on_disk(array: np.ndarray, rows: list[int], folder: Path,
+                  chunk: int = 1024) -> np.ndarray:
+    """``array[rows]`` of an array too large for memory, as a map of a nameless temporary
+    file (in ``folder`` where it can be written): the copy stays on disk, not in RAM, and
+    its space is freed when the array is."""
+    try:
+        fh = tempfile.TemporaryFile(dir=folder)
+    except OSError:
+        fh = tempfile.TemporaryFile()
+    with fh:  # the map keeps its own handle on the file
+        out = np.memmap(fh, dtype=array.dtype, mode="w+", shape=(len(rows), *array.shape[1:]))
+    for start in range(0, len(rows), chunk):
+        out[start:start + chunk] = array[rows[start:start + chunk]]
+    return out
 
 
 def _physical_memory() -> int:
@@ -227,8 +244,10 @@ def load_images(
             failures = _decode_all(paths, size, interpolation, array)
             digests = _digests(paths, failures)
     kept = [i for i in range(len(paths)) if i not in failures]
-    if array.nbytes <= IN_MEMORY_FRACTION * _physical_memory() or failures:
+    if array.nbytes <= IN_MEMORY_FRACTION * _physical_memory():
         array = np.ascontiguousarray(array[kept]) if failures else np.array(array)
+    elif failures:
+        array = _rows_on_disk(array, kept, folder)
     return DecodedImages(
         array=array,
         paths=[paths[i] for i in kept],
