@@ -6,10 +6,12 @@ import errno
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from imgclf import paths
 from imgclf.errors import ConfigError, RunError
 from imgclf.paths import (
     PREDICTION_FIELDS,
@@ -33,6 +35,36 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "c"))
     assert cache_dir("images") == tmp_path / "c" / "images"
     assert (tmp_path / "c" / "images").is_dir()
+
+
+def test_a_killed_writers_leftover_goes_from_the_cache_once_it_is_old(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "c" / "images"
+    folder.mkdir(parents=True)
+    killed = subprocess.run(  # killed while it writes a cache file: no clean-up runs
+        [sys.executable, "-c",
+         "import os, signal, sys; from imgclf.paths import written_whole\n"
+         "with written_whole(sys.argv[1]) as tmp:\n"
+         "    tmp.write_bytes(b'x' * 1000); os.kill(os.getpid(), signal.SIGKILL)",
+         str(folder / "key.npy")])
+    assert killed.returncode == -9
+    [leftover] = folder.iterdir()
+    # A live writer's file, and another imgclf file, old alike.
+    mine = folder / f".other.tmp{os.getpid()}-0a1b2c3d.npy"
+    kept = folder / "key2.npy"
+    for path in (mine, kept):
+        path.write_bytes(b"y")
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "c"))
+    cache_dir("images")
+    assert leftover.exists()  # written to a moment ago: maybe a writer this one cannot see
+    hour_ago = time.time() - 3700
+    for path in (leftover, mine, kept):
+        os.utime(path, (hour_ago, hour_ago))
+    monkeypatch.setattr(paths, "_SWEPT", set())  # as a later process
+    cache_dir("images")
+    assert sorted(folder.iterdir()) == sorted([mine, kept])
 
 
 def test_file_appears_whole_and_in_new_folders(tmp_path):

@@ -18,6 +18,7 @@ import pickle
 import re
 import struct
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -129,12 +130,48 @@ def cache_root() -> Path:
 
 def cache_dir(subdir: str | None = None) -> Path:
     """The user cache folder (``$IMGCLF_CACHE_DIR`` or the platform's), created on demand
-    where it can be (``cache_writable`` tells whether it was)."""
+    where it can be (``cache_writable`` tells whether it was); the first time a process
+    asks for a folder, the temporary files that killed processes left in it go."""
     root = cache_root()
     path = root / subdir if subdir else root
     with contextlib.suppress(OSError):  # a read-only cache still serves what it holds
         path.mkdir(parents=True, exist_ok=True)
+    if path not in _SWEPT:
+        _SWEPT.add(path)
+        _remove_leftovers(path)
     return path
+
+
+_SWEPT: set[Path] = set()
+_LEFTOVER = re.compile(r"^\..*\.tmp(\d+)-[0-9a-f]+(\.[^.]*)?$")  # as ``written_whole`` names
+LEFTOVER_AGE = 3600.0
+"""Seconds since a temporary file was last written, past which a dead process's is removed."""
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Remove ``written_whole``'s temporary files in ``folder`` whose process is gone (killed
+    before it could clean up) and that have not been written to for ``LEFTOVER_AGE``: a
+    decoded split's can be gigabytes. The age spares a live writer in another container
+    that shares the folder, whose process this one cannot see."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _LEFTOVER.match(entry.name)
+            with contextlib.suppress(OSError):
+                if match and not _process_alive(int(match[1])) \
+                        and now - entry.stat().st_mtime > LEFTOVER_AGE:
+                    os.unlink(entry.path)
+                    log.debug("removed %s, left by a process that was stopped", entry.path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, say
+        return True
+    return True
 
 
 _UNWRITABLE: set[Path] = set()
@@ -198,7 +235,9 @@ def written_whole(path: Path):
     ``path`` when the block ends, removed if the block fails or is interrupted, so that the
     file is there whole or not at all."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    # The process id tells a leftover (``_remove_leftovers``); the random part, a writer in
+    # another container sharing the folder under the same id.
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}-{os.urandom(4).hex()}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
