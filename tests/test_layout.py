@@ -51,6 +51,23 @@ def test_transparent_pixels_are_composited_on_white(bad_image_folder, name, opaq
     np.testing.assert_allclose(pixels[:, 8:].reshape(-1, 3), [opaque] * (16 * 8), atol=1)
 
 
+@pytest.mark.parametrize("mode, key, opaque", [
+    ("RGB", (0, 0, 0), (255, 0, 0)), ("L", 0, (76, 76, 76))])
+def test_pixels_of_a_pngs_transparent_colour_are_composited_on_white(tmp_path, mode, key,
+                                                                       opaque):
+    path = tmp_path / f"{mode}_keyed.png"
+    _half_black_half_red(mode).save(path, transparency=key)  # black is the clear colour
+    pixels = decode_image(path)
+    assert (pixels[:, :8] == 255).all()
+    np.testing.assert_allclose(pixels[:, 8:].reshape(-1, 3), [opaque] * (16 * 8), atol=1)
+
+
+def _half_black_half_red(mode: str) -> Image.Image:
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    rgb[:, 8:] = (255, 0, 0)
+    return Image.fromarray(rgb, "RGB").convert(mode)
+
+
 def test_exif_orientation_is_applied(bad_image_folder):
     pixels = decode_image(bad_image_folder / "odd" / "rotated_exif6.jpg").astype(int)
     assert pixels.shape == (40, 20, 3)  # stored 40 wide x 20 high

@@ -168,6 +168,8 @@ def _integer_gray_to_8bit(arr: np.ndarray, depth: _SampleDepth) -> np.ndarray:
 
 
 def _to_rgb(im: Image.Image, depth: _SampleDepth) -> Image.Image:
+    if im.mode in ("RGB", "L") and "transparency" in im.info:
+        im = im.convert("RGBA")  # a colour key (PNG's tRNS): pixels of that colour are clear
     if im.mode == "RGB":
         return im
     if im.mode in (*_INTEGER_GRAY, "F"):
