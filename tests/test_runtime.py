@@ -109,3 +109,39 @@ def test_a_cuda_device_without_a_gpu_is_named_as_given(device, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=rf"^device '{device}' was asked for but no CUDA GPU"):
         resolve_device(device)
+
+
+@pytest.mark.parametrize("machine, units, expected", [
+    ("x86_64", (False, False), False),  # AVX512 alone (Skylake to Ice Lake): emulated bf16
+    ("x86_64", (True, False), True),  # AVX512-BF16
+    ("x86_64", (False, True), True),  # AMX
+    ("aarch64", (False, False), True),  # oneDNN's check alone
+])
+def test_cpu_bf16_is_used_only_where_the_cpu_has_bf16_units(monkeypatch, machine, units,
+                                                             expected):
+    import torch
+
+    from imgclf.engine import runtime
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: units[0])
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units[1])
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert runtime.cpu_supports_bf16() is expected
+    expected_dtype = torch.bfloat16 if expected else None
+    assert runtime.resolve_runtime("cpu", "auto").amp_dtype == expected_dtype
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert runtime.cpu_supports_bf16() is False  # oneDNN's limits (ONEDNN_MAX_CPU_ISA) hold
+
+
+def test_a_gpu_that_emulates_bf16_trains_in_float32(monkeypatch):
+    import torch
+
+    from imgclf.engine import runtime
+
+    # A pre-Ampere GPU: PyTorch's check passes it when emulation counts (its default).
+    monkeypatch.setattr(runtime, "resolve_device", lambda device: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    assert runtime.resolve_runtime("cuda", "auto").amp_dtype is None
+    assert runtime.resolve_runtime("cuda", "bf16").amp_dtype == torch.bfloat16  # as asked
