@@ -1320,3 +1320,17 @@ def test_compile_trains_through_torch_compile_and_saves_plain_weights(split_data
     assert metrics_of(run)["split"] == "test"
     predictions = Predictor(run, device="cpu").predict([split_data / "test"])
     assert len(predictions) == 9 and {p.predicted for p in predictions} <= {"a", "b", "c"}
+
+
+def test_random_states_of_gpus_are_saved_by_gpu_runs_and_restored_where_there_are_fewer(
+        monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a CPU run
+    assert "cuda" not in loop.rng_state(None)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: restored.append((state, device)))
+    saved = {"torch": torch.get_rng_state(), "cuda": ["gpu 0's", "gpu 1's"]}  # saved on two
+    loop.restore_rng_state(saved, None)
+    assert restored == [("gpu 0's", 0)]

@@ -200,7 +200,7 @@ def rng_state(loader) -> dict:
     """The random states the rest of training draws from: PyTorch's (dropout noise,
     augmentation) and the loader's shuffling generator."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # a GPU run's (a CPU run starts no CUDA context for it)
         state["cuda"] = torch.cuda.get_rng_state_all()
     generator = getattr(loader, "generator", None)
     if generator is not None:
@@ -214,7 +214,9 @@ def restore_rng_state(state: dict | None, loader) -> None:
         return
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # Resumed where fewer GPUs are visible, those there take their states.
+        for device, gpu_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, device)
     generator = getattr(loader, "generator", None)
     if generator is not None and "loader" in state:
         generator.set_state(state["loader"])
