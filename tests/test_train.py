@@ -1282,6 +1282,23 @@ def test_class_weights_are_logged_once_for_a_head_then_fine_tuning(split_data, t
     assert sum(r.message.startswith("class weights") for r in caplog.records) == 1
 
 
+def test_an_interrupted_run_closes_its_tensorboard_writer(split_data, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from imgclf.engine import tb
+
+    closed, real_close = [], tb.TensorBoardLogger.close
+
+    def close(self):
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(tb.TensorBoardLogger, "close", close)
+    interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        scratch(split_data, tmp_path / "run", epochs=2, train={"tensorboard": True})
+    assert len(closed) == 1
+
+
 def test_no_class_weights_by_default(flat_data, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="imgclf")
     scratch(flat_data, tmp_path / "run", epochs=1)

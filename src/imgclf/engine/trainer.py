@@ -621,7 +621,6 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     log.info("model %s (%s), %s parameters, on %s", config.model.name, source, f"{total:,}",
              rt.describe())
     state.started = time.perf_counter()
-    logger = _tensorboard_logger(config, run_dir)
     plan = plan_phases(ctx)
     names = [name for name, _ in plan]
     if state.phase and state.phase not in names:
@@ -632,19 +631,22 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         # The next phase starts from the random state the done one left, as it would have
         # (its loader's own generator is seeded afresh).
         restore_rng_state(last.get("rng"), None)
-    for _, factory in plan[start:]:
-        phase = factory()
-        monitor = monitor_for(config)
-        if last is not None and state.phase == phase.name:
-            _resume_phase(phase, monitor, last, run_dir)
-        _, state.trainable = count_parameters(model)
-        state.features_by = ctx.features_by or state.features_by
-        log.info("phase %s: %s trainable parameters", phase.name, f"{state.trainable:,}")
-        state = fit(phase, phase.runtime or rt, monitor, run_dir, model, meta, state,
-                    restore_best=config.train.restore_best, epoch_logger=logger)
+    logger = _tensorboard_logger(config, run_dir)
+    try:
+        for _, factory in plan[start:]:
+            phase = factory()
+            monitor = monitor_for(config)
+            if last is not None and state.phase == phase.name:
+                _resume_phase(phase, monitor, last, run_dir)
+            _, state.trainable = count_parameters(model)
+            state.features_by = ctx.features_by or state.features_by
+            log.info("phase %s: %s trainable parameters", phase.name, f"{state.trainable:,}")
+            state = fit(phase, phase.runtime or rt, monitor, run_dir, model, meta, state,
+                        restore_best=config.train.restore_best, epoch_logger=logger)
+    finally:  # interrupted or failed too: its writer thread and file go
+        if logger is not None:
+            logger.close()
     train_seconds = state.elapsed()  # earlier sessions of a resumed run included
-    if logger is not None:
-        logger.close()
     _write_results(ctx, state, train_seconds, total, copies)
     return run_dir
 
