@@ -527,7 +527,7 @@ def test_evaluate_folder_writes_metrics_in_the_run(trained):
     assert out == run / "evaluate-test"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["split"] == "test"
-    assert saved["precision"] == "float32"
+    assert saved["compute_dtype"] == "float32" and "precision" not in saved
     assert saved["n_samples"] == 6
     assert saved["data"] == str(data / "test")
     assert saved["accuracy"] == pytest.approx(metrics["accuracy"])

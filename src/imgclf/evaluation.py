@@ -125,7 +125,7 @@ def write_evaluation(
     if dist.is_main():
         _warn_of_absent_classes(metrics, classes, split)
     metrics["inference_images_per_second"] = round(speed, 1)
-    metrics["precision"] = rt.precision
+    metrics["compute_dtype"] = rt.precision  # how it computed; "precision" is a score
     metrics.update(extra or {})
     if not dist.is_main():
         return metrics
