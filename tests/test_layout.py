@@ -294,7 +294,9 @@ def test_missing_folder_is_an_error(tmp_path):
 
 def test_no_class_folders_is_an_error(tmp_path):
     _images(tmp_path, 2)  # images straight in the root, no class folders
-    with pytest.raises(DataError, match=r"holds no class folders.*DATA/<class>/\*\.jpg"):
+    with pytest.raises(DataError, match=r"holds no class folders.*DATA/<class>/\*\.jpg.*"
+                                        r"\.jpg\)\. Its 2 image file\(s\) outside any class "
+                                        r"folder have no label"):
         detect_layout(tmp_path)
     # An empty train/ holds no class folders: it is a (so far empty) class, not a split.
     (tmp_path / "train").mkdir()

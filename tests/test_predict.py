@@ -877,6 +877,15 @@ def test_evaluate_warns_of_an_empty_class_and_names_unknown_classes_first(
     zoo = make_image_folder(tmp_path / "zoo", {"zebra": 2}, size=(32, 32))
     with pytest.raises(DataError, match=r"\['zebra'\] that the model does not have"):
         evaluate_folder(run, zoo, out=out)  # not: 'holds the evaluation of' extra
+    # Unlabelled images beside a folder: named as the folder it is, and the images as what
+    # they are.
+    shutil.copy(next((folder / "red").iterdir()), zoo / "loose.png")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(zoo))} has class folder\(s\) "
+                                        r"\['zebra'\] that the model does not have .* Its 1 "
+                                        r"image file\(s\) outside any class folder have no "
+                                        r"label: to classify unlabelled images, use `imgclf "
+                                        r"predict RUN FOLDER`\.$"):
+        evaluate_folder(run, zoo, out=out)
 
 
 def test_evaluate_errors(trained, tmp_path, make_image_folder, capsys):

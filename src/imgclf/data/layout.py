@@ -292,6 +292,7 @@ def detect_layout(
             raise DataError(
                 f"{root} holds no class folders{also}. imgclf expects one folder per class "
                 "(DATA/<class>/*.jpg) or split folders (DATA/train/<class>/*.jpg)."
+                + _unlabelled_hint(root)
             )
         else:
             layout = Layout(root, val and Path(val), test and Path(test), kind="single")
@@ -432,10 +433,12 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
     folders = {_same_name(p.name): p for p in _subdirs(root)}
     unknown = unknown_classes(root, classes)
     if unknown and strict:
+        where = root if name == root.name else f"{name} split {root}"  # a folder of classes
         raise DataError(
-            f"{name} split {root} has class folder(s) {unknown} that {source} does not have "
+            f"{where} has class folder(s) {unknown} that {source} does not have "
             f"(its classes: {classes}). Rename or remove them"
             + (", or add them to the training data." if source == "the training split" else ".")
+            + _unlabelled_hint(root)
         )
     split = Split(name, root)
     for index, cls in enumerate(classes):
@@ -459,6 +462,18 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
     loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
     split.skipped.extend(Skipped(p, "file outside any class folder") for p in loose)
     return split
+
+
+def _unlabelled_hint(root: Path) -> str:
+    """For a folder with image files outside any class folder: they have no label, and
+    ``imgclf predict`` is what classifies such images."""
+    try:
+        loose = sum(1 for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() in IMAGE_EXTENSIONS)
+    except OSError:
+        return ""
+    return (f" Its {loose} image file(s) outside any class folder have no label: to classify "
+            "unlabelled images, use `imgclf predict RUN FOLDER`.") if loose else ""
 
 
 def small_classes(split: Split, classes: list[str]) -> list[str]:
