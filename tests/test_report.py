@@ -265,6 +265,23 @@ def test_run_report_is_self_contained_and_complete(run_dir):
     assert "training epochs and, for a frozen backbone, computing its features" in html
 
 
+def test_an_evaluation_folder_is_reported_as_the_evaluation_of_its_run(run_dir, trained,
+                                                                       tmp_path):
+    data = trained[2]
+    _, evaluated = imgclf.evaluate(run_dir, data / "test", device="cpu")
+    html = write_report(evaluated, tmp_path / "evaluation.html").read_text(encoding="utf-8")
+    page = parse(html)
+    assert_self_contained(html, page)
+    assert "Evaluation evaluate-test" in html and "Training run" not in html
+    assert f"The model of the run {run_dir}, evaluated on the data below" in html
+    assert f"Data <code>{data / 'test'}</code>" in html
+    assert "An evaluation trains nothing: the learning curves are in the report of its run" \
+        in html
+    assert "no history.csv" not in html and "No config.yaml" not in html
+    assert "method: scratch" in html  # the evaluated run's settings
+    assert len(page.images) >= 2  # confusion matrix and ROC curves
+
+
 def test_a_runs_leaderboard_row_is_the_one_compare_writes(run_dir):
     """The report and `imgclf compare` build a run's row alike, the mirror-image flag
     included; a result missing from metrics.json leaves its cell empty in both."""

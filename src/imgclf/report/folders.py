@@ -10,6 +10,7 @@ own metrics.json or config.yaml cannot be read, raises :class:`~imgclf.errors.Ru
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 from collections.abc import Callable
@@ -101,6 +102,13 @@ class Run:
         return self.metrics is not None
 
     @property
+    def evaluated(self) -> str | None:
+        """For a folder `imgclf evaluate` wrote (it has no config.yaml of its own): the
+        folder of the run whose model it evaluated."""
+        run = (self.metrics or {}).get("run")
+        return str(run) if run and not (self.folder / CONFIG_FILE).is_file() else None
+
+    @property
     def classes(self) -> list[str]:
         names = (self.metrics or {}).get("class_names")
         if isinstance(names, list):
@@ -113,12 +121,17 @@ class Report:
     """Everything the page is built from."""
 
     folder: Path
-    kind: str  # "run" or "compare"
+    kind: str  # "run", "evaluation" (an `imgclf evaluate` folder) or "compare"
     runs: list[Run]
     rows: list[dict]  # leaderboard rows, best first
     ranked_by: str | None = None  # the key that ranks a comparison's rows; None: as listed
     audit: dict | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def single(self) -> bool:
+        """A report of one run's results (a run folder, or an evaluation of its model)."""
+        return self.kind != "compare"
 
 
 def sequence(value: object) -> list:
@@ -141,7 +154,8 @@ def load_folder(folder: Path) -> Report:
         return _load_compare(folder)
     if (folder / METRICS_FILE).is_file() or (folder / CONFIG_FILE).is_file():
         run = load_run(folder)
-        return Report(folder, "run", [run], [_row_from_run(run)])
+        kind = "evaluation" if run.evaluated is not None else "run"
+        return Report(folder, kind, [run], [_row_from_run(run)])
     raise RunError(f"{folder} is neither a run folder (no metrics.json or config.yaml) nor a "
                    f"compare folder (no leaderboard.csv); {hint}.")
 
@@ -243,7 +257,11 @@ def load_run(folder: Path, name: str | None = None) -> Run:
         run.error = read_text(folder / ERROR_FILE)
     if not run.finished and not run.error:
         run.notes.append("no metrics.json: the run failed or has not finished")
-    run.history = _optional(run, HISTORY_FILE, _read_history) or []
+    if run.evaluated is not None:  # the settings are the evaluated run's; it has no history
+        with contextlib.suppress(RunError, OSError):
+            run.config_text, run.config = read_run_config(Path(run.evaluated) / CONFIG_FILE)
+    else:
+        run.history = _optional(run, HISTORY_FILE, _read_history) or []
     run.predictions = _optional(run, PREDICTIONS_FILE, _read_predictions)
     run.skipped = _optional(run, SKIPPED_FILE, _read_skipped)
     return run

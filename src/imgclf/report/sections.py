@@ -36,7 +36,8 @@ SECTIONS = (
 
 def title(report: Report) -> str:
     name = report.folder.resolve().name
-    return f"imgclf report: {'run' if report.kind == 'run' else 'comparison'} {name}"
+    what = {"run": "run", "evaluation": "evaluation"}.get(report.kind, "comparison")
+    return f"imgclf report: {what} {name}"
 
 
 def header(report: Report) -> str:
@@ -46,6 +47,10 @@ def header(report: Report) -> str:
     if report.kind == "run":
         heading = f"Training run {t.text(folder.name)}"
         what = "One training run: how it trained, how well it does, and where it goes wrong."
+    elif report.kind == "evaluation":
+        heading = f"Evaluation {t.text(folder.name)}"
+        what = (f"The model of the run {best.evaluated}, evaluated on the data below: how "
+                "well it does, and where it goes wrong.")
     else:
         failed = sum(not run.finished for run in report.runs)
         heading = f"Comparison {t.text(folder.name)}"
@@ -63,7 +68,8 @@ def header(report: Report) -> str:
 def _data_line(run: Run) -> str:
     """'Data <root> · 3 classes: a, b, c · evaluated on the test split (120 images)'."""
     parts = []
-    data = mapping(run.config.get("data")).get("data")
+    data = (run.metrics or {}).get("data") if run.evaluated else \
+        mapping(run.config.get("data")).get("data")
     if data:
         parts.append(f"Data <code>{t.text(data)}</code>")
     classes = run.classes
@@ -162,7 +168,7 @@ def leaderboard_section(report: Report) -> str:
 
 def _ranking(report: Report) -> str:
     """What orders a comparison's rows, as leaderboard.csv says (nothing for one run)."""
-    if report.kind == "run":
+    if report.single:
         return ""
     if report.ranked_by is None:
         return ("Runs in the order of leaderboard.csv, which does not say what ranked them; "
@@ -188,7 +194,7 @@ def _evaluation_notes(report: Report) -> list[str]:
         note = (run.metrics or {}).get("note")
         if note:
             by_note.setdefault(str(note), []).append(run.name)
-    if report.kind == "run":
+    if report.single:
         return list(by_note)
     return [f"{', '.join(names)}: {note}" for note, names in by_note.items()]
 
@@ -234,6 +240,9 @@ def _failures(report: Report) -> list[str]:
 
 
 def learning_curves_section(report: Report, tmp: Path) -> str:
+    if report.kind == "evaluation":
+        return t.paragraph("An evaluation trains nothing: the learning curves are in the "
+                           "report of its run (<code>imgclf report RUN</code>).", "muted")
     parts = []
     histories = {run.name: run.history for run in report.runs if run.history}
     if report.kind == "compare" and len(histories) > 1:
@@ -343,7 +352,7 @@ def _per_run(report: Report, body: Callable[[Run], str], needs_results: bool = T
     """
     if not report.runs:
         return t.paragraph("No runs yet: leaderboard.csv lists none.", "muted")
-    if report.kind == "run":
+    if report.single:
         run = report.runs[0]
         return body(run) if run.finished or not needs_results else _no_results(run)
     parts = []
