@@ -187,6 +187,10 @@ def test_predict_arrays_checks_its_input(trained):
         r"got dtype float32; for floats in 0-1 pass": good.astype(np.float32) / 255,
         r"got dtype int64; for whole numbers 0-255 pass images\.astype\(np\.uint8\)":
             good.astype(np.int64),
+        r"got dtype bool; for a mask of black and white pass \(images \* 255\)\.astype":
+            good > 127,
+        r"got dtype complex64; pass pixel values 0-255 as np\.uint8\.$":
+            good.astype(np.complex64),
     }
     for match, images in wrong.items():
         with pytest.raises(ConfigError, match=match) as raised:
