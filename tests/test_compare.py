@@ -7,6 +7,7 @@ that fails).
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import logging
@@ -455,6 +456,16 @@ def test_leaderboard_is_ranked_by_the_sort_key_and_names_it(tmp_path, sort_by, r
     assert {r["ranked_by"] for r in written} == {sort_by}
     header = (tmp_path / "leaderboard.md").read_text().splitlines()[0]
     assert header.startswith("| run | method | backbone |") and header.endswith("| ranked_by |")
+
+
+def test_each_run_warns_of_the_data_once(tmp_path, make_image_folder, caplog):
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32), seed=2)
+    with caplog.at_level(logging.WARNING, logger="imgclf"):
+        compare(str(data), ["scratch", "augment"], None, tmp_path / "cmp",
+                {"model": {"img_size": 32}, "train": {"epochs": 1}})
+    warned = collections.Counter(r.message for r in caplog.records
+                                 if "training image(s); results for it" in r.message)
+    assert warned and set(warned.values()) == {2}  # in each of the two runs
 
 
 def test_compare_command(tmp_path, make_image_folder, capsys):

@@ -272,8 +272,15 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
         names <= planned and all(is_run_folder(out / n) for n in names)))
     check_outside_other_runs(out, None, "choose --out outside any run folder")
     if not all((out / name / METRICS_FILE).exists() for name in planned):
-        # Data that no run could train on: one DataError, not a failed run each.
-        prepare_run_data(configs[plans[0].name])
+        # Data that no run could train on: one DataError, not a failed run each. Its
+        # warnings are each run's to log.
+        data_log = logging.getLogger("imgclf.data")
+        level = data_log.level
+        data_log.setLevel(logging.ERROR)
+        try:
+            prepare_run_data(configs[plans[0].name])
+        finally:
+            data_log.setLevel(level)
     out.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out):  # one comparison at a time in ``out``
         return _train_and_rank(plans, configs, data, out, sort_by, workers, audit)
