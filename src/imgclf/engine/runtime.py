@@ -58,9 +58,10 @@ def cpu_supports_bf16() -> bool:
     """bf16 is only faster than fp32 on CPUs with native bf16 units (AVX512-BF16 / AMX).
 
     oneDNN's own check (which honours ``ONEDNN_MAX_CPU_ISA``) also passes x86 CPUs with
-    AVX512 but without those units (Skylake to Ice Lake), where bf16 is emulated: there
-    small_cnn trains at 58 images/s in bf16 against 66 in fp32 and infers at 108 against
-    233 (BENCHMARKS.md). On x86 the units themselves are asked for too."""
+    AVX512 but without those units (Skylake to Ice Lake), where bf16 is emulated: with
+    oneDNN limited so, small_cnn trained at 122 images/s in bf16 against 328 in fp32, and
+    EfficientNet-Lite0 at 9 against 21 (BENCHMARKS.md). On x86 the units themselves are
+    asked for too."""
     try:
         onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
