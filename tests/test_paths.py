@@ -37,6 +37,15 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert (tmp_path / "c" / "images").is_dir()
 
 
+def killed_pid(python: str) -> int:
+    """The id of a process that has ended."""
+    import subprocess
+
+    process = subprocess.Popen([python, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def test_a_killed_writers_leftover_goes_from_the_cache_once_it_is_old(tmp_path, monkeypatch):
     import subprocess
     import sys
@@ -51,16 +60,18 @@ def test_a_killed_writers_leftover_goes_from_the_cache_once_it_is_old(tmp_path, 
          str(folder / "key.npy")])
     assert killed.returncode == -9
     [leftover] = folder.iterdir()
-    # A live writer's file, and another imgclf file, old alike.
+    # A live writer's file, and another imgclf file, old alike; and a leftover named as
+    # imgclf named them before its names had a random part.
     mine = folder / f".other.tmp{os.getpid()}-0a1b2c3d.npy"
     kept = folder / "key2.npy"
-    for path in (mine, kept):
+    older = folder / f".key3.tmp{killed_pid(sys.executable)}.npy"
+    for path in (mine, kept, older):
         path.write_bytes(b"y")
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "c"))
     cache_dir("images")
     assert leftover.exists()  # written to a moment ago: maybe a writer this one cannot see
     hour_ago = time.time() - 3700
-    for path in (leftover, mine, kept):
+    for path in (leftover, mine, kept, older):
         os.utime(path, (hour_ago, hour_ago))
     monkeypatch.setattr(paths, "_SWEPT", set())  # as a later process
     cache_dir("images")

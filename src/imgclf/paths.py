@@ -143,7 +143,8 @@ def cache_dir(subdir: str | None = None) -> Path:
 
 
 _SWEPT: set[Path] = set()
-_LEFTOVER = re.compile(r"^\..*\.tmp(\d+)-[0-9a-f]+(\.[^.]*)?$")  # as ``written_whole`` names
+# As ``written_whole`` names them (older ones had no random part).
+_LEFTOVER = re.compile(r"^\..*\.tmp(\d+)(-[0-9a-f]+)?(\.[^.]*)?$")
 LEFTOVER_AGE = 3600.0
 """Seconds since a temporary file was last written, past which a dead process's is removed."""
 
