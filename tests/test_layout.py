@@ -52,7 +52,8 @@ def test_transparent_pixels_are_composited_on_white(bad_image_folder, name, opaq
 
 
 @pytest.mark.parametrize("mode, key, opaque", [
-    ("RGB", (0, 0, 0), (255, 0, 0)), ("L", 0, (76, 76, 76))])
+    ("RGB", (0, 0, 0), (255, 0, 0)), ("L", 0, (76, 76, 76)), ("1", 0, (255, 255, 255)),
+    ("I;16", 0, (76, 76, 76))])
 def test_pixels_of_a_pngs_transparent_colour_are_composited_on_white(tmp_path, mode, key,
                                                                        opaque):
     path = tmp_path / f"{mode}_keyed.png"
@@ -65,6 +66,9 @@ def test_pixels_of_a_pngs_transparent_colour_are_composited_on_white(tmp_path, m
 def _half_black_half_red(mode: str) -> Image.Image:
     rgb = np.zeros((16, 16, 3), dtype=np.uint8)
     rgb[:, 8:] = (255, 0, 0)
+    if mode == "I;16":  # red as 16-bit luminance
+        return Image.fromarray((np.asarray(Image.fromarray(rgb).convert("L")) * 257.0)
+                               .astype(np.uint16))
     return Image.fromarray(rgb, "RGB").convert(mode)
 
 

@@ -29,9 +29,10 @@ from imgclf.paths import cache_dir, cache_writable, first_line, written_whole
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Part of every key: raised whenever ``decode_image`` gives different pixels for a file
-(2: 32-bit grayscale scaled by the range it holds), so no stale arrays are reused."""
+(2: 32-bit grayscale scaled by the range it holds; 3: a PNG's colour key made white, as
+its other transparency), so no stale arrays are reused."""
 IN_MEMORY_FRACTION = 0.25
 """Arrays up to this fraction of physical memory are read into RAM; larger ones are mapped."""
 

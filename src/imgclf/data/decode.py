@@ -168,8 +168,9 @@ def _integer_gray_to_8bit(arr: np.ndarray, depth: _SampleDepth) -> np.ndarray:
 
 
 def _to_rgb(im: Image.Image, depth: _SampleDepth) -> Image.Image:
-    if im.mode in ("RGB", "L") and "transparency" in im.info:
-        im = im.convert("RGBA")  # a colour key (PNG's tRNS): pixels of that colour are clear
+    keyed = "transparency" in im.info  # a colour key (PNG's tRNS): pixels of it are clear
+    if keyed and im.mode in ("1", "L", "RGB"):
+        im = im.convert("RGBA")
     if im.mode == "RGB":
         return im
     if im.mode in (*_INTEGER_GRAY, "F"):
@@ -179,6 +180,8 @@ def _to_rgb(im: Image.Image, depth: _SampleDepth) -> Image.Image:
             arr8 = np.clip(np.nan_to_num(arr) * scale, 0, 255).astype(np.uint8)
         else:
             arr8 = _integer_gray_to_8bit(arr, depth)
+            if keyed:  # clear, so the white background
+                arr8 = np.where(arr == im.info["transparency"], 255, arr8).astype(np.uint8)
         return Image.fromarray(arr8, "L").convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
