@@ -65,13 +65,14 @@ def test_a_killed_writers_leftover_goes_from_the_cache_once_it_is_old(tmp_path, 
     mine = folder / f".other.tmp{os.getpid()}-0a1b2c3d.npy"
     kept = folder / "key2.npy"
     older = folder / f".key3.tmp{killed_pid(sys.executable)}.npy"
-    for path in (mine, kept, older):
+    no_process = folder / f".key4.tmp{10**30}-ab.npy"  # no process has such an id
+    for path in (mine, kept, older, no_process):
         path.write_bytes(b"y")
     monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "c"))
     cache_dir("images")
     assert leftover.exists()  # written to a moment ago: maybe a writer this one cannot see
     hour_ago = time.time() - 3700
-    for path in (leftover, mine, kept, older):
+    for path in (leftover, mine, kept, older, no_process):
         os.utime(path, (hour_ago, hour_ago))
     monkeypatch.setattr(paths, "_SWEPT", set())  # as a later process
     cache_dir("images")

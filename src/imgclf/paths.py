@@ -159,8 +159,8 @@ def _remove_leftovers(folder: Path) -> None:
         for entry in os.scandir(folder):
             match = _LEFTOVER.match(entry.name)
             with contextlib.suppress(OSError):
-                if match and not _process_alive(int(match[1])) \
-                        and now - entry.stat().st_mtime > LEFTOVER_AGE:
+                if match and now - entry.stat().st_mtime > LEFTOVER_AGE \
+                        and not _process_alive(int(match[1])):
                     os.unlink(entry.path)
                     log.debug("removed %s, left by a process that was stopped", entry.path)
 
@@ -168,7 +168,7 @@ def _remove_leftovers(folder: Path) -> None:
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or no process's id
         return False
     except OSError:  # another user's process, say
         return True
