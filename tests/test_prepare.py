@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import shutil
 
@@ -179,7 +181,7 @@ def test_a_damaged_image_cache_entry_is_decoded_again(tmp_path, make_image_folde
 
 
 def test_images_too_many_for_memory_stay_on_disk_when_a_file_fails(tmp_path, make_image_folder,
-                                                                    monkeypatch):
+                                                                    monkeypatch, caplog):
     from imgclf.data import cache
 
     folder = make_image_folder(tmp_path / "data", {"a": 3}, size=(24, 24), seed=0)
@@ -193,6 +195,17 @@ def test_images_too_many_for_memory_stay_on_disk_when_a_file_fails(tmp_path, mak
         assert isinstance(decoded.array, np.memmap), attempt
         assert np.array_equal(decoded.array, in_memory.array), attempt
         assert decoded.paths == in_memory.paths and len(decoded.failures) == 1, attempt
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", disk_full, raising=False)
+    with caplog.at_level(logging.WARNING, logger="imgclf"):
+        decoded = load_images(paths, (24, 24))
+    assert not isinstance(decoded.array, np.memmap)
+    assert np.array_equal(decoded.array, in_memory.array)
+    assert "could not be copied beside the cache ([Errno 28] No space left on device): they " \
+           "are read into memory instead" in caplog.text
 
 
 def test_an_interrupted_decoding_leaves_nothing_in_the_cache(tmp_path, make_image_folder,

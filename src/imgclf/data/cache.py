@@ -68,15 +68,20 @@ def cache_key(paths: list[Path], size: tuple[int, int], interpolation: str) -> s
 
 def _rows_on_disk(array: np.ndarray, rows: list[int], folder: Path,
                   chunk: int = 1024) -> np.ndarray:
-    """``array[rows]`` of an array too large for memory, as a map of a nameless temporary
-    file (in ``folder`` where it can be written): the copy stays on disk, not in RAM, and
-    its space is freed when the array is."""
+    """``array[rows]`` of a cached array too large for memory, as a map of a nameless
+    temporary file beside it: the copy stays on disk, not in RAM, and its space is freed
+    with the array. Where the file cannot be made or given its space (a full disk), the
+    rows are copied into memory instead, with a warning."""
+    shape = (len(rows), *array.shape[1:])
     try:
-        fh = tempfile.TemporaryFile(dir=folder)
-    except OSError:
-        fh = tempfile.TemporaryFile()
-    with fh:  # the map keeps its own handle on the file
-        out = np.memmap(fh, dtype=array.dtype, mode="w+", shape=(len(rows), *array.shape[1:]))
+        with tempfile.TemporaryFile(dir=folder) as fh:  # the map keeps its own handle
+            if hasattr(os, "posix_fallocate"):  # the space now, not a crash when it runs out
+                os.posix_fallocate(fh.fileno(), 0, int(np.prod(shape)) * array.itemsize)
+            out = np.memmap(fh, dtype=array.dtype, mode="w+", shape=shape)
+    except OSError as exc:
+        log.warning("the decoded images could not be copied beside the cache (%s): they are "
+                    "read into memory instead", first_line(exc))
+        return np.ascontiguousarray(array[rows])
     for start in range(0, len(rows), chunk):
         out[start:start + chunk] = array[rows[start:start + chunk]]
     return out
@@ -247,8 +252,9 @@ def load_images(
     kept = [i for i in range(len(paths)) if i not in failures]
     if array.nbytes <= IN_MEMORY_FRACTION * _physical_memory():
         array = np.ascontiguousarray(array[kept]) if failures else np.array(array)
-    elif failures:
-        array = _rows_on_disk(array, kept, folder)
+    elif failures:  # mapped from the cache (else in memory already)
+        array = _rows_on_disk(array, kept, folder) if isinstance(array, np.memmap) \
+            else np.ascontiguousarray(array[kept])
     return DecodedImages(
         array=array,
         paths=[paths[i] for i in kept],
