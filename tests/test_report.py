@@ -280,6 +280,18 @@ def test_an_evaluation_folder_is_reported_as_the_evaluation_of_its_run(run_dir, 
     assert "no history.csv" not in html and "No config.yaml" not in html
     assert "method: scratch" in html  # the evaluated run's settings
     assert len(page.images) >= 2  # confusion matrix and ROC curves
+    # The run moved, its evaluation in it: the settings are found there.
+    moved = shutil.move(run_dir, tmp_path / "moved")
+    html = write_report(Path(moved) / "evaluate-test", tmp_path / "moved.html").read_text(
+        encoding="utf-8")
+    assert f"The model of the run {moved}, evaluated on the data below" in html
+    assert "method: scratch" in html
+    # Evaluated elsewhere, and the run gone: said so.
+    _, elsewhere = imgclf.evaluate(moved, data / "test", out=tmp_path / "apart", device="cpu")
+    shutil.rmtree(moved)
+    html = write_report(elsewhere, tmp_path / "apart.html").read_text(encoding="utf-8")
+    assert "The evaluated run's config.yaml cannot be read: its folder has moved or gone." \
+        in html
 
 
 def test_a_runs_leaderboard_row_is_the_one_compare_writes(run_dir):

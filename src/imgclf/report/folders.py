@@ -96,6 +96,7 @@ class Run:
     skipped: list[dict] | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    evaluated_run: Path | None = None  # an evaluation's run folder, where it was found
 
     @property
     def finished(self) -> bool:
@@ -104,7 +105,7 @@ class Run:
     @property
     def evaluated(self) -> str | None:
         """For a folder `imgclf evaluate` wrote (it has no config.yaml of its own): the
-        folder of the run whose model it evaluated."""
+        folder of the run whose model it evaluated, as metrics.json recorded it."""
         run = (self.metrics or {}).get("run")
         return str(run) if run and not (self.folder / CONFIG_FILE).is_file() else None
 
@@ -258,8 +259,12 @@ def load_run(folder: Path, name: str | None = None) -> Run:
     if not run.finished and not run.error:
         run.notes.append("no metrics.json: the run failed or has not finished")
     if run.evaluated is not None:  # the settings are the evaluated run's; it has no history
-        with contextlib.suppress(RunError, OSError):
-            run.config_text, run.config = read_run_config(Path(run.evaluated) / CONFIG_FILE)
+        # Where metrics.json says, or, when the run has moved, the run folder it is in.
+        for source in (Path(run.evaluated), folder.parent):
+            with contextlib.suppress(RunError, OSError):
+                run.config_text, run.config = read_run_config(source / CONFIG_FILE)
+                run.evaluated_run = source
+                break
     else:
         run.history = _optional(run, HISTORY_FILE, _read_history) or []
     run.predictions = _optional(run, PREDICTIONS_FILE, _read_predictions)

@@ -49,8 +49,8 @@ def header(report: Report) -> str:
         what = "One training run: how it trained, how well it does, and where it goes wrong."
     elif report.kind == "evaluation":
         heading = f"Evaluation {t.text(folder.name)}"
-        what = (f"The model of the run {best.evaluated}, evaluated on the data below: how "
-                "well it does, and where it goes wrong.")
+        what = (f"The model of the run {best.evaluated_run or best.evaluated}, evaluated on "
+                "the data below: how well it does, and where it goes wrong.")
     else:
         failed = sum(not run.finished for run in report.runs)
         heading = f"Comparison {t.text(folder.name)}"
@@ -334,8 +334,10 @@ def _configuration(run: Run) -> str:
         facts.append(f"seed {config['seed']}")
     summary = (f"{t.text(run.name)} <span class=\"detail\">"
                f"{t.text(' · '.join(facts))}</span>")
+    missing = ("The evaluated run's config.yaml cannot be read: its folder has moved or gone."
+               if run.evaluated else "No config.yaml in the run folder.")
     body = (t.preformatted(run.config_text) if run.config_text is not None
-            else t.paragraph("No config.yaml in the run folder.", "muted"))
+            else t.paragraph(missing, "muted"))
     return t.details(summary, body)
 
 
