@@ -1341,10 +1341,11 @@ def test_compile_trains_through_torch_compile_and_saves_plain_weights(split_data
 
 def test_random_states_of_gpus_are_saved_by_gpu_runs_and_restored_where_there_are_fewer(
         monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a CPU run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a CPU run on it
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("CUDA started"))
     assert "cuda" not in loop.rng_state(None)
     restored = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state",
                         lambda state, device: restored.append((state, device)))

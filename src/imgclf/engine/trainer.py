@@ -418,22 +418,28 @@ def _finetune_phase(ctx: TrainingContext) -> Phase:
                         "--finetune-lr, and --lr, whose half the head trains at")
 
 
+def phase_names(cfg: Config) -> list[str]:
+    """The phases a run of ``cfg`` trains in, in order."""
+    if cfg.method != "transfer" or not cfg.train.freeze:
+        return ["train"]
+    return ["head", "finetune"] if cfg.train.finetune is not None else ["head"]
+
+
 def plan_phases(ctx: TrainingContext) -> list[tuple[str, object]]:
     """The (name, factory) phases a method runs; a phase is built only when it starts."""
     cfg = ctx.config
-    if cfg.method != "transfer" or not cfg.train.freeze:
-        return [("train", lambda: _whole_model_phase(ctx, "train", frozen_body=False))]
     # The head's warm-up before fine-tuning trains on cached features, and augmentation
     # waits for the phase where the backbone learns: augmenting a warm-up would cost a
     # full backbone pass per image per epoch for a head that is about to move anyway.
     augmenting = cfg.augment.preset != "none" or cfg.augment.mixup or cfg.augment.cutmix
     cached = cfg.train.feature_cache and (cfg.train.finetune is not None or not augmenting)
-    first = (lambda: _head_on_features_phase(ctx)) if cached else (
-        lambda: _whole_model_phase(ctx, "head", frozen_body=True))
-    phases = [("head", first)]
-    if cfg.train.finetune is not None:
-        phases.append(("finetune", lambda: _finetune_phase(ctx)))
-    return phases
+    factories = {
+        "train": lambda: _whole_model_phase(ctx, "train", frozen_body=False),
+        "head": (lambda: _head_on_features_phase(ctx)) if cached else (
+            lambda: _whole_model_phase(ctx, "head", frozen_body=True)),
+        "finetune": lambda: _finetune_phase(ctx),
+    }
+    return [(name, factories[name]) for name in phase_names(cfg)]
 
 
 def _resumed(last: dict, model: nn.Module, run_dir: Path, restore_best: bool) -> FitState:
@@ -477,6 +483,9 @@ def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
                       for key in ("optimizer", "schedule")})
     changed = [f"{key} {now} against {then}" for key, (now, then) in pairs.items()
                if now != then]
+    if last.get("phase") and last["phase"] not in phase_names(config):
+        changed.append(f"it stopped in a {last['phase']} phase, which train.freeze and "
+                       "train.finetune as they are now leave out")
     if changed:
         raise _edited(run_dir, "; ".join(changed))
 
@@ -622,10 +631,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
              rt.describe())
     state.started = time.perf_counter()
     plan = plan_phases(ctx)
-    names = [name for name, _ in plan]
-    if state.phase and state.phase not in names:
-        raise _edited(run_dir, f"it stopped in a {state.phase} phase, which train.freeze and "
-                               f"train.finetune as they are now leave out")
+    names = [name for name, _ in plan]  # holding the phase it stopped in (_check_unchanged)
     start = names.index(state.phase) + state.done if state.phase else 0
     if last is not None and state.done:
         # The next phase starts from the random state the done one left, as it would have
