@@ -215,8 +215,8 @@ class BasePredictor:
                               f"{self.prep.interpolation!r}) gives exactly what predict() "
                               "sees).")
         if images.dtype != np.uint8:
-            fix = {"i": "for whole numbers 0-255 pass images.astype(np.uint8)",
-                   "u": "for whole numbers 0-255 pass images.astype(np.uint8)",
+            whole = "for whole numbers 0-255 pass images.astype(np.uint8)"
+            fix = {"i": whole, "u": whole,
                    "f": "for floats in 0-1 pass (images * 255).round().astype(np.uint8)",
                    "b": "for a mask of black and white pass (images * 255).astype(np.uint8)",
                    }.get(images.dtype.kind, "pass pixel values 0-255 as np.uint8")

@@ -437,8 +437,8 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
         raise DataError(
             f"{where} has class folder(s) {unknown} that {source} does not have "
             f"(its classes: {classes}). Rename or remove them"
-            + (", or add them to the training data." if source == "the training split" else ".")
-            + _unlabelled_hint(root)
+            + (", or add them to the training data." if source == "the training split"
+               else "." + _unlabelled_hint(root))
         )
     split = Split(name, root)
     for index, cls in enumerate(classes):
