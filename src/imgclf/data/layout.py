@@ -433,7 +433,8 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
     folders = {_same_name(p.name): p for p in _subdirs(root)}
     unknown = unknown_classes(root, classes)
     if unknown and strict:
-        where = root if name == root.name else f"{name} split {root}"  # a folder of classes
+        # A folder of classes evaluated whole is named after itself.
+        where = f"{name} split {root}" if name in ("train", "val", "test") else root
         raise DataError(
             f"{where} has class folder(s) {unknown} that {source} does not have "
             f"(its classes: {classes}). Rename or remove them"
