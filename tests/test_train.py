@@ -615,6 +615,16 @@ def test_resume_without_a_checkpoint_raises(split_data, tmp_path):
         train(config, resume=True)
 
 
+def test_an_interrupted_run_stops_a_script_that_catches_its_errors(split_data, tmp_path,
+                                                                    monkeypatch):
+    interrupt_on_call(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt, match="training interrupted"):  # Ctrl-C, as ever
+        try:
+            train(scratch_config(split_data, tmp_path / "run", epochs=2))
+        except Exception:
+            pytest.fail("Ctrl-C was caught as an error, and the script would go on")
+
+
 def test_stopped_between_its_history_and_checkpoint_a_run_resumes_whole(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"

@@ -153,7 +153,7 @@ def _run_one(plan: RunPlan, config, threads: int | None, resume: bool = False) -
     try:
         with _stopping_run() if in_worker else contextlib.nullcontext():
             train(config, resume=resume)
-    except (Interrupted, RunFolderBusy):  # the run is not this comparison's to record
+    except RunFolderBusy:  # the run is not this comparison's to record (nor Interrupted)
         raise
     except Exception as exc:  # a failed run is recorded and the comparison goes on
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +235,8 @@ def compare(
     ``offline`` is every backbone whose weights are installed)."""
     try:
         return _compare(data, methods, backbones, out, overrides, sort_by, workers, audit)
+    except Interrupted:  # in a run: it says what was saved
+        raise
     except KeyboardInterrupt:  # between runs, or before the first: nothing is lost
         raise Interrupted("comparison interrupted; its finished runs are kept: run the same "
                           "imgclf compare command again to go on.") from None
@@ -372,7 +374,7 @@ def _train_in_workers(todo: list[RunPlan], configs: dict, resumable: set[str], w
                     rows[running[future].name] = future.result()
                     del running[future]
                     finished()
-        except (KeyboardInterrupt, Interrupted):
+        except KeyboardInterrupt:  # Ctrl-C here, or a run's Interrupted
             for worker in multiprocessing.active_children():
                 os.kill(worker.pid, signal.SIGTERM)
             pool.shutdown(cancel_futures=True)  # the running runs save and stop first

@@ -39,9 +39,10 @@ INPUT_ERRORS = (DataError, ConfigError, ModelError, WeightsUnavailableError)
 same one, so the command line lets the machine's first process alone report it."""
 
 
-class Interrupted(ImgclfError):
+class Interrupted(KeyboardInterrupt):
     """Work was stopped by Ctrl-C or SIGTERM, with progress saved; the message says how to
-    go on."""
+    go on. A KeyboardInterrupt, as Ctrl-C is everywhere in Python: a script's ``except
+    Exception`` around a training does not swallow it and go on to the next."""
 
 
 class Diverged(ImgclfError):

@@ -538,7 +538,9 @@ def train(config: Config, resume: bool = False) -> Path:
     try:
         with contextlib.ExitStack() as held:
             return _train(config, resume, held)
-    except KeyboardInterrupt:  # outside the epochs, whose own interruption says more
+    except Interrupted:  # in the epochs: it says what was saved
+        raise
+    except KeyboardInterrupt:  # outside the epochs
         last = Path(config.out or ".") / LAST_CHECKPOINT
         if config.out and last.exists():
             raise Interrupted(f"interrupted; the run's last checkpoint is saved in {last}. "
