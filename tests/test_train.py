@@ -545,9 +545,45 @@ def test_resuming_a_run_whose_config_no_longer_plans_its_phase_is_refused(
     assert edited != saved
     (out / "config.yaml").write_text(edited)
     with pytest.raises(RunError, match=r"config\.yaml no longer matches the run's last\.pt "
+                                       r"\(train\.finetune None against 1\)"):
+        imgclf.train(out=out, resume=True)
+    # A checkpoint without the record of every setting (an older imgclf's): its phase.
+    last = torch.load(out / "last.pt", weights_only=False)
+    del last["settings"]
+    torch.save(last, out / "last.pt")
+    with pytest.raises(RunError, match=r"config\.yaml no longer matches the run's last\.pt "
                                        r"\(it stopped in a finetune phase, which train\.freeze "
                                        r"and train\.finetune as they are now leave out\)"):
         imgclf.train(out=out, resume=True)
+
+
+def test_resuming_a_run_whose_config_was_edited_in_how_it_trains_is_refused(
+        split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        train(scratch_config(split_data, out, epochs=3))
+    monkeypatch.undo()
+    saved = (out / "config.yaml").read_text()
+    for edited, named in (("lr: 0.001", r"train\.lr 5\.0 against 0\.001"),
+                          ("batch_size: 32", r"train\.batch_size 4 against 32"),
+                          ("weight_decay: 0.0", r"train\.weight_decay 0\.01 against 0\.0")):
+        changed = {"lr: 0.001": "lr: 5.0", "batch_size: 32": "batch_size: 4",
+                   "weight_decay: 0.0": "weight_decay: 0.01"}[edited]
+        assert edited in saved, edited
+        (out / "config.yaml").write_text(saved.replace(edited, changed))
+        with pytest.raises(RunError, match=rf"config\.yaml no longer matches the run's "
+                                           rf"last\.pt \({named}\): put back"):
+            imgclf.train(out=out, resume=True)
+    (out / "config.yaml").write_text(saved.replace("epochs: 3", "epochs: 0"))
+    with pytest.raises(ConfigError, match=r"cannot resume: in .*config\.yaml, train\.epochs "
+                                          r"must be >= 1, got 0"):
+        imgclf.train(out=out, resume=True)
+    # How long it trains, and on what, may change.
+    (out / "config.yaml").write_text(saved.replace("epochs: 3", "epochs: 4")
+                                     .replace("amp: auto", "amp: 'off'"))
+    run = imgclf.train(out=out, resume=True)
+    assert len(read_csv(run / "history.csv")) == 4
 
 
 def test_the_restored_epoch_is_named_as_the_log_numbered_it(split_data, tmp_path, caplog):

@@ -29,6 +29,7 @@ from imgclf.config import (
     METHODS,
     TRANSFER_SETTINGS,
     build_config,
+    flat_settings,
     resolved_paths,
     resume_config,
 )
@@ -442,18 +443,9 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
     settings find (``other_data``: ``DATA`` and ``--train DATA/train --test DATA/test``
     alike), other paths with their links followed, and an image size left to the model
     matches the one the run resolved."""
-
-    def flat(tree: dict, prefix: str = "") -> dict:
-        items = {}
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                items.update(flat(value, f"{prefix}{key}."))
-            else:
-                items[f"{prefix}{key}"] = value
-        return items
-
     saved_tree, wanted_tree = read_run_config(run_dir / CONFIG_FILE)[1], config.to_dict()
-    saved, wanted = ({key: value for key, value in {**flat(tree), **resolved_paths(tree)}.items()
+    saved, wanted = ({key: value for key, value in {**flat_settings(tree),
+                                                    **resolved_paths(tree)}.items()
                       if key != "out" and key not in DATA_PATH_SETTINGS}
                      for tree in (saved_tree, wanted_tree))
     if wanted.get("model.img_size") is None:

@@ -125,6 +125,18 @@ DATA_PATH_SETTINGS = tuple(key for key in PATH_SETTINGS if key.startswith("data.
 """Where a run's images come from."""
 
 
+def flat_settings(tree: dict, prefix: str = "") -> dict:
+    """A config's nested sections (``Config.to_dict``, config.yaml) as dotted keys:
+    ``{"train.lr": 0.001, ...}``."""
+    items = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
 def resolved_paths(config: dict) -> dict[str, str]:
     """The ``PATH_SETTINGS`` that a run config (as its config.yaml holds it) sets, each as
     the path it names with links followed: one folder compares equal by any name."""
@@ -328,6 +340,10 @@ def resume_config(out: str | Path | None, given: list[str], flag: str = "--out")
                        f"({saved}); give only {flag} with it.")
     config = load_config(saved)
     config.out = str(out)
+    try:
+        validate(config)  # as edited since, say
+    except ConfigError as exc:
+        raise ConfigError(f"cannot resume: in {saved}, {exc}") from None
     for dotted in DATA_PATH_SETTINGS:
         folder = getattr(config.data, dotted.split(".")[1])
         if folder is not None and not Path(folder).is_dir():

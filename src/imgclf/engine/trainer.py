@@ -30,7 +30,14 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from imgclf.config import INFERENCE_BATCH, Config, DataSection, ModelSection
+from imgclf.config import (
+    INFERENCE_BATCH,
+    PATH_SETTINGS,
+    Config,
+    DataSection,
+    ModelSection,
+    flat_settings,
+)
 from imgclf.data.cache import load_cached_array
 from imgclf.data.datasets import ArrayDataset, make_loader
 from imgclf.data.prepare import (
@@ -300,6 +307,7 @@ def checkpoint_meta(config: Config, classes: list[str], prep: Preprocessing, sou
                          "adapt": adaptation(config.model.name, source)},
         "method": config.method,
         "training": {"optimizer": config.train.optimizer, "schedule": config.train.schedule},
+        "settings": flat_settings(config.to_dict()),  # checked on resume (_check_unchanged)
         "weights_source": source,
         "data": data,
     }
@@ -467,10 +475,27 @@ def _resume_phase(phase: Phase, monitor: Monitor, last: dict, run_dir: Path) -> 
     restore_rng_state(last.get("rng"), phase.train_loader)
 
 
+RESUMABLE_CHANGES = frozenset({
+    "out", *PATH_SETTINGS, "train.epochs", "train.warmup_epochs", "train.finetune_epochs",
+    "train.patience", "train.tta", "train.device", "train.amp", "train.channels_last",
+    "train.compile", "train.tensorboard", "train.feature_engine", "data.workers", "data.cache"})
+"""Settings that a resumed run may take edited in its config.yaml: how long it trains,
+where its files are, and how this machine computes; the others would make it train as no
+uninterrupted run does (a learning rate its optimiser's saved state overrides, say)."""
+
+
 def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
     """Refuse to resume a run whose config.yaml was edited since its last checkpoint in
-    what shapes the model (its weights would not fit) or its optimiser and schedule (their
-    saved states would not)."""
+    any setting but ``RESUMABLE_CHANGES`` (checkpoints before the whole record was kept:
+    in what shapes the model, whose weights would not fit, or its optimiser and schedule,
+    whose saved states would not)."""
+    if "settings" in last:
+        now = flat_settings(config.to_dict())
+        changed = [f"{key} {now.get(key)} against {then}"
+                   for key, then in last["settings"].items()
+                   if key not in RESUMABLE_CHANGES and now.get(key) != then]
+        if changed:
+            raise _edited(run_dir, "; ".join(changed))
     saved, prep = last["model_config"], last["preprocessing"]
     pairs = {"method": (config.method, last.get("method")),
              "model.name": (config.model.name, saved.get("name")),
