@@ -557,6 +557,30 @@ def test_resuming_a_run_whose_config_no_longer_plans_its_phase_is_refused(
         imgclf.train(out=out, resume=True)
 
 
+def test_a_run_whose_last_checkpoint_is_damaged_or_gone_resumes_from_its_best(
+        split_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupt_on_call(monkeypatch, 3)
+    with pytest.raises(Interrupted):
+        train(scratch_config(split_data, out, epochs=3, patience=0))
+    monkeypatch.undo()
+    whole = (out / "last.pt").read_bytes()
+    hint = (rf" The checkpoint of its best epoch is there: copy {re.escape(str(out / 'best.pt'))}"
+            rf" to {re.escape(str(out / 'last.pt'))} to resume from that epoch, or delete "
+            rf"{re.escape(str(out))} to train the run again\.$")
+    (out / "last.pt").write_bytes(whole[:1000])
+    with pytest.raises(RunError, match=r"^cannot resume: .*last\.pt is not an imgclf "
+                                       r"checkpoint .*" + hint):
+        imgclf.train(out=out, resume=True)
+    (out / "last.pt").unlink()
+    with pytest.raises(RunError, match=rf"^cannot resume: {re.escape(str(out))} has no last\.pt,"
+                                       r" so there is nothing to go on from\." + hint):
+        imgclf.train(out=out, resume=True)
+    shutil.copy(out / "best.pt", out / "last.pt")  # as the message says
+    run = imgclf.train(out=out, resume=True)
+    assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1, 2, 3]
+
+
 def test_resuming_a_run_whose_config_was_edited_in_how_it_trains_is_refused(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"

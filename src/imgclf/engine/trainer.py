@@ -77,6 +77,7 @@ from imgclf.models.onnx import OnnxModule, onnxruntime_available
 from imgclf.models.registry import check_model_name, get_spec
 from imgclf.models.weights import adaptation
 from imgclf.paths import (
+    BEST_CHECKPOINT,
     CONFIG_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
@@ -522,11 +523,32 @@ def _edited(run_dir: Path, what: str) -> RunError:
                     "run into another --out.")
 
 
+def _last_checkpoint(run_dir: Path) -> dict:
+    """The interrupted run's last.pt; where it is damaged, the error says how to go on
+    from its best epoch's checkpoint instead, where there is one."""
+    try:
+        return load_checkpoint(run_dir / LAST_CHECKPOINT)
+    except RunError as exc:
+        raise RunError(f"cannot resume: {exc}{_from_best(run_dir)}") from None
+
+
+def _from_best(run_dir: Path) -> str:
+    best = run_dir / BEST_CHECKPOINT
+    if not best.is_file():
+        return ""
+    return (f" The checkpoint of its best epoch is there: copy {best} to "
+            f"{run_dir / LAST_CHECKPOINT} to resume from that epoch, or delete {run_dir} to "
+            "train the run again.")
+
+
 def _prepare_run_dir(config: Config, resume: bool) -> Path:
     """The run folder, checked against ``resume``; created later, once the data and model
     are known to be usable, so that a failed start leaves no empty run folder behind."""
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     if resume:
+        if not (run_dir / LAST_CHECKPOINT).exists() and (run_dir / BEST_CHECKPOINT).exists():
+            raise RunError(f"cannot resume: {run_dir} has no {LAST_CHECKPOINT}, so there is "
+                           f"nothing to go on from.{_from_best(run_dir)}")
         if not (run_dir / LAST_CHECKPOINT).exists() and (run_dir / CONFIG_FILE).exists():
             raise RunError(f"cannot resume: the run in {run_dir} stopped before it saved a "
                            "checkpoint (last.pt), so there is nothing to go on from: run the "
@@ -620,7 +642,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
         log.warning("data.val_fraction %g is not used: the data has its own validation "
                     "split (%s)", d.val_fraction, data.layout.val)
     contents = data.contents()  # the files as found, before any fails to decode
-    last = load_checkpoint(run_dir / LAST_CHECKPOINT) if resume else None
+    last = _last_checkpoint(run_dir) if resume else None
     if last is not None:
         data.check_resumable(last.get("data"))
     config.make_paths_absolute()  # config.yaml resumes from any folder
