@@ -11,6 +11,7 @@ import collections
 import csv
 import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -131,10 +132,16 @@ def test_settings_other_than_the_kept_runs_are_an_error(compared, tmp_path):
     out = shutil.copytree(source, tmp_path / "cmp")
     changed = {**OVERRIDES, "train": {"epochs": 2}}
     with pytest.raises(ConfigError, match=r"scratch-small_cnn was trained with other settings "
-                                          r"\(train.epochs\)"):
+                                          r"\(train\.epochs 2 against 1\); compare into "
+                                          r"another --out, or delete that folder to train it "
+                                          r"again\.$"):
         compare(str(data), ["scratch"], [], out, changed)
     other = shutil.copytree(data, tmp_path / "other")
-    with pytest.raises(ConfigError, match=r"other settings \(data.train\)"):
+    with pytest.raises(ConfigError, match=rf"other settings \(data\.train "
+                                          rf"{re.escape(str(other))} against "
+                                          rf"{re.escape(str(data))}\); .* \(if the dataset "
+                                          r"moved, write its new place in .*config\.yaml to "
+                                          r"keep the run\)\.$"):
         compare(str(other), ["scratch"], [], out, OVERRIDES)
     # The same folder named otherwise, as `imgclf train --train D` names it: kept.
     import yaml
@@ -365,7 +372,8 @@ def test_leaderboard_leaves_out_runs_on_other_data(compared, tmp_path, caplog):
         compare(str(tmp_path / "link"), ["scratch"], [], out, OVERRIDES)
     assert [r["run"] for r in leaderboard(out)] == ["scratch-small_cnn"]
     assert "run transfer-mobilenetv2_100 in " in caplog.text
-    assert "was trained on other data (data.data): left out of the leaderboard" in caplog.text
+    assert (f"was trained on other data (data.data {tmp_path / 'other-data'} against "
+            f"{data}): left out of the leaderboard") in caplog.text  # the link followed
 
 
 def test_runs_evaluated_on_other_images_are_warned_of(compared, tmp_path, caplog):

@@ -639,13 +639,13 @@ def test_runs_take_the_same_data_by_any_settings_that_find_its_folders(tmp_path,
     for same in ({"data": {"train": str(tmp_path / "d" / "train"),
                            "test": str(tmp_path / "link" / "test")}},
                  {"data": {"data": str(tmp_path / "link")}}):
-        assert other_data(whole, same) == []
+        assert other_data(whole, same) == {}
     no_test = {"data": {"train": str(tmp_path / "d" / "train")}}
-    assert other_data(whole, no_test) == ["data.test"]
+    assert other_data(whole, no_test) == {"data.test": (str(tmp_path / "d" / "test"), None)}
     classes = {"data": {"data": str(tmp_path / "d" / "train")}}  # its classes, as one folder
-    assert other_data(whole, classes) == ["data.test"]
+    assert list(other_data(whole, classes)) == ["data.test"]
     # A dataset no longer there: compared by the settings that name it.
     gone = {"data": {"data": str(tmp_path / "gone")}}
     assert data_folders(gone) is None
-    assert other_data(whole, gone) == ["data.data"]
-    assert other_data(gone, {"data": {"data": str(tmp_path / "gone")}}) == []
+    assert other_data(whole, gone) == {"data.data": (str(tmp_path / "d"), str(tmp_path / "gone"))}
+    assert other_data(gone, {"data": {"data": str(tmp_path / "gone")}}) == {}

@@ -416,8 +416,9 @@ def test_compare_report_leaves_out_runs_on_other_data(compare_dir, trained, tmp_
     report = load_folder(compare_dir)
     ranked = [str(row["run"]) for row in report.rows]
     assert "later" in ranked and "elsewhere" not in ranked  # as compare ranks them
-    assert ("run elsewhere was trained on other data than the compared runs (data.data): "
-            "not ranked with them") in report.notes
+    assert (f"run elsewhere was trained on other data than the compared runs (data.data "
+            f"{tmp_path / 'other-data'} against {trained[2]}): not ranked with them") \
+        in report.notes
 
 
 def test_compare_report_ranks_runs_as_compare_sort_did(compare_dir):

@@ -530,14 +530,21 @@ def data_folders(config: dict) -> dict[str, str] | None:
             if (folder := getattr(layout, split)) is not None}
 
 
-def other_data(one: dict, other: dict) -> list[str]:
+def other_data(one: dict, other: dict) -> dict[str, tuple[str | None, str | None]]:
     """Where two run configs (as their config.yaml holds them) take images from other
     folders: the splits (``data_folders``) whose folders differ, or, where either finds no
-    dataset, the ``DATA_PATH_SETTINGS`` that name others. Runs on other data are not
-    ranked together."""
+    dataset, the ``DATA_PATH_SETTINGS`` that name others; each with the two folders, in
+    the order of their keys. Runs on other data are not ranked together."""
     found = data_folders(one), data_folders(other)
     if None in found:
         found = tuple({key: path for key, path in resolved_paths(config).items()
                        if key in DATA_PATH_SETTINGS} for config in (one, other))
     mine, theirs = found
-    return sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
+    return {key: (mine.get(key), theirs.get(key)) for key in sorted(mine.keys() | theirs.keys())
+            if mine.get(key) != theirs.get(key)}
+
+
+def other_data_text(other: dict[str, tuple[str | None, str | None]]) -> str:
+    """``other_data``'s difference in words: 'data.test /a/test against /b/test'."""
+    return "; ".join(f"{key} {'none' if one is None else one} against "
+                     f"{'none' if two is None else two}" for key, (one, two) in other.items())

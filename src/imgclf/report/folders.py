@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.layout import other_data
+from imgclf.data.layout import other_data, other_data_text
 from imgclf.errors import RunError
 from imgclf.history import read_history
 from imgclf.leaderboard import (
@@ -180,7 +180,7 @@ def _load_compare(folder: Path) -> Report:
             else []
         if other:  # as compare leaves it out of the leaderboard
             report.notes.append(f"run {name} was trained on other data than the compared "
-                                f"runs ({', '.join(other)}): not ranked with them")
+                                f"runs ({other_data_text(other)}): not ranked with them")
             continue
         runs[name].notes.append("not in leaderboard.csv (still running, or added after it "
                                 "was written)")
