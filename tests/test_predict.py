@@ -813,6 +813,20 @@ def test_evaluate_val_refuses_validation_images_it_cannot_draw_again(trained, tm
         Path(added).unlink()
 
 
+def test_the_evaluations_plots_name_its_split(trained, tmp_path, monkeypatch):
+    from imgclf import evaluation
+
+    titles = {}
+    for name in ("plot_confusion_matrix", "plot_roc_curves"):
+        real = getattr(evaluation, name)
+        monkeypatch.setattr(evaluation, name, lambda *args, _real=real, _name=name, **kw: (
+            titles.__setitem__(_name, kw.get("title")), _real(*args, **kw))[1])
+    run, data = trained
+    evaluate_folder(run, data, split="val", out=tmp_path / "ev")
+    assert titles == {"plot_confusion_matrix": "val split",
+                      "plot_roc_curves": "ROC (one-vs-rest), val split"}
+
+
 def test_evaluate_val_draws_the_runs_own_validation_images_again(trained, tmp_path, caplog):
     run, data = trained  # trained on train/ with 20% of it held out for validation
     with caplog.at_level(logging.INFO, logger="imgclf"):

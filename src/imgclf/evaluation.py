@@ -143,7 +143,8 @@ def write_evaluation(
                           out_dir / CONFUSION_MATRIX_FILE, title=f"{split} split")
     curves = roc_curves(labels, probs, classes)
     if curves:
-        plot_roc_curves(curves, out_dir / ROC_CURVES_FILE)
+        plot_roc_curves(curves, out_dir / ROC_CURVES_FILE,
+                        title=f"ROC (one-vs-rest), {split} split")
     # Last: a run (or evaluation) folder with metrics.json holds all its files, so an
     # interruption before this point leaves the run unfinished, to be resumed.
     write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2))
