@@ -143,6 +143,9 @@ def test_settings_other_than_the_kept_runs_are_an_error(compared, tmp_path):
                                           r"moved, write its new place in .*config\.yaml to "
                                           r"keep the run\)\.$"):
         compare(str(other), ["scratch"], [], out, OVERRIDES)
+    with pytest.raises(ConfigError, match=r"other settings \(data\.workers 0 against none\)"
+                                          r"; .* to train it again\.$"):  # no dataset moved
+        compare(str(data), ["scratch"], [], out, {**OVERRIDES, "data": {"workers": 0}})
     # The same folder named otherwise, as `imgclf train --train D` names it: kept.
     import yaml
 

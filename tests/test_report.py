@@ -286,6 +286,14 @@ def test_an_evaluation_folder_is_reported_as_the_evaluation_of_its_run(run_dir, 
         encoding="utf-8")
     assert f"The model of the run {moved}, evaluated on the data below" in html
     assert "method: scratch" in html
+    # Deeper in the run folder, the run moved again.
+    _, deeper = imgclf.evaluate(moved, data / "test", out=Path(moved) / "evals" / "t1",
+                                device="cpu")
+    again = shutil.move(moved, tmp_path / "again")
+    html = write_report(Path(again) / "evals" / "t1", tmp_path / "deeper.html").read_text(
+        encoding="utf-8")
+    assert f"The model of the run {again}, evaluated on the data below" in html
+    moved = again
     # Evaluated elsewhere, and the run gone: said so.
     _, elsewhere = imgclf.evaluate(moved, data / "test", out=tmp_path / "apart", device="cpu")
     shutil.rmtree(moved)

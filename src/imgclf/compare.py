@@ -29,11 +29,12 @@ from imgclf.config import (
     METHODS,
     TRANSFER_SETTINGS,
     build_config,
+    changes_text,
     flat_settings,
     resolved_paths,
     resume_config,
 )
-from imgclf.data.layout import other_data, other_data_text, require_folder
+from imgclf.data.layout import other_data, require_folder
 from imgclf.data.prepare import prepare_run_data
 from imgclf.errors import ConfigError, Interrupted, RunError, RunFolderBusy
 from imgclf.history import read_history
@@ -302,9 +303,10 @@ def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, s
             if changed:
                 moved = (f" (if the dataset moved, write its new place in "
                          f"{run_dir / CONFIG_FILE} to keep the run)"
-                         if any(c.startswith("data.") for c in changed) else "")
+                         if changed.keys() & set(DATA_PATH_SETTINGS) else "")
+                shown = dict(list(changed.items())[:4])
                 raise ConfigError(
-                    f"{run_dir} was trained with other settings ({'; '.join(changed[:4])}); "
+                    f"{run_dir} was trained with other settings ({changes_text(shown)}); "
                     f"compare into another --out, or delete that folder to train it "
                     f"again{moved}."
                 )
@@ -435,15 +437,15 @@ def _earlier_runs(out: Path, named: set[str], config) -> list[dict]:
         other = other_data(read_run_config(run_dir / CONFIG_FILE)[1], ours)
         if other:
             log.warning("run %s in %s was trained on other data (%s): left out of the "
-                        "leaderboard", run_dir.name, out, other_data_text(other))
+                        "leaderboard", run_dir.name, out, changes_text(other))
         else:
             rows.append(row_from_run(run_dir))
     return rows
 
 
-def _changed_settings(run_dir: Path, config) -> list[str]:
-    """The settings in which ``run_dir``'s saved config differs from ``config``, as
-    'train.lr 0.01 against 0.001' (``config``'s value first), where the run folder itself
+def _changed_settings(run_dir: Path, config) -> dict[str, tuple]:
+    """The settings in which ``run_dir``'s saved config differs from ``config``, each with
+    ``config``'s value and the saved one (``changes_text``), where the run folder itself
     may be; the data compares by the folders its settings find (``other_data``: ``DATA``
     and ``--train DATA/train --test DATA/test`` alike), other paths with their links
     followed, and an image size left to the model matches the one the run resolved."""
@@ -454,10 +456,10 @@ def _changed_settings(run_dir: Path, config) -> list[str]:
                      for tree in (saved_tree, wanted_tree))
     if wanted.get("model.img_size") is None:
         wanted["model.img_size"] = saved.get("model.img_size")
-    changed = {k: (saved.get(k), wanted.get(k)) for k in saved.keys() | wanted.keys()
+    changed = {k: (wanted.get(k), saved.get(k)) for k in saved.keys() | wanted.keys()
                if saved.get(k) != wanted.get(k)}
-    changed.update(other_data(saved_tree, wanted_tree))
-    return [other_data_text({key: (now, then)}) for key, (then, now) in sorted(changed.items())]
+    changed.update(other_data(wanted_tree, saved_tree))
+    return dict(sorted(changed.items()))
 
 
 def _clear_unfinished(run_dir: Path) -> None:

@@ -137,6 +137,13 @@ def flat_settings(tree: dict, prefix: str = "") -> dict:
     return items
 
 
+def changes_text(changes: dict[str, tuple]) -> str:
+    """Settings that differ, in words: {"train.lr": (0.01, 0.001)} as 'train.lr 0.01 against
+    0.001' (the first value is the one asked for now)."""
+    return "; ".join(f"{key} {'none' if one is None else one} against "
+                     f"{'none' if two is None else two}" for key, (one, two) in changes.items())
+
+
 def resolved_paths(config: dict) -> dict[str, str]:
     """The ``PATH_SETTINGS`` that a run config (as its config.yaml holds it) sets, each as
     the path it names with links followed: one folder compares equal by any name."""

@@ -543,8 +543,3 @@ def other_data(one: dict, other: dict) -> dict[str, tuple[str | None, str | None
     return {key: (mine.get(key), theirs.get(key)) for key in sorted(mine.keys() | theirs.keys())
             if mine.get(key) != theirs.get(key)}
 
-
-def other_data_text(other: dict[str, tuple[str | None, str | None]]) -> str:
-    """``other_data``'s difference in words: 'data.test /a/test against /b/test'."""
-    return "; ".join(f"{key} {'none' if one is None else one} against "
-                     f"{'none' if two is None else two}" for key, (one, two) in other.items())

@@ -91,7 +91,9 @@ def roc_figure(run: Run, tmp: Path) -> str:
             raise ValueError(f"predictions.csv has labels without a probability column: "
                              f"{unknown}")
         labels = [p.classes.index(label) for label in p.labels]
-        return plot_roc_curves(roc_curves(labels, p.probs, p.classes), path)
+        split = (run.metrics or {}).get("split")
+        return plot_roc_curves(roc_curves(labels, p.probs, p.classes), path,
+                               title=f"ROC (one-vs-rest), {split} split" if split else None)
 
     return _run_figure(run, ROC_CURVES_FILE, tmp, draw, "ROC curves", PREDICTIONS_FILE)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.layout import other_data, other_data_text
+from imgclf.config import changes_text
+from imgclf.data.layout import other_data
 from imgclf.errors import RunError
 from imgclf.history import read_history
 from imgclf.leaderboard import (
@@ -40,6 +41,7 @@ from imgclf.paths import (
     PREDICTIONS_FILE,
     SKIPPED_FILE,
     class_of_column,
+    enclosing_run,
     read_audit,
     read_run_config,
     read_run_metrics,
@@ -180,7 +182,7 @@ def _load_compare(folder: Path) -> Report:
             else []
         if other:  # as compare leaves it out of the leaderboard
             report.notes.append(f"run {name} was trained on other data than the compared "
-                                f"runs ({other_data_text(other)}): not ranked with them")
+                                f"runs ({changes_text(other)}): not ranked with them")
             continue
         runs[name].notes.append("not in leaderboard.csv (still running, or added after it "
                                 "was written)")
@@ -260,8 +262,8 @@ def load_run(folder: Path, name: str | None = None) -> Run:
         run.notes.append("no metrics.json: the run failed or has not finished")
     if run.evaluated is not None:  # the settings are the evaluated run's; it has no history
         # Where metrics.json says, or, when the run has moved, the run folder it is in.
-        for source in (Path(run.evaluated), folder.parent):
-            with contextlib.suppress(RunError, OSError):
+        for source in (Path(run.evaluated), enclosing_run(folder)):
+            with contextlib.suppress(RunError, OSError, TypeError):  # TypeError: in none
                 run.config_text, run.config = read_run_config(source / CONFIG_FILE)
                 run.evaluated_run = source
                 break
