@@ -545,7 +545,7 @@ def test_resuming_a_run_whose_config_no_longer_plans_its_phase_is_refused(
     assert edited != saved
     (out / "config.yaml").write_text(edited)
     with pytest.raises(RunError, match=r"config\.yaml no longer matches the run's last\.pt "
-                                       r"\(train\.finetune None against 1\)"):
+                                       r"\(train\.finetune none against 1\)"):
         imgclf.train(out=out, resume=True)
     # A checkpoint without the record of every setting (an older imgclf's): its phase.
     last = torch.load(out / "last.pt", weights_only=False)
@@ -569,16 +569,30 @@ def test_a_run_whose_last_checkpoint_is_damaged_or_gone_resumes_from_its_best(
             rf" to {re.escape(str(out / 'last.pt'))} to resume from that epoch, or delete "
             rf"{re.escape(str(out))} to train the run again\.$")
     (out / "last.pt").write_bytes(whole[:1000])
-    with pytest.raises(RunError, match=r"^cannot resume: .*last\.pt is not an imgclf "
-                                       r"checkpoint .*" + hint):
+    with pytest.raises(RunError, match=rf"^cannot resume: {re.escape(str(out / 'last.pt'))} is "
+                                       r"damaged, or not an imgclf checkpoint\." + hint):
         imgclf.train(out=out, resume=True)
     (out / "last.pt").unlink()
     with pytest.raises(RunError, match=rf"^cannot resume: {re.escape(str(out))} has no last\.pt,"
                                        r" so there is nothing to go on from\." + hint):
         imgclf.train(out=out, resume=True)
+    later = torch.load(out / "best.pt", weights_only=False)
+    later["format"] = 99  # a later imgclf's, whole: not to be written over
+    torch.save(later, out / "last.pt")
+    with pytest.raises(RunError, match=r"written by a later imgclf") as raised:
+        imgclf.train(out=out, resume=True)
+    assert "copy" not in str(raised.value)
     shutil.copy(out / "best.pt", out / "last.pt")  # as the message says
     run = imgclf.train(out=out, resume=True)
     assert [int(r["epoch"]) for r in read_csv(run / "history.csv")] == [1, 2, 3]
+    # The model to share keeps neither the file listing nor the settings' local paths.
+    shared = torch.load(run / "model.pt", weights_only=False)
+    assert "settings" not in shared and "listing" not in shared["data"]
+    assert str(out) in str(torch.load(run / "last.pt", weights_only=False)["settings"])
+    (run / "last.pt").unlink()  # finished: nothing to resume, whatever checkpoints are left
+    with pytest.raises(RunError, match=r"holds a finished run \(metrics\.json\): there is "
+                                       r"nothing to resume"):
+        imgclf.train(out=out, resume=True)
 
 
 def test_resuming_a_run_whose_config_was_edited_in_how_it_trains_is_refused(

@@ -1,7 +1,8 @@
 """Exceptions that imgclf raises for problems a user can fix.
 
 The command line prints their message (no traceback) and exits with status 2, so each
-message names what was received, what is allowed, and how to fix it.
+message names what was received, what is allowed, and how to fix it. ``Interrupted`` is a
+KeyboardInterrupt instead, as Ctrl-C is in Python: the command line exits with 130.
 """
 
 

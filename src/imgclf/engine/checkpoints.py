@@ -23,18 +23,22 @@ CHECKPOINT_FORMAT = 1
 layout writes a higher number, which this one refuses to read."""
 
 
+class NotACheckpoint(RunError):
+    """A file read as a checkpoint is another kind of file, or a damaged one."""
+
+
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint written by imgclf; plain data only, so ``weights_only`` holds.
 
-    Raises RunError naming ``path`` when it is another kind of file, a damaged one, or one
-    of a later ``CHECKPOINT_FORMAT``.
+    Raises NotACheckpoint (a RunError) naming ``path`` when it is another kind of file or
+    a damaged one, and RunError when it is of a later ``CHECKPOINT_FORMAT``.
     """
     not_ours = (f"{path} is not an imgclf checkpoint (a run's model.pt, best.pt or last.pt)"
                 " or it is damaged; an export (ONNX, TorchScript) is not one either: give the "
                 "run folder written by `imgclf train`, or its model.pt.")
-    ckpt = load_torch_file(path, RunError(not_ours))
+    ckpt = load_torch_file(path, NotACheckpoint(not_ours))
     if not isinstance(ckpt, dict) or not all(key in ckpt for key in CHECKPOINT_KEYS):
-        raise RunError(not_ours)
+        raise NotACheckpoint(not_ours)
     written = ckpt.get("format", CHECKPOINT_FORMAT)
     if not isinstance(written, int) or written > CHECKPOINT_FORMAT:
         raise RunError(f"{path} was written by a later imgclf (checkpoint format {written}; "

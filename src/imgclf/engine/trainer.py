@@ -36,6 +36,7 @@ from imgclf.config import (
     Config,
     DataSection,
     ModelSection,
+    changes_text,
     flat_settings,
 )
 from imgclf.data.cache import load_cached_array
@@ -49,7 +50,12 @@ from imgclf.data.prepare import (
 )
 from imgclf.data.transforms import create_batch_mixer, create_transform
 from imgclf.engine import dist
-from imgclf.engine.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
+from imgclf.engine.checkpoints import (
+    CHECKPOINT_FORMAT,
+    NotACheckpoint,
+    load_checkpoint,
+    save_atomic,
+)
 from imgclf.engine.loop import (
     FitState,
     Phase,
@@ -478,8 +484,9 @@ def _resume_phase(phase: Phase, monitor: Monitor, last: dict, run_dir: Path) -> 
 
 RESUMABLE_CHANGES = frozenset({
     "out", *PATH_SETTINGS, "train.epochs", "train.warmup_epochs", "train.finetune_epochs",
-    "train.patience", "train.tta", "train.device", "train.amp", "train.channels_last",
-    "train.compile", "train.tensorboard", "train.feature_engine", "data.workers", "data.cache"})
+    "train.patience", "train.restore_best", "train.tta", "train.device", "train.amp",
+    "train.channels_last", "train.compile", "train.sync_bn", "train.tensorboard",
+    "train.feature_engine", "data.workers", "data.cache"})
 """Settings that a resumed run may take edited in its config.yaml: how long it trains,
 where its files are, and how this machine computes; the others would make it train as no
 uninterrupted run does (a learning rate its optimiser's saved state overrides, say)."""
@@ -492,11 +499,11 @@ def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
     whose saved states would not)."""
     if "settings" in last:
         now = flat_settings(config.to_dict())
-        changed = [f"{key} {now.get(key)} against {then}"
-                   for key, then in last["settings"].items()
-                   if key not in RESUMABLE_CHANGES and now.get(key) != then]
+        changed = {key: (now.get(key), then) for key, then in last["settings"].items()
+                   if key not in RESUMABLE_CHANGES and now.get(key) != then}
         if changed:
-            raise _edited(run_dir, "; ".join(changed))
+            raise _edited(run_dir, changes_text(changed))
+        return
     saved, prep = last["model_config"], last["preprocessing"]
     pairs = {"method": (config.method, last.get("method")),
              "model.name": (config.model.name, saved.get("name")),
@@ -507,7 +514,7 @@ def _check_unchanged(config: Config, last: dict, run_dir: Path) -> None:
     if training is not None:
         pairs.update({f"train.{key}": (getattr(config.train, key), training.get(key))
                       for key in ("optimizer", "schedule")})
-    changed = [f"{key} {now} against {then}" for key, (now, then) in pairs.items()
+    changed = [changes_text({key: (now, then)}) for key, (now, then) in pairs.items()
                if now != then]
     if last.get("phase") and last["phase"] not in phase_names(config):
         changed.append(f"it stopped in a {last['phase']} phase, which train.freeze and "
@@ -526,10 +533,12 @@ def _edited(run_dir: Path, what: str) -> RunError:
 def _last_checkpoint(run_dir: Path) -> dict:
     """The interrupted run's last.pt; where it is damaged, the error says how to go on
     from its best epoch's checkpoint instead, where there is one."""
+    last = run_dir / LAST_CHECKPOINT
     try:
-        return load_checkpoint(run_dir / LAST_CHECKPOINT)
-    except RunError as exc:
-        raise RunError(f"cannot resume: {exc}{_from_best(run_dir)}") from None
+        return load_checkpoint(last)
+    except NotACheckpoint:
+        raise RunError(f"cannot resume: {last} is damaged, or not an imgclf checkpoint."
+                       f"{_from_best(run_dir)}") from None
 
 
 def _from_best(run_dir: Path) -> str:
@@ -546,6 +555,10 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
     are known to be usable, so that a failed start leaves no empty run folder behind."""
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     if resume:
+        if (run_dir / METRICS_FILE).exists():
+            raise RunError(f"{run_dir} holds a finished run (metrics.json): there is nothing "
+                           "to resume. To train for more epochs, train a new run into "
+                           "another --out.")
         if not (run_dir / LAST_CHECKPOINT).exists() and (run_dir / BEST_CHECKPOINT).exists():
             raise RunError(f"cannot resume: {run_dir} has no {LAST_CHECKPOINT}, so there is "
                            f"nothing to go on from.{_from_best(run_dir)}")
@@ -556,10 +569,6 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
         if not (run_dir / LAST_CHECKPOINT).exists():
             raise RunError(f"cannot resume: {run_dir / LAST_CHECKPOINT} does not exist. "
                            "Pass --out with the folder of the interrupted run.")
-        if (run_dir / METRICS_FILE).exists():
-            raise RunError(f"{run_dir} holds a finished run (metrics.json): there is nothing "
-                           "to resume. To train for more epochs, train a new run into "
-                           "another --out.")
     elif (run_dir / METRICS_FILE).exists():
         raise RunError(f"{run_dir} already holds a finished run: choose another --out, or "
                        "delete that folder to train it again.")
@@ -741,9 +750,11 @@ def _write_results(ctx: TrainingContext, state: FitState, train_seconds: float, 
     if dist.is_main():
         # The final weights (the best epoch's, when restoring best) without training state:
         # what evaluate, predict and export load. The data's file names stay in the run's
-        # checkpoints, where resuming names what changed, and out of a model to be shared.
+        # checkpoints, where resuming names what changed, and out of a model to be shared;
+        # so do the settings, with their local paths.
         data_record = {k: v for k, v in ctx.meta["data"].items() if k != "listing"}
-        save_atomic(dict(ctx.meta, data=data_record, model=ctx.model.state_dict(), tta=tta),
+        meta = {k: v for k, v in ctx.meta.items() if k != "settings"}
+        save_atomic(dict(meta, data=data_record, model=ctx.model.state_dict(), tta=tta),
                     run_dir / MODEL_FILE)
     write_evaluation(judge, images, labels, data.splits[eval_split].paths, data.classes,
                      judge_rt, run_dir, split=eval_split, history=state.history, tta=tta,
