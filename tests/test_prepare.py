@@ -204,8 +204,8 @@ def test_images_too_many_for_memory_stay_on_disk_when_a_file_fails(tmp_path, mak
         decoded = load_images(paths, (24, 24))
     assert not isinstance(decoded.array, np.memmap)
     assert np.array_equal(decoded.array, in_memory.array)
-    assert "could not be copied beside the cache ([Errno 28] No space left on device): they " \
-           "are read into memory instead" in caplog.text
+    assert "could not be copied to disk ([Errno 28] No space left on device): they are read " \
+           "into memory instead" in caplog.text
 
 
 def test_an_interrupted_decoding_leaves_nothing_in_the_cache(tmp_path, make_image_folder,

@@ -69,18 +69,25 @@ def cache_key(paths: list[Path], size: tuple[int, int], interpolation: str) -> s
 def _rows_on_disk(array: np.ndarray, rows: list[int], folder: Path,
                   chunk: int = 1024) -> np.ndarray:
     """``array[rows]`` of a cached array too large for memory, as a map of a nameless
-    temporary file beside it: the copy stays on disk, not in RAM, and its space is freed
-    with the array. Where the file cannot be made or given its space (a full disk), the
-    rows are copied into memory instead, with a warning."""
+    temporary file beside it (else in the system's temporary folder): the copy stays on
+    disk, not in RAM, and its space is freed with the array. Where no such file can be made
+    or given its space (a full disk), the rows are copied into memory, with a warning."""
     shape = (len(rows), *array.shape[1:])
-    try:
-        with tempfile.TemporaryFile(dir=folder) as fh:  # the map keeps its own handle
-            if hasattr(os, "posix_fallocate"):  # the space now, not a crash when it runs out
-                os.posix_fallocate(fh.fileno(), 0, int(np.prod(shape)) * array.itemsize)
-            out = np.memmap(fh, dtype=array.dtype, mode="w+", shape=shape)
-    except OSError as exc:
-        log.warning("the decoded images could not be copied beside the cache (%s): they are "
-                    "read into memory instead", first_line(exc))
+    if not rows:
+        return np.empty(shape, array.dtype)
+    out, why = None, ""
+    for place in (folder, None):  # beside the cache, else the system's temporary folder
+        try:
+            with tempfile.TemporaryFile(dir=place) as fh:  # the map keeps its own handle
+                if hasattr(os, "posix_fallocate"):  # the space now, not a crash later
+                    os.posix_fallocate(fh.fileno(), 0, int(np.prod(shape)) * array.itemsize)
+                out = np.memmap(fh, dtype=array.dtype, mode="w+", shape=shape)
+            break
+        except OSError as exc:
+            why = first_line(exc)
+    if out is None:
+        log.warning("the decoded images could not be copied to disk (%s): they are read "
+                    "into memory instead", why)
         return np.ascontiguousarray(array[rows])
     for start in range(0, len(rows), chunk):
         out[start:start + chunk] = array[rows[start:start + chunk]]
