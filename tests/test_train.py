@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,28 @@ class InterruptAfter:
             if i == self.steps:
                 raise KeyboardInterrupt
             yield batch
+
+
+def stop_when(monkeypatch, name: str, when: Callable[..., bool]) -> None:
+    """Make the loop's function ``name`` raise KeyboardInterrupt (Ctrl-C) when called with
+    arguments for which ``when`` holds."""
+    real = getattr(loop, name)
+
+    def stopping(*args, **kwargs):
+        if when(*args, **kwargs):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, name, stopping)
+
+
+def train_interrupted(monkeypatch, config, n: int) -> None:
+    """Train ``config`` with Ctrl-C on the loop's ``n``-th epoch (``interrupt_on_call``),
+    as a user leaves a run to resume; the test's patches are undone after."""
+    interrupt_on_call(monkeypatch, n)
+    with pytest.raises(Interrupted):
+        train(config)
+    monkeypatch.undo()
 
 
 def interrupt_on_call(monkeypatch, n: int, steps: int = 0) -> list[str]:
@@ -512,14 +535,8 @@ def test_resumed_between_its_phases_a_run_trains_as_an_uninterrupted_one(
                       "tta": "off", "amp": "off", "device": "cpu"}})
 
     whole = train(config(tmp_path / "whole"))
-    real_save = loop.save_atomic
-
-    def stop_as_fine_tuning_starts(checkpoint, path):
-        if path.name == "last.pt" and checkpoint["phase"] == "finetune":
-            raise KeyboardInterrupt
-        real_save(checkpoint, path)
-
-    monkeypatch.setattr(loop, "save_atomic", stop_as_fine_tuning_starts)
+    stop_when(monkeypatch, "save_atomic",  # as fine-tuning starts
+              lambda checkpoint, path: path.name == "last.pt" and checkpoint["phase"] == "finetune")
     with pytest.raises(Interrupted):
         train(config(tmp_path / "part"))
     monkeypatch.undo()
@@ -536,10 +553,7 @@ def test_resuming_a_run_whose_config_no_longer_plans_its_phase_is_refused(
     config = build_config("transfer", None, {
         "data": {"data": str(split_data)}, "out": str(out), "model": BACKBONE,
         "train": {"epochs": 1, "finetune": "1", "finetune_epochs": 2}})
-    interrupt_on_call(monkeypatch, 2)  # in the finetune phase
-    with pytest.raises(Interrupted):
-        train(config)
-    monkeypatch.undo()
+    train_interrupted(monkeypatch, config, 2)  # in the finetune phase
     saved = (out / "config.yaml").read_text()
     edited = re.sub(r"(?m)^(\s*finetune:).*$", r"\1 null", saved)
     assert edited != saved
@@ -560,10 +574,7 @@ def test_resuming_a_run_whose_config_no_longer_plans_its_phase_is_refused(
 def test_a_run_whose_last_checkpoint_is_damaged_or_gone_resumes_from_its_best(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    interrupt_on_call(monkeypatch, 3)
-    with pytest.raises(Interrupted):
-        train(scratch_config(split_data, out, epochs=3, patience=0))
-    monkeypatch.undo()
+    train_interrupted(monkeypatch, scratch_config(split_data, out, epochs=3, patience=0), 3)
     whole = (out / "last.pt").read_bytes()
     hint = (rf" The checkpoint of its best epoch is there: copy {re.escape(str(out / 'best.pt'))}"
             rf" to {re.escape(str(out / 'last.pt'))} to resume from that epoch, or delete "
@@ -598,10 +609,7 @@ def test_a_run_whose_last_checkpoint_is_damaged_or_gone_resumes_from_its_best(
 def test_resuming_a_run_whose_config_was_edited_in_how_it_trains_is_refused(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    interrupt_on_call(monkeypatch, 2)
-    with pytest.raises(Interrupted):
-        train(scratch_config(split_data, out, epochs=3))
-    monkeypatch.undo()
+    train_interrupted(monkeypatch, scratch_config(split_data, out, epochs=3), 2)
     saved = (out / "config.yaml").read_text()
     for edited, named in (("lr: 0.001", r"train\.lr 5\.0 against 0\.001"),
                           ("batch_size: 32", r"train\.batch_size 4 against 32"),
@@ -703,14 +711,8 @@ def test_stopped_between_its_history_and_checkpoint_a_run_resumes_whole(
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = scratch_config(split_data, out, epochs=2, patience=0)
-    real_write = loop.write_history
-
-    def stop_writing_the_second_epoch(history, path):
-        if len(history) == 2:
-            raise KeyboardInterrupt  # Ctrl-C while epoch 2's history is written
-        real_write(history, path)
-
-    monkeypatch.setattr(loop, "write_history", stop_writing_the_second_epoch)
+    # Ctrl-C while epoch 2's history is written
+    stop_when(monkeypatch, "write_history", lambda history, path: len(history) == 2)
     with pytest.raises(Interrupted):
         train(config)
     monkeypatch.undo()
@@ -722,14 +724,9 @@ def test_stopped_before_its_checkpoint_a_run_s_history_lists_the_epochs_it_saved
         split_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = scratch_config(split_data, out, epochs=3, patience=0)
-    real_save = loop.save_atomic
-
-    def stop_saving_the_second_epoch(checkpoint, path):
-        if path.name == "last.pt" and checkpoint["epoch"] == 2:
-            raise KeyboardInterrupt  # Ctrl-C after epoch 2's history row, before last.pt
-        real_save(checkpoint, path)
-
-    monkeypatch.setattr(loop, "save_atomic", stop_saving_the_second_epoch)
+    # Ctrl-C after epoch 2's history row, before its last.pt
+    stop_when(monkeypatch, "save_atomic",
+              lambda checkpoint, path: path.name == "last.pt" and checkpoint["epoch"] == 2)
     with pytest.raises(Interrupted, match="its last whole epoch is saved"):
         train(config)
     monkeypatch.undo()
@@ -744,14 +741,8 @@ def test_stopped_after_its_checkpoint_a_run_that_stops_early_resumes_to_its_end(
     out = tmp_path / "run"
     # No epoch after the first improves by min_delta: early stopping ends epoch 2.
     config = scratch_config(split_data, out, epochs=5, patience=1, min_delta=100.0)
-    real_log = loop._log_epoch
-
-    def stop_after_saving_the_second_epoch(row, epoch, *args):
-        if epoch == 2:
-            raise KeyboardInterrupt  # Ctrl-C after last.pt, before the early stop
-        real_log(row, epoch, *args)
-
-    monkeypatch.setattr(loop, "_log_epoch", stop_after_saving_the_second_epoch)
+    # Ctrl-C after epoch 2's last.pt, before the early stop
+    stop_when(monkeypatch, "_log_epoch", lambda row, epoch, *args: epoch == 2)
     with pytest.raises(Interrupted):
         train(config)
     monkeypatch.undo()
