@@ -315,6 +315,19 @@ def test_output_folder_and_settings_are_checked_before_any_run(tmp_path, make_im
     assert [r["status"] for r in leaderboard(tmp_path / "some")] == ["ok", "failed"]
 
 
+def test_a_backbone_without_weights_stops_the_comparison_before_any_run(
+        tmp_path, make_image_folder, monkeypatch):
+    from imgclf.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # resnet18's weights ship in no pip package
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32))
+    with pytest.raises(WeightsUnavailableError, match=r"No pretrained weights for backbone "
+                                                      r"'resnet18'"):
+        compare(str(data), ["scratch", "transfer"], ["mobilenetv2_100", "resnet18"],
+                tmp_path / "cmp", {"model": {"img_size": 32}, "train": {"epochs": 1}})
+    assert not (tmp_path / "cmp").exists()  # the scratch run did not train first
+
+
 def test_a_folder_of_runs_alone_is_compared_into_and_its_runs_kept(compared, tmp_path):
     source, data = compared
     out = tmp_path / "cmp"

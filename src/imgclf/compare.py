@@ -285,9 +285,27 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
             prepare_run_data(configs[plans[0].name])
         finally:
             data_log.setLevel(level)
+        _check_weights(plans, configs, out)
     out.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out):  # one comparison at a time in ``out``
         return _train_and_rank(plans, configs, data, out, sort_by, workers, audit)
+
+
+def _check_weights(plans: list[RunPlan], configs: dict, out: Path) -> None:
+    """Pretrained weights that no source holds (``pretrained_state_dict``) stop the
+    comparison before any run, as a misspelt backbone does; a run that finished, or resumes
+    with the weights its last.pt holds, needs none."""
+    from imgclf.models.weights import pretrained_state_dict
+
+    checked = set()
+    for plan in plans:
+        config, run_dir = configs[plan.name], out / plan.name
+        wanted = (config.model.name, config.model.weights)
+        if plan.method != "transfer" or not config.model.pretrained or wanted in checked \
+                or (run_dir / METRICS_FILE).exists() or (run_dir / LAST_CHECKPOINT).exists():
+            continue
+        checked.add(wanted)
+        pretrained_state_dict(*wanted)
 
 
 def _train_and_rank(plans: list[RunPlan], configs: dict, data: str, out: Path, sort_by: str,
