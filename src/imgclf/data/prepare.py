@@ -95,14 +95,15 @@ class PreparedData:
                 "digest": digest.hexdigest(), "sizes": sizes.hexdigest(),
                 "trained_on": trained_on.hexdigest(), "listing": "\0".join(listing)}
 
-    def check_resumable(self, began: dict | None) -> None:
+    def check_resumable(self, began: dict | None, now: dict | None = None) -> None:
         """RunError unless the data holds the training and validation files that a run
         began with (``began``, from ``contents`` as its checkpoint saved it; None for a
         checkpoint without the record); other test files are a warning (with the run's
-        listing: older checkpoints refuse them too)."""
+        listing: older checkpoints refuse them too). ``now`` is this data's ``contents()``
+        where the caller has it already (it reads every file's size)."""
         if began is None:
             return
-        now = self.contents()
+        now = now if now is not None else self.contents()
         if began["classes"] != now["classes"]:
             raise RunError(f"cannot resume: the run began with the classes "
                            f"{', '.join(began['classes'])}; the data now has "

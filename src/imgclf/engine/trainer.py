@@ -653,7 +653,7 @@ def _train(config: Config, resume: bool, held: contextlib.ExitStack) -> Path:
     contents = data.contents()  # the files as found, before any fails to decode
     last = _last_checkpoint(run_dir) if resume else None
     if last is not None:
-        data.check_resumable(last.get("data"))
+        data.check_resumable(last.get("data"), contents)
     config.make_paths_absolute()  # config.yaml resumes from any folder
     log.info(data.summary())
     if last is None:
