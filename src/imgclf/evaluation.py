@@ -50,7 +50,7 @@ from imgclf.paths import (
     read_run_metrics,
     write_text,
 )
-from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves
+from imgclf.plots import plot_confusion_matrix, plot_history, plot_roc_curves, split_titles
 from imgclf.predict import Predictor, run_folder
 
 log = logging.getLogger(__name__)
@@ -139,12 +139,12 @@ def write_evaluation(
                              *(f"{v:.6f}" for v in p)])
     if history:
         plot_history(history, out_dir / LEARNING_CURVES_FILE, best_epoch=best)
+    confusion_title, roc_title = split_titles(split)
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes,
-                          out_dir / CONFUSION_MATRIX_FILE, title=f"{split} split")
+                          out_dir / CONFUSION_MATRIX_FILE, title=confusion_title)
     curves = roc_curves(labels, probs, classes)
     if curves:
-        plot_roc_curves(curves, out_dir / ROC_CURVES_FILE,
-                        title=f"ROC (one-vs-rest), {split} split")
+        plot_roc_curves(curves, out_dir / ROC_CURVES_FILE, title=roc_title)
     # Last: a run (or evaluation) folder with metrics.json holds all its files, so an
     # interruption before this point leaves the run unfinished, to be resumed.
     write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2))

@@ -118,6 +118,14 @@ def plot_histories(
     return _save(fig, path)
 
 
+def split_titles(split: str | None) -> tuple[str | None, str | None]:
+    """The confusion matrix's and the ROC figure's titles for an evaluation of ``split``
+    (none: their defaults), as the run's own figures and the report's name them."""
+    if not split:
+        return None, None
+    return f"{split} split", f"ROC (one-vs-rest), {split} split"
+
+
 def plot_confusion_matrix(
     cm: np.ndarray | Sequence[Sequence[int]],
     class_names: Sequence[str],

@@ -30,7 +30,13 @@ from imgclf.paths import (
     ROC_CURVES_FILE,
     unescaped,
 )
-from imgclf.plots import plot_confusion_matrix, plot_histories, plot_history, plot_roc_curves
+from imgclf.plots import (
+    plot_confusion_matrix,
+    plot_histories,
+    plot_history,
+    plot_roc_curves,
+    split_titles,
+)
 from imgclf.report import template as t
 from imgclf.report.folders import Predictions, Run
 
@@ -73,9 +79,8 @@ def confusion_figure(run: Run, tmp: Path) -> str:
         cm = (run.metrics or {}).get("confusion_matrix")
         if cm is None:
             raise ValueError("metrics.json has no confusion_matrix")
-        split = (run.metrics or {}).get("split")
-        return plot_confusion_matrix(np.asarray(cm), run.classes, path,
-                                     title=f"{split} split" if split else None)
+        title, _ = split_titles((run.metrics or {}).get("split"))
+        return plot_confusion_matrix(np.asarray(cm), run.classes, path, title=title)
 
     return _run_figure(run, CONFUSION_MATRIX_FILE, tmp, draw, "confusion matrix",
                        METRICS_FILE)
@@ -91,9 +96,8 @@ def roc_figure(run: Run, tmp: Path) -> str:
             raise ValueError(f"predictions.csv has labels without a probability column: "
                              f"{unknown}")
         labels = [p.classes.index(label) for label in p.labels]
-        split = (run.metrics or {}).get("split")
-        return plot_roc_curves(roc_curves(labels, p.probs, p.classes), path,
-                               title=f"ROC (one-vs-rest), {split} split" if split else None)
+        _, title = split_titles((run.metrics or {}).get("split"))
+        return plot_roc_curves(roc_curves(labels, p.probs, p.classes), path, title=title)
 
     return _run_figure(run, ROC_CURVES_FILE, tmp, draw, "ROC curves", PREDICTIONS_FILE)
 
