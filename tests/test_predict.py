@@ -1086,3 +1086,16 @@ def test_predicts_batch_size_is_the_models_batch(trained, tmp_path):
     predictor.predict(folder, batch_size=32)
     assert batches == [32, 32, 6]
 
+
+
+def test_an_evaluations_predictions_name_images_as_reached_not_through_followed_links(
+        trained, tmp_path, monkeypatch):
+    run, data = trained
+    linked = tmp_path / "linked"
+    linked.symlink_to(data, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    _, out = evaluate_folder(run, "linked", out=tmp_path / "ev")
+    with open(out / "predictions.csv", newline="") as fh:
+        paths = [row["path"] for row in csv.DictReader(fh)]
+    assert paths and all(p.startswith(str(linked / "test") + os.sep) for p in paths)
+    assert all(Path(p).is_file() for p in paths)

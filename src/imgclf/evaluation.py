@@ -135,7 +135,7 @@ def write_evaluation(
                          *probability_columns(classes)])
         for path, y, p in zip(paths, labels, probs, strict=False):
             k = int(p.argmax())
-            writer.writerow([str(Path(path).resolve()), classes[int(y)], classes[k], f"{p[k]:.6f}",
+            writer.writerow([str(absolute(path)), classes[int(y)], classes[k], f"{p[k]:.6f}",
                              *(f"{v:.6f}" for v in p)])
     if history:
         plot_history(history, out_dir / LEARNING_CURVES_FILE, best_epoch=best)
