@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import imgclf
 from imgclf.cli.main import build_parser, main
@@ -327,7 +328,8 @@ def test_run_folder_errors(tmp_path, make_image_folder, monkeypatch, capsys):
 
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError(
     "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
-    "to allocate 2559180865536 bytes")])
+    "to allocate 2559180865536 bytes"), torch.OutOfMemoryError(
+    "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 139.8 GiB")])
 def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error):
     def allocate(*args, **kwargs):
         raise error
@@ -335,7 +337,9 @@ def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error)
     monkeypatch.setattr("imgclf.data.audit.audit_dataset", allocate)
     assert main(["audit", str(tmp_path), "-q"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: out of memory") and "Traceback" not in err
+    gpu = isinstance(error, torch.OutOfMemoryError)
+    assert err.startswith(f"error: out of {'the GPU' if gpu else 'memory'}")
+    assert "Traceback" not in err
     assert "try a smaller --img-size or --batch-size, or fewer images" in err
 
 

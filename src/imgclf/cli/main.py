@@ -73,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
               "images", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if "can't allocate memory" not in str(exc):  # PyTorch's allocator, out of memory
+        # PyTorch's allocators out of memory: the CPU's, or a GPU's (OutOfMemoryError).
+        on_gpu = type(exc).__name__ == "OutOfMemoryError"
+        if not (on_gpu or "can't allocate memory" in str(exc)):
             raise
         logging.getLogger("imgclf").debug("out of memory", exc_info=True)
-        print("error: out of memory (PyTorch could not allocate a tensor): try a smaller "
+        where = "the GPU's memory" if on_gpu else "memory"
+        print(f"error: out of {where} (PyTorch could not allocate a tensor): try a smaller "
               "--img-size or --batch-size, or fewer images", file=sys.stderr)
         return 2
     except Exception:
