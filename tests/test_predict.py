@@ -1099,3 +1099,12 @@ def test_an_evaluations_predictions_name_images_as_reached_not_through_followed_
         paths = [row["path"] for row in csv.DictReader(fh)]
     assert paths and all(p.startswith(str(linked / "test") + os.sep) for p in paths)
     assert all(Path(p).is_file() for p in paths)
+
+
+def test_an_evaluation_of_one_class_still_writes_its_roc_figure(trained, tmp_path):
+    run, data = trained
+    one = tmp_path / "one"
+    shutil.copytree(data / "test" / CLASSES[0], one / CLASSES[0])
+    metrics, out = evaluate_folder(run, one, out=tmp_path / "ev")
+    assert metrics["n_samples"] == 2
+    assert Image.open(out / "roc_curves.png").size[0] > 100

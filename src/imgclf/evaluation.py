@@ -142,9 +142,10 @@ def write_evaluation(
     confusion_title, roc_title = split_titles(split)
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes,
                           out_dir / CONFUSION_MATRIX_FILE, title=confusion_title)
-    curves = roc_curves(labels, probs, classes)
-    if curves:
-        plot_roc_curves(curves, out_dir / ROC_CURVES_FILE, title=roc_title)
+    # Written even without a curve (it then says why), so that none from an earlier
+    # evaluation in this folder stays beside these figures.
+    plot_roc_curves(roc_curves(labels, probs, classes), out_dir / ROC_CURVES_FILE,
+                    title=roc_title)
     # Last: a run (or evaluation) folder with metrics.json holds all its files, so an
     # interruption before this point leaves the run unfinished, to be resumed.
     write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2))
