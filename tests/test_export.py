@@ -151,14 +151,24 @@ def test_predict_cli_onnx_engine(onnx_run, trained, tmp_path):
         assert len(list(csv.DictReader(fh))) == 6
 
 
-def test_missing_onnx_says_how_to_export(trained, tmp_path):
+@pytest.mark.parametrize("checkpoint", ["model.pt", "best.pt"])  # finished, or still training
+def test_missing_onnx_says_how_to_export(trained, tmp_path, checkpoint):
     run, _ = trained
     bare = tmp_path / "bare run"  # the command to copy quotes it
     bare.mkdir()
-    shutil.copy(run / "model.pt", bare / "model.pt")
+    shutil.copy(run / checkpoint, bare / checkpoint)
     with pytest.raises(RunError, match=rf"has no model\.onnx; create it with `imgclf export "
                                        rf"'{re.escape(str(bare))}' --format onnx`"):
         OnnxPredictor(bare)
+
+
+def test_an_export_named_in_capitals_is_used(onnx_run, trained, tmp_path):
+    named = tmp_path / "MODEL.ONNX"
+    shutil.copy(onnx_run / "model.onnx", named)
+    shutil.copy(sidecar_path(onnx_run / "model.onnx"), sidecar_path(named))
+    predictor = OnnxPredictor(named, threads=1)
+    assert predictor.predict_arrays(np.zeros((1, 32, 32, 3), np.uint8)).shape == \
+        (1, len(predictor.classes))
 
 
 def test_onnx_predictor_rejects_a_checkpoint_file(trained):

@@ -220,11 +220,13 @@ class OnnxPredictor(BasePredictor):
         path = Path(run)
         if not path.exists():
             raise RunError(f"run folder or ONNX file {path} does not exist.")
-        if path.is_file() and path.suffix != ".onnx":
+        if path.is_file() and path.suffix.lower() != ".onnx":
             raise RunError(f"{path} is not an ONNX file; give the run folder or its "
                            f"{DEFAULT_FILES['onnx']}.")
         model_file = path / DEFAULT_FILES["onnx"] if path.is_dir() else path
-        exportable = (model_file.parent / MODEL_FILE).is_file()  # what `imgclf export` takes
+        # What `imgclf export` takes: a finished run, or one still training (its best.pt).
+        exportable = any((model_file.parent / name).is_file()
+                         for name in (MODEL_FILE, *TRAINING_CHECKPOINTS))
         if not model_file.exists() and exportable:
             raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
                            f"`imgclf export {shlex.quote(str(path))} --format onnx`.")
