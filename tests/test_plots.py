@@ -153,3 +153,18 @@ def test_plots_module_does_not_import_pyplot() -> None:
     code = "import sys, imgclf.plots; sys.exit('matplotlib.pyplot' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+def test_a_figure_cut_off_while_saving_leaves_the_older_file_whole(tmp_path, monkeypatch):
+    out = plot_roc_curves({}, tmp_path / "roc.png")
+    before = out.read_bytes()
+
+    def cut_off(fig, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        plot_history(HISTORY, out)
+    assert out.read_bytes() == before
+    assert sorted(tmp_path.iterdir()) == [out]  # nor a temporary file beside it

@@ -22,6 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgclf.paths import written_whole
+
 logger = logging.getLogger(__name__)
 
 DPI = 100
@@ -240,12 +242,12 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as PNG to ``path``, creating parent folders."""
+    """Write ``fig`` as PNG to ``path``, creating parent folders: whole or not at all."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, written_whole(out) as tmp:
         warnings.simplefilter("always")
-        fig.savefig(out, format="png", dpi=DPI)
+        fig.savefig(tmp, format="png", dpi=DPI)
     # One log line per figure instead of matplotlib's warning per missing character; any
     # other warning goes on as it came.
     missing = []
