@@ -215,6 +215,14 @@ def test_constant_prediction_makes_mcc_undefined_but_kappa_zero() -> None:
     assert m["roc_auc"] == approx(0.5)  # all scores tie
 
 
+def test_class_names_may_be_a_numpy_array() -> None:
+    names = np.unique(np.array(["dog", "cat", "dog"]))  # as often read from a label column
+    m = compute_metrics(BINARY_Y, BINARY_PROBS, names)
+    assert m == compute_metrics(BINARY_Y, BINARY_PROBS, ["cat", "dog"])
+    assert m["class_names"] == ["cat", "dog"] and type(m["class_names"][0]) is str
+    assert list(roc_curves(BINARY_Y, BINARY_PROBS, names)) == ["cat", "dog"]
+
+
 def test_result_is_json_serialisable() -> None:
     for y, probs, names in (
         (BINARY_Y, BINARY_PROBS.astype(np.float32), ["cat", "dog"]),
@@ -251,6 +259,7 @@ def test_float32_rows_that_round_away_from_one_are_accepted() -> None:
         ([0, 1], np.full((2, 2), 0.5), ["a", "a"], r"class_names must be unique.*'a'"),
         ([0, 0], np.ones((2, 1)), ["a"], r"at least 2 classes"),
         ([0, 1], np.full((2, 2), 0.5), "ab", r"class_names must be a sequence"),
+        ([0, 1], np.full((2, 2), 0.5), np.array([["a", "b"]]), r"class_names must be a sequence"),
     ],
 )
 def test_invalid_arguments_raise_value_error_naming_them(y_true, probs, names, match) -> None:

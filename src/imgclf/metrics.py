@@ -38,7 +38,7 @@ PROB_SUM_TOLERANCE = 1e-3
 def compute_metrics(
     y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
-    class_names: Sequence[str],
+    class_names: Sequence[str] | np.ndarray,
     top_k: tuple[int, ...] = (3, 5),
 ) -> dict[str, Any]:
     """Every evaluation number for one set of predictions, as a JSON-ready dict.
@@ -116,7 +116,7 @@ def compute_metrics(
 def roc_curves(
     y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
-    class_names: Sequence[str],
+    class_names: Sequence[str] | np.ndarray,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
     """One-vs-rest ROC curve of every class, as ``{name: (fpr, tpr, auc)}``, for plotting.
 
@@ -140,13 +140,16 @@ def roc_curves(
 
 
 def _validate(
-    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+    y_true: Sequence[int] | np.ndarray, probs: np.ndarray,
+    class_names: Sequence[str] | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Check the three arguments against each other; return int labels, float64 probs, names.
 
     Rows of ``probs`` within :data:`PROB_SUM_TOLERANCE` of 1 are renormalised so that
     scikit-learn's stricter sum checks (which warn or raise) pass on float32 input.
     """
+    if isinstance(class_names, np.ndarray) and class_names.ndim == 1:  # np.unique's, say
+        class_names = class_names.tolist()
     if isinstance(class_names, str) or not isinstance(class_names, Sequence):
         raise ValueError(
             f"class_names must be a sequence of class-name strings; received "
