@@ -184,9 +184,13 @@ def test_train_on_a_missing_folder(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # no empty run folder left behind
 
 
-def test_train_without_data(capsys):
+def test_train_without_data(capsys, monkeypatch):
     assert main(["train"]) == 2
     assert_clean_error(capsys, "no dataset given")
+    # A mistake in what was given: under torchrun, the machine's first process alone says so.
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["train"]) == 2
+    assert capsys.readouterr().err == ""
 
 
 def test_train_with_an_invalid_value(tmp_path, capsys):

@@ -464,6 +464,14 @@ def test_unknown_sort_key_is_an_error(tmp_path):
     assert not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.parametrize("workers", [0, -2, 1.5])
+def test_workers_under_one_are_an_error(tmp_path, workers):
+    with pytest.raises(ConfigError, match=rf"workers must be a whole number of runs trained at a "
+                                          rf"time, at least 1 .*got {workers}"):
+        compare("data", ["scratch"], [], tmp_path / "cmp", workers=workers)
+    assert not (tmp_path / "cmp").exists()
+
+
 @pytest.mark.parametrize("sort_by, ranked", [
     ("accuracy", ["a", "b", "c", "failed"]),
     ("f1_macro", ["b", "a", "c", "failed"]),  # c has no macro F1: after those with one

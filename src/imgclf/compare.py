@@ -250,6 +250,9 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
     if sort_by not in SORT_KEYS:
         raise ConfigError(f"cannot sort the leaderboard by {sort_by!r}; choose one of "
                           f"{', '.join(SORT_KEYS)}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a whole number of runs trained at a time, at "
+                          f"least 1 (1: one after another), got {workers!r}.")
     methods = name_list(methods)
     out = Path(out)
     overrides = copy.deepcopy(overrides or {})

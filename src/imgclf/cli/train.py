@@ -6,7 +6,7 @@ import argparse
 import functools
 
 from imgclf.config import DEFAULT_BACKBONE, METHODS, build_config, resume_config
-from imgclf.errors import RunError
+from imgclf.errors import ConfigError
 
 
 @functools.cache
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
         if config.data.data is None and config.data.train is None:
-            raise RunError("no dataset given: imgclf train DATA (or --train FOLDER).")
+            raise ConfigError("no dataset given: imgclf train DATA (or --train FOLDER).")
     run_dir = train(config, resume=args.resume)
     if env_rank() == 0:
         print_headline(read_run_metrics(run_dir / METRICS_FILE))
