@@ -320,15 +320,18 @@ def test_a_runs_leaderboard_row_is_the_one_compare_writes(run_dir):
     assert row["params_total"] is None and load_folder(run_dir).rows == [row]
 
 
-def test_a_class_without_images_has_no_recall_in_the_per_class_table(run_dir):
+def test_the_per_class_table_leaves_undefined_recall_and_precision_blank(run_dir):
     from imgclf.report.template import MISSING
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    never, predicted = list(metrics["per_class"])[:2]
+    never, predicted, missed = list(metrics["per_class"])[:3]
     metrics["per_class"][never].update(support=0, tp=0, fp=0, fn=0, precision=0.0,
                                        recall=0.0, f1=0.0)
     metrics["per_class"][predicted].update(support=0, tp=0, fp=2, fn=0, precision=0.0,
                                            recall=0.0, f1=0.0)
+    # Images, none predicted as the class: no precision, a recall and F1 of 0.
+    metrics["per_class"][missed].update(support=3, tp=0, fp=0, fn=3, precision=0.0,
+                                        recall=0.0, f1=0.0)
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     html = write_report(run_dir).read_text(encoding="utf-8")
 
@@ -339,7 +342,9 @@ def test_a_class_without_images_has_no_recall_in_the_per_class_table(run_dir):
 
     assert cells(never) == [MISSING, MISSING, MISSING, "0"]
     assert cells(predicted) == ["0.00%", MISSING, MISSING, "0"]
+    assert cells(missed) == [MISSING, "0.00%", "0.00%", "3"]
     assert "A class without images here has no recall or F1" in html
+    assert "A class never predicted has no precision" in html
 
 
 def test_run_report_notes_copies_of_training_images(run_dir):

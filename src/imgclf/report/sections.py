@@ -293,10 +293,10 @@ def _per_class(run: Run) -> str:
     rows = []
     for name, values in per_class.items():
         v = mapping(values)
-        # No images of the class here: its recall and F1 are undefined (metrics.json holds
-        # scikit-learn's 0), and so is its precision when it was never predicted either.
+        # No images of the class here: its recall and F1 are undefined; never predicted:
+        # its precision is (metrics.json holds scikit-learn's 0 for each).
         absent = t.as_number(v.get("support")) == 0
-        unpredicted = absent and not t.as_number(v.get("fp"))
+        unpredicted = not (t.as_number(v.get("tp")) or t.as_number(v.get("fp")))
         rows.append([t.text(name), t.percent(None if unpredicted else v.get("precision")),
                      *(t.percent(None if absent else v.get(m)) for m in ("recall", "f1")),
                      t.integer(v.get("support")), t.integer(v.get("tp")),
@@ -314,7 +314,8 @@ def _per_class(run: Run) -> str:
                      "recall: of the images of the class, the share found. TP, FP, FN: true "
                      "positives, false positives, false negatives. A class without images "
                      "here has no recall or F1 (–); the macro average leaves it out unless "
-                     "it was predicted, and then counts them as 0.")
+                     "it was predicted, and then counts them as 0. A class never predicted "
+                     "has no precision (–); the averages count it as 0.")
 
 
 def configuration_section(report: Report) -> str:
