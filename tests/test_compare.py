@@ -490,6 +490,14 @@ def test_leaderboard_is_ranked_by_the_sort_key_and_names_it(tmp_path, sort_by, r
     assert header.startswith("| run | method | backbone |") and header.endswith("| ranked_by |")
 
 
+def test_top_k_columns_come_in_order_of_k(tmp_path):
+    rows = [{"run": "a", "status": "ok", "accuracy": 0.9, "top_10": 1.0, "top_3": 0.95},
+            {"run": "b", "status": "ok", "accuracy": 0.8, "top_5": 0.9}]
+    write_leaderboard(rows, tmp_path)
+    header = (tmp_path / "leaderboard.md").read_text().splitlines()[0]
+    assert header.endswith("| top_3 | top_5 | top_10 | ranked_by |")
+
+
 def test_each_run_warns_of_the_data_once(tmp_path, make_image_folder, caplog):
     data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32), seed=2)
     with caplog.at_level(logging.WARNING, logger="imgclf"):

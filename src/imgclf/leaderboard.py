@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 from imgclf.paths import LEADERBOARD_FILE, LEADERBOARD_MD, open_for_writing, write_text
@@ -107,12 +108,17 @@ def as_number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def top_k_columns(rows: list[dict]) -> list[str]:
+    """The rows' top-k accuracy columns (``top_3``, ``top_10``, ...), by k."""
+    names = {str(k) for row in rows for k in row if re.fullmatch(r"top_\d+", str(k))}
+    return sorted(names, key=lambda name: int(name[4:]))
+
+
 def write_leaderboard(rows: list[dict], out: Path, sort_by: str = "accuracy") -> None:
     """leaderboard.csv (every column) and leaderboard.md, best first by ``sort_by``, which
     their last column names: `imgclf report` ranks the folder's runs by it too."""
     ordered = [{**row, RANKED_BY: sort_by} for row in best_first(rows, sort_by)]
-    extra = sorted({k for r in rows for k in r if k.startswith("top_")})
-    columns = [*RUN_COLUMNS, *METRICS, *extra, RANKED_BY]
+    columns = [*RUN_COLUMNS, *METRICS, *top_k_columns(rows), RANKED_BY]
     with open_for_writing(out / LEADERBOARD_FILE, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
-from imgclf.leaderboard import LOWER_IS_BETTER, METRICS, mapping
+from imgclf.leaderboard import LOWER_IS_BETTER, METRICS, mapping, top_k_columns
 from imgclf.report import figures
 from imgclf.report import template as t
 from imgclf.report.dataset import audit_html, training_data_html
@@ -200,8 +200,7 @@ def _evaluation_notes(report: Report) -> list[str]:
 
 
 def _all_metrics(report: Report) -> str:
-    top_k = sorted({k for row in report.rows for k in row if str(k).startswith("top_")})
-    keys = [*METRICS, *top_k]
+    keys = [*METRICS, *top_k_columns(report.rows)]
     rows = []
     for row in report.rows:
         cells = [t.text(row.get("run"))]
