@@ -56,9 +56,7 @@ def plot_history(
     """
     if not history:
         raise ValueError("history is empty; expected one mapping per epoch.")
-    epochs = _column(history, "epoch")
-    if np.isnan(epochs).any():
-        epochs = np.arange(1, len(history) + 1, dtype=float)
+    epochs = _epochs(history)
 
     fig = _new_figure(figsize=(11, 4.2))
     for ax, (train_key, val_key, label) in zip(fig.subplots(1, 2), _HISTORY_PANELS, strict=True):
@@ -107,10 +105,7 @@ def plot_histories(
             if not np.isfinite(values).any():
                 logger.info("run %r has no %s values; left off the comparison", run, val_key)
                 continue
-            epochs = _column(history, "epoch")
-            if np.isnan(epochs).any():
-                epochs = np.arange(1, len(history) + 1, dtype=float)
-            ax.plot(epochs, values, marker="o", markersize=3, label=_plain(str(run)))
+            ax.plot(_epochs(history), values, marker="o", markersize=3, label=_plain(str(run)))
             plotted.append(values)
         if label == "Accuracy":
             _clamp_to_unit(ax, plotted)
@@ -275,6 +270,14 @@ def _column(history: Sequence[Mapping[str, float]], key: str) -> np.ndarray:
     """``key`` from every row as floats; missing or ``None`` become NaN."""
     values = [row.get(key) for row in history]
     return np.array([np.nan if value is None else float(value) for value in values])
+
+
+def _epochs(history: Sequence[Mapping[str, float]]) -> np.ndarray:
+    """The rows' epoch numbers, or 1..N where any is missing."""
+    epochs = _column(history, "epoch")
+    if np.isnan(epochs).any():
+        return np.arange(1, len(history) + 1, dtype=float)
+    return epochs
 
 
 def _best_label(
