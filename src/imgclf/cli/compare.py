@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["config_file"] = args.config
     out = compare(args.data, args.methods, args.backbones, args.out, overrides,
                   sort_by=args.sort, workers=args.workers, audit=not args.no_audit)
-    print((out / LEADERBOARD_MD).read_text())
+    print((out / LEADERBOARD_MD).read_text(encoding="utf-8"))
     print(f"leaderboard: {out / LEADERBOARD_FILE}")
     with open(out / LEADERBOARD_FILE, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

@@ -390,7 +390,7 @@ def _read_cache(weights_file: Path, meta_file: Path, stamp: dict) -> StateDict |
     if not weights_file.is_file() or not meta_file.is_file():
         return None
     try:
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         logger.warning("Unreadable cache record %s (%s); converting again.", meta_file, exc)
         return None
