@@ -1108,3 +1108,14 @@ def test_an_evaluation_of_one_class_still_writes_its_roc_figure(trained, tmp_pat
     metrics, out = evaluate_folder(run, one, out=tmp_path / "ev")
     assert metrics["n_samples"] == 2
     assert Image.open(out / "roc_curves.png").size[0] > 100
+
+
+def test_predicts_batch_size_is_checked_before_the_model_loads(trained, monkeypatch, capsys):
+    run, data = trained
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("imgclf.predict.Predictor.__init__", load)
+    assert main(["predict", str(run), str(data / "test"), "--batch-size", "0"]) == 2
+    assert "batch size must be a whole number, at least 1, got 0" in capsys.readouterr().err

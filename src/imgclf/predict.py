@@ -182,7 +182,7 @@ class BasePredictor:
         (a ValueError) saying what to change (floats are refused rather than guessed at:
         0-1 and 0-255 floats look alike). ``tta`` averages a mirrored view."""
         images = self._check_images(images)
-        batch_size, tta = _batch_size(batch_size), self.resolve_tta(tta)
+        batch_size, tta = checked_batch_size(batch_size), self.resolve_tta(tta)
         if not len(images):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.concatenate([tta_average(self._probs, images[start:start + batch_size], tta)
@@ -229,7 +229,7 @@ class BasePredictor:
         """Predict every image among ``paths`` (a file or folder, or any iterable of them;
         folders are walked recursively): one ``Prediction`` per file, each file once, in
         the order found."""
-        batch_size = _batch_size(batch_size)
+        batch_size = checked_batch_size(batch_size)
         in_memory = ("predict takes image files and folders (str or Path); for images already "
                      "in memory use predict_arrays (uint8 arrays of shape (N, size, size, 3))")
         if isinstance(paths, np.ndarray):
@@ -326,7 +326,7 @@ class Predictor(BasePredictor):
         return predict_array(self.model, images, self.rt, batch_size=max(len(images), 1))[0]
 
 
-def _batch_size(value) -> int:
+def checked_batch_size(value) -> int:
     """A batch size as given to ``predict`` or ``predict_arrays``, checked."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, Integral) or value < 1:
         raise ConfigError(f"batch size must be a whole number, at least 1, got {value!r}.")

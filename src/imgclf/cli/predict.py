@@ -34,11 +34,12 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgclf.errors import ConfigError, DataError
     from imgclf.paths import run_datasets
-    from imgclf.predict import output_format, run_folder
+    from imgclf.predict import checked_batch_size, output_format, run_folder
 
-    # Before the model loads and runs: a wrong name fails at once.
+    # Before the model loads and runs: a wrong name or number fails at once.
     folder = run_folder(args.run)
     output_format(args.out, run_datasets(folder), folder)
+    checked_batch_size(args.batch_size)
     if args.engine == "onnx":
         from imgclf.export import OnnxPredictor
 

@@ -177,9 +177,10 @@ def _gallery_item(run: Run, p: Predictions, index: int, unreadable: list[DecodeE
 def _locate(path_text: str, run_folder: Path) -> Path:
     """The image file a predictions.csv path names.
 
-    Training records paths as it was given them, so a relative path is relative to the
-    directory ``imgclf train`` ran in: usually the current one or an ancestor of the run
-    folder. The first of those where the file exists wins.
+    It names them from the root; older versions of imgclf named them as training was given
+    them, so such a relative path is relative to the directory ``imgclf train`` ran in:
+    usually the current one or an ancestor of the run folder. The first of those where the
+    file exists wins.
     """
     path = Path(unescaped(path_text))
     if path.is_absolute() or path.exists():
