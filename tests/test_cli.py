@@ -71,6 +71,12 @@ def test_every_subcommand_has_a_summary():
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_takes_verbose_and_quiet(command):
+    options = {o for a in subparsers(build_parser())[command]._actions for o in a.option_strings}
+    assert {"-v", "--verbose", "-q", "--quiet"} <= options
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_every_option_has_help_text(command):
     parser = subparsers(build_parser())[command]
     missing = [

@@ -12,6 +12,9 @@ def add_parser(subparsers) -> None:
                     "installed on this machine, and (with PATTERN) matching timm models.")
     parser.add_argument("pattern", nargs="?", default=None,
                         help="wildcard pattern over timm model names, e.g. '*efficientnet*'")
+    from imgclf.cli.common import add_verbosity
+
+    add_verbosity(parser)
     parser.set_defaults(func=run)
 
 
