@@ -50,7 +50,7 @@ class Monitor:
 
     @property
     def should_stop(self) -> bool:
-        return self.wait > self.patience - 1 if self.patience > 0 else False
+        return 0 < self.patience <= self.wait  # patience 0: never stop early
 
     def state_dict(self) -> dict:
         return asdict(self)
