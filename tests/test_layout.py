@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +185,34 @@ def test_pixel_limit_refuses_large_non_jpeg(tmp_path, monkeypatch):
     assert decode_image(jpeg, size=(32, 32)).shape == (32, 32, 3)
     with pytest.raises(DecodeError, match="too large to decode"):
         decode_image(jpeg)
+
+
+def test_an_image_past_pillows_own_limit_is_refused_before_it_decodes(tmp_path):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I",
+                                                                       zlib.crc32(kind + data))
+
+    # A 16-bit grayscale PNG that declares 13,400 x 13,400 pixels (a few hundred bytes
+    # of compressed rows would do): no pixel of it is read.
+    png = tmp_path / "bomb.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n"
+                    + chunk(b"IHDR", struct.pack(">IIBBBBB", 13_400, 13_400, 16, 0, 0, 0, 0))
+                    + chunk(b"IEND", b""))
+    with pytest.raises(DecodeError, match=r"too large to decode \(13400x13400 PNG, "
+                                          r"limit 178,956,970 pixels\)"):
+        decode_image(png, size=(32, 32))
+
+
+def test_a_dds_file_of_a_pixel_format_pillow_lacks_is_a_corrupt_image(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "DDS")
+    data = bytearray(buffer.getvalue())
+    data[80:84] = b"\x91\x00\x00\x00"  # the pixel format's flags: none Pillow knows
+    path = tmp_path / "texture.jpg"
+    path.write_bytes(bytes(data))
+    for read in (probe, decode_image):
+        with pytest.raises(DecodeError, match="corrupt image: Unknown pixel format flags"):
+            read(path)
 
 
 def test_decode_error_for_missing_file(tmp_path):

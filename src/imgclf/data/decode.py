@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow refuses images past ~179 megapixels as possible decompression bombs. imgclf
-# decodes JPEGs in draft mode (at most 1/8 of the pixels) and checks other formats
-# against its own limit below, so Pillow's global guard is replaced by that check.
+# Pillow refuses images past ~179 megapixels as possible decompression bombs (a file of
+# under a megabyte can declare them), and warns past half that. imgclf decodes JPEGs in
+# draft mode (at most 1/8 of the pixels) and checks other formats against the same
+# refusal below, so Pillow's global guard (and its warning) is replaced by that check.
+MAX_PIXELS = 178_956_970  # twice Pillow's default MAX_IMAGE_PIXELS, where it refuses
+"""Largest non-JPEG image (in pixels) imgclf will decode in full: Pillow's own refusal, at
+which a 16-bit grayscale image takes about 2 GB to decode and convert."""
 Image.MAX_IMAGE_PIXELS = None
-MAX_PIXELS = 400_000_000
-"""Largest non-JPEG image (in pixels) imgclf will decode in full."""
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
@@ -84,9 +86,10 @@ def _open(path: Path):
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError, TypeError, KeyError, IndexError,
-            ZeroDivisionError, struct.error) as exc:
+            ZeroDivisionError, NotImplementedError, struct.error) as exc:
         # Pillow's readers raise all of these on damaged headers (a TIFF page without
-        # its width gives TypeError, a bad GIF table IndexError, and so on).
+        # its width gives TypeError, a bad GIF table IndexError, a DDS file's unknown
+        # pixel format NotImplementedError, and so on).
         text = str(exc)
         if "truncated" in text.lower():
             raise DecodeError(path, "truncated file (image data ends early)") from None
@@ -156,7 +159,9 @@ def _integer_gray_to_8bit(arr: np.ndarray, depth: _SampleDepth) -> np.ndarray:
     65536) is scaled as 8-bit (or 16-bit) data even if its dataset is deeper. Negative
     values clip to 0.
     """
-    arr = arr.astype(np.int64)
+    # One copy wide enough for the samples (and for 32-bit ones read as unsigned), worked
+    # on in place: a large image costs a few times its own size, not ten.
+    arr = arr.astype(np.int64 if arr.dtype.itemsize > 2 else np.int32)
     bits = depth.bits
     if bits is None:
         if depth.unsigned:
@@ -164,7 +169,9 @@ def _integer_gray_to_8bit(arr: np.ndarray, depth: _SampleDepth) -> np.ndarray:
         full = 32 if depth.unsigned else 31  # int32's largest value is 2**31 - 1
         top = int(arr.max(initial=0))
         bits = next(b for b in (8, 16, full) if top < 1 << b)
-    return (np.clip(arr, 0, (1 << bits) - 1) >> (bits - 8)).astype(np.uint8)
+    np.clip(arr, 0, (1 << bits) - 1, out=arr)
+    arr >>= bits - 8
+    return arr.astype(np.uint8)
 
 
 def _to_rgb(im: Image.Image, depth: _SampleDepth) -> Image.Image:
