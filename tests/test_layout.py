@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
 import re
 import struct
 import zlib
@@ -519,6 +521,34 @@ def test_linked_folders_are_followed_once_and_loops_are_skipped(tmp_path, make_i
         "cat/self": "linked folder that loops back to a folder above it",
         "cat/up": "linked folder that loops back to a folder above it",
         "dog/b_again": "folder reached twice through links (read once)",
+    }
+
+
+def test_folders_that_cannot_be_read_are_skipped_with_the_reason(tmp_path, make_image_folder,
+                                                                monkeypatch):
+    data = tmp_path / "data"
+    make_image_folder(data, {"cat": 2, "dog": 3})
+    _images(data / "dog" / "listless", 2)  # may be entered, not listed (chmod 711)
+    _images(data / "dog" / "closed", 2)  # neither (chmod 000)
+    real_scandir, real_is_file = os.scandir, Path.is_file
+
+    def scandir(path="."):
+        if isinstance(path, str | os.PathLike) and Path(path).name in ("listless", "closed"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    def is_file(path):
+        if path.parent.name == "closed":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(Path, "is_file", is_file)
+    split = scan_split("train", data, ["cat", "dog"])
+    assert sorted(split.labels) == [0, 0, 1, 1, 1]
+    assert {s.path.relative_to(data).as_posix(): s.reason for s in split.skipped} == {
+        "dog/closed": "cannot read folder: Permission denied",
+        "dog/listless": "cannot read folder: Permission denied",
     }
 
 

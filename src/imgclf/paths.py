@@ -404,8 +404,11 @@ def is_run_folder(folder: str | Path) -> bool:
     ``RUN_MARKERS``. Its plots are images, but never data: dataset layouts and folder walks
     leave such a folder out (with its evaluation folders inside it)."""
     folder = Path(folder)
-    return (folder / CONFIG_FILE).is_file() and any(
-        (folder / name).is_file() for name in RUN_MARKERS)
+    try:
+        return (folder / CONFIG_FILE).is_file() and any(
+            (folder / name).is_file() for name in RUN_MARKERS)
+    except OSError:  # a folder that cannot be entered (no permission): none that imgclf wrote
+        return False
 
 
 def enclosing_run(path: str | Path) -> Path | None:

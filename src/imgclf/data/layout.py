@@ -360,7 +360,9 @@ def iter_files(root: Path):
         yield Path(root), RUN_FOLDER
         return
     walked: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    unread: list[OSError] = []  # folders os.walk could not list, to be named as skipped
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unread.append):
+        yield from _unread_folders(unread)
         here = os.path.realpath(dirpath)
         walked.add(here)
         keep = []
@@ -383,6 +385,15 @@ def iter_files(root: Path):
                 yield path, "hidden or system file"
             else:
                 yield path, None
+    yield from _unread_folders(unread)
+
+
+def _unread_folders(errors: list[OSError]):
+    """(folder, reason) for each folder in ``errors`` that could not be listed (no
+    permission to read it, say), emptying the list: its files are unknown, not absent."""
+    while errors:
+        exc = errors.pop(0)
+        yield Path(exc.filename), f"cannot read folder: {exc.strerror or exc}"
 
 
 def scan_files(folder: Path):
