@@ -507,6 +507,23 @@ def test_predict_keeps_other_files_and_the_runs_dataset(trained, tmp_path, capsy
                          str(tmp_path / name), "-q"]) == 0
 
 
+def test_predict_writes_nothing_into_the_folders_it_classifies(trained, tmp_path, capsys,
+                                                               monkeypatch):
+    run, data = trained
+    new = tmp_path / "new"
+    shutil.copytree(data / "test", new)
+    before = sorted(new.rglob("*"))
+    monkeypatch.chdir(new)  # `imgclf predict RUN .`: the default --out would land in it
+    assert main(["predict", str(run), ".", "-q"]) == 2
+    assert f"predictions.csv would be inside the dataset {new};" in capsys.readouterr().err
+    assert main(["predict", str(run), str(new), "--out", str(new / "red" / "p.csv"), "-q"]) == 2
+    assert f"would be inside the dataset {new}" in capsys.readouterr().err
+    assert sorted(new.rglob("*")) == before
+    # Beside it is fine, and so is a file given among the images.
+    image = next((new / "red").iterdir())
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv"), "-q"]) == 0
+
+
 def test_a_run_folder_given_to_predict_is_left_out(trained, tmp_path, capsys):
     run, _ = trained
     assert main(["predict", str(run), str(run), "--out", str(tmp_path / "p.csv")]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from pathlib import Path
 
 from imgclf.config import INFERENCE_BATCH
 
@@ -33,12 +34,14 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.errors import ConfigError, DataError
-    from imgclf.paths import run_datasets
+    from imgclf.paths import absolute, run_datasets
     from imgclf.predict import checked_batch_size, output_format, run_folder
 
     # Before the model loads and runs: a wrong name or number fails at once.
     folder = run_folder(args.run)
-    output_format(args.out, run_datasets(folder), folder)
+    # Nor into the folders it classifies (`imgclf predict RUN .`, the default --out).
+    inputs = [absolute(path) for path in args.paths if Path(path).is_dir()]
+    output_format(args.out, [*run_datasets(folder), *inputs], folder)
     checked_batch_size(args.batch_size)
     if args.engine == "onnx":
         from imgclf.export import OnnxPredictor
