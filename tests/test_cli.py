@@ -190,6 +190,24 @@ def test_train_on_a_missing_folder(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # no empty run folder left behind
 
 
+@pytest.mark.parametrize("argv, setting", [
+    (["audit", ""], "an empty path"),
+    (["audit", ".", "--val", " "], "an empty path"),
+    (["train", ""], "data.data is an empty path"),
+    (["train", "--train", ""], "data.train is an empty path"),
+    (["train", ".", "--out", ""], "out is an empty path"),
+    (["compare", "", "--methods", "scratch", "--out", "cmp"], "data.data is an empty path"),
+])
+def test_an_empty_path_is_an_error_not_the_current_folder(tmp_path, capsys, argv, setting):
+    # As an unset shell variable gives it: `imgclf audit "$DATA"`.
+    make_folder = tmp_path / "a"  # the current folder (tmp_path) holds a class folder
+    make_folder.mkdir()
+    assert main([*argv, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {setting}") and "Traceback" not in err
+    assert sorted(tmp_path.iterdir()) == [make_folder]
+
+
 def test_train_without_data(capsys, monkeypatch):
     assert main(["train"]) == 2
     assert_clean_error(capsys, "no dataset given")

@@ -413,6 +413,11 @@ def validate(config: Config) -> None:
                        f"train.finetune applies to --method transfer (the model here trains "
                        f"whole under {config.method}); leave out --finetune, or "
                        "train.finetune in a config file"))
+    for dotted in (*PATH_SETTINGS, "out"):
+        *section, key = dotted.split(".")
+        value = getattr(getattr(config, section[0]) if section else config, key)
+        checks.append((value is None or str(value).strip() != "",
+                       f"{dotted} is an empty path: name a file or folder, or leave it out"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")

@@ -389,7 +389,10 @@ def path_argument(value, what: str, error: type[ImgclfError] = ConfigError) -> P
 
 
 def optional_path(value: str | os.PathLike | None) -> Path | None:
-    """``value`` as a Path, or None for a setting left out."""
+    """``value`` as a Path, or None for a setting left out; ConfigError for an empty one
+    (an unset shell variable, say), which Path would take as the current folder."""
+    if value is not None and not str(value).strip():
+        raise ConfigError("an empty path names no file or folder: give one, or leave it out.")
     return None if value is None else Path(value)
 
 
