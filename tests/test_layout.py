@@ -217,6 +217,20 @@ def test_a_dds_file_of_a_pixel_format_pillow_lacks_is_a_corrupt_image(tmp_path):
             read(path)
 
 
+def test_pipes_devices_and_looping_links_are_named_for_what_they_are(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")  # read, it would wait for a writer forever
+    (tmp_path / "zeros.png").symlink_to("/dev/zero")
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    expected = {"pipe.jpg": "not a regular file (a folder, pipe, device or socket)",
+                "zeros.png": "not a regular file (a folder, pipe, device or socket)",
+                "loop.jpg": "cannot read: Too many levels of symbolic links"}
+    for name, reason in expected.items():
+        for read in (probe, decode_image):
+            with pytest.raises(DecodeError) as caught:
+                read(tmp_path / name)
+            assert caught.value.reason == reason
+
+
 def test_decode_error_for_missing_file(tmp_path):
     with pytest.raises(DecodeError, match="cannot read|No such file"):
         decode_image(tmp_path / "nope.jpg")

@@ -14,6 +14,7 @@ costs about as much as a small one.
 from __future__ import annotations
 
 import hashlib
+import stat
 import struct
 import warnings
 from contextlib import contextmanager
@@ -73,8 +74,14 @@ def _open(path: Path):
     """Open an image file; every way it can fail (then or while decoding inside the
     ``with`` block) becomes a DecodeError with a short reason."""
     try:
-        if path.stat().st_size == 0:
-            raise DecodeError(path, "empty file (0 bytes)")
+        st = path.stat()
+    except OSError as exc:  # gone, no permission, a link that leads back to itself
+        raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):  # read, a pipe could wait forever
+        raise DecodeError(path, "not a regular file (a folder, pipe, device or socket)")
+    if st.st_size == 0:
+        raise DecodeError(path, "empty file (0 bytes)")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
