@@ -538,6 +538,18 @@ def test_linked_folders_are_followed_once_and_loops_are_skipped(tmp_path, make_i
     }
 
 
+def test_a_class_folder_linked_under_other_names_is_one_class(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"cat": 2, "dog": 3})
+    (tmp_path / "a_dog").symlink_to("dog")  # before it by name: the folder itself is kept
+    (tmp_path / "dog_again").symlink_to("dog")
+    layout = detect_layout(tmp_path)
+    assert find_classes(layout.train) == ["cat", "dog"]
+    assert layout.notes == ["a_dog/ is dog/ again, through a link (read once): ignored",
+                            "dog_again/ is dog/ again, through a link (read once): ignored"]
+    split = scan_split("train", tmp_path, ["cat", "dog"])
+    assert sorted(split.labels) == [0, 0, 1, 1, 1]  # each image once, with one label
+
+
 def test_folders_that_cannot_be_read_are_skipped_with_the_reason(tmp_path, make_image_folder,
                                                                 monkeypatch):
     data = tmp_path / "data"

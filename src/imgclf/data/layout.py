@@ -148,8 +148,21 @@ def _folders_in(folder: Path) -> list[Path]:
 
 def _subdirs(folder: Path) -> list[Path]:
     """The subfolders that may be classes or splits: not hidden, not links back to a folder
-    above, not imgclf runs."""
-    return [p for p in _folders_in(folder) if _left_out(p) is None]
+    above, not imgclf runs, and each real folder once."""
+    kept = [p for p in _folders_in(folder) if _left_out(p) is None]
+    twins = _twins(kept)
+    return [p for p in kept if p not in twins]
+
+
+def _twins(folders: list[Path]) -> dict[Path, Path]:
+    """Each of ``folders`` that is another of them reached through a link, to that other:
+    the folder itself rather than a link to it (else the first by name). As classes, both
+    would give each of its images two labels."""
+    first: dict[str, Path] = {}
+    for folder in sorted(folders, key=lambda p: (p.is_symlink(), p.name)):
+        first.setdefault(os.path.realpath(folder), folder)
+    return {p: first[os.path.realpath(p)] for p in folders
+            if first[os.path.realpath(p)] != p}
 
 
 def _left_out_notes(layout: Layout, root: Path | None) -> list[str]:
@@ -158,8 +171,12 @@ def _left_out_notes(layout: Layout, root: Path | None) -> list[str]:
     notes = []
     folders = (root, layout.train, layout.val, layout.test)
     for folder in dict.fromkeys(f for f in folders if f is not None):
-        for sub in _folders_in(folder):
+        subs = _folders_in(folder)
+        twins = _twins([sub for sub in subs if _left_out(sub) is None])
+        for sub in subs:
             reason = _left_out(sub)
+            if sub in twins:
+                reason = f"is {twins[sub].name}/ again, through a link (read once)"
             if reason is not None and sub.name not in TOOL_FOLDERS:
                 shown = sub.relative_to(root) if root and sub.is_relative_to(root) else sub
                 notes.append(f"{shown}/ {reason}: ignored")
