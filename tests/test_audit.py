@@ -322,8 +322,9 @@ def test_what_training_stops_on_is_listed(tmp_path, make_image_folder, bad_image
     assert "  warning: class 'cat' has only 2 training image(s); results for it will be " \
         "unreliable" in format_audit(report)
     one = make_image_folder(tmp_path / "one", {"cat": 2})
-    assert audit_dataset(one)["problems"] == [
-        "one class only ('cat'): a classifier needs at least two"]
+    report = audit_dataset(one)
+    assert report["problems"] == ["one class only ('cat'): a classifier needs at least two"]
+    assert "  layout: single; 1 class; 2 image files audited" in format_audit(report)
 
 
 def test_an_empty_test_class_folder_gets_the_warning_training_logs(tmp_path, make_image_folder,

@@ -1136,3 +1136,13 @@ def test_predicts_batch_size_is_checked_before_the_model_loads(trained, monkeypa
     monkeypatch.setattr("imgclf.predict.Predictor.__init__", load)
     assert main(["predict", str(run), str(data / "test"), "--batch-size", "0"]) == 2
     assert "batch size must be a whole number, at least 1, got 0" in capsys.readouterr().err
+
+
+def test_an_evaluation_is_never_written_into_the_runs_own_folder(trained, tmp_path):
+    run, data = trained
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RunError, match=rf"{re.escape(str(run))} is the run's own folder; an "
+                                       rf"evaluation goes into a folder of its own: leave out "
+                                       rf"--out for {re.escape(str(run / 'evaluate-test'))}"):
+        evaluate_folder(run, data, out=run)
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -210,6 +210,10 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     name, root, held_out = _chosen_split(data, split, run_dir, predictor.classes,
                                          predictor.meta.get("data"))
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
+    if _same(out_dir, run_dir):  # its metrics.json and plots would be taken for the run's
+        raise RunError(f"{out_dir} is the run's own folder; an evaluation goes into a folder "
+                       f"of its own: leave out --out for {run_dir / f'evaluate-{name}'}, or "
+                       "choose another.")
     check_output_folder(out_dir, (data, *predictor.datasets),
                         lambda names: names <= EVALUATION_FILES)
     # The report shows a run's evaluation folders as that run's.

@@ -623,7 +623,8 @@ def format_audit(report: dict) -> str:
     """The audit report as readable terminal tables and lists (the first few of each)."""
     lines = [
         f"Dataset {report['root']}",
-        f"  layout: {report['layout']}; {len(report['classes'])} classes; "
+        f"  layout: {report['layout']}; {len(report['classes'])} "
+        f"class{'' if len(report['classes']) == 1 else 'es'}; "
         f"{_audited(report):,} image files audited in {report['seconds']:g} s",
         *(f"  note: {note}" for note in report["layout_notes"]),
         *(f"  problem (training stops on it): {problem}" for problem in report["problems"]),
