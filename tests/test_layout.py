@@ -550,6 +550,17 @@ def test_a_class_folder_linked_under_other_names_is_one_class(tmp_path, make_ima
     assert sorted(split.labels) == [0, 0, 1, 1, 1]  # each image once, with one label
 
 
+def test_a_split_folder_that_links_to_another_folder_stays_the_split(tmp_path,
+                                                                    make_image_folder):
+    make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2})
+    make_image_folder(tmp_path / "test", {"cat": 1, "dog": 1}, seed=1)
+    (tmp_path / "train").symlink_to("images")  # the folder itself is named otherwise
+    layout = detect_layout(tmp_path)
+    assert (layout.kind, layout.train, layout.test) == ("splits", tmp_path / "train",
+                                                        tmp_path / "test")
+    assert find_classes(layout.train) == ["cat", "dog"]
+
+
 def test_folders_that_cannot_be_read_are_skipped_with_the_reason(tmp_path, make_image_folder,
                                                                 monkeypatch):
     data = tmp_path / "data"

@@ -148,35 +148,41 @@ def _folders_in(folder: Path) -> list[Path]:
 
 def _subdirs(folder: Path) -> list[Path]:
     """The subfolders that may be classes or splits: not hidden, not links back to a folder
-    above, not imgclf runs, and each real folder once."""
-    kept = [p for p in _folders_in(folder) if _left_out(p) is None]
-    twins = _twins(kept)
-    return [p for p in kept if p not in twins]
+    above, not imgclf runs."""
+    return [p for p in _folders_in(folder) if _left_out(p) is None]
+
+
+def _class_folders(split: Path) -> list[Path]:
+    """The ``_subdirs`` of a split taken as its classes: each real folder once (``_twins``)."""
+    folders = _subdirs(split)
+    twins = _twins(folders)
+    return [p for p in folders if p not in twins]
 
 
 def _twins(folders: list[Path]) -> dict[Path, Path]:
     """Each of ``folders`` that is another of them reached through a link, to that other:
     the folder itself rather than a link to it (else the first by name). As classes, both
-    would give each of its images two labels."""
+    would give each of its images two labels. (Two splits that are one folder are a
+    warning of ``prepare_data``'s.)"""
+    real = {folder: os.path.realpath(folder) for folder in folders}
     first: dict[str, Path] = {}
     for folder in sorted(folders, key=lambda p: (p.is_symlink(), p.name)):
-        first.setdefault(os.path.realpath(folder), folder)
-    return {p: first[os.path.realpath(p)] for p in folders
-            if first[os.path.realpath(p)] != p}
+        first.setdefault(real[folder], folder)
+    return {p: first[real[p]] for p in folders if first[real[p]] != p}
 
 
 def _left_out_notes(layout: Layout, root: Path | None) -> list[str]:
     """A note for each folder among the splits or classes of ``layout`` that ``_subdirs``
-    leaves out, named from ``root`` where it lies inside it."""
+    or ``_class_folders`` leaves out, named from ``root`` where it lies inside it."""
     notes = []
-    folders = (root, layout.train, layout.val, layout.test)
-    for folder in dict.fromkeys(f for f in folders if f is not None):
-        subs = _folders_in(folder)
-        twins = _twins([sub for sub in subs if _left_out(sub) is None])
-        for sub in subs:
-            reason = _left_out(sub)
-            if sub in twins:
-                reason = f"is {twins[sub].name}/ again, through a link (read once)"
+    splits = (layout.train, layout.val, layout.test)
+    for folder in dict.fromkeys(f for f in (root, *splits) if f is not None):
+        reasons = {sub: _left_out(sub) for sub in _folders_in(folder)}
+        if folder in splits:
+            kept = [sub for sub, reason in reasons.items() if reason is None]
+            for sub, twin in _twins(kept).items():
+                reasons[sub] = f"is {twin.name}/ again, through a link (read once)"
+        for sub, reason in reasons.items():
             if reason is not None and sub.name not in TOOL_FOLDERS:
                 shown = sub.relative_to(root) if root and sub.is_relative_to(root) else sub
                 notes.append(f"{shown}/ {reason}: ignored")
@@ -202,7 +208,7 @@ def _look_alike_notes(layout: Layout) -> list[str]:
     if layout.train is None:
         return []
     alike: dict[str, list[str]] = {}
-    for sub in _subdirs(layout.train):
+    for sub in _class_folders(layout.train):
         alike.setdefault(_look_alike(sub.name), []).append(sub.name)
     notes = [f"the class folders {', '.join(map(repr, names))} in {layout.train} differ only "
              f"in case or spaces: they are {len(names)} classes. Merge them if they are one"
@@ -210,7 +216,7 @@ def _look_alike_notes(layout: Layout) -> list[str]:
     exact = {_same_name(name) for names in alike.values() for name in names}
     for split in ("val", "test"):
         root = getattr(layout, split)
-        for sub in _subdirs(root) if root is not None else ():
+        for sub in _class_folders(root) if root is not None else ():
             like = alike.get(_look_alike(sub.name))
             if like and _same_name(sub.name) not in exact:
                 notes.append(f"the {split} split's class folder {sub.name!r} differs from the "
@@ -357,7 +363,7 @@ def _find_splits(root: Path, need_train: bool = True) -> Layout | None:
 
 def find_classes(train_root: Path) -> list[str]:
     """Sorted class folder names of the training split; errors for none or empty ones."""
-    classes = [p.name for p in _subdirs(train_root)]
+    classes = [p.name for p in _class_folders(train_root)]
     if not classes:
         raise DataError(
             f"No class folders in {train_root}: put each class's images in its own subfolder."
@@ -448,7 +454,7 @@ def _same_name(name: str) -> str:
 def unknown_classes(root: Path, classes: list[str]) -> list[str]:
     """The class folders of ``root`` that are not among ``classes``."""
     known = {_same_name(c) for c in classes}
-    return sorted(p.name for p in _subdirs(root) if _same_name(p.name) not in known)
+    return sorted(p.name for p in _class_folders(root) if _same_name(p.name) not in known)
 
 
 def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
@@ -458,7 +464,7 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
     (the audit lists them, and leaves the unknown folders out). Another split's class
     folder without a readable image is a line in ``warnings``, logged when ``strict``
     (the audit reports the lines instead)."""
-    folders = {_same_name(p.name): p for p in _subdirs(root)}
+    folders = {_same_name(p.name): p for p in _class_folders(root)}
     unknown = unknown_classes(root, classes)
     if unknown and strict:
         # A folder of classes evaluated whole is named after itself.
