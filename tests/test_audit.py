@@ -358,8 +358,11 @@ def test_errors_are_the_ones_training_raises(tmp_path, make_image_folder):
     with pytest.raises(DataError, match="does not exist"):
         audit_dataset(tmp_path / "missing")
     make_image_folder(tmp_path / "train", {"cat": 2}, seed=0)
-    with pytest.raises(ConfigError, match="workers must be a positive number of threads, got 0"):
-        audit_dataset(tmp_path, workers=0)
+    for wrong in (0, 1.5, True):
+        with pytest.raises(ConfigError, match=r"workers \(threads reading the files\) must be a "
+                                              rf"whole number, at least 1 \(or left out: one per "
+                                              rf"CPU core\), got {wrong}"):
+            audit_dataset(tmp_path, workers=wrong)
 
 
 # --- the command module ---------------------------------------------------------------------

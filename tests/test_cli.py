@@ -191,21 +191,25 @@ def test_train_on_a_missing_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, setting", [
-    (["audit", ""], "an empty path"),
-    (["audit", ".", "--val", " "], "an empty path"),
+    (["audit", ""], "data is an empty path"),
+    (["audit", ".", "--val", " "], "val is an empty path"),
     (["train", ""], "data.data is an empty path"),
     (["train", "--train", ""], "data.train is an empty path"),
     (["train", ".", "--out", ""], "out is an empty path"),
     (["compare", "", "--methods", "scratch", "--out", "cmp"], "data.data is an empty path"),
+    (["audit", "a", "--json", ""], "the output file is an empty path"),
+    (["report", ""], "the folder to report on is an empty path"),
 ])
-def test_an_empty_path_is_an_error_not_the_current_folder(tmp_path, capsys, argv, setting):
-    # As an unset shell variable gives it: `imgclf audit "$DATA"`.
-    make_folder = tmp_path / "a"  # the current folder (tmp_path) holds a class folder
-    make_folder.mkdir()
+def test_an_empty_path_is_an_error_not_the_current_folder(tmp_path, make_image_folder, capsys,
+                                                         argv, setting):
+    # As an unset shell variable gives it: `imgclf audit "$DATA"`. The current folder
+    # (tmp_path, by the in_tmp fixture) is a dataset that would be taken instead.
+    make_image_folder(tmp_path, {"a": 3, "b": 3}, size=(24, 24))
+    before = sorted(tmp_path.rglob("*"))
     assert main([*argv, "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {setting}") and "Traceback" not in err
-    assert sorted(tmp_path.iterdir()) == [make_folder]
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_train_without_data(capsys, monkeypatch):

@@ -466,8 +466,9 @@ def test_unknown_sort_key_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, -2, 1.5])
 def test_workers_under_one_are_an_error(tmp_path, workers):
-    with pytest.raises(ConfigError, match=rf"workers must be a whole number of runs trained at a "
-                                          rf"time, at least 1 .*got {workers}"):
+    with pytest.raises(ConfigError, match=rf"workers \(runs trained at a time\) must be a whole "
+                                          rf"number, at least 1 \(1: one after another\), got "
+                                          rf"{workers}"):
         compare("data", ["scratch"], [], tmp_path / "cmp", workers=workers)
     assert not (tmp_path / "cmp").exists()
 

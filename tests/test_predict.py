@@ -256,7 +256,7 @@ def test_json_output_has_the_csvs_content(trained, mixed_folder, tmp_path):
     predictor = imgclf.load(run, device="cpu")
     predictions = predictor.predict([mixed_folder])
     predictor.write(predictions, tmp_path / "p.csv")
-    out = predictor.write(predictions, tmp_path / "new" / "folder" / "p.json")  # parents made
+    out = predictor.write(predictions, tmp_path / "out" / "folder" / "p.json")  # parents made
     records = json.loads(out.read_text())
     _, rows = read_csv(tmp_path / "p.csv")
     assert [r["path"] for r in records] == [r["path"] for r in rows]
@@ -515,13 +515,31 @@ def test_predict_writes_nothing_into_the_folders_it_classifies(trained, tmp_path
     before = sorted(new.rglob("*"))
     monkeypatch.chdir(new)  # `imgclf predict RUN .`: the default --out would land in it
     assert main(["predict", str(run), ".", "-q"]) == 2
-    assert f"predictions.csv would be inside the dataset {new};" in capsys.readouterr().err
+    assert (f"predictions.csv would be inside {new}, a folder whose images are predicted; "
+            "imgclf never writes among the images it reads") in capsys.readouterr().err
     assert main(["predict", str(run), str(new), "--out", str(new / "red" / "p.csv"), "-q"]) == 2
-    assert f"would be inside the dataset {new}" in capsys.readouterr().err
+    assert f"would be inside {new}, a folder whose images" in capsys.readouterr().err
+    # The Python API's write refuses the folders its last predict walked.
+    predictor = Predictor(run)
+    predictions = predictor.predict([new])
+    with pytest.raises(ConfigError, match=f"would be inside {re.escape(str(new))}, a folder"):
+        predictor.write(predictions, new / "p.json")
     assert sorted(new.rglob("*")) == before
     # Beside it is fine, and so is a file given among the images.
     image = next((new / "red").iterdir())
     assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv"), "-q"]) == 0
+
+
+def test_predict_may_write_into_its_run_folder_inside_the_folder_it_classifies(
+        trained, tmp_path, monkeypatch):
+    run, data = trained
+    project = tmp_path / "project"
+    shutil.copytree(data / "test", project / "images")
+    shutil.copytree(run, project / "run")  # walks leave a run folder out
+    monkeypatch.chdir(project)
+    assert main(["predict", "run", ".", "--out", "run/new.csv", "-q"]) == 0
+    with open(project / "run" / "new.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(list((project / "images").rglob("*.*")))
 
 
 def test_a_run_folder_given_to_predict_is_left_out(trained, tmp_path, capsys):
@@ -1102,7 +1120,6 @@ def test_predicts_batch_size_is_the_models_batch(trained, tmp_path):
     batches.clear()
     predictor.predict(folder, batch_size=32)
     assert batches == [32, 32, 6]
-
 
 
 def test_an_evaluations_predictions_name_images_as_reached_not_through_followed_links(

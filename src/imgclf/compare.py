@@ -33,6 +33,7 @@ from imgclf.config import (
     flat_settings,
     resolved_paths,
     resume_config,
+    whole_number,
 )
 from imgclf.data.layout import other_data, require_folder
 from imgclf.data.prepare import prepare_run_data
@@ -250,9 +251,8 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
     if sort_by not in SORT_KEYS:
         raise ConfigError(f"cannot sort the leaderboard by {sort_by!r}; choose one of "
                           f"{', '.join(SORT_KEYS)}.")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be a whole number of runs trained at a time, at "
-                          f"least 1 (1: one after another), got {workers!r}.")
+    workers = whole_number(workers, "workers (runs trained at a time)",
+                           " (1: one after another)")
     methods = name_list(methods)
     out = Path(out)
     overrides = copy.deepcopy(overrides or {})

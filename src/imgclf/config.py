@@ -13,6 +13,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from imgclf.errors import ConfigError, RunError
 from imgclf.paths import (
     CONFIG_FILE,
     absolute,
+    optional_path,
     parse_problem,
     path_argument,
     read_run_config,
@@ -360,6 +362,14 @@ def resume_config(out: str | Path | None, given: list[str], flag: str = "--out")
     return config
 
 
+def whole_number(value, what: str, hint: str = "") -> int:
+    """``value`` as an int when it is a whole number, at least 1 (NumPy's integers too, not
+    True); ConfigError naming it ``what`` otherwise, with ``hint`` after the rule."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Integral) or value < 1:
+        raise ConfigError(f"{what} must be a whole number, at least 1{hint}, got {value!r}.")
+    return int(value)
+
+
 def validate(config: Config) -> None:
     """Check values that would otherwise fail late, with the fix in the message."""
     t = config.train
@@ -413,11 +423,9 @@ def validate(config: Config) -> None:
                        f"train.finetune applies to --method transfer (the model here trains "
                        f"whole under {config.method}); leave out --finetune, or "
                        "train.finetune in a config file"))
-    for dotted in (*PATH_SETTINGS, "out"):
-        *section, key = dotted.split(".")
-        value = getattr(getattr(config, section[0]) if section else config, key)
-        checks.append((value is None or str(value).strip() != "",
-                       f"{dotted} is an empty path: name a file or folder, or leave it out"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
+    for dotted in (*PATH_SETTINGS, "out"):
+        *section, key = dotted.split(".")
+        optional_path(getattr(getattr(config, section[0]) if section else config, key), dotted)

@@ -42,9 +42,9 @@ from imgclf.paths import (
     absolute,
     check_output_folder,
     check_outside_other_runs,
+    dataset_paths,
     enclosing_run,
     open_for_writing,
-    optional_path,
     path_argument,
     probability_columns,
     read_run_metrics,
@@ -168,7 +168,7 @@ def _training_folder(run_dir: Path) -> Path | None:
     except ConfigError:
         return None  # settings this version of imgclf does not know
     try:
-        return detect_layout(optional_path(d.data), optional_path(d.train)).train
+        return detect_layout(*dataset_paths(d.data, d.train)).train
     except (ImgclfError, OSError, ValueError):
         return None
 
@@ -210,7 +210,7 @@ def evaluate_folder(run: str | Path, data: str | Path, split: str | None = None,
     name, root, held_out = _chosen_split(data, split, run_dir, predictor.classes,
                                          predictor.meta.get("data"))
     out_dir = Path(out) if out else run_dir / f"evaluate-{name}"
-    if _same(out_dir, run_dir):  # its metrics.json and plots would be taken for the run's
+    if _same(out_dir, run_dir):  # refused below too, as a folder of other files: say why
         raise RunError(f"{out_dir} is the run's own folder; an evaluation goes into a folder "
                        f"of its own: leave out --out for {run_dir / f'evaluate-{name}'}, or "
                        "choose another.")

@@ -43,6 +43,7 @@ from imgclf.paths import (
     begins_with,
     check_output_file,
     check_outside_other_runs,
+    path_argument,
     read_mapping,
     run_datasets,
     write_text,
@@ -148,7 +149,7 @@ def export_model(run: str | Path, fmt: str = "onnx", out: str | Path | None = No
                        f"as the run goes on. Finish the run first (`imgclf train --resume "
                        f"--out {shlex.quote(str(ckpt.parent))}` for an interrupted one), then "
                        "export it.")
-    out = Path(out) if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
+    out = path_argument(out, "out") if out is not None else ckpt.parent / DEFAULT_FILES[fmt]
     datasets = run_datasets(ckpt.parent)
     _check_export_files(out, fmt, datasets)
     # `predict --engine onnx` that run would answer with this run's model and classes.

@@ -380,20 +380,26 @@ def load_torch_file(path: Path, damaged: ImgclfError) -> object:
 
 
 def path_argument(value, what: str, error: type[ImgclfError] = ConfigError) -> Path:
-    """``value``, an argument of imgclf's Python API that names a file or folder, as a Path;
-    ``error`` naming the argument ``what`` when it is neither a str nor a path."""
+    """``value``, an argument or setting that names a file or folder, as a Path; ``error``
+    naming it ``what`` when it is neither a str nor a path, or is empty (an unset shell
+    variable, say), which Path would take as the current folder."""
     if not isinstance(value, str | os.PathLike):
         raise error(f"{what} is a file or folder, given as a str or Path; got "
                     f"{type(value).__name__} {value!r}.")
+    if not os.fspath(value).strip():
+        raise error(f"{what} is an empty path: name a file or folder, or leave it out.")
     return Path(value)
 
 
-def optional_path(value: str | os.PathLike | None) -> Path | None:
-    """``value`` as a Path, or None for a setting left out; ConfigError for an empty one
-    (an unset shell variable, say), which Path would take as the current folder."""
-    if value is not None and not str(value).strip():
-        raise ConfigError("an empty path names no file or folder: give one, or leave it out.")
-    return None if value is None else Path(value)
+def optional_path(value: str | os.PathLike | None, what: str) -> Path | None:
+    """``path_argument`` for a setting that may be left out (None)."""
+    return None if value is None else path_argument(value, what)
+
+
+def dataset_paths(data, train=None, val=None, test=None) -> tuple[Path | None, ...]:
+    """A dataset folder and its split folders as given (any may be left out), as Paths."""
+    given = {"data": data, "train": train, "val": val, "test": test}
+    return tuple(optional_path(value, name) for name, value in given.items())
 
 
 def absolute(path: str | Path) -> Path:
@@ -449,8 +455,9 @@ def run_datasets(folder: str | Path) -> list[Path]:
     return found
 
 
-def _dataset_holding(path: Path, datasets):
-    """The first of ``datasets`` (folders, or None) that ``path`` lies inside, or None."""
+def folder_holding(path: Path, datasets):
+    """The first of ``datasets`` (folders, or None) that ``path`` lies inside, or None, as
+    imgclf walks them: through the links in their first levels too."""
     real = path.resolve()
     return next((d for d in datasets if d is not None
                  and any(real.is_relative_to(place) for place in _dataset_places(d))), None)
@@ -482,7 +489,7 @@ def check_output_file(path: str | Path, suffixes, datasets=(), example: str = ""
     ``starts``, no existing file is written over): a user's file is never lost, while the
     command can be run again over its own output. ``example`` is a good file name, for the
     messages. Returns ``path`` as a ``Path``."""
-    path = Path(path)
+    path = path_argument(path, "the output file")
     example = example or (f"output{suffixes[0]}" if suffixes else "output")
     if path.is_dir():
         raise ConfigError(f"{path} is a folder: give a file name such as {path / example}.")
@@ -495,7 +502,7 @@ def check_output_file(path: str | Path, suffixes, datasets=(), example: str = ""
                    "is the name of the {} that imgclf writes into")
         raise ConfigError(f"{path} {written.format(path.name)} {folder}; give this file "
                           f"another name, e.g. {path.with_name('new-' + path.name)}.")
-    dataset = _dataset_holding(path, datasets)
+    dataset = folder_holding(path, datasets)
     if dataset is not None:
         raise ConfigError(f"{path} would be inside the dataset {dataset}; imgclf never "
                           "writes into a dataset: choose a place outside it.")
@@ -535,11 +542,11 @@ def check_output_folder(folder: str | Path, datasets, is_ours) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunError(f"--out {folder} is a file; give a folder for the results.")
-    dataset = _dataset_holding(folder, datasets)
+    dataset = folder_holding(folder, datasets)
     if dataset is not None:
         raise RunError(f"the output folder {folder} would be inside the dataset {dataset}; "
                        "imgclf never writes into a dataset: choose --out elsewhere.")
-    dataset = _dataset_holding(cache_root(), datasets)
+    dataset = folder_holding(cache_root(), datasets)
     if dataset is not None:
         raise ConfigError(f"the cache folder {cache_root()} is inside the dataset {dataset}; "
                           f"imgclf never writes into a dataset: point {CACHE_ENV} elsewhere.")

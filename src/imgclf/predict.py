@@ -16,12 +16,11 @@ import shlex
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 
-from imgclf.config import INFERENCE_BATCH
+from imgclf.config import INFERENCE_BATCH, whole_number
 from imgclf.data.decode import DecodeError, decode_image
 from imgclf.data.layout import RUN_FOLDER
 from imgclf.data.prepare import find_unlabelled
@@ -35,8 +34,10 @@ from imgclf.models.factory import Classifier, Preprocessing, model_from_checkpoi
 from imgclf.paths import (
     MODEL_FILE,
     TRAINING_CHECKPOINTS,
+    absolute,
     check_output_file,
     check_outside_other_runs,
+    folder_holding,
     open_for_writing,
     path_argument,
     probability_columns,
@@ -116,20 +117,35 @@ def run_folder(run: str | Path) -> Path:
     return Path(run) if Path(run).is_dir() else Path(run).parent
 
 
-def output_format(path: str | Path, datasets=(), run: Path | None = None) -> str:
+def output_format(path: str | Path, datasets=(), run: Path | None = None,
+                  inputs=()) -> str:
     """"csv" or "json": the format a predictions file named ``path`` is written in.
 
     ConfigError for a name that predictions are not written to: a folder, another suffix,
     a file that imgclf wrote into a run or compare folder, a place inside one of
-    ``datasets``, or an existing file that is not earlier predictions (``check_output_file``);
-    RunError for a place inside the folder of another run than ``run``, the predicting one.
+    ``datasets``, or an existing file that is not earlier predictions (``check_output_file``),
+    or a place inside one of the folders predicted, ``inputs``, but in the run's own folder
+    (which their walk leaves out); RunError for a place inside the folder of another run
+    than ``run``, the predicting one.
     """
     # Another run's folder first: the next check's advice would name a file in it.
     check_outside_other_runs(path, run, "write predictions into the predicting run's folder "
                                         "or outside any run folder")
     path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv",
                              starts=PREDICTIONS_START, what="a predictions file")
-    return Path(path).suffix.lower().lstrip(".")
+    predicted = folder_holding(path, inputs)
+    if predicted is not None and folder_holding(path, [run] if run else []) is None:
+        raise ConfigError(f"{path} would be inside {predicted}, a folder whose images are "
+                          "predicted; imgclf never writes among the images it reads: "
+                          "choose a place outside it.")
+    return path.suffix.lower().lstrip(".")
+
+
+def walked_folders(paths) -> list[Path]:
+    """The folders among the files and folders given to ``predict``, as walked; ConfigError
+    for an empty path among them."""
+    paths = [path_argument(p, "an image or folder to predict") for p in paths]
+    return [absolute(p) for p in paths if p.is_dir()]
 
 
 class BasePredictor:
@@ -148,6 +164,8 @@ class BasePredictor:
     folder: Path
     """The folder of the run (or of the exported model): predictions may be written there,
     not into another run's."""
+    inputs: tuple[Path, ...] = ()
+    """The folders that ``predict`` walked last, where ``write`` writes no predictions."""
 
     @property
     def tta(self) -> bool:
@@ -242,6 +260,7 @@ class BasePredictor:
         for item in paths:
             if not isinstance(item, str | os.PathLike):
                 raise ConfigError(f"{in_memory}, got {type(item).__name__}.")
+        self.inputs = tuple(walked_folders(paths))
         # Files found in folders that are not images by name or content (notes, CSVs) are
         # left out, as the training data's are, and so are run folders (walking them warned);
         # a damaged image is listed with its error.
@@ -281,7 +300,7 @@ class BasePredictor:
         probability column per class as ``probability_columns`` names them, then error).
         Parent folders are created; the file appears whole or not at all."""
         path = Path(path)
-        kind = output_format(path, self.datasets, self.folder)
+        kind = output_format(path, self.datasets, self.folder, self.inputs)
         with open_for_writing(path, newline="") as fh:
             if kind == "json":
                 json.dump([self._record(p) for p in predictions], fh, indent=1,
@@ -328,9 +347,7 @@ class Predictor(BasePredictor):
 
 def checked_batch_size(value) -> int:
     """A batch size as given to ``predict`` or ``predict_arrays``, checked."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, Integral) or value < 1:
-        raise ConfigError(f"batch size must be a whole number, at least 1, got {value!r}.")
-    return int(value)
+    return whole_number(value, "batch size")
 
 
 def load(run: str | Path, device: str = "auto") -> Predictor:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.data.audit import audit_dataset, format_audit
     from imgclf.paths import AUDIT_FILE, SIGNATURES, check_output_file, write_text
 
-    if args.json:  # before the images are read: a wrong name fails at once
+    if args.json is not None:  # before the images are read: a wrong name fails at once
         check_output_file(args.json, (".json",),
                           (args.data, args.train, args.val, args.test), AUDIT_FILE,
                           starts=(SIGNATURES[AUDIT_FILE],), what="an audit report")
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         near_duplicates=args.near_duplicates, workers=args.workers,
     )
     print(format_audit(report))
-    if args.json:
+    if args.json is not None:
         out = Path(args.json)
         write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         print(f"\nfull report written to {out}")

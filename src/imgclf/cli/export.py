@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -34,7 +33,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgclf.export import export_model, sidecar_path
 
-    path = export_model(args.run, args.format, Path(args.out) if args.out else None,
+    path = export_model(args.run, args.format, args.out,
                         check=args.check)
     print(f"exported {args.format} -> {path}")
     print(f"classes and preprocessing -> {sidecar_path(path)}")

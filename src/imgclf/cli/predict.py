@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from pathlib import Path
 
 from imgclf.config import INFERENCE_BATCH
 
@@ -34,14 +33,13 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.errors import ConfigError, DataError
-    from imgclf.paths import absolute, run_datasets
-    from imgclf.predict import checked_batch_size, output_format, run_folder
+    from imgclf.paths import run_datasets
+    from imgclf.predict import checked_batch_size, output_format, run_folder, walked_folders
 
     # Before the model loads and runs: a wrong name or number fails at once.
     folder = run_folder(args.run)
     # Nor into the folders it classifies (`imgclf predict RUN .`, the default --out).
-    inputs = [absolute(path) for path in args.paths if Path(path).is_dir()]
-    output_format(args.out, [*run_datasets(folder), *inputs], folder)
+    output_format(args.out, run_datasets(folder), folder, walked_folders(args.paths))
     checked_batch_size(args.batch_size)
     if args.engine == "onnx":
         from imgclf.export import OnnxPredictor

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -30,6 +29,6 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgclf.report import write_report
 
-    out = write_report(Path(args.dir), Path(args.out) if args.out else None)
+    out = write_report(args.dir, args.out)
     print(out)
     return 0

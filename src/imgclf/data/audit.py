@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgclf.config import whole_number
 from imgclf.data.decode import (
     IMAGE_EXTENSIONS,
     DecodeError,
@@ -49,9 +50,8 @@ from imgclf.data.layout import (
     small_classes,
     unknown_classes,
 )
-from imgclf.errors import ConfigError
 from imgclf.machine import available_cores
-from imgclf.paths import absolute, optional_path
+from imgclf.paths import absolute, dataset_paths
 
 log = logging.getLogger(__name__)
 
@@ -404,11 +404,11 @@ def audit_dataset(
 
     Returns a JSON-serialisable dict (see the module docstring); ``format_audit`` prints it.
     """
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers must be a positive number of threads, got {workers}; "
-                          "leave it out for one thread per CPU core.")
+    if workers is not None:
+        workers = whole_number(workers, "workers (threads reading the files)",
+                               " (or left out: one per CPU core)")
     start = time.perf_counter()
-    data, train, val, test = map(optional_path, (data, train, val, test))
+    data, train, val, test = dataset_paths(data, train, val, test)
     layout = detect_layout(data, train, val, test)
     classes = find_classes(layout.train)
     rel = _Relative(_report_root(data, layout))

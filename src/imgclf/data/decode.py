@@ -90,7 +90,7 @@ def _open(path: Path):
         raise
     except UnidentifiedImageError:
         raise DecodeError(path, "not a recognised image format") from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except (FileNotFoundError, PermissionError) as exc:  # gone or closed since its stat
         raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError, TypeError, KeyError, IndexError,
             ZeroDivisionError, NotImplementedError, struct.error) as exc:
@@ -167,7 +167,7 @@ def _integer_gray_to_8bit(arr: np.ndarray, depth: _SampleDepth) -> np.ndarray:
     values clip to 0.
     """
     # One copy wide enough for the samples (and for 32-bit ones read as unsigned), worked
-    # on in place: a large image costs a few times its own size, not ten.
+    # on in place: a large image costs a few times its own size.
     arr = arr.astype(np.int64 if arr.dtype.itemsize > 2 else np.int32)
     bits = depth.bits
     if bits is None:

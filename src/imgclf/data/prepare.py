@@ -29,7 +29,7 @@ from imgclf.data.layout import (
     warn_small_classes,
 )
 from imgclf.errors import DataError, RunError
-from imgclf.paths import absolute, open_for_writing, optional_path
+from imgclf.paths import absolute, dataset_paths, open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def prepare_data(
     ``classes`` fixes the class list (from a trained run); otherwise it is the sorted
     class folder names of the training split.
     """
-    layout = detect_layout(*map(optional_path, (data, train, val, test)))
+    layout = detect_layout(*dataset_paths(data, train, val, test))
     for note in layout.notes:
         log.warning("%s", note)
     if not classes:

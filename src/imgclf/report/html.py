@@ -20,7 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from imgclf import __version__
-from imgclf.paths import check_output_file, run_datasets, write_text
+from imgclf.errors import RunError
+from imgclf.paths import check_output_file, path_argument, run_datasets, write_text
 from imgclf.report import sections as s
 from imgclf.report import template as t
 from imgclf.report.folders import Report, load_folder
@@ -43,7 +44,7 @@ def write_report(folder: str | os.PathLike[str], out: str | os.PathLike[str] | N
             config.yaml) nor a compare folder (leaderboard.csv), or its essential files
             cannot be read.
     """
-    folder = Path(folder)
+    folder = path_argument(folder, "the folder to report on", RunError)
     report = load_folder(folder)
     out_path = check_output_file(out if out is not None else folder / "report.html",
                                  (".html", ".htm"), run_datasets(folder), "report.html",
