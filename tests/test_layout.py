@@ -550,6 +550,33 @@ def test_a_class_folder_linked_under_other_names_is_one_class(tmp_path, make_ima
     assert sorted(split.labels) == [0, 0, 1, 1, 1]  # each image once, with one label
 
 
+def test_a_link_in_one_class_folder_to_another_class_is_not_followed(tmp_path,
+                                                                      make_image_folder):
+    make_image_folder(tmp_path, {"cat": 2, "fox": 3})
+    (tmp_path / "fox" / "cats").symlink_to("../cat")
+    split = scan_split("train", tmp_path, ["cat", "fox"])
+    assert sorted(split.labels) == [0, 0, 1, 1, 1]  # no cat taken for a fox as well
+    assert [(s.path.relative_to(tmp_path).as_posix(), s.reason) for s in split.skipped] == [
+        ("fox/cats", "folder reached twice through links (read once)")]
+
+
+def test_a_split_folder_that_cannot_be_read_is_named(tmp_path, make_image_folder,
+                                                     monkeypatch):
+    make_image_folder(tmp_path / "train", {"cat": 2, "dog": 2})
+    make_image_folder(tmp_path / "test", {"cat": 1, "dog": 1}, seed=1)
+    real_iterdir = Path.iterdir
+
+    def iterdir(path):
+        if path.name == "test":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(DataError, match=rf"cannot read the folder {re.escape(str(tmp_path))}"
+                                        r"/test: Permission denied\. Give this user"):
+        detect_layout(tmp_path)
+
+
 def test_a_split_folder_that_links_to_another_folder_stays_the_split(tmp_path,
                                                                     make_image_folder):
     make_image_folder(tmp_path / "images", {"cat": 2, "dog": 2})

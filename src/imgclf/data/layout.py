@@ -140,9 +140,19 @@ def _left_out(sub: Path) -> str | None:
     return None
 
 
+def _listing(folder: Path) -> list[Path]:
+    """What ``folder`` holds; DataError naming it when it cannot be listed (no permission):
+    a dataset or split folder read in part would give other figures than the whole."""
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot read the folder {folder}: {exc.strerror or exc}. Give "
+                        "this user permission to read it, or leave it out.") from None
+
+
 def _folders_in(folder: Path) -> list[Path]:
     """The subfolders of ``folder``, sorted, but for macOS zips' ``__MACOSX`` clutter."""
-    return sorted(p for p in folder.iterdir()
+    return sorted(p for p in _listing(folder)
                   if p.is_dir() and not p.name.startswith("__MACOSX"))
 
 
@@ -227,7 +237,7 @@ def _look_alike_notes(layout: Layout) -> list[str]:
 
 def _holds_files(folder: Path) -> bool:
     """Whether ``folder`` itself holds files other than hidden and system ones."""
-    return any(p.is_file() and not is_hidden_or_system(p, folder) for p in folder.iterdir())
+    return any(p.is_file() and not is_hidden_or_system(p, folder) for p in _listing(folder))
 
 
 def _follow_doubled(folder: Path) -> Path:
@@ -371,18 +381,20 @@ def find_classes(train_root: Path) -> list[str]:
     return classes
 
 
-def iter_files(root: Path):
+def iter_files(root: Path, walked: set[str] | None = None):
     """Yield (path, None) for candidate files and (path, reason) for skipped ones, sorted.
 
     Linked folders are followed, but each real folder is walked once: a link back to a
     folder above (a loop) or to a folder walked already is skipped with its reason, and so
     is a run folder (its plots are images, but not data), ``root`` included, with a warning.
+    ``walked``, the real paths of folders walked already (or to be walked apart: the other
+    classes of a split), is shared with the caller and grows as the walk goes.
     """
     if is_run_folder(root):  # given as the folder to walk: left out all the same
         log.warning("%s is an %s: left out", root, RUN_FOLDER)
         yield Path(root), RUN_FOLDER
         return
-    walked: set[str] = set()
+    walked = set() if walked is None else walked
     unread: list[OSError] = []  # folders os.walk could not list, to be named as skipped
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unread.append):
         yield from _unread_folders(unread)
@@ -419,10 +431,11 @@ def _unread_folders(errors: list[OSError]):
         yield Path(exc.filename), f"cannot read folder: {exc.strerror or exc}"
 
 
-def scan_files(folder: Path):
-    """Yield the files under ``folder`` (recursively) in the order ``iter_files`` walks them:
-    (path, None) for an image, recognised by content, and (path, reason) for a file skipped."""
-    for path, reason in iter_files(folder):
+def scan_files(folder: Path, walked: set[str] | None = None):
+    """Yield the files under ``folder`` (recursively) in the order ``iter_files`` walks them
+    (with ``walked``): (path, None) for an image, recognised by content, and (path, reason)
+    for a file skipped."""
+    for path, reason in iter_files(folder, walked):
         if reason is None:
             try:
                 probe(path)
@@ -433,11 +446,13 @@ def scan_files(folder: Path):
         yield path, reason
 
 
-def scan_folder(folder: Path) -> tuple[list[Path], list[Skipped]]:
-    """Image files under ``folder`` (recursively) by content, and the files skipped with why."""
+def scan_folder(folder: Path, walked: set[str] | None = None) -> tuple[list[Path],
+                                                                        list[Skipped]]:
+    """Image files under ``folder`` (recursively) by content, and the files skipped with
+    why; ``walked`` as ``iter_files`` takes it."""
     images: list[Path] = []
     skipped: list[Skipped] = []
-    for path, reason in scan_files(folder):
+    for path, reason in scan_files(folder, walked):
         if reason is None:
             images.append(path)
         else:
@@ -476,9 +491,11 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                else "." + _unlabelled_hint(root))
         )
     split = Split(name, root)
+    # A link in one class folder to another class's is not followed: each image, one label.
+    walked = {os.path.realpath(folder) for folder in folders.values()}
     for index, cls in enumerate(classes):
         folder = folders.get(_same_name(cls))
-        images, skipped = scan_folder(folder) if folder is not None else ([], [])
+        images, skipped = scan_folder(folder, walked) if folder is not None else ([], [])
         split.skipped.extend(skipped)
         if folder is not None and not images and name == "train" and strict:
             raise DataError(
@@ -494,7 +511,7 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                 log.warning("%s", split.warnings[-1])
         split.paths.extend(images)
         split.labels.extend([index] * len(images))
-    loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    loose = [p for p in _listing(root) if p.is_file() and not p.name.startswith(".")]
     split.skipped.extend(Skipped(p, "file outside any class folder") for p in loose)
     return split
 
