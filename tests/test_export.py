@@ -162,6 +162,17 @@ def test_missing_onnx_says_how_to_export(trained, tmp_path, checkpoint):
         OnnxPredictor(bare)
 
 
+def test_a_run_whose_export_is_named_otherwise_points_to_it(onnx_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.pt", "config.yaml"):
+        shutil.copy(onnx_run / name, run / name)
+    shutil.copy(onnx_run / "model.onnx", run / "Model.ONNX")  # `export --out RUN/Model.ONNX`
+    with pytest.raises(RunError, match=r"has no model\.onnx; create it with .*, or give the "
+                                       r"export it holds \(Model\.ONNX\) itself\."):
+        OnnxPredictor(run)
+
+
 def test_an_export_named_in_capitals_is_used(onnx_run, trained, tmp_path):
     named = tmp_path / "MODEL.ONNX"
     shutil.copy(onnx_run / "model.onnx", named)
