@@ -198,6 +198,9 @@ def test_train_on_a_missing_folder(tmp_path, capsys):
     (["train", ".", "--out", ""], "out is an empty path"),
     (["compare", "", "--methods", "scratch", "--out", "cmp"], "data.data is an empty path"),
     (["audit", "a", "--json", ""], "the output file is an empty path"),
+    (["compare", ".", "--methods", "scratch", "--out", ""], "out is an empty path"),
+    (["evaluate", "", "."], "a run (its folder or model file) is an empty path"),
+    (["train", ".", "--config", ""], "config is an empty path"),
     (["report", ""], "the folder to report on is an empty path"),
 ])
 def test_an_empty_path_is_an_error_not_the_current_folder(tmp_path, make_image_folder, capsys,

@@ -55,6 +55,7 @@ from imgclf.paths import (
     check_output_folder,
     check_outside_other_runs,
     is_run_folder,
+    path_argument,
     read_audit,
     read_run_config,
     read_run_metrics,
@@ -254,7 +255,7 @@ def _compare(data: str, methods: str | list[str], backbones: str | list[str] | N
     workers = whole_number(workers, "workers (runs trained at a time)",
                            " (1: one after another)")
     methods = name_list(methods)
-    out = Path(out)
+    out = path_argument(out, "out")
     overrides = copy.deepcopy(overrides or {})
     overrides.setdefault("data", {})["data"] = data
     plans = plan_runs(methods, resolve_backbones(backbones),
