@@ -550,14 +550,18 @@ def test_a_class_folder_linked_under_other_names_is_one_class(tmp_path, make_ima
     assert sorted(split.labels) == [0, 0, 1, 1, 1]  # each image once, with one label
 
 
-def test_a_link_in_one_class_folder_to_another_class_is_not_followed(tmp_path,
-                                                                      make_image_folder):
-    make_image_folder(tmp_path, {"cat": 2, "fox": 3})
-    (tmp_path / "fox" / "cats").symlink_to("../cat")
-    split = scan_split("train", tmp_path, ["cat", "fox"])
-    assert sorted(split.labels) == [0, 0, 1, 1, 1]  # no cat taken for a fox as well
-    assert [(s.path.relative_to(tmp_path).as_posix(), s.reason) for s in split.skipped] == [
-        ("fox/cats", "folder reached twice through links (read once)")]
+def test_a_link_in_one_class_folder_into_another_class_is_not_followed(tmp_path,
+                                                                        make_image_folder):
+    make_image_folder(tmp_path, {"ant": 1, "bee": 2, "fox": 3})
+    _images(tmp_path / "bee" / "wild", 3)
+    (tmp_path / "fox" / "ants").symlink_to("../ant")  # a whole class, after it by name
+    (tmp_path / "ant" / "more").symlink_to("../bee/wild")  # part of a class, before it
+    split = scan_split("train", tmp_path, ["ant", "bee", "fox"])
+    assert sorted(split.labels) == [0, 1, 1, 1, 1, 1, 2, 2, 2]  # each image, its own class
+    assert sorted((s.path.relative_to(tmp_path).as_posix(), s.reason)
+                  for s in split.skipped) == [
+        ("ant/more", "linked folder of another class (read there)"),
+        ("fox/ants", "linked folder of another class (read there)")]
 
 
 def test_a_split_folder_that_cannot_be_read_is_named(tmp_path, make_image_folder,

@@ -126,7 +126,12 @@ def _alias(name: str, whole: bool = False) -> str | None:
 def _links_back(here: str, target: str) -> bool:
     """Whether a linked folder in the real folder ``here`` whose real path is ``target``
     leads back to ``here`` or a folder above it (walking it would loop)."""
-    return here == target or here.startswith(target + os.sep)
+    return _within(here, target)
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is the real folder ``folder`` or lies inside it."""
+    return path == folder or path.startswith(folder + os.sep)
 
 
 def _left_out(sub: Path) -> str | None:
@@ -381,20 +386,20 @@ def find_classes(train_root: Path) -> list[str]:
     return classes
 
 
-def iter_files(root: Path, walked: set[str] | None = None):
+def iter_files(root: Path, fenced: tuple[str, ...] = ()):
     """Yield (path, None) for candidate files and (path, reason) for skipped ones, sorted.
 
     Linked folders are followed, but each real folder is walked once: a link back to a
     folder above (a loop) or to a folder walked already is skipped with its reason, and so
     is a run folder (its plots are images, but not data), ``root`` included, with a warning.
-    ``walked``, the real paths of folders walked already (or to be walked apart: the other
-    classes of a split), is shared with the caller and grows as the walk goes.
+    So is a link into one of ``fenced``, the real paths of folders walked apart (the other
+    classes of a split), whose images are theirs.
     """
     if is_run_folder(root):  # given as the folder to walk: left out all the same
         log.warning("%s is an %s: left out", root, RUN_FOLDER)
         yield Path(root), RUN_FOLDER
         return
-    walked = set() if walked is None else walked
+    walked: set[str] = set()
     unread: list[OSError] = []  # folders os.walk could not list, to be named as skipped
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unread.append):
         yield from _unread_folders(unread)
@@ -407,6 +412,8 @@ def iter_files(root: Path, walked: set[str] | None = None):
                 yield Path(dirpath) / name, LOOP
             elif target in walked:
                 yield Path(dirpath) / name, "folder reached twice through links (read once)"
+            elif any(_within(target, other) for other in fenced):
+                yield Path(dirpath) / name, "linked folder of another class (read there)"
             elif is_run_folder(target):
                 log.warning("%s is an %s: left out", Path(dirpath) / name, RUN_FOLDER)
                 yield Path(dirpath) / name, RUN_FOLDER
@@ -431,11 +438,11 @@ def _unread_folders(errors: list[OSError]):
         yield Path(exc.filename), f"cannot read folder: {exc.strerror or exc}"
 
 
-def scan_files(folder: Path, walked: set[str] | None = None):
+def scan_files(folder: Path, fenced: tuple[str, ...] = ()):
     """Yield the files under ``folder`` (recursively) in the order ``iter_files`` walks them
-    (with ``walked``): (path, None) for an image, recognised by content, and (path, reason)
+    (with ``fenced``): (path, None) for an image, recognised by content, and (path, reason)
     for a file skipped."""
-    for path, reason in iter_files(folder, walked):
+    for path, reason in iter_files(folder, fenced):
         if reason is None:
             try:
                 probe(path)
@@ -446,13 +453,13 @@ def scan_files(folder: Path, walked: set[str] | None = None):
         yield path, reason
 
 
-def scan_folder(folder: Path, walked: set[str] | None = None) -> tuple[list[Path],
-                                                                        list[Skipped]]:
+def scan_folder(folder: Path, fenced: tuple[str, ...] = ()) -> tuple[list[Path],
+                                                                       list[Skipped]]:
     """Image files under ``folder`` (recursively) by content, and the files skipped with
-    why; ``walked`` as ``iter_files`` takes it."""
+    why; ``fenced`` as ``iter_files`` takes it."""
     images: list[Path] = []
     skipped: list[Skipped] = []
-    for path, reason in scan_files(folder, walked):
+    for path, reason in scan_files(folder, fenced):
         if reason is None:
             images.append(path)
         else:
@@ -491,11 +498,13 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                else "." + _unlabelled_hint(root))
         )
     split = Split(name, root)
-    # A link in one class folder to another class's is not followed: each image, one label.
-    walked = {os.path.realpath(folder) for folder in folders.values()}
+    # A link in one class folder into another class's is not followed: each image, one
+    # label, whatever order the classes are walked in.
+    real = {folder: os.path.realpath(folder) for folder in folders.values()}
     for index, cls in enumerate(classes):
         folder = folders.get(_same_name(cls))
-        images, skipped = scan_folder(folder, walked) if folder is not None else ([], [])
+        fenced = tuple(path for other, path in real.items() if other != folder)
+        images, skipped = scan_folder(folder, fenced) if folder is not None else ([], [])
         split.skipped.extend(skipped)
         if folder is not None and not images and name == "train" and strict:
             raise DataError(
