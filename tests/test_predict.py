@@ -519,11 +519,16 @@ def test_predict_writes_nothing_into_the_folders_it_classifies(trained, tmp_path
             "imgclf never writes among the images it reads") in capsys.readouterr().err
     assert main(["predict", str(run), str(new), "--out", str(new / "red" / "p.csv"), "-q"]) == 2
     assert f"would be inside {new}, a folder whose images" in capsys.readouterr().err
-    # The Python API's write refuses the folders its last predict walked.
+    # The Python API's write refuses the folders that predict walked for those predictions.
     predictor = Predictor(run)
     predictions = predictor.predict([new])
+    other = tmp_path / "other"
+    shutil.copytree(data / "test" / "red", other)
+    later = predictor.predict([other])
     with pytest.raises(ConfigError, match=f"would be inside {re.escape(str(new))}, a folder"):
         predictor.write(predictions, new / "p.json")
+    assert predictor.write(later, new / "later.json").is_file()  # walked for others
+    (new / "later.json").unlink()
     assert sorted(new.rglob("*")) == before
     # Beside it is fine, and so is a file given among the images.
     image = next((new / "red").iterdir())
@@ -531,7 +536,7 @@ def test_predict_writes_nothing_into_the_folders_it_classifies(trained, tmp_path
 
 
 def test_predict_may_write_into_its_run_folder_inside_the_folder_it_classifies(
-        trained, tmp_path, monkeypatch):
+        trained, tmp_path, monkeypatch, capsys):
     run, data = trained
     project = tmp_path / "project"
     shutil.copytree(data / "test", project / "images")
@@ -540,6 +545,16 @@ def test_predict_may_write_into_its_run_folder_inside_the_folder_it_classifies(
     assert main(["predict", "run", ".", "--out", "run/new.csv", "-q"]) == 0
     with open(project / "run" / "new.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == len(list((project / "images").rglob("*.*")))
+    # Not into images inside the run folder, which are walked, nor beside a model file
+    # lying among the images (its folder is no run folder, and is walked).
+    shutil.copytree(data / "test" / "red", project / "run" / "samples")
+    shutil.copy(run / "model.pt", project / "images" / "model.pt")
+    for argv in (["run", "run/samples", "--out", "run/samples/p.csv"],
+                 ["images/model.pt", "images", "--out", "images/p.csv"]):
+        assert main(["predict", *argv, "-q"]) == 2
+        assert "a folder whose images are predicted" in capsys.readouterr().err
+    assert main(["predict", "run", "", "-q"]) == 2
+    assert "an image or folder to predict is an empty path" in capsys.readouterr().err
 
 
 def test_a_run_folder_given_to_predict_is_left_out(trained, tmp_path, capsys):

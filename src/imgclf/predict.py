@@ -38,6 +38,7 @@ from imgclf.paths import (
     check_output_file,
     check_outside_other_runs,
     folder_holding,
+    is_run_folder,
     open_for_writing,
     path_argument,
     probability_columns,
@@ -108,6 +109,16 @@ class Prediction:
         return self.predicted
 
 
+class Predictions(list):
+    """``predict``'s ``Prediction`` of each file, a list, which knows the ``folders`` that
+    were walked for them: ``write`` writes no predictions there (a later walk would meet
+    the file among the images)."""
+
+    def __init__(self, predictions=(), folders=()):
+        super().__init__(predictions)
+        self.folders = tuple(folders)
+
+
 PREDICTIONS_START = ("path,predicted,confidence,", '[\n {\n  "path": ')
 """How a predictions file begins, as CSV and as JSON: such a file may be written again."""
 
@@ -124,9 +135,9 @@ def output_format(path: str | Path, datasets=(), run: Path | None = None,
     ConfigError for a name that predictions are not written to: a folder, another suffix,
     a file that imgclf wrote into a run or compare folder, a place inside one of
     ``datasets``, or an existing file that is not earlier predictions (``check_output_file``),
-    or a place inside one of the folders predicted, ``inputs``, but in the run's own folder
-    (which their walk leaves out); RunError for a place inside the folder of another run
-    than ``run``, the predicting one.
+    or a place inside one of the folders predicted, ``inputs``, but for one in the run folder
+    ``run`` inside it (which their walk leaves out); RunError for a place inside the folder
+    of another run than ``run``, the predicting one.
     """
     # Another run's folder first: the next check's advice would name a file in it.
     check_outside_other_runs(path, run, "write predictions into the predicting run's folder "
@@ -134,7 +145,9 @@ def output_format(path: str | Path, datasets=(), run: Path | None = None,
     path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv",
                              starts=PREDICTIONS_START, what="a predictions file")
     predicted = folder_holding(path, inputs)
-    if predicted is not None and folder_holding(path, [run] if run else []) is None:
+    left_out = (run is not None and is_run_folder(run) and folder_holding(path, [run])
+                and folder_holding(run, [predicted]))
+    if predicted is not None and not left_out:
         raise ConfigError(f"{path} would be inside {predicted}, a folder whose images are "
                           "predicted; imgclf never writes among the images it reads: "
                           "choose a place outside it.")
@@ -142,8 +155,8 @@ def output_format(path: str | Path, datasets=(), run: Path | None = None,
 
 
 def walked_folders(paths) -> list[Path]:
-    """The folders among the files and folders given to ``predict``, as walked; ConfigError
-    for an empty path among them."""
+    """The folders among the files and folders given to ``predict``, which it walks;
+    ConfigError for an empty path among them."""
     paths = [path_argument(p, "an image or folder to predict") for p in paths]
     return [absolute(p) for p in paths if p.is_dir()]
 
@@ -164,8 +177,6 @@ class BasePredictor:
     folder: Path
     """The folder of the run (or of the exported model): predictions may be written there,
     not into another run's."""
-    inputs: tuple[Path, ...] = ()
-    """The folders that ``predict`` walked last, where ``write`` writes no predictions."""
 
     @property
     def tta(self) -> bool:
@@ -243,7 +254,7 @@ class BasePredictor:
         return images
 
     def predict(self, paths, batch_size: int = INFERENCE_BATCH,
-                tta: bool | None = None) -> list[Prediction]:
+                tta: bool | None = None) -> Predictions:
         """Predict every image among ``paths`` (a file or folder, or any iterable of them;
         folders are walked recursively): one ``Prediction`` per file, each file once, in
         the order found."""
@@ -260,7 +271,7 @@ class BasePredictor:
         for item in paths:
             if not isinstance(item, str | os.PathLike):
                 raise ConfigError(f"{in_memory}, got {type(item).__name__}.")
-        self.inputs = tuple(walked_folders(paths))
+        walked = walked_folders(paths)
         # Files found in folders that are not images by name or content (notes, CSVs) are
         # left out, as the training data's are, and so are run folders (walking them warned);
         # a damaged image is listed with its error.
@@ -291,16 +302,19 @@ class BasePredictor:
                         done[path] = Prediction(path, self.classes[k], float(p[k]), p)
                     else:
                         done[path] = Prediction(path, None, None, None, decoded[i])
-        return [done[path] if reason is None else Prediction(path, None, None, None, reason)
-                for path, reason in found]
+        return Predictions([done[path] if reason is None
+                            else Prediction(path, None, None, None, reason)
+                            for path, reason in found], walked)
 
     def write(self, predictions: list[Prediction], path: str | Path) -> Path:
         """Write ``predictions`` to ``path``: JSON for a ``.json`` name (one record per
         file, probabilities by class), CSV for a ``.csv`` one (path, predicted, confidence, a
         probability column per class as ``probability_columns`` names them, then error).
-        Parent folders are created; the file appears whole or not at all."""
+        Parent folders are created; the file appears whole or not at all, and never in a
+        folder that ``predict`` walked for them (``Predictions.folders``)."""
         path = Path(path)
-        kind = output_format(path, self.datasets, self.folder, self.inputs)
+        kind = output_format(path, self.datasets, self.folder,
+                             getattr(predictions, "folders", ()))
         with open_for_writing(path, newline="") as fh:
             if kind == "json":
                 json.dump([self._record(p) for p in predictions], fh, indent=1,
