@@ -198,6 +198,7 @@ def test_train_on_a_missing_folder(tmp_path, capsys):
     (["train", ".", "--out", ""], "out is an empty path"),
     (["compare", "", "--methods", "scratch", "--out", "cmp"], "data.data is an empty path"),
     (["audit", "a", "--json", ""], "the output file is an empty path"),
+    (["audit", "", "--json", "r.json"], "data is an empty path"),
     (["compare", ".", "--methods", "scratch", "--out", ""], "out is an empty path"),
     (["evaluate", "", "."], "a run (its folder or model file) is an empty path"),
     (["train", ".", "--config", ""], "config is an empty path"),

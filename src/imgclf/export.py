@@ -229,10 +229,9 @@ class OnnxPredictor(BasePredictor):
         exportable = any((model_file.parent / name).is_file()
                          for name in (MODEL_FILE, *TRAINING_CHECKPOINTS))
         if not model_file.exists() and exportable:
-            named = sorted(p.name for p in model_file.parent.iterdir()
-                           if p.suffix.lower() == ".onnx")  # exported with --out, say
-            other = (f", or give the export it holds ({', '.join(named)}) itself" if named
-                     else "")
+            named = sorted(str(p) for p in model_file.parent.iterdir()
+                           if p.suffix.lower() == ".onnx" and p.is_file())  # --out, say
+            other = f", or give the export it holds itself ({', '.join(named)})" if named else ""
             raise RunError(f"{path} has no {DEFAULT_FILES['onnx']}; create it with "
                            f"`imgclf export {shlex.quote(str(path))} --format onnx`{other}.")
         if not model_file.exists():

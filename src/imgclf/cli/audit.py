@@ -38,11 +38,11 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.data.audit import audit_dataset, format_audit
-    from imgclf.paths import AUDIT_FILE, SIGNATURES, check_output_file, write_text
+    from imgclf.paths import AUDIT_FILE, SIGNATURES, check_output_file, dataset_paths, write_text
 
+    datasets = dataset_paths(args.data, args.train, args.val, args.test)
     if args.json is not None:  # before the images are read: a wrong name fails at once
-        check_output_file(args.json, (".json",),
-                          (args.data, args.train, args.val, args.test), AUDIT_FILE,
+        check_output_file(args.json, (".json",), datasets, AUDIT_FILE,
                           starts=(SIGNATURES[AUDIT_FILE],), what="an audit report")
     report = audit_dataset(
         args.data, train=args.train, val=args.val, test=args.test,
