@@ -169,8 +169,8 @@ def test_a_run_whose_export_is_named_otherwise_points_to_it(onnx_run, tmp_path):
         shutil.copy(onnx_run / name, run / name)
     shutil.copy(onnx_run / "model.onnx", run / "Model.ONNX")  # `export --out RUN/Model.ONNX`
     with pytest.raises(RunError, match=r"has no model\.onnx; create it with .*, or give the "
-                                       rf"export it holds itself \({re.escape(str(run))}/Model"
-                                       r"\.ONNX\)\."):
+                                       rf"export it holds itself "
+                                       rf"\({re.escape(str(run / 'Model.ONNX'))}\)\."):
         OnnxPredictor(run)
 
 

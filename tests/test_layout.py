@@ -560,8 +560,19 @@ def test_a_link_in_one_class_folder_into_another_class_is_not_followed(tmp_path,
     assert sorted(split.labels) == [0, 1, 1, 1, 1, 1, 2, 2, 2]  # each image, its own class
     assert sorted((s.path.relative_to(tmp_path).as_posix(), s.reason)
                   for s in split.skipped) == [
-        ("ant/more", "linked folder of another class (read there)"),
-        ("fox/ants", "linked folder of another class (read there)")]
+        ("ant/more", "folder of another class (read as that class)"),
+        ("fox/ants", "folder of another class (read as that class)")]
+
+
+def test_a_class_folder_inside_another_keeps_its_images(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, {"cat": 2})
+    _images(tmp_path / "cat" / "young", 2)
+    _images(tmp_path / "cat" / "young" / "sub", 3)
+    (tmp_path / "kitten").symlink_to("cat/young")  # a class that is part of another
+    split = scan_split("train", tmp_path, ["cat", "kitten"])
+    assert sorted(split.labels) == [0, 0, 1, 1, 1, 1, 1]  # each image once, the young kittens
+    assert [(s.path.relative_to(tmp_path).as_posix(), s.reason) for s in split.skipped] == [
+        ("cat/young", "folder of another class (read as that class)")]
 
 
 def test_a_split_folder_that_cannot_be_read_is_named(tmp_path, make_image_folder,

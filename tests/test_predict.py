@@ -527,6 +527,10 @@ def test_predict_writes_nothing_into_the_folders_it_classifies(trained, tmp_path
     later = predictor.predict([other])
     with pytest.raises(ConfigError, match=f"would be inside {re.escape(str(new))}, a folder"):
         predictor.write(predictions, new / "p.json")
+    # A list made from them knows no walk: the folders holding their files stand for it.
+    kept = [p for p in predictions if not p.error]
+    with pytest.raises(ConfigError, match=f"would be inside {re.escape(str(new / 'red'))}"):
+        predictor.write(kept, new / "red" / "p.json")
     assert predictor.write(later, new / "later.json").is_file()  # walked for others
     (new / "later.json").unlink()
     assert sorted(new.rglob("*")) == before
@@ -550,11 +554,16 @@ def test_predict_may_write_into_its_run_folder_inside_the_folder_it_classifies(
     shutil.copytree(data / "test" / "red", project / "run" / "samples")
     shutil.copy(run / "model.pt", project / "images" / "model.pt")
     for argv in (["run", "run/samples", "--out", "run/samples/p.csv"],
+                 ["run", ".", "run/samples", "--out", "run/samples/p.csv"],  # in any order
                  ["images/model.pt", "images", "--out", "images/p.csv"]):
         assert main(["predict", *argv, "-q"]) == 2
         assert "a folder whose images are predicted" in capsys.readouterr().err
     assert main(["predict", "run", "", "-q"]) == 2
     assert "an image or folder to predict is an empty path" in capsys.readouterr().err
+    # A model kept in a subfolder of its run: the run's folder, left out of the walk.
+    (project / "run" / "kept").mkdir()
+    shutil.move(project / "run" / "model.pt", project / "run" / "kept" / "model.pt")
+    assert main(["predict", "run/kept/model.pt", ".", "--out", "run/kept.csv", "-q"]) == 0
 
 
 def test_a_run_folder_given_to_predict_is_left_out(trained, tmp_path, capsys):

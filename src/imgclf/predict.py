@@ -37,6 +37,7 @@ from imgclf.paths import (
     absolute,
     check_output_file,
     check_outside_other_runs,
+    enclosing_run,
     folder_holding,
     is_run_folder,
     open_for_writing,
@@ -135,20 +136,21 @@ def output_format(path: str | Path, datasets=(), run: Path | None = None,
     ConfigError for a name that predictions are not written to: a folder, another suffix,
     a file that imgclf wrote into a run or compare folder, a place inside one of
     ``datasets``, or an existing file that is not earlier predictions (``check_output_file``),
-    or a place inside one of the folders predicted, ``inputs``, but for one in the run folder
-    ``run`` inside it (which their walk leaves out); RunError for a place inside the folder
-    of another run than ``run``, the predicting one.
+    or a place inside one of the folders predicted, ``inputs``, but for one in the folder of
+    the run ``run`` (or of a model in it) inside them all (which their walk leaves out);
+    RunError for a place inside the folder of another run than ``run``, the predicting one.
     """
     # Another run's folder first: the next check's advice would name a file in it.
     check_outside_other_runs(path, run, "write predictions into the predicting run's folder "
                                         "or outside any run folder")
     path = check_output_file(path, (".csv", ".json"), datasets, example="predictions.csv",
                              starts=PREDICTIONS_START, what="a predictions file")
-    predicted = folder_holding(path, inputs)
-    left_out = (run is not None and is_run_folder(run) and folder_holding(path, [run])
-                and folder_holding(run, [predicted]))
-    if predicted is not None and not left_out:
-        raise ConfigError(f"{path} would be inside {predicted}, a folder whose images are "
+    own = None if run is None else run if is_run_folder(run) else enclosing_run(run)
+    in_own = own is not None and folder_holding(path, [own]) is not None
+    walked = [folder for folder in inputs if folder_holding(path, [folder]) is not None
+              and not (in_own and folder_holding(own, [folder]) is not None)]
+    if walked:
+        raise ConfigError(f"{path} would be inside {walked[0]}, a folder whose images are "
                           "predicted; imgclf never writes among the images it reads: "
                           "choose a place outside it.")
     return path.suffix.lower().lstrip(".")
@@ -311,10 +313,14 @@ class BasePredictor:
         file, probabilities by class), CSV for a ``.csv`` one (path, predicted, confidence, a
         probability column per class as ``probability_columns`` names them, then error).
         Parent folders are created; the file appears whole or not at all, and never in a
-        folder that ``predict`` walked for them (``Predictions.folders``)."""
+        folder that ``predict`` walked for them (``Predictions.folders``; for another list of
+        them, a folder holding their files)."""
         path = Path(path)
-        kind = output_format(path, self.datasets, self.folder,
-                             getattr(predictions, "folders", ()))
+        # The folders walked for them; for a list made from them (filtered, sliced), the
+        # folders holding their files.
+        walked = (predictions.folders if isinstance(predictions, Predictions)
+                  else {Path(p.path).parent for p in predictions})
+        kind = output_format(path, self.datasets, self.folder, walked)
         with open_for_writing(path, newline="") as fh:
             if kind == "json":
                 json.dump([self._record(p) for p in predictions], fh, indent=1,

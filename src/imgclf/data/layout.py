@@ -413,7 +413,7 @@ def iter_files(root: Path, fenced: tuple[str, ...] = ()):
             elif target in walked:
                 yield Path(dirpath) / name, "folder reached twice through links (read once)"
             elif any(_within(target, other) for other in fenced):
-                yield Path(dirpath) / name, "linked folder of another class (read there)"
+                yield Path(dirpath) / name, "folder of another class (read as that class)"
             elif is_run_folder(target):
                 log.warning("%s is an %s: left out", Path(dirpath) / name, RUN_FOLDER)
                 yield Path(dirpath) / name, RUN_FOLDER
@@ -498,12 +498,14 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                else "." + _unlabelled_hint(root))
         )
     split = Split(name, root)
-    # A link in one class folder into another class's is not followed: each image, one
-    # label, whatever order the classes are walked in.
+    # A link in one class folder into another class folder is not followed: each image,
+    # one label, whatever order the classes are walked in. (A class folder inside another
+    # is fenced off from it, not the other way round.)
     real = {folder: os.path.realpath(folder) for folder in folders.values()}
     for index, cls in enumerate(classes):
         folder = folders.get(_same_name(cls))
-        fenced = tuple(path for other, path in real.items() if other != folder)
+        fenced = tuple(path for other, path in real.items()
+                       if other != folder and not (folder and _within(real[folder], path)))
         images, skipped = scan_folder(folder, fenced) if folder is not None else ([], [])
         split.skipped.extend(skipped)
         if folder is not None and not images and name == "train" and strict:
