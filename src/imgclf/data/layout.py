@@ -392,8 +392,9 @@ def iter_files(root: Path, fenced: tuple[str, ...] = ()):
     Linked folders are followed, but each real folder is walked once: a link back to a
     folder above (a loop) or to a folder walked already is skipped with its reason, and so
     is a run folder (its plots are images, but not data), ``root`` included, with a warning.
-    So is a link into one of ``fenced``, the real paths of folders walked apart (the other
-    classes of a split), whose images are theirs.
+    So is a subfolder (through a link, or a class folder inside this one) that lies in one
+    of ``fenced``, the real paths of folders walked apart (the other classes of a split),
+    whose images are theirs.
     """
     if is_run_folder(root):  # given as the folder to walk: left out all the same
         log.warning("%s is an %s: left out", root, RUN_FOLDER)
@@ -498,9 +499,9 @@ def scan_split(name: str, root: Path, classes: list[str], strict: bool = True,
                else "." + _unlabelled_hint(root))
         )
     split = Split(name, root)
-    # A link in one class folder into another class folder is not followed: each image,
-    # one label, whatever order the classes are walked in. (A class folder inside another
-    # is fenced off from it, not the other way round.)
+    # Each image, one label, whatever order the classes are walked in: no class folder's
+    # walk enters another's (through a link, or a class folder inside it); a class folder
+    # inside another is walked whole as its own.
     real = {folder: os.path.realpath(folder) for folder in folders.values()}
     for index, cls in enumerate(classes):
         folder = folders.get(_same_name(cls))
