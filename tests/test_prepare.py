@@ -98,6 +98,11 @@ def test_a_class_with_one_image_keeps_it_for_training(tmp_path, make_image_folde
         assert "cannot be stratified (some class has a single image)" in caplog.text
         assert "validation: 20% of train (random, one image of each class kept for " \
                "training, seed" in data.summary()
+        # street's one image trains: validation cannot judge it, and says so.
+        absent = [name for i, name in enumerate(data.classes) if i not in set(val.labels)]
+        assert "street" in absent
+        assert (f"the validation images hold no image of class(es) {', '.join(absent)}: the "
+                "validation figures, and early stopping on them, leave") in caplog.text
         # Small classes are counted as they will be trained on, after the hold-out.
         sea = train.labels.count(1)
         assert f"class 'sea' has only {sea} training image(s)" in caplog.text

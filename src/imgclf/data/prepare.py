@@ -24,6 +24,7 @@ from imgclf.data.layout import (
     find_classes,
     scan_files,
     scan_split,
+    shown,
     skipped_hint,
     summarize,
     warn_small_classes,
@@ -350,6 +351,14 @@ def prepare_data(
         splits["train"], splits["val"], how = split_validation(splits["train"], val_fraction,
                                                                seed)
         val_source = f"{100 * val_fraction:g}% of train ({how}, seed {seed})"
+        drawn = set(splits["val"].labels)
+        absent = [shown(name) for index, name in enumerate(classes) if index not in drawn]
+        if absent:  # too few images to stratify: validation drawn at random
+            text = (f"the validation images hold no image of class(es) {', '.join(absent)}: "
+                    "the validation figures, and early stopping on them, leave "
+                    f"{'it' if len(absent) == 1 else 'them'} out")
+            log.warning("%s", text)
+            warnings.append(text)
     few = warn_small_classes(splits["train"], classes)  # the images it will learn from
     for name, split in splits.items():
         if split.skipped:
