@@ -559,14 +559,14 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
             raise RunError(f"{run_dir} holds a finished run (metrics.json): there is nothing "
                            "to resume. To train for more epochs, train a new run into "
                            "another --out.")
-        if not (run_dir / LAST_CHECKPOINT).exists() and (run_dir / BEST_CHECKPOINT).exists():
-            raise RunError(f"cannot resume: {run_dir} has no {LAST_CHECKPOINT}, so there is "
-                           f"nothing to go on from.{_from_best(run_dir)}")
-        if not (run_dir / LAST_CHECKPOINT).exists() and (run_dir / CONFIG_FILE).exists():
-            raise RunError(f"cannot resume: the run in {run_dir} stopped before it saved a "
-                           "checkpoint (last.pt), so there is nothing to go on from: run the "
-                           "same command again, without --resume.")
         if not (run_dir / LAST_CHECKPOINT).exists():
+            if (run_dir / BEST_CHECKPOINT).exists():
+                raise RunError(f"cannot resume: {run_dir} has no {LAST_CHECKPOINT}, so there "
+                               f"is nothing to go on from.{_from_best(run_dir)}")
+            if (run_dir / CONFIG_FILE).exists():
+                raise RunError(f"cannot resume: the run in {run_dir} stopped before it saved "
+                               "a checkpoint (last.pt), so there is nothing to go on from: run "
+                               "the same command again, without --resume.")
             raise RunError(f"cannot resume: {run_dir / LAST_CHECKPOINT} does not exist. "
                            "Pass --out with the folder of the interrupted run.")
     elif (run_dir / METRICS_FILE).exists():
