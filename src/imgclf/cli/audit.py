@@ -40,14 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.data.audit import audit_dataset, format_audit
     from imgclf.paths import AUDIT_FILE, SIGNATURES, check_output_file, dataset_paths, write_text
 
-    datasets = dataset_paths(args.data, args.train, args.val, args.test)
+    data, train, val, test = dataset_paths(args.data, args.train, args.val, args.test)
     if args.json is not None:  # before the images are read: a wrong name fails at once
-        check_output_file(args.json, (".json",), datasets, AUDIT_FILE,
+        check_output_file(args.json, (".json",), (data, train, val, test), AUDIT_FILE,
                           starts=(SIGNATURES[AUDIT_FILE],), what="an audit report")
-    report = audit_dataset(
-        args.data, train=args.train, val=args.val, test=args.test,
-        near_duplicates=args.near_duplicates, workers=args.workers,
-    )
+    report = audit_dataset(data, train=train, val=val, test=test,
+                           near_duplicates=args.near_duplicates, workers=args.workers)
     print(format_audit(report))
     if args.json is not None:
         out = Path(args.json)

@@ -33,8 +33,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgclf.export import export_model, sidecar_path
 
-    path = export_model(args.run, args.format, args.out,
-                        check=args.check)
+    path = export_model(args.run, args.format, args.out, check=args.check)
     print(f"exported {args.format} -> {path}")
     print(f"classes and preprocessing -> {sidecar_path(path)}")
     return 0
